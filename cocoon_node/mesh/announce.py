@@ -1,0 +1,172 @@
+"""Worker announcements: the small signed pointers that drive discovery.
+
+A worker gossips who it is, where to dial it, what it serves and at what price. Every node validates each
+announcement before GossipSub forwards it (a topic validator), so junk never propagates: malformed,
+oversized, unsigned, forged, expired, replayed and too-frequent announcements are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from libp2p.crypto.keys import PrivateKey
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
+
+from cocoon_node.wire import (
+    CborError,
+    EnvelopeError,
+    SchemaError,
+    canonical_dumps,
+    canonical_loads,
+    load_protocol,
+    open_envelope,
+    seal_envelope,
+    validate,
+)
+
+_PROTO = load_protocol("announce")
+TOPIC: str = _PROTO.meta["topic"]
+DOMAIN: str = _PROTO.meta["domain"]
+MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
+RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
+ANNOUNCEMENT_VERSION = 1
+
+
+class AnnouncementError(ValueError):
+    """Why an announcement was rejected; ``reason`` is a short counter key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A worker's offer, as gossiped."""
+
+    peer_id: bytes
+    addrs: tuple[str, ...]
+    model: str
+    model_hash: bytes
+    backend: str
+    synthetic: bool
+    price_prompt: int
+    price_completion: int
+    max_concurrent: int
+    load: int
+    protocols: tuple[str, ...]
+    tee_kind: str
+    seqno: int
+    issued_at: int
+    expires_at: int
+    v: int = ANNOUNCEMENT_VERSION
+
+    @property
+    def peer(self) -> ID:
+        return ID(self.peer_id)
+
+    def to_wire(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["addrs"] = list(self.addrs)
+        out["protocols"] = list(self.protocols)
+        return out
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> Announcement:
+        data = validate("announce", "announcement", fields)
+        return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"])})
+
+    def seal(self, private_key: PrivateKey) -> bytes:
+        return seal_envelope(DOMAIN, canonical_dumps(self.to_wire()), private_key)
+
+    def bump(self, *, load: int, now: int, ttl: int) -> Announcement:
+        """The next announcement: higher seqno, fresh validity window."""
+        return replace(self, load=load, seqno=self.seqno + 1, issued_at=now, expires_at=now + ttl)
+
+
+def decode_announcement(data: bytes) -> tuple[Announcement, ID]:
+    """Open the envelope and decode the payload; returns the announcement and the signer's peer id."""
+    if len(data) > load_protocol("envelope").message("envelope").max_bytes:
+        raise AnnouncementError("oversized", f"{len(data)} bytes")
+    try:
+        envelope = open_envelope(data, expected_domain=DOMAIN)
+    except EnvelopeError as exc:
+        reason = "forged" if "signature" in str(exc) else "malformed"
+        raise AnnouncementError(reason, str(exc)) from exc
+    limit = _PROTO.message("announcement").max_bytes
+    if len(envelope.payload) > limit:
+        raise AnnouncementError("oversized", f"payload of {len(envelope.payload)} bytes > {limit}")
+    try:
+        announcement = Announcement.from_wire(canonical_loads(envelope.payload, max_bytes=limit))
+    except (CborError, SchemaError, TypeError) as exc:
+        raise AnnouncementError("malformed", str(exc)) from exc
+    return announcement, envelope.peer_id
+
+
+class AnnouncementValidator:
+    """Stateful GossipSub topic validator for the workers topic.
+
+    State per origin peer: the highest seqno accepted (replays and reorders are dropped) and a sliding
+    one-minute window of acceptance times (rate limit). Counters by reason feed ``cocoon-node status``.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, rate_limit_per_minute: int = RATE_LIMIT_PER_MINUTE,
+                 clock_skew: int = 30) -> None:
+        self._clock = clock
+        self._rate_limit = rate_limit_per_minute
+        self._skew = clock_skew
+        self._last_seqno: dict[bytes, int] = {}
+        self._recent: dict[bytes, deque[float]] = {}
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+        self.on_accept: Callable[[Announcement], None] | None = None
+
+    def check(self, data: bytes, origin: ID | None) -> Announcement:
+        """Validate one announcement; raises :class:`AnnouncementError`. Updates replay/rate state."""
+        announcement, signer = decode_announcement(data)
+        if signer.to_bytes() != announcement.peer_id:
+            raise AnnouncementError("forged", "payload peer_id is not the signer")
+        if origin is not None and origin.to_bytes() != announcement.peer_id:
+            raise AnnouncementError("forged", "announcement relayed under another origin peer")
+        now = self._clock()
+        if announcement.expires_at <= now:
+            raise AnnouncementError("expired", f"expired {now - announcement.expires_at:.0f}s ago")
+        if announcement.issued_at > now + self._skew:
+            raise AnnouncementError("malformed", "issued in the future")
+        if announcement.expires_at - announcement.issued_at > MAX_TTL:
+            raise AnnouncementError("malformed", f"validity window longer than {MAX_TTL}s")
+        last = self._last_seqno.get(announcement.peer_id)
+        if last is not None and announcement.seqno <= last:
+            raise AnnouncementError("replayed", f"seqno {announcement.seqno} <= last seen {last}")
+        window = self._recent.setdefault(announcement.peer_id, deque())
+        while window and window[0] < now - 60:
+            window.popleft()
+        if len(window) >= self._rate_limit:
+            raise AnnouncementError("rate_limited", f"more than {self._rate_limit} per minute")
+        window.append(now)
+        self._last_seqno[announcement.peer_id] = announcement.seqno
+        return announcement
+
+    def __call__(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        """The py-libp2p sync topic-validator signature."""
+        try:
+            origin = ID(msg.from_id) if msg.from_id else None
+            announcement = self.check(msg.data, origin)
+        except AnnouncementError as exc:
+            self.rejected[exc.reason] += 1
+            return False
+        except Exception:  # anything unexpected from hostile bytes is a malformed message, not a crash
+            self.rejected["malformed"] += 1
+            return False
+        self.accepted += 1
+        if self.on_accept is not None:
+            self.on_accept(announcement)
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "rejected": dict(self.rejected)}

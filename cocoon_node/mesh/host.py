@@ -1,0 +1,283 @@
+"""The libp2p host every node runs: Noise + yamux over TCP, identify and ping, GossipSub and Kademlia.
+
+This is the one place that knows py-libp2p's construction details. The rest of the node sees a small
+surface: publish/subscribe on topics, put/get of validated DHT records, and direct streams by protocol id.
+
+Two py-libp2p defaults are unsafe for us and are overridden here: it offers plaintext and secio next to
+Noise (we offer Noise only) and mplex next to yamux (we offer yamux only), and its DHT accepts records in
+any namespace (we run it strict, with our own validators). GossipSub scoring weights default to zero; we
+set real ones (see :func:`score_params`).
+
+Why gossip "did not arrive" in early trials: GossipSub only forwards a topic's messages through peers that
+are subscribed to that topic. In a star whose hub (the bootstrap node) is not subscribed, nothing ever
+crosses the hub, whatever the heartbeat. Every cocoon node therefore subscribes to the workers topic,
+requester or not, so that every node relays; and each node dials a handful of peers beyond its bootstrap
+(see :meth:`Mesh._keep_connected`), so the mesh does not hang on one hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream, ISubscriptionAPI
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.score import ScoreParams, TopicScoreParams
+from libp2p.records.validator import NamespacedValidator
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
+
+log = logging.getLogger(__name__)
+
+GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+DHT_PROTOCOL_PREFIX = TProtocol("/cocoon")
+
+TopicValidator = Callable[[ID, rpc_pb2.Message], bool]
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """Tunables of the mesh; defaults suit both a loopback cluster and the internet."""
+
+    listen_addrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: Sequence[str] = ()
+    max_connections: int = 200
+    target_peers: int = 8
+    heartbeat_interval: int = 1
+    gossip_degree: int = 6
+    gossip_degree_low: int = 4
+    gossip_degree_high: int = 12
+    # Loopback clusters put every peer on one IP; on the internet keep diversity protection on.
+    local_cluster: bool = False
+    max_inbound_rpc_size: int = 256 * 1024
+    dial_timeout: float = 5.0
+    topics: Sequence[str] = field(default_factory=tuple)
+
+
+def score_params(*, local_cluster: bool) -> ScoreParams:
+    """GossipSub v1.1 peer-scoring weights (py-libp2p's default weights are all zero).
+
+    Invalid messages weigh heaviest (a squared counter, so a junk flooder is graylisted quickly), first
+    deliveries earn a capped bonus, behaviour penalties (IHAVE/IWANT spam, GRAFT floods) cost a lot, and IP
+    colocation is penalised past a threshold that a loopback cluster must lift.
+    """
+    return ScoreParams(
+        p1_time_in_mesh=TopicScoreParams(weight=0.01, cap=10.0, decay=0.99),
+        p2_first_message_deliveries=TopicScoreParams(weight=1.0, cap=20.0, decay=0.9),
+        p3_mesh_message_deliveries=TopicScoreParams(weight=0.0, cap=0.0, decay=0.9),
+        p4_invalid_messages=TopicScoreParams(weight=-20.0, cap=0.0, decay=0.95),
+        p5_behavior_penalty_weight=-10.0,
+        p5_behavior_penalty_decay=0.95,
+        p5_behavior_penalty_threshold=1.0,
+        p7_ip_colocation_weight=-5.0,
+        p7_ip_colocation_threshold=1_000_000 if local_cluster else 3,
+        publish_threshold=-100.0,
+        gossip_threshold=-50.0,
+        graylist_threshold=-200.0,
+        accept_px_threshold=5.0,
+    )
+
+
+class Mesh:
+    """One running libp2p host with pubsub and DHT; use :meth:`start` as an async context manager."""
+
+    def __init__(
+        self,
+        key_pair: KeyPair,
+        settings: MeshSettings,
+        *,
+        namespaces: Sequence[RecordNamespace] = (),
+        topic_validators: dict[str, TopicValidator] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._key_pair = key_pair
+        self._namespaces = list(namespaces)
+        self._topic_validators = dict(topic_validators or {})
+        self.host: IHost | None = None
+        self.pubsub: Pubsub | None = None
+        self.gossipsub: GossipSub | None = None
+        self.dht: KadDHT | None = None
+        self._subscriptions: dict[str, ISubscriptionAPI] = {}
+
+    # ----- lifecycle -----------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def start(self) -> AsyncIterator[Mesh]:
+        """Bring the host up, join topics, dial bootstrap peers; tear everything down on exit."""
+        settings = self.settings
+        noise_key = create_x25519_key_pair()
+        host = new_host(
+            key_pair=self._key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, noise_privkey=noise_key.private_key)},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            connection_config=ConnectionConfig(
+                max_connections=settings.max_connections,
+                high_watermark=settings.max_connections,
+                low_watermark=min(settings.target_peers, settings.max_connections),
+                min_connections=min(settings.target_peers, settings.max_connections),
+                dial_timeout=settings.dial_timeout,
+            ),
+            listen_addrs=[multiaddr.Multiaddr(a) for a in settings.listen_addrs],
+        )
+        gossipsub = GossipSub(
+            protocols=GOSSIPSUB_PROTOCOLS,
+            degree=settings.gossip_degree,
+            degree_low=settings.gossip_degree_low,
+            degree_high=settings.gossip_degree_high,
+            heartbeat_interval=settings.heartbeat_interval,
+            heartbeat_initial_delay=0.1,
+            do_px=True,
+            score_params=score_params(local_cluster=settings.local_cluster),
+            eclipse_protection_enabled=not settings.local_cluster,
+            max_messages_per_topic_per_second=50.0,
+        )
+        pubsub = Pubsub(host, gossipsub, strict_signing=True, max_inbound_rpc_size=settings.max_inbound_rpc_size)
+        validator = NamespacedValidator(
+            {ns.namespace: as_libp2p_validator(ns) for ns in self._namespaces}, strict_validation=True
+        )
+        dht = KadDHT(
+            host,
+            DHTMode.SERVER,
+            enable_random_walk=False,
+            validator=validator,
+            validator_changed=True,
+            protocol_prefix=DHT_PROTOCOL_PREFIX,
+            enable_providers=False,
+            strict_validation=True,
+        )
+        self.host, self.pubsub, self.gossipsub, self.dht = host, pubsub, gossipsub, dht
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in settings.listen_addrs]))
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(gossipsub))
+            await stack.enter_async_context(background_trio_service(dht))
+            await pubsub.wait_until_ready()
+            for topic, topic_validator in self._topic_validators.items():
+                pubsub.set_topic_validator(topic, topic_validator, False)
+            for topic in settings.topics:
+                self._subscriptions[topic] = await pubsub.subscribe(topic)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await self._dial_bootstrap()
+            nursery.start_soon(self._keep_connected)
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+
+    # ----- identity and addresses -------------------------------------------------------------------------
+    @property
+    def peer_id(self) -> ID:
+        return ID.from_pubkey(self._key_pair.public_key)
+
+    def listen_addrs(self) -> list[str]:
+        """Full multiaddrs (with /p2p/ID) others can dial."""
+        assert self.host is not None
+        out = []
+        for addr in self.host.get_addrs():
+            text = str(addr)
+            out.append(text if "/p2p/" in text else f"{text}/p2p/{self.peer_id.to_base58()}")
+        return out
+
+    def connected_peers(self) -> list[ID]:
+        assert self.host is not None
+        return list(self.host.get_connected_peers())
+
+    # ----- pubsub ------------------------------------------------------------------------------------------
+    def subscription(self, topic: str) -> ISubscriptionAPI:
+        return self._subscriptions[topic]
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        assert self.pubsub is not None
+        await self.pubsub.publish(topic, data)
+
+    def topic_peers(self, topic: str) -> int:
+        assert self.pubsub is not None
+        return len(self.pubsub.peer_topics.get(topic, ()))
+
+    # ----- DHT ------------------------------------------------------------------------------------------
+    async def put_record(self, key: str, value: bytes) -> None:
+        assert self.dht is not None
+        await self.dht.put_value(key, value)
+
+    async def get_record(self, key: str) -> bytes | None:
+        assert self.dht is not None
+        return await self.dht.get_value(key)
+
+    # ----- direct streams ------------------------------------------------------------------------------
+    def set_stream_handler(self, protocol: str, handler: Callable[[INetStream], Awaitable[None]]) -> None:
+        assert self.host is not None
+        self.host.set_stream_handler(TProtocol(protocol), handler)
+
+    async def new_stream(self, peer: ID, protocol: str, addrs: Sequence[str] = ()) -> INetStream:
+        """Open a stream to ``peer``; dials ``addrs`` first if not yet connected."""
+        assert self.host is not None
+        if addrs and peer not in self.host.get_connected_peers():
+            maddrs = [multiaddr.Multiaddr(a) for a in addrs]
+            await self.host.connect(PeerInfo(peer, maddrs))
+        return await self.host.new_stream(peer, [TProtocol(protocol)])
+
+    async def connect(self, addr: str) -> ID:
+        assert self.host is not None
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        await self.host.connect(info)
+        return info.peer_id
+
+    # ----- internals ------------------------------------------------------------------------------------
+    async def _dial_bootstrap(self) -> None:
+        for addr in self.settings.bootstrap:
+            try:
+                with trio.fail_after(self.settings.dial_timeout):
+                    peer = await self.connect(addr)
+                assert self.dht is not None
+                await self.dht.add_peer(peer)
+            except Exception as exc:  # a dead bootstrap peer must not stop the node
+                log.warning("bootstrap peer %s unreachable: %s", addr, exc)
+
+    async def _keep_connected(self) -> None:
+        """Top up connections from the DHT routing table and peerstore, so gossip has many paths."""
+        assert self.host is not None and self.dht is not None
+        host, dht = self.host, self.dht
+        delay = 0.5
+        while True:
+            await trio.sleep(delay + random.random() * 0.5)
+            delay = min(delay * 2, 15.0)
+            try:
+                with trio.move_on_after(10):
+                    await dht.refresh_routing_table()
+            except Exception as exc:
+                log.debug("routing table refresh failed: %s", exc)
+            connected = set(host.get_connected_peers())
+            missing = self.settings.target_peers - len(connected)
+            if missing <= 0:
+                continue
+            candidates = [
+                p for p in host.get_peerstore().peers_with_addrs() if p != self.peer_id and p not in connected
+            ]
+            random.shuffle(candidates)
+            for peer in candidates[:missing]:
+                addrs = host.get_peerstore().addrs(peer)
+                try:
+                    with trio.move_on_after(self.settings.dial_timeout):
+                        await host.connect(PeerInfo(peer, addrs))
+                        await dht.add_peer(peer)
+                except Exception as exc:
+                    log.debug("could not dial %s: %s", peer, exc)

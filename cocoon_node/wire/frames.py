@@ -1,0 +1,93 @@
+"""Length-prefixed msgpack frames for direct streams.
+
+Each frame is a 4-byte big-endian length followed by a msgpack map whose ``t`` field names the message
+type of the protocol's field table. The length is checked against the limit *before* any payload byte is
+buffered, so a peer cannot make us allocate more than one maximum frame per stream.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Protocol
+
+import msgpack
+
+from cocoon_node.wire.schema import SchemaError, validate
+
+_LENGTH = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 1 << 20
+
+
+class FrameError(ValueError):
+    """A frame is oversized, truncated, not msgpack, or does not match its schema."""
+
+
+class ByteStream(Protocol):
+    """What a frame stream needs from a transport stream (libp2p INetStream fits)."""
+
+    async def read(self, n: int | None = None) -> bytes: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+
+def encode_frame(protocol: str, frame: dict[str, Any], *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Validate ``frame`` against ``protocol`` and return its length-prefixed bytes."""
+    try:
+        validate(protocol, str(frame.get("t")), frame)
+    except SchemaError as exc:
+        raise FrameError(f"refusing to send invalid {frame.get('t')!r} frame: {exc}") from exc
+    body = msgpack.packb(frame, use_bin_type=True)
+    if len(body) > max_frame:
+        raise FrameError(f"frame of {len(body)} bytes exceeds the {max_frame}-byte limit")
+    return _LENGTH.pack(len(body)) + body
+
+
+def decode_frame(protocol: str, body: bytes) -> dict[str, Any]:
+    """Decode one frame body (without its length prefix) and validate it."""
+    try:
+        frame = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
+        raise FrameError(f"malformed msgpack frame: {exc}") from exc
+    if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
+        raise FrameError("frame is not a map with a string 't' type field")
+    try:
+        return validate(protocol, frame["t"], frame)
+    except SchemaError as exc:
+        raise FrameError(f"invalid {frame['t']!r} frame: {exc}") from exc
+
+
+class FrameStream:
+    """Reads and writes validated frames over one byte stream."""
+
+    def __init__(self, stream: ByteStream, protocol: str, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._stream = stream
+        self._protocol = protocol
+        self._max_frame = max_frame
+        self._buffer = bytearray()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self._stream.write(encode_frame(self._protocol, frame, max_frame=self._max_frame))
+
+    async def receive(self) -> dict[str, Any] | None:
+        """Next frame, or ``None`` on a clean end of stream between frames."""
+        header = await self._read_exactly(_LENGTH.size, allow_eof=True)
+        if header is None:
+            return None
+        (length,) = _LENGTH.unpack(header)
+        if length > self._max_frame:
+            raise FrameError(f"peer announced a frame of {length} bytes; the limit is {self._max_frame}")
+        body = await self._read_exactly(length, allow_eof=False)
+        assert body is not None
+        return decode_frame(self._protocol, body)
+
+    async def _read_exactly(self, n: int, *, allow_eof: bool) -> bytes | None:
+        while len(self._buffer) < n:
+            chunk = await self._stream.read(max(n - len(self._buffer), 4096))
+            if not chunk:
+                if allow_eof and not self._buffer:
+                    return None
+                raise FrameError(f"stream ended inside a frame ({len(self._buffer)} of {n} bytes)")
+            self._buffer.extend(chunk)
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
