@@ -1,0 +1,69 @@
+"""TEE attestation: prove which code and model a worker runs, and check such proofs.
+
+Producing a report: build :class:`Claims`, get evidence over ``claims.report_data()`` (a TDX quote
+via :func:`get_tdx_quote`, or INSECURE dev evidence via :class:`DevPlatform`), then
+:func:`sign_report`. Checking one: :func:`verify_report` (raises) or :func:`check_report` (Verdict).
+"""
+
+from .dev import DevEvidence, DevPlatform, dev_image_hash, verify_dev_evidence
+from .errors import AttestationError, QuoteFormatError
+from .policy import ANY, Policy
+from .report import (
+    MAX_ENVELOPE_BYTES,
+    REPORT_VERSION,
+    TEE_DEV,
+    TEE_TDX,
+    Claims,
+    Report,
+    decode_and_verify_envelope,
+    libp2p_pubkey_protobuf,
+    peer_id_from_pubkey,
+    raw_from_libp2p_pubkey,
+    sign_report,
+)
+from .tdx import (
+    INTEL_SGX_ROOT_CA_PEM,
+    TdReport,
+    TdxQuote,
+    TdxVerification,
+    parse_tdx_quote,
+    verify_tdx_quote,
+)
+from .tsm import ConfigfsTsm, TsmError, get_tdx_quote
+from .verify import Verdict, check_report, verify_report
+from .weights import model_hash
+
+__all__ = [
+    "ANY",
+    "INTEL_SGX_ROOT_CA_PEM",
+    "MAX_ENVELOPE_BYTES",
+    "REPORT_VERSION",
+    "TEE_DEV",
+    "TEE_TDX",
+    "AttestationError",
+    "Claims",
+    "ConfigfsTsm",
+    "DevEvidence",
+    "DevPlatform",
+    "Policy",
+    "QuoteFormatError",
+    "Report",
+    "TdReport",
+    "TdxQuote",
+    "TdxVerification",
+    "TsmError",
+    "Verdict",
+    "check_report",
+    "decode_and_verify_envelope",
+    "dev_image_hash",
+    "get_tdx_quote",
+    "libp2p_pubkey_protobuf",
+    "model_hash",
+    "parse_tdx_quote",
+    "peer_id_from_pubkey",
+    "raw_from_libp2p_pubkey",
+    "sign_report",
+    "verify_dev_evidence",
+    "verify_report",
+    "verify_tdx_quote",
+]

@@ -1,0 +1,155 @@
+"""Verify a peer's attestation report envelope against a :class:`Policy`.
+
+:func:`verify_report` raises :class:`AttestationError` (``check`` names what failed) and returns an
+ok :class:`Verdict`; :func:`check_report` never raises for attestation failures and returns a
+non-ok Verdict instead, for callers that log and score rather than branch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .dev import verify_dev_evidence
+from .errors import AttestationError
+from .policy import Policy
+from .report import TEE_DEV, TEE_TDX, Report, decode_and_verify_envelope
+from .tdx import verify_tdx_quote
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of verifying one report; hex strings for digests so it logs and serialises as is."""
+
+    ok: bool
+    tee_kind: str | None
+    image_hash: str | None
+    mrtd: str | None
+    model_hash: str | None
+    model_name: str | None
+    tcb_checked: bool
+    tcb_status: str | None
+    expires_at: int | None
+    reasons: tuple[str, ...]
+    check: str | None = None  # the failed check when not ok
+
+
+def _check_times(report: Report, policy: Policy, now: int) -> None:
+    c = report.claims
+    if c.expires_at < c.issued_at:
+        raise AttestationError("expired", f"expires_at {c.expires_at} before issued_at {c.issued_at}")
+    if c.issued_at > now + policy.clock_skew_s:
+        raise AttestationError("not_yet_valid", f"issued_at {c.issued_at} is in the future (now {now})")
+    if now > c.expires_at + policy.clock_skew_s:
+        raise AttestationError("expired", f"report expired at {c.expires_at} (now {now})")
+    if now - c.issued_at > policy.max_report_age_s:
+        raise AttestationError("too_old", f"report issued {now - c.issued_at}s ago, max age {policy.max_report_age_s}s")
+
+
+def verify_report(
+    report_bytes: bytes,
+    expected_peer_id: bytes,
+    policy: Policy,
+    now: int | None = None,
+    *,
+    collateral: Any = None,
+) -> Verdict:
+    """Verify envelope, peer id, validity window, TEE evidence and policy; raise AttestationError.
+
+    ``now`` is unix seconds (default: the clock). ``collateral`` (``dcap_qvl.QuoteCollateralV3``)
+    enables the TCB status check for TDX reports.
+    """
+    now = int(time.time()) if now is None else int(now)
+    report = decode_and_verify_envelope(report_bytes)
+    c = report.claims
+    if c.peer_id != bytes(expected_peer_id):
+        raise AttestationError("peer_id", "report is for another peer id")
+    _check_times(report, policy, now)
+    if c.tee_kind not in policy.tee_kinds:
+        raise AttestationError("tee_kind", f"tee kind {c.tee_kind!r} not allowed by policy")
+    if c.model_hash not in policy.model_hashes:
+        raise AttestationError("model_hash", f"model hash {c.model_hash.hex()} not allowed by policy")
+
+    reasons: list[str] = []
+    mrtd: str | None = None
+    tcb_checked, tcb_status = False, None
+    if c.tee_kind == TEE_TDX:
+        res = verify_tdx_quote(report.evidence, c.report_data(), at=now, collateral=collateral)
+        td = res.quote.td_report
+        if td.debug and not policy.allow_debug_td:
+            raise AttestationError("debug_td", "TD runs in debug mode (host can read its memory)")
+        if td.mrtd not in policy.mrtds:
+            raise AttestationError("mrtd", f"MRTD {td.mrtd.hex()} not allowed by policy")
+        if td.rtmrs not in policy.rtmrs:
+            raise AttestationError("rtmr", "RTMR0..3 not an allowed set")
+        image_hash = res.image_hash
+        mrtd = td.mrtd.hex()
+        tcb_checked, tcb_status = res.tcb_checked, res.tcb_status
+        if not tcb_checked:
+            if policy.require_tcb_check:
+                raise AttestationError("tcb", f"TCB status required but not checked: {res.tcb_reason}")
+            reasons.append(f"tcb not checked: {res.tcb_reason}")
+        elif tcb_status not in policy.allowed_tcb_statuses:
+            raise AttestationError("tcb_status", f"TCB status {tcb_status} not allowed by policy")
+        if res.advisory_ids:
+            reasons.append("advisories: " + ",".join(res.advisory_ids))
+    elif c.tee_kind == TEE_DEV:
+        dev = verify_dev_evidence(report.evidence, c.report_data())
+        if dev.platform_key not in policy.dev_platform_keys:
+            raise AttestationError("dev_platform_key", "dev platform key not allowed by policy")
+        image_hash = dev.image_hash
+        reasons.append("dev-INSECURE tee: proves nothing about hardware")
+    else:  # pragma: no cover - decode rejects unknown kinds
+        raise AttestationError("tee_kind", f"unknown tee kind {c.tee_kind!r}")
+    if image_hash not in policy.image_hashes:
+        raise AttestationError("image_hash", f"image hash {image_hash.hex()} not allowed by policy")
+    if c.tee_kind == TEE_DEV:
+        log.warning(
+            "ACCEPTING dev-INSECURE attestation from peer %s (model %s): this proves NOTHING about "
+            "hardware; never allow dev reports in production",
+            c.peer_id.hex(),
+            c.model_name,
+        )
+    return Verdict(
+        ok=True,
+        tee_kind=c.tee_kind,
+        image_hash=image_hash.hex(),
+        mrtd=mrtd,
+        model_hash=c.model_hash.hex(),
+        model_name=c.model_name,
+        tcb_checked=tcb_checked,
+        tcb_status=tcb_status,
+        expires_at=c.expires_at,
+        reasons=tuple(reasons),
+    )
+
+
+def check_report(
+    report_bytes: bytes,
+    expected_peer_id: bytes,
+    policy: Policy,
+    now: int | None = None,
+    *,
+    collateral: Any = None,
+) -> Verdict:
+    """Like :func:`verify_report` but returns a non-ok Verdict (``check`` + reason) instead of raising."""
+    try:
+        return verify_report(report_bytes, expected_peer_id, policy, now, collateral=collateral)
+    except AttestationError as exc:
+        return Verdict(
+            ok=False,
+            tee_kind=None,
+            image_hash=None,
+            mrtd=None,
+            model_hash=None,
+            model_name=None,
+            tcb_checked=False,
+            tcb_status=None,
+            expires_at=None,
+            reasons=(str(exc),),
+            check=exc.check,
+        )

@@ -1,0 +1,90 @@
+"""Build the golden vectors in protocols/vectors/attestation/ from fixed keys (all deterministic).
+
+Rewrite them with ``.venv/bin/python -m tests.attestation.make_vectors`` from the repo root;
+test_vectors.py checks that the files equal what this produces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cocoon_node.attestation import TEE_DEV, TEE_TDX, Claims, DevPlatform, dev_image_hash, sign_report
+
+from .att_helpers import fixed_ed25519, real_quote_bytes
+
+VECTOR_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors" / "attestation"
+
+
+def to_json_value(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return {"$bytes": obj.hex()}
+    if isinstance(obj, dict):
+        return {k: to_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_json_value(v) for v in obj]
+    return obj
+
+
+def from_json_value(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"$bytes"}:
+            return bytes.fromhex(obj["$bytes"])
+        return {k: from_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_json_value(v) for v in obj]
+    return obj
+
+
+def _vector(name: str, data: bytes) -> dict[str, Any]:
+    return {"name": name, "hex": data.hex(), "value": to_json_value(cbor2.loads(data))}
+
+
+def build() -> dict[str, list[dict[str, Any]]]:
+    node = fixed_ed25519("cocoon-vector-node-key-1")
+    raw = node.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    dev = DevPlatform(fixed_ed25519("cocoon-vector-dev-platform-1"))
+    common: dict[str, Any] = dict(
+        model_hash=hashlib.sha256(b"cocoon-vector-model").digest(),
+        issued_at=1_800_000_000,
+        expires_at=1_800_086_400,
+    )
+    dev_claims = Claims.for_key(raw, model_name="Qwen/Qwen3-8B", node_version="0.1.0", tee_kind=TEE_DEV, **common)
+    tdx_claims = Claims.for_key(raw, model_name="modèle-ß/ü", node_version="0.1.0+tdx", tee_kind=TEE_TDX, **common)
+    evidence = dev.evidence(dev_claims.report_data(), dev_image_hash(dev_claims.node_version))
+    dev_env = sign_report(dev_claims, evidence, node)
+    tdx_env = sign_report(tdx_claims, real_quote_bytes(), node)
+    return {
+        "claims.json": [
+            _vector("dev-claims", dev_claims.to_cbor()),
+            _vector("tdx-claims-unicode-model-name", tdx_claims.to_cbor()),
+        ],
+        "dev_evidence.json": [_vector("dev-evidence", evidence)],
+        "record.json": [_vector("dev-record", cbor2.loads(dev_env)["payload"])],
+        "envelope.json": [
+            _vector("dev-envelope", dev_env),
+            # Well-formed and correctly signed, but the real quote's REPORTDATA is not this record's:
+            # verify_report fails it with check "report_data".
+            _vector("tdx-envelope-real-quote-foreign-report-data", tdx_env),
+        ],
+    }
+
+
+def render(vectors: list[dict[str, Any]]) -> str:
+    return json.dumps(vectors, indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> None:
+    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
+    for name, vectors in build().items():
+        (VECTOR_DIR / name).write_text(render(vectors), encoding="utf-8")
+        print(f"wrote {VECTOR_DIR / name} ({len(vectors)} vectors)")
+
+
+if __name__ == "__main__":
+    main()

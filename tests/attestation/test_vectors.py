@@ -1,0 +1,105 @@
+"""Golden vectors round-trip, are reproducible, and the TOML schema matches the code."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+
+from cocoon_node.attestation import (
+    ANY,
+    TEE_DEV,
+    AttestationError,
+    Policy,
+    decode_and_verify_envelope,
+    verify_report,
+)
+from cocoon_node.attestation import dev as dev_mod
+from cocoon_node.attestation import report as report_mod
+from cocoon_node.attestation.report import canonical_cbor, check_fields
+
+from .make_vectors import VECTOR_DIR, build, from_json_value, render
+
+SCHEMA = Path(__file__).resolve().parents[2] / "protocols" / "attestation.toml"
+FILES = ["claims.json", "dev_evidence.json", "record.json", "envelope.json"]
+
+
+def _load(name: str) -> list[dict[str, Any]]:
+    data = json.loads((VECTOR_DIR / name).read_text(encoding="utf-8"))
+    assert isinstance(data, list) and data
+    return data
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_vectors_round_trip(name: str) -> None:
+    for vec in _load(name):
+        assert set(vec) == {"name", "hex", "value"}
+        raw = bytes.fromhex(vec["hex"])
+        value = from_json_value(vec["value"])
+        assert cbor2.loads(raw) == value, vec["name"]
+        assert canonical_cbor(value) == raw, vec["name"]
+
+
+def test_vectors_are_reproducible() -> None:
+    built = build()
+    assert sorted(built) == sorted(FILES)
+    for name, vectors in built.items():
+        assert (VECTOR_DIR / name).read_text(encoding="utf-8") == render(vectors), name
+
+
+def test_envelope_vectors_decode_and_verify() -> None:
+    dev_env, tdx_env = (bytes.fromhex(v["hex"]) for v in _load("envelope.json"))
+    rep = decode_and_verify_envelope(dev_env)
+    policy = Policy(tee_kinds=frozenset({TEE_DEV}), image_hashes=ANY, model_hashes=ANY)
+    assert verify_report(dev_env, rep.claims.peer_id, policy, rep.claims.issued_at).ok
+    tdx = decode_and_verify_envelope(tdx_env)
+    with pytest.raises(AttestationError) as ei:
+        verify_report(
+            tdx_env,
+            tdx.claims.peer_id,
+            Policy(image_hashes=ANY, mrtds=ANY, model_hashes=ANY),
+            tdx.claims.issued_at,
+        )
+    assert ei.value.check == "report_data"
+
+
+def _schema_spec(fields: dict[str, Any]) -> dict[str, tuple[type, int | None, int | None]]:
+    types = {"uint": int, "bytes": bytes, "str": str}
+    out = {}
+    for name, f in fields.items():
+        assert f["required"] is True
+        out[name] = (types[f["type"]], f.get("max"), f.get("size"))
+    return out
+
+
+def test_schema_matches_code() -> None:
+    schema = tomllib.loads(SCHEMA.read_text())
+    assert schema["protocol"] == {
+        "name": "attestation",
+        "dht_namespace": "/cocoon-att/",
+        "encoding": "cbor-canonical",
+        "version": 1,
+    }
+    msgs = schema["messages"]
+    assert _schema_spec(msgs["attestation_claims"]["fields"]) == report_mod._CLAIM_FIELDS
+    assert _schema_spec(msgs["attestation_report"]["fields"]) == report_mod._RECORD_FIELDS
+    assert _schema_spec(msgs["attestation_envelope"]["fields"]) == report_mod._ENVELOPE_FIELDS
+    assert _schema_spec(msgs["dev_evidence"]["fields"]) == dev_mod._FIELDS
+    assert msgs["attestation_report"]["max_bytes"] == report_mod.MAX_ENVELOPE_BYTES
+    assert msgs["attestation_envelope"]["max_bytes"] == report_mod.MAX_ENVELOPE_BYTES
+    assert msgs["dev_evidence"]["max_bytes"] == dev_mod.MAX_DEV_EVIDENCE_BYTES
+    assert msgs["attestation_report"]["fields"]["tee_kind"]["values"] == list(report_mod.TEE_KINDS)
+    # every vector satisfies its message's field table
+    for name, msg in [
+        ("claims.json", "attestation_claims"),
+        ("dev_evidence.json", "dev_evidence"),
+        ("record.json", "attestation_report"),
+        ("envelope.json", "attestation_envelope"),
+    ]:
+        for vec in _load(name):
+            check_fields(from_json_value(vec["value"]), _schema_spec(msgs[msg]["fields"]), msg)
+            assert len(bytes.fromhex(vec["hex"])) <= msgs[msg]["max_bytes"]
