@@ -1,0 +1,3 @@
+from cocoon_node.cli import main
+
+main()

@@ -1,0 +1,200 @@
+"""OpenAI-compatible HTTP API served by a requester node, so any OpenAI client can use the mesh.
+
+``POST /v1/chat/completions`` answers as JSON or, with ``stream: true``, as server-sent events ending in
+``data: [DONE]``; ``GET /v1/models`` lists what the mesh offers with worker counts, price ranges and the
+attestation verdicts behind them. Errors use OpenAI's error shape and status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from cocoon_node.inference.chat import ChatRequest, RequestValidationError, parse_chat_request
+from cocoon_node.inference.requester import NoWorkerAvailable, Requester, StreamStart
+from cocoon_node.inference.stream import Delta, Final, WorkerFailure
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def error_response(status: int, message: str, *, type_: str, param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                        status_code=status)
+
+
+def failure_response(exc: Exception) -> JSONResponse:
+    if isinstance(exc, NoWorkerAvailable):
+        return error_response(503, str(exc), type_="service_unavailable", code=exc.code)
+    if isinstance(exc, WorkerFailure):
+        if exc.code == "invalid_request":
+            return error_response(400, str(exc), type_="invalid_request_error", param=exc.field, code=exc.code)
+        status = 504 if exc.code == "timeout" else 502
+        return error_response(status, f"worker failed: {exc}", type_="upstream_error", code=exc.code)
+    return error_response(500, "internal error", type_="server_error")
+
+
+def _completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class ChatStreamResponse(Response):
+    """Server-sent events written from the request's own task, so the mesh stream's nursery lives here.
+
+    When the client goes away, the write fails, the ``async with`` exits, and the worker gets a cancel.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, requester: Requester, chat: ChatRequest) -> None:
+        super().__init__(content=None, media_type=self.media_type,
+                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        self._requester = requester
+        self._chat = chat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chat = self._chat
+        cid, created = _completion_id(), int(time.time())
+        started = False
+
+        async def event(obj: Any) -> None:
+            body = b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
+        def chunk(delta: dict[str, Any], finish: str | None, worker: str) -> dict[str, Any]:
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.model,
+                    "system_fingerprint": worker,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        try:
+            async with self._requester.stream(chat) as events:
+                worker = ""
+                prompt_tokens = 0
+                async for ev in events:
+                    if isinstance(ev, StreamStart):
+                        worker = ev.worker.peer.to_base58()
+                        prompt_tokens = ev.prompt_tokens
+                        await send({"type": "http.response.start", "status": 200,
+                                    "headers": [(b"content-type", b"text/event-stream"),
+                                                (b"cache-control", b"no-cache"),
+                                                (b"x-cocoon-worker", worker.encode())]})
+                        started = True
+                        await event(chunk({"role": "assistant", "content": ""}, None, worker))
+                    elif isinstance(ev, Delta):
+                        if ev.text:
+                            await event(chunk({"content": ev.text}, None, worker))
+                    elif isinstance(ev, Final):
+                        finish = "length" if ev.finish_reason == "length" else "stop"
+                        await event(chunk({}, finish, worker))
+                        if chat.include_usage:
+                            await event({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                         "model": chat.model, "choices": [],
+                                         "usage": _usage(prompt_tokens, ev.completion_tokens)})
+                await event(b"[DONE]")
+        except (NoWorkerAvailable, WorkerFailure) as exc:
+            if not started:
+                await failure_response(exc)(scope, receive, send)
+                return
+            await event({"error": {"message": f"worker failed mid-stream: {exc}", "type": "upstream_error",
+                                   "param": None, "code": getattr(exc, "code", None)}})
+        except OSError:
+            return  # client went away; leaving the block cancelled the request on the worker
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def openai_app(requester: Requester, *, api_key: str = "",
+               models: Callable[[], list[dict[str, Any]]] | None = None,
+               extra_routes: list[Route] | None = None) -> Starlette:
+    """Build the ASGI app. ``models`` returns the model list entries (see the node)."""
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+            return error_response(401, "invalid or missing API key", type_="invalid_request_error",
+                                  code="invalid_api_key")
+        return None
+
+    async def list_models(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return JSONResponse({"object": "list", "data": models() if models else []})
+
+    async def chat_completions(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return error_response(413, f"request body over {MAX_BODY_BYTES} bytes", type_="invalid_request_error")
+        body = b""
+        async for part in request.stream():
+            body += part
+            if len(body) > MAX_BODY_BYTES:
+                return error_response(413, f"request body over {MAX_BODY_BYTES} bytes",
+                                      type_="invalid_request_error")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return error_response(400, f"body is not valid JSON: {exc}", type_="invalid_request_error")
+        try:
+            chat = parse_chat_request(payload)
+        except RequestValidationError as exc:
+            return error_response(400, f"{exc.field}: {exc.message}", type_="invalid_request_error",
+                                  param=exc.field, code="invalid_value")
+        if chat.stream:
+            return ChatStreamResponse(requester, chat)
+        return await _complete(requester, chat)
+
+    routes = [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        *(extra_routes or []),
+    ]
+    return Starlette(routes=routes)
+
+
+async def _complete(requester: Requester, chat: ChatRequest) -> Response:
+    text: list[str] = []
+    worker = ""
+    prompt_tokens = 0
+    final: Final | None = None
+    try:
+        async with requester.stream(chat) as events:
+            async for ev in events:
+                if isinstance(ev, StreamStart):
+                    worker, prompt_tokens = ev.worker.peer.to_base58(), ev.prompt_tokens
+                elif isinstance(ev, Delta):
+                    text.append(ev.text)
+                elif isinstance(ev, Final):
+                    final = ev
+    except (NoWorkerAvailable, WorkerFailure) as exc:
+        return failure_response(exc)
+    assert final is not None
+    return JSONResponse(
+        {
+            "id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": chat.model,
+            "system_fingerprint": worker,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
+                         "logprobs": None, "finish_reason": "length" if final.finish_reason == "length" else "stop"}],
+            "usage": _usage(prompt_tokens, final.completion_tokens),
+        },
+        headers={"x-cocoon-worker": worker},
+    )
+
+
+

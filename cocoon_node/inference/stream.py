@@ -1,0 +1,519 @@
+"""The direct inference stream ``/cocoon/inference/1.0.0``: worker handler and requester client.
+
+One request per stream. The worker reads the request, validates it like the OpenAI API would, answers
+accept or reject, then streams deltas while a second task listens for ``cancel`` and ``voucher`` frames;
+a cancel frame or the stream closing cancels generation, which the backend honours within one token step.
+Both sides bound every wait. Payments plug in through :class:`WorkerMeter` / :class:`RequesterMeter`, so
+this module carries frames and never decides what a token costs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from cocoon_node.inference.backend import Backend, BackendError, ContextLengthError
+from cocoon_node.inference.chat import ChatRequest, RequestValidationError
+from cocoon_node.wire import FrameError, FrameStream, load_protocol
+
+log = logging.getLogger(__name__)
+
+_PROTO = load_protocol("inference")
+PROTOCOL_ID: str = _PROTO.meta["id"]
+MAX_FRAME: int = int(_PROTO.meta["max_frame_bytes"])
+WIRE = "inference"
+
+
+class StreamLike(Protocol):
+    async def read(self, n: int | None = None) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+    async def close(self) -> None: ...
+
+
+class _EOFSafeStream:
+    """py-libp2p raises on end-of-stream where trio returns b""; present the trio convention."""
+
+    def __init__(self, stream: StreamLike) -> None:
+        self._stream = stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        try:
+            return await self._stream.read(n)
+        except Exception as exc:
+            if type(exc).__name__ in {
+                "StreamEOF",
+                "StreamClosed",
+                "StreamReset",
+                "MuxedStreamEOF",
+                "MuxedStreamClosed",
+                "MuxedStreamReset",
+            }:
+                return b""
+            raise
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+
+
+# ----- worker side ---------------------------------------------------------------------------------------
+
+
+class WorkerMeter(Protocol):
+    """Payment accounting for one request on the worker (see cocoon_node.payments)."""
+
+    credit_window: int
+
+    async def admit(self, request_id: str, payment: dict[str, Any] | None, prompt_tokens: int) -> None:
+        """Raise PaymentRequired when the request cannot be served on credit."""
+
+    async def before_tokens(self, request_id: str, completion_tokens: int) -> None:
+        """Wait until ``completion_tokens`` more tokens are within the credit window."""
+
+    async def on_voucher(self, request_id: str, voucher: bytes) -> None: ...
+
+    async def finish(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+class PaymentRequired(Exception):
+    """The worker will not serve without a payment channel or a fresh voucher."""
+
+
+@dataclass
+class WorkerStats:
+    served: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerTerms:
+    model: str
+    price_prompt: int
+    price_completion: int
+    max_concurrent: int
+    max_tokens_cap: int
+    request_timeout: float = 300.0
+
+
+class InferenceServer:
+    """Serves inference streams for one backend, admitting at most ``max_concurrent`` at a time."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        terms: WorkerTerms,
+        *,
+        meter: WorkerMeter | None = None,
+        on_load_change: Callable[[int], None] | None = None,
+        request_log: list[ChatRequest] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.terms = terms
+        self.meter = meter
+        self.stats = WorkerStats()
+        self._on_load_change = on_load_change
+        # What prompts reached this worker; tests assert on it (attestation policy must keep it empty).
+        self.request_log = request_log if request_log is not None else []
+
+    @property
+    def load(self) -> int:
+        return self.stats.in_flight
+
+    async def handle(self, raw_stream: Any) -> None:
+        """libp2p stream handler."""
+        frames = FrameStream(_EOFSafeStream(raw_stream), WIRE, max_frame=MAX_FRAME)
+        try:
+            await self._serve(frames)
+        except FrameError as exc:
+            log.info("closing inference stream after a malformed frame: %s", exc)
+            await _send_quietly(
+                frames, {"t": "error", "id": "", "code": "protocol", "message": str(exc)[:1000]}
+            )
+        except trio.TooSlowError:
+            await _send_quietly(
+                frames, {"t": "error", "id": "", "code": "timeout", "message": "request timed out"}
+            )
+        except Exception as exc:  # one bad stream must never take the worker down
+            log.warning("inference stream failed: %r", exc)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await raw_stream.close()
+                except Exception:
+                    pass
+
+    async def _serve(self, frames: FrameStream) -> None:
+        with trio.fail_after(30):
+            first = await frames.receive()
+        if first is None:
+            return
+        if first["t"] != "request":
+            raise FrameError(f"expected a request frame, got {first['t']!r}")
+        request_id = first["id"]
+
+        async def reject(code: str, message: str, field: str | None = None) -> None:
+            self.stats.rejected += 1
+            frame: dict[str, Any] = {"t": "reject", "id": request_id, "code": code, "message": message[:1000]}
+            if field is not None:
+                frame["field"] = field[:128]
+            await frames.send(frame)
+
+        try:
+            chat = ChatRequest.from_wire(first["chat"], max_tokens_limit=self.terms.max_tokens_cap)
+        except RequestValidationError as exc:
+            return await reject("invalid_request", exc.message, exc.field)
+        if chat.model != self.terms.model:
+            return await reject("model_mismatch", f"this worker serves {self.terms.model!r}", "model")
+        if (
+            first["price_prompt"] < self.terms.price_prompt
+            or first["price_completion"] < self.terms.price_completion
+        ):
+            return await reject("price_mismatch", "offered prices are below the announced prices")
+        if self.stats.in_flight >= self.terms.max_concurrent:
+            return await reject("overloaded", f"all {self.terms.max_concurrent} slots are busy")
+        prompt_tokens = self.backend.count_tokens(chat)
+        self.stats.in_flight += 1
+        self._load_changed()
+        try:
+            if self.meter is not None:
+                try:
+                    await self.meter.admit(request_id, first.get("payment"), prompt_tokens)
+                except PaymentRequired as exc:
+                    return await reject("payment_required", str(exc))
+            self.request_log.append(chat)
+            await frames.send(
+                {
+                    "t": "accept",
+                    "id": request_id,
+                    "prompt_tokens": prompt_tokens,
+                    "credit_window": self.meter.credit_window if self.meter else 0,
+                }
+            )
+            await self._generate(frames, request_id, chat, prompt_tokens)
+        finally:
+            self.stats.in_flight -= 1
+            self._load_changed()
+
+    async def _generate(
+        self, frames: FrameStream, request_id: str, chat: ChatRequest, prompt_tokens: int
+    ) -> None:
+        started = time.monotonic()
+        first_token_at: float | None = None
+        completion_tokens = 0
+        finish_reason = "cancelled"
+        peer_gone = False
+        async with trio.open_nursery() as nursery:
+            generation = trio.CancelScope()
+
+            async def listen() -> None:
+                nonlocal peer_gone
+                while True:
+                    try:
+                        frame = await frames.receive()
+                    except FrameError as exc:
+                        log.info("bad frame during generation: %s", exc)
+                        frame = None
+                    if frame is None:
+                        peer_gone = True
+                        generation.cancel()
+                        return
+                    if frame["t"] == "cancel":
+                        generation.cancel()
+                        return
+                    if frame["t"] == "voucher" and self.meter is not None:
+                        await self.meter.on_voucher(request_id, frame["voucher"])
+
+            nursery.start_soon(listen)
+            try:
+                with generation, trio.fail_after(self.terms.request_timeout):
+                    async with self.backend.generate(chat) as deltas:
+                        async for delta in deltas:
+                            if delta.token_count and self.meter is not None:
+                                await self.meter.before_tokens(request_id, delta.token_count)
+                            completion_tokens += delta.token_count
+                            if first_token_at is None and delta.token_count:
+                                first_token_at = time.monotonic()
+                            if delta.text or delta.token_count:
+                                await frames.send(
+                                    {
+                                        "t": "delta",
+                                        "id": request_id,
+                                        "text": delta.text,
+                                        "tokens": delta.token_count,
+                                    }
+                                )
+                            if delta.finish_reason is not None:
+                                finish_reason = delta.finish_reason
+            except ContextLengthError as exc:
+                self.stats.failed += 1
+                await _send_quietly(
+                    frames, {"t": "error", "id": request_id, "code": "backend", "message": str(exc)}
+                )
+                nursery.cancel_scope.cancel()
+                return
+            except BackendError as exc:
+                self.stats.failed += 1
+                await _send_quietly(
+                    frames, {"t": "error", "id": request_id, "code": "backend", "message": str(exc)}
+                )
+                nursery.cancel_scope.cancel()
+                return
+            finally:
+                if self.meter is not None:
+                    with trio.CancelScope(shield=True):
+                        await self.meter.finish(request_id, prompt_tokens, completion_tokens)
+            nursery.cancel_scope.cancel()
+        ended = time.monotonic()
+        if finish_reason == "cancelled":
+            self.stats.cancelled += 1
+        else:
+            self.stats.served += 1
+        if peer_gone:
+            return
+        ttft = ((first_token_at or ended) - started) * 1000
+        gen_s = max(ended - (first_token_at or started), 1e-9)
+        await _send_quietly(
+            frames,
+            {
+                "t": "final",
+                "id": request_id,
+                "finish_reason": finish_reason,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "ttft_ms": float(ttft),
+                "generation_ms": float((ended - started) * 1000),
+                "tokens_per_second": float(completion_tokens / gen_s) if completion_tokens else 0.0,
+            },
+        )
+
+    def _load_changed(self) -> None:
+        if self._on_load_change is not None:
+            self._on_load_change(self.stats.in_flight)
+
+
+async def _send_quietly(frames: FrameStream, frame: dict[str, Any]) -> None:
+    with trio.move_on_after(2):
+        try:
+            await frames.send(frame)
+        except Exception:
+            pass
+
+
+# ----- requester side -------------------------------------------------------------------------------------
+
+
+class WorkerFailure(Exception):
+    """The worker failed the request. ``before_first_token`` tells whether a retry elsewhere is safe."""
+
+    def __init__(
+        self, message: str, *, before_first_token: bool, code: str = "worker_error", field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.before_first_token = before_first_token
+        self.code = code
+        self.field = field
+
+
+class RequesterMeter(Protocol):
+    """Payment side of one request on the requester (see cocoon_node.payments)."""
+
+    def payment_ref(self) -> dict[str, Any] | None: ...
+
+    async def on_accept(self, prompt_tokens: int) -> bytes | None:
+        """Voucher covering the prompt, if any."""
+
+    async def on_tokens(self, completion_tokens: int) -> bytes | None:
+        """Voucher covering tokens received so far, when one is due."""
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Final:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    tokens_per_second: float
+    worker_ttft_ms: float
+
+
+class InferenceCall:
+    """One open request: iterate for :class:`Delta` items, then read :attr:`final`."""
+
+    def __init__(
+        self,
+        frames: FrameStream,
+        request_id: str,
+        prompt_tokens: int,
+        started: float,
+        meter: RequesterMeter | None,
+        first_token_timeout: float,
+        token_timeout: float,
+    ) -> None:
+        self._frames = frames
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        self._started = started
+        self._meter = meter
+        self._first_token_timeout = first_token_timeout
+        self._token_timeout = token_timeout
+        self.completion_tokens = 0
+        self.final: Final | None = None
+        self._first_token_at: float | None = None
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        while True:
+            timeout = self._first_token_timeout if self._first_token_at is None else self._token_timeout
+            try:
+                with trio.fail_after(timeout):
+                    frame = await self._frames.receive()
+            except trio.TooSlowError:
+                raise WorkerFailure(
+                    "worker stopped sending tokens",
+                    code="timeout",
+                    before_first_token=self._first_token_at is None,
+                ) from None
+            except FrameError as exc:
+                raise WorkerFailure(
+                    f"worker sent a bad frame: {exc}",
+                    code="protocol",
+                    before_first_token=self._first_token_at is None,
+                ) from None
+            if frame is None:
+                raise WorkerFailure(
+                    "worker closed the stream before finishing",
+                    code="worker_gone",
+                    before_first_token=self._first_token_at is None,
+                )
+            kind = frame["t"]
+            if kind == "delta":
+                if self._first_token_at is None:
+                    self._first_token_at = time.monotonic()
+                self.completion_tokens += frame["tokens"]
+                if self._meter is not None and frame["tokens"]:
+                    voucher = await self._meter.on_tokens(self.completion_tokens)
+                    if voucher is not None:
+                        await self._frames.send({"t": "voucher", "id": self.request_id, "voucher": voucher})
+                yield Delta(frame["text"], frame["tokens"])
+            elif kind == "usage":
+                continue
+            elif kind == "final":
+                if frame["completion_tokens"] != self.completion_tokens:
+                    raise WorkerFailure(
+                        f"worker claims {frame['completion_tokens']} completion tokens but streamed "
+                        f"{self.completion_tokens}",
+                        code="protocol",
+                        before_first_token=False,
+                    )
+                end = time.monotonic()
+                first = self._first_token_at or end
+                self.final = Final(
+                    frame["finish_reason"],
+                    frame["prompt_tokens"],
+                    frame["completion_tokens"],
+                    (first - self._started) * 1000,
+                    self.completion_tokens / max(end - first, 1e-9) if self.completion_tokens else 0.0,
+                    frame["ttft_ms"],
+                )
+                return
+            elif kind == "error":
+                raise WorkerFailure(
+                    f"worker error ({frame['code']}): {frame['message']}",
+                    code=frame["code"],
+                    before_first_token=self._first_token_at is None,
+                )
+            else:
+                raise WorkerFailure(
+                    f"unexpected {kind!r} frame",
+                    code="protocol",
+                    before_first_token=self._first_token_at is None,
+                )
+
+    async def cancel(self) -> None:
+        await _send_quietly(self._frames, {"t": "cancel", "id": self.request_id})
+
+
+@asynccontextmanager
+async def call_worker(
+    stream: Any,
+    chat: ChatRequest,
+    *,
+    price_prompt: int,
+    price_completion: int,
+    meter: RequesterMeter | None = None,
+    accept_timeout: float = 30.0,
+    first_token_timeout: float = 60.0,
+    token_timeout: float = 30.0,
+) -> AsyncIterator[InferenceCall]:
+    """Send one request on an open stream and yield the call once the worker accepted it."""
+    frames = FrameStream(_EOFSafeStream(stream), WIRE, max_frame=MAX_FRAME)
+    request_id = uuid.uuid4().hex
+    started = time.monotonic()
+    request: dict[str, Any] = {
+        "t": "request",
+        "v": 1,
+        "id": request_id,
+        "chat": chat.to_wire(),
+        "price_prompt": price_prompt,
+        "price_completion": price_completion,
+    }
+    payment = meter.payment_ref() if meter is not None else None
+    if payment is not None:
+        request["payment"] = payment
+    try:
+        await frames.send(request)
+        try:
+            with trio.fail_after(accept_timeout):
+                answer = await frames.receive()
+        except trio.TooSlowError:
+            raise WorkerFailure(
+                "worker did not answer the request", code="timeout", before_first_token=True
+            ) from None
+        except FrameError as exc:
+            raise WorkerFailure(
+                f"worker sent a bad frame: {exc}", code="protocol", before_first_token=True
+            ) from None
+        if answer is None:
+            raise WorkerFailure("worker closed the stream", code="worker_gone", before_first_token=True)
+        if answer["t"] == "reject":
+            raise WorkerFailure(
+                answer["message"], code=answer["code"], field=answer.get("field"), before_first_token=True
+            )
+        if answer["t"] != "accept":
+            raise WorkerFailure(
+                f"expected accept, got {answer['t']!r}", code="protocol", before_first_token=True
+            )
+        if meter is not None:
+            voucher = await meter.on_accept(answer["prompt_tokens"])
+            if voucher is not None:
+                await frames.send({"t": "voucher", "id": request_id, "voucher": voucher})
+        call = InferenceCall(
+            frames, request_id, answer["prompt_tokens"], started, meter, first_token_timeout, token_timeout
+        )
+        try:
+            yield call
+        finally:
+            if call.final is None:
+                with trio.CancelScope(shield=True):
+                    await call.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await stream.close()
+            except Exception:
+                pass

@@ -1,0 +1,113 @@
+"""A model-free backend for tests, simulations and load generation.
+
+It is announced as synthetic (``synthetic = True``) so no requester pays for it by mistake. The reply echoes
+the words of the last user message (or a fixed lorem text when there are none), one word per token, at a
+configured rate; everything is deterministic so tests can assert on exact output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from cocoon_node.inference.backend import (
+    DEFAULT_BUFFER_SIZE,
+    FinishReason,
+    SlotCounter,
+    StopTextBuffer,
+    TokenDelta,
+    stream_from_producer,
+)
+from cocoon_node.inference.chat import ChatRequest
+
+LOREM = (
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "
+    "et dolore magna aliqua."
+).split()
+
+
+class SyntheticBackend:
+    """Deterministic word-per-token generator paced by ``trio.sleep`` (``tokens_per_second=0``: no pacing)."""
+
+    kind = "synthetic"
+    synthetic = True
+
+    def __init__(
+        self,
+        tokens_per_second: float = 0.0,
+        model_name: str = "synthetic-echo",
+        *,
+        max_batch: int = 8,
+        default_max_tokens: int = 256,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+    ) -> None:
+        if tokens_per_second < 0:
+            raise ValueError("tokens_per_second must not be negative")
+        self.tokens_per_second = tokens_per_second
+        self.model_name = model_name
+        self.max_batch = max_batch
+        self.default_max_tokens = default_max_tokens
+        self.buffer_size = buffer_size
+        self.tokens_generated = 0
+        self._slots = SlotCounter(max_batch)
+
+    @property
+    def in_flight(self) -> int:
+        return self._slots.in_flight
+
+    async def load(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def model_files(self) -> list[Path]:
+        return []
+
+    def count_tokens(self, req: ChatRequest) -> int:
+        """Whitespace words of every message: the synthetic model's notion of a token."""
+        return sum(len(m.content.split()) for m in req.messages)
+
+    def reply_words(self, req: ChatRequest) -> list[str]:
+        """The full (uncapped) reply, one entry per token; public so tests can predict output."""
+        for message in reversed(req.messages):
+            if message.role == "user" and message.content.split():
+                return message.content.split()
+        return list(LOREM)
+
+    @asynccontextmanager
+    async def generate(self, req: ChatRequest) -> AsyncIterator[AsyncIterator[TokenDelta]]:
+        async with (
+            self._slots.slot(),
+            stream_from_producer(partial(self._produce, req), buffer_size=self.buffer_size) as stream,
+        ):
+            yield stream
+
+    async def _produce(self, req: ChatRequest, send: trio.MemorySendChannel[TokenDelta]) -> None:
+        words = self.reply_words(req)
+        limit = req.max_tokens if req.max_tokens is not None else self.default_max_tokens
+        prompt_tokens = self.count_tokens(req)
+        interval = 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
+        start = trio.current_time()
+        text = ""
+        buffer = StopTextBuffer(req.stop)
+        for i in range(min(limit, len(words))):
+            if interval:
+                await trio.sleep_until(start + (i + 1) * interval)
+            else:
+                await trio.lowlevel.checkpoint()
+            self.tokens_generated += 1
+            text += words[i] if i == 0 else " " + words[i]
+            piece, stopped = buffer.update(text)
+            if stopped:
+                await send.send(TokenDelta(piece, 1, "stop", prompt_tokens))
+                return
+            if i + 1 == len(words) or i + 1 == limit:
+                reason: FinishReason = "stop" if i + 1 == len(words) else "length"
+                await send.send(TokenDelta(piece + buffer.flush(text), 1, reason, prompt_tokens))
+                return
+            await send.send(TokenDelta(piece, 1))
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,198 @@
+"""Attestation in the mesh: workers publish signed reports into the DHT, requesters verify before use.
+
+Reports live under ``/cocoon-att/<peer id>``. The DHT namespace validator accepts a record only if it is
+well-formed, signed by the key it names, that key's peer id is the one in the DHT key, and it has not
+expired; of two valid records the newest wins. Requesters fetch the report for a worker before its first
+request, verify it against their policy (evidence, binding, measurements, model hash, age), cache the
+verdict until the report expires, and never send a prompt to a worker whose verdict is not ok.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+
+from cocoon_node import __version__
+from cocoon_node.attestation import (
+    ANY,
+    TEE_DEV,
+    TEE_TDX,
+    AttestationError,
+    Claims,
+    DevPlatform,
+    Policy,
+    Verdict,
+    check_report,
+    decode_and_verify_envelope,
+    dev_image_hash,
+    get_tdx_quote,
+    sign_report,
+)
+from cocoon_node.config import Config
+from cocoon_node.mesh import Announcement, Mesh, RecordRejected
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "cocoon-att"
+
+
+def report_key(peer_id: ID) -> str:
+    return f"/{NAMESPACE}/{peer_id.to_base58()}"
+
+
+class AttestationNamespace:
+    """DHT validator for attestation reports (plugs into the mesh's strict namespaced validator)."""
+
+    namespace = NAMESPACE
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+
+    def validate(self, key: str, value: bytes) -> None:
+        try:
+            report = decode_and_verify_envelope(value)
+        except AttestationError as exc:
+            raise RecordRejected(f"attestation record rejected: {exc}") from exc
+        expected = key.removeprefix(f"/{NAMESPACE}/")
+        if ID(report.claims.peer_id).to_base58() != expected:
+            raise RecordRejected("attestation record is for another peer than its key names")
+        if report.claims.expires_at <= self._clock():
+            raise RecordRejected("attestation record has expired")
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        def issued(value: bytes) -> int:
+            try:
+                return decode_and_verify_envelope(value).claims.issued_at
+            except AttestationError:
+                return -1
+        return max(range(len(values)), key=lambda i: issued(values[i]))
+
+
+def policy_from_config(config: Config) -> Policy:
+    """Build the verifier policy; lists left empty fail closed except on an explicitly local network."""
+    p = config.policy
+    local = config.node.network == "local"
+    kinds = {TEE_TDX} | ({TEE_DEV} if p.allow_dev_tee else set())
+    if p.allow_dev_tee:
+        log.warning("policy accepts dev-INSECURE attestation: reports prove nothing about hardware")
+    images: Any = frozenset(bytes.fromhex(h) for h in p.allowed_image_hashes) or (ANY if local else frozenset())
+    models: Any = ANY if p.allow_any_model else frozenset(bytes.fromhex(h) for h in p.allowed_model_hashes)
+    return Policy(tee_kinds=frozenset(kinds), image_hashes=images, mrtds=ANY if local else frozenset(),
+                  model_hashes=models, max_report_age_s=p.max_report_age)
+
+
+class ReportPublisher:
+    """Worker side: produce evidence over our claims, publish into the DHT, re-publish before expiry."""
+
+    def __init__(self, mesh: Mesh, key_pair: KeyPair, *, tee: str, model_name: str, model_hash: bytes,
+                 data_dir: Path, lifetime: int = 3600) -> None:
+        self._mesh = mesh
+        self._key_pair = key_pair
+        self._tee = tee
+        self._model_name = model_name
+        self._model_hash = model_hash
+        self._lifetime = lifetime
+        self._dev = DevPlatform.load_or_create(data_dir / "dev-platform.key") if tee == TEE_DEV else None
+        self.current: bytes | None = None
+        self.published = trio.Event()
+
+    def make_report(self, now: int | None = None) -> bytes:
+        now = int(time.time()) if now is None else now
+        signing_key = Ed25519PrivateKey.from_private_bytes(self._key_pair.private_key.to_bytes())
+        claims = Claims.for_key(
+            self._key_pair.public_key.to_bytes(), model_name=self._model_name, model_hash=self._model_hash,
+            node_version=__version__, issued_at=now, expires_at=now + self._lifetime, tee_kind=self._tee,
+        )
+        if self._dev is not None:
+            log.warning("attesting with the dev-INSECURE TEE: fine for local clusters, worthless elsewhere")
+            evidence = self._dev.evidence(claims.report_data(), dev_image_hash(__version__))
+        else:
+            evidence = get_tdx_quote(claims.report_data())
+        return sign_report(claims, evidence, signing_key)
+
+    async def run(self) -> None:
+        while True:
+            self.current = self.make_report()
+            for attempt in range(5):
+                try:
+                    with trio.fail_after(20):
+                        await self._mesh.put_record(report_key(self._mesh.peer_id), self.current)
+                    break
+                except Exception as exc:
+                    log.warning("publishing attestation report failed (attempt %d): %s", attempt + 1, exc)
+                    await trio.sleep(1 + attempt)
+            self.published.set()
+            await trio.sleep(self._lifetime * 0.5)
+
+
+@dataclass(frozen=True)
+class CachedVerdict:
+    verdict: Verdict
+    checked_at: float
+
+
+class AttestationGate:
+    """Requester side: a worker is usable only with an ok, unexpired verdict that matches its announcement."""
+
+    def __init__(self, mesh: Mesh, policy: Policy, *, clock: Callable[[], float] = time.time,
+                 retry_after: float = 5.0) -> None:
+        self._mesh = mesh
+        self.policy = policy
+        self._clock = clock
+        self._retry_after = retry_after
+        self._cache: dict[bytes, CachedVerdict] = {}
+        self.fetches = 0
+        self.rejections = 0
+
+    def verdict(self, peer_id: bytes) -> Verdict | None:
+        cached = self._cache.get(peer_id)
+        return cached.verdict if cached else None
+
+    async def is_attested(self, announcement: Announcement) -> bool:
+        verdict = await self.check(announcement.peer_id)
+        if not verdict.ok:
+            return False
+        if verdict.model_hash != announcement.model_hash.hex() or verdict.tee_kind != announcement.tee_kind:
+            log.warning("worker %s announces a model or TEE its attestation does not bind", announcement.peer)
+            return False
+        return True
+
+    async def check(self, peer_id: bytes) -> Verdict:
+        now = self._clock()
+        cached = self._cache.get(peer_id)
+        if cached is not None:
+            v = cached.verdict
+            if v.ok and v.expires_at is not None and now < v.expires_at:
+                return v
+            if not v.ok and now - cached.checked_at < self._retry_after:
+                return v
+        self.fetches += 1
+        try:
+            with trio.fail_after(10):
+                record = await self._mesh.get_record(report_key(ID(peer_id)))
+        except Exception as exc:
+            record = None
+            log.info("fetching attestation of %s failed: %s", ID(peer_id), exc)
+        if record is None:
+            verdict = Verdict(ok=False, tee_kind=None, image_hash=None, mrtd=None, model_hash=None, model_name=None,
+                              tcb_checked=False, tcb_status=None, expires_at=None,
+                              reasons=("no attestation report found in the DHT",), check="missing")
+        else:
+            verdict = check_report(record, peer_id, self.policy, int(now))
+        if not verdict.ok:
+            self.rejections += 1
+            log.warning("worker %s failed attestation: %s", ID(peer_id), "; ".join(verdict.reasons))
+        self._cache[peer_id] = CachedVerdict(verdict, now)
+        return verdict
+
+    def summary(self) -> dict[str, Any]:
+        return {ID(pid).to_base58(): asdict(c.verdict) for pid, c in self._cache.items()}

@@ -1,0 +1,201 @@
+"""The node: one Trio process wiring mesh, attestation, inference and the HTTP surfaces together.
+
+Roles are flags: a worker sells inference, a requester buys it for local clients, a node may be both.
+Every node relays gossip and serves the DHT whatever its roles, which is what keeps the mesh symmetric.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+
+from cocoon_node import __version__
+from cocoon_node.api import admin_app, openai_app, serve_http
+from cocoon_node.config import Config
+from cocoon_node.inference.requester import Requester
+from cocoon_node.inference.stream import PROTOCOL_ID
+from cocoon_node.mesh import (
+    WORKERS_TOPIC,
+    Announcement,
+    AnnouncementValidator,
+    Mesh,
+    MeshSettings,
+    WorkerTable,
+    load_or_create_identity,
+)
+from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
+from cocoon_node.node.worker import WorkerRole, build_backend
+
+log = logging.getLogger(__name__)
+
+NODE_INFO_FILE = "node.json"
+
+
+class AttestedPeerMismatch(Exception):
+    """The stream's authenticated remote key is not the key the attestation report binds."""
+
+
+@dataclass
+class NodeInfo:
+    peer_id: str
+    addrs: list[str]
+    admin_url: str
+    admin_token: str
+    api_url: str | None
+    pid: int
+    roles: list[str] = field(default_factory=list)
+
+
+class Node:
+    def __init__(self, config: Config, key_pair: KeyPair | None = None) -> None:
+        self.config = config
+        self.key_pair = key_pair or load_or_create_identity(config.data_dir)
+        self.validator = AnnouncementValidator()
+        self.table = WorkerTable()
+        self.validator.on_accept = self.table.update
+        self.mesh = Mesh(self.key_pair, self._mesh_settings(), namespaces=[AttestationNamespace()],
+                         topic_validators={WORKERS_TOPIC: self.validator})
+        self.worker: WorkerRole | None = None
+        self.requester: Requester | None = None
+        self.gate: AttestationGate | None = None
+        self.info: NodeInfo | None = None
+        self.started_at = time.time()
+        self.ready = trio.Event()
+
+    def _mesh_settings(self) -> MeshSettings:
+        n = self.config.node
+        return MeshSettings(listen_addrs=n.listen, bootstrap=n.bootstrap, max_connections=n.max_connections,
+                            target_peers=n.target_peers, local_cluster=n.local_cluster, topics=(WORKERS_TOPIC,))
+
+    @property
+    def peer_id(self) -> ID:
+        return self.mesh.peer_id
+
+    async def run(self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        async with self.mesh.start(), trio.open_nursery() as nursery:
+            roles = []
+            if cfg.worker.enabled:
+                roles.append("worker")
+                self.worker = WorkerRole(cfg, self.mesh, self.key_pair, build_backend(cfg))
+                await nursery.start(self.worker.run)
+            api_url = None
+            if cfg.requester.enabled:
+                roles.append("requester")
+                self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
+                self.requester = Requester(
+                    self.table.live, self._open_attested_stream, self.gate,
+                    max_price_prompt=cfg.requester.max_price_prompt,
+                    max_price_completion=cfg.requester.max_price_completion,
+                    first_token_timeout=cfg.requester.first_token_timeout,
+                )
+                app = openai_app(self.requester, api_key=cfg.requester.api_key, models=self.models)
+                api_url = await nursery.start(serve_http, app, cfg.requester.api_host, cfg.requester.api_port)
+            nursery.start_soon(self._expire_workers)
+            token = secrets.token_hex(16)
+            admin_url = await nursery.start(serve_http, admin_app(self.status, token), cfg.node.admin_host,
+                                            cfg.node.admin_port)
+            self.info = NodeInfo(self.peer_id.to_base58(), self.mesh.listen_addrs(), admin_url, token, api_url,
+                                 os.getpid(), roles)
+            self._write_info(self.info)
+            self.ready.set()
+            log.info("node %s up: %s roles=%s api=%s", self.peer_id, self.mesh.listen_addrs(), roles, api_url)
+            task_status.started(self.info)
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+
+    async def _open_attested_stream(self, worker: Announcement) -> Any:
+        """Open the inference stream to exactly the peer whose key the attestation report binds."""
+        stream = await self.mesh.new_stream(worker.peer, PROTOCOL_ID, worker.addrs)
+        remote = stream.muxed_conn.peer_id
+        if remote != worker.peer:
+            await stream.reset()
+            raise AttestedPeerMismatch(f"stream reached {remote}, not the attested worker {worker.peer}")
+        return stream
+
+    async def _expire_workers(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            for pid in self.table.expire():
+                log.info("worker %s expired (no announcement)", ID(pid))
+
+    def models(self) -> list[dict[str, Any]]:
+        """Entries for ``GET /v1/models``: worker count, price range and attestation verdicts per model."""
+        by_model: dict[str, list[Announcement]] = {}
+        for a in self.table.live():
+            by_model.setdefault(a.model, []).append(a)
+        out = []
+        for model, workers in sorted(by_model.items()):
+            verdicts = []
+            for w in workers:
+                v = self.gate.verdict(w.peer_id) if self.gate else None
+                verdicts.append({
+                    "worker": w.peer.to_base58(), "tee_kind": w.tee_kind,
+                    "dev_insecure": w.tee_kind != "tdx",
+                    "verified": bool(v and v.ok), "image_hash": v.image_hash if v else None,
+                    "model_hash": w.model_hash.hex(), "tcb_checked": v.tcb_checked if v else False,
+                    "reasons": list(v.reasons) if v else ["not yet verified"],
+                })
+            out.append({
+                "id": model, "object": "model", "created": 0, "owned_by": "cocoon-mesh",
+                "cocoon": {
+                    "workers": len(workers),
+                    "synthetic": any(w.synthetic for w in workers),
+                    "price_prompt": [min(w.price_prompt for w in workers), max(w.price_prompt for w in workers)],
+                    "price_completion": [min(w.price_completion for w in workers),
+                                         max(w.price_completion for w in workers)],
+                    "attestation": verdicts,
+                },
+            })
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "peer_id": self.peer_id.to_base58(),
+            "addrs": self.mesh.listen_addrs() if self.mesh.host else [],
+            "network": self.config.node.network,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "connected_peers": len(self.mesh.connected_peers()) if self.mesh.host else 0,
+            "topic_peers": self.mesh.topic_peers(WORKERS_TOPIC) if self.mesh.pubsub else 0,
+            "announcements": self.validator.stats(),
+            "workers": [
+                {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
+                 "price_prompt": a.price_prompt, "price_completion": a.price_completion, "tee_kind": a.tee_kind,
+                 "synthetic": a.synthetic, "seqno": a.seqno, "expires_at": a.expires_at}
+                for a in self.table.live()
+            ],
+            "attestation": self.gate.summary() if self.gate else {},
+            "worker": self.worker.status() if self.worker else None,
+            "requester": {"completed": self.requester.completed, "failed": self.requester.failed,
+                          "api_url": self.info.api_url if self.info else None} if self.requester else None,
+        }
+
+    def _write_info(self, info: NodeInfo) -> None:
+        path = self.config.data_dir / NODE_INFO_FILE
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info.__dict__, fh)
+        os.replace(tmp, path)
+
+
+def read_node_info(data_dir: Any) -> dict[str, Any]:
+    from pathlib import Path
+
+    with open(Path(data_dir) / NODE_INFO_FILE) as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
