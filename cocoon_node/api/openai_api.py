@@ -94,7 +94,8 @@ class ChatStreamResponse(Response):
                         await send({"type": "http.response.start", "status": 200,
                                     "headers": [(b"content-type", b"text/event-stream"),
                                                 (b"cache-control", b"no-cache"),
-                                                (b"x-cocoon-worker", worker.encode())]})
+                                                (b"x-cocoon-worker", worker.encode()),
+                                                (b"x-cocoon-attempts", str(ev.attempts).encode())]})
                         started = True
                         await event(chunk({"role": "assistant", "content": ""}, None, worker))
                     elif isinstance(ev, Delta):
@@ -171,13 +172,14 @@ def openai_app(requester: Requester, *, api_key: str = "",
 async def _complete(requester: Requester, chat: ChatRequest) -> Response:
     text: list[str] = []
     worker = ""
+    attempts = 0
     prompt_tokens = 0
     final: Final | None = None
     try:
         async with requester.stream(chat) as events:
             async for ev in events:
                 if isinstance(ev, StreamStart):
-                    worker, prompt_tokens = ev.worker.peer.to_base58(), ev.prompt_tokens
+                    worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
                 elif isinstance(ev, Delta):
                     text.append(ev.text)
                 elif isinstance(ev, Final):
@@ -193,7 +195,7 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
                          "logprobs": None, "finish_reason": "length" if final.finish_reason == "length" else "stop"}],
             "usage": _usage(prompt_tokens, final.completion_tokens),
         },
-        headers={"x-cocoon-worker": worker},
+        headers={"x-cocoon-worker": worker, "x-cocoon-attempts": str(attempts)},
     )
 
 

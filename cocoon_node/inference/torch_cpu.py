@@ -142,6 +142,12 @@ class TorchBackend:
             stop_ids.add(tokenizer.eos_token_id)
         self._stop_ids = frozenset(stop_ids)
         self._context_len = int(getattr(model.config, "max_position_embeddings", 2048))
+        # The first forward passes are several times slower (allocator and kernel warm-up); pay that here
+        # rather than in the first paying request's time to first token.
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([[1, 2, 3, 4]]), use_cache=True)
+            for token in (5, 6):
+                out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
         self._tokenizer = tokenizer
         self._model = model
 

@@ -40,9 +40,13 @@ def build_backend(config: Config) -> Backend:
     return make_backend(w.backend, **options)
 
 
-def compute_model_hash(backend: Backend, cache_dir: Path) -> bytes:
-    """SHA-256 naming the served weights (blocking: reads every weight file once, then a size/mtime cache)."""
-    files = backend.model_files()
+def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") -> bytes:
+    """SHA-256 naming the served weights (blocking: reads every weight file once, then a size/mtime cache).
+
+    A synthetic backend has no weights; ``stand_in`` (its ``worker.model_path``) names a file hashed in their
+    place, so test clusters can run workers that differ in "weights" without loading a real model.
+    """
+    files = backend.model_files() or ([Path(stand_in)] if stand_in and backend.synthetic else [])
     if files:
         root = Path(files[0]).parent
         if all(Path(f).parent == root for f in files):
@@ -74,7 +78,7 @@ class WorkerRole:
         w = self.config.worker
         log.info("loading %s backend for %s", w.backend, w.model)
         await self.backend.load()
-        weights = await trio.to_thread.run_sync(compute_model_hash, self.backend, self.config.data_dir)
+        weights = await trio.to_thread.run_sync(compute_model_hash, self.backend, self.config.data_dir, w.model_path)
         log.info("model %s weight hash %s", w.model, weights.hex())
         terms = WorkerTerms(model=w.model, price_prompt=w.price_prompt, price_completion=w.price_completion,
                             max_concurrent=w.max_concurrent, max_tokens_cap=w.max_tokens_cap)

@@ -1,0 +1,1 @@
+"""Payments: vouchers for TON payment channels and the chains they settle on."""

@@ -1,0 +1,289 @@
+// Shared JS helpers for the cocoon contracts: cell layouts, message bodies, signing, and
+// transaction summaries. Used by the tests and by the local-chain sidecar; the Python side
+// (cocoon_node/payments/voucher.py) builds the same cells and a test checks they match.
+import { readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Address, beginCell, Cell, contractAddress, Dictionary } from '@ton/core';
+import { sign } from '@ton/crypto';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+export const OP = {
+  TOP_UP: 0x5c0c0001,
+  CLAIM: 0x5c0c0002,
+  COOPERATIVE_CLOSE: 0x5c0c0003,
+  START_CLOSE: 0x5c0c0004,
+  CHALLENGE: 0x5c0c0005,
+  FINISH: 0x5c0c0006,
+  CLAIM_PAYOUT: 0x5c0c0010,
+  CLOSE_PAYOUT: 0x5c0c0011,
+  REFUND: 0x5c0c0012,
+  // registry
+  ADD_IMAGE: 0x5c0c0101,
+  REMOVE_IMAGE: 0x5c0c0102,
+  ADD_MODEL: 0x5c0c0103,
+  REMOVE_MODEL: 0x5c0c0104,
+  SET_PARAMS: 0x5c0c0105,
+  TRANSFER_OWNERSHIP: 0x5c0c0106,
+};
+
+export const TAG = { VOUCHER: 0x5c0cf001, CLOSE: 0x5c0cf002 };
+
+export const ERR = {
+  NOT_PAYER: 101,
+  NOT_PAYEE: 102,
+  NOT_PARTY: 103,
+  WRONG_STATE: 104,
+  BAD_SIGNATURE: 105,
+  WRONG_CHANNEL: 106,
+  WRONG_TAG: 107,
+  STALE_SEQNO: 108,
+  AMOUNT_BACKWARDS: 109,
+  OVERDRAW: 110,
+  TOO_EARLY: 111,
+  TOO_LATE: 112,
+  LOW_VALUE: 113,
+  NOTHING_TO_CLAIM: 114,
+  BAD_VOUCHER: 115,
+  NOT_OWNER: 201,
+  ALREADY_SET: 202,
+  NOT_FOUND: 203,
+  UNKNOWN_OP: 0xffff,
+};
+
+export const STATE = { OPEN: 0, CLOSING: 1 };
+
+/** Compiled code of a contract from the committed build/ (what gets deployed everywhere). */
+export function loadCode(name) {
+  const boc = readFileSync(join(ROOT, 'build', `${name}.boc`));
+  return Cell.fromBoc(boc)[0];
+}
+
+export function loadMeta(name) {
+  return JSON.parse(readFileSync(join(ROOT, 'build', `${name}.json`), 'utf-8'));
+}
+
+const big = (x) => BigInt(x);
+const addr = (a) => (typeof a === 'string' ? Address.parse(a) : a);
+
+// ---- payment channel ----------------------------------------------------------------------
+
+/**
+ * Initial data of a channel. Everything mutable starts at zero: a payee must check that the
+ * channel address is derived from exactly this (see channelAddress), otherwise a payer could
+ * deploy a channel whose storage claims a deposit it never made.
+ */
+export function channelInitData(p) {
+  const keys = beginCell().storeUint(big('0x' + hex(p.payerKey)), 256).storeUint(big('0x' + hex(p.payeeKey)), 256).endCell();
+  const addrs = beginCell().storeAddress(addr(p.payer)).storeAddress(addr(p.payee)).endCell();
+  return beginCell()
+    .storeUint(0, 2) // state OPEN
+    .storeUint(0, 2) // closeInitiator
+    .storeUint(big(p.channelId), 256)
+    .storeUint(p.challengePeriod, 32)
+    .storeCoins(0) // deposit
+    .storeCoins(0) // claimed
+    .storeUint(0, 64) // seqno
+    .storeCoins(0) // committed
+    .storeUint(0, 32) // closeDeadline
+    .storeRef(keys)
+    .storeRef(addrs)
+    .endCell();
+}
+
+export function channelStateInit(p, code = loadCode('payment_channel')) {
+  return { code, data: channelInitData(p) };
+}
+
+export function channelAddress(p, code = loadCode('payment_channel'), workchain = 0) {
+  return contractAddress(workchain, channelStateInit(p, code));
+}
+
+function hex(k) {
+  if (typeof k === 'string') return k.replace(/^0x/, '');
+  return Buffer.from(k).toString('hex');
+}
+
+/** The cell the payer signs for a voucher: tag:uint32 channelId:uint256 seqno:uint64 cumulative:coins */
+export function voucherCell(channelId, seqno, cumulative, tag = TAG.VOUCHER) {
+  return beginCell().storeUint(tag, 32).storeUint(big(channelId), 256).storeUint(big(seqno), 64).storeCoins(big(cumulative)).endCell();
+}
+
+/** The cell both parties sign for a cooperative close: tag:uint32 channelId:uint256 cumulative:coins */
+export function closeCell(channelId, cumulative, tag = TAG.CLOSE) {
+  return beginCell().storeUint(tag, 32).storeUint(big(channelId), 256).storeCoins(big(cumulative)).endCell();
+}
+
+/** Ed25519 signature over the cell's representation hash (what check_signature verifies). */
+export function signCell(cell, secretKey) {
+  return sign(cell.hash(), Buffer.from(secretKey));
+}
+
+export function signedVoucher(channelId, seqno, cumulative, payerSecret, opts = {}) {
+  const cell = opts.cell ?? voucherCell(channelId, seqno, cumulative, opts.tag);
+  return { signature: signCell(cell, payerSecret), cell };
+}
+
+export function topUpBody(amount, queryId = 0) {
+  return beginCell().storeUint(OP.TOP_UP, 32).storeUint(queryId, 64).storeCoins(big(amount)).endCell();
+}
+
+function storeSigned(b, sv) {
+  return b.storeBuffer(Buffer.from(sv.signature), 64).storeRef(sv.cell);
+}
+
+export function claimBody(sv, queryId = 0) {
+  return storeSigned(beginCell().storeUint(OP.CLAIM, 32).storeUint(queryId, 64), sv).endCell();
+}
+
+export function challengeBody(sv, queryId = 0) {
+  return storeSigned(beginCell().storeUint(OP.CHALLENGE, 32).storeUint(queryId, 64), sv).endCell();
+}
+
+/** sv = null: payer closes on the newest state the contract has seen. */
+export function startCloseBody(sv, queryId = 0) {
+  const b = beginCell().storeUint(OP.START_CLOSE, 32).storeUint(queryId, 64);
+  if (sv) {
+    b.storeBit(1).storeRef(storeSigned(beginCell(), sv).endCell());
+  } else {
+    b.storeBit(0);
+  }
+  return b.endCell();
+}
+
+export function cooperativeCloseBody(cell, payerSignature, payeeSignature, queryId = 0) {
+  return beginCell()
+    .storeUint(OP.COOPERATIVE_CLOSE, 32)
+    .storeUint(queryId, 64)
+    .storeBuffer(Buffer.from(payerSignature), 64)
+    .storeRef(beginCell().storeBuffer(Buffer.from(payeeSignature), 64).endCell())
+    .storeRef(cell)
+    .endCell();
+}
+
+export function finishBody(queryId = 0) {
+  return beginCell().storeUint(OP.FINISH, 32).storeUint(queryId, 64).endCell();
+}
+
+// ---- registry ------------------------------------------------------------------------------
+
+export function registryInitData(p) {
+  return beginCell()
+    .storeAddress(addr(p.owner))
+    .storeUint(0, 32) // version
+    .storeCoins(big(p.minDeposit ?? 0))
+    .storeUint(p.minChallengePeriod ?? 0, 32)
+    .storeUint(0, 32) // imageCount
+    .storeUint(0, 32) // modelCount
+    .storeDict(null)
+    .storeDict(null)
+    .endCell();
+}
+
+export function registryStateInit(p, code = loadCode('registry')) {
+  return { code, data: registryInitData(p) };
+}
+
+const REGISTRY_HASH_OPS = {
+  add_image: OP.ADD_IMAGE,
+  remove_image: OP.REMOVE_IMAGE,
+  add_model: OP.ADD_MODEL,
+  remove_model: OP.REMOVE_MODEL,
+};
+
+/** Registry update body. action: add_image | remove_image | add_model | remove_model | set_params | transfer_ownership */
+export function registryBody(action, args = {}, queryId = 0) {
+  const b = beginCell();
+  if (action in REGISTRY_HASH_OPS) {
+    return b.storeUint(REGISTRY_HASH_OPS[action], 32).storeUint(queryId, 64).storeUint(big(args.hash), 256).endCell();
+  }
+  if (action === 'set_params') {
+    return b
+      .storeUint(OP.SET_PARAMS, 32)
+      .storeUint(queryId, 64)
+      .storeCoins(big(args.minDeposit))
+      .storeUint(args.minChallengePeriod, 32)
+      .endCell();
+  }
+  if (action === 'transfer_ownership') {
+    return b.storeUint(OP.TRANSFER_OWNERSHIP, 32).storeUint(queryId, 64).storeAddress(addr(args.newOwner)).endCell();
+  }
+  throw new Error(`unknown registry action ${action}`);
+}
+
+/** Keys of a registry dictionary root (uint256 -> uint32). */
+export function registryDictKeys(root) {
+  if (!root) return [];
+  const d = Dictionary.loadDirect(Dictionary.Keys.BigUint(256), Dictionary.Values.Uint(32), root);
+  return d.keys();
+}
+
+// ---- transaction summaries -----------------------------------------------------------------
+
+/** Flattens a sandbox transaction into plain JSON-able facts (amounts as decimal strings). */
+export function summarizeTx(tx) {
+  const d = tx.description;
+  const inMsg = tx.inMessage;
+  const compute = d.computePhase;
+  const action = d.actionPhase;
+  const out = [];
+  for (const m of tx.outMessages.values()) {
+    if (m.info.type !== 'internal') continue;
+    const body = m.body.beginParse();
+    out.push({
+      to: m.info.dest.toString(),
+      value: m.info.value.coins.toString(),
+      forwardFee: m.info.forwardFee.toString(),
+      bounce: m.info.bounce,
+      bounced: m.info.bounced,
+      op: body.remainingBits >= 32 ? body.preloadUint(32) : null,
+    });
+  }
+  let inOp = null;
+  if (inMsg) {
+    const s = inMsg.body.beginParse();
+    if (s.remainingBits >= 32) inOp = s.preloadUint(32);
+  }
+  return {
+    account: addressFromTx(tx),
+    lt: tx.lt.toString(),
+    now: tx.now,
+    from: inMsg && inMsg.info.type === 'internal' ? inMsg.info.src.toString() : null,
+    inType: inMsg ? inMsg.info.type : null,
+    inValue: inMsg && inMsg.info.type === 'internal' ? inMsg.info.value.coins.toString() : '0',
+    inBounced: inMsg && inMsg.info.type === 'internal' ? inMsg.info.bounced : false,
+    inOp,
+    success: d.type === 'generic' ? !d.aborted && compute.type === 'vm' && compute.success && (!action || action.success) : true,
+    aborted: d.aborted ?? false,
+    exitCode: compute && compute.type === 'vm' ? compute.exitCode : null,
+    computeSkipped: compute ? compute.type === 'skipped' : null,
+    actionResultCode: action ? action.resultCode : null,
+    gasUsed: compute && compute.type === 'vm' ? compute.gasUsed.toString() : '0',
+    computeFee: compute && compute.type === 'vm' ? compute.gasFees.toString() : '0',
+    storageFee: d.storagePhase ? d.storagePhase.storageFeesCollected.toString() : '0',
+    totalFwdFees: action && action.totalFwdFees != null ? action.totalFwdFees.toString() : '0',
+    totalFees: tx.totalFees.coins.toString(),
+    outMessages: out,
+    endStatus: tx.endStatus,
+  };
+}
+
+function addressFromTx(tx) {
+  return new Address(0, Buffer.from(tx.address.toString(16).padStart(64, '0'), 'hex')).toString();
+}
+
+/**
+ * Coins that left the system in these transactions: every tx fee plus the forward fee carried by
+ * each internal message. Sum of balances before - after == burned(txs) once all are delivered.
+ */
+export function burned(txs) {
+  let total = 0n;
+  for (const tx of txs) {
+    total += tx.totalFees.coins;
+    for (const m of tx.outMessages.values()) {
+      if (m.info.type === 'internal') total += m.info.forwardFee;
+    }
+  }
+  return total;
+}

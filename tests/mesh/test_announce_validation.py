@@ -1,0 +1,130 @@
+"""Bad announcements are rejected and counted; good ones feed the worker table (newest seqno wins)."""
+
+from __future__ import annotations
+
+import time
+
+import cbor2
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
+
+from cocoon_node.mesh import Announcement, AnnouncementValidator, WorkerTable
+from cocoon_node.wire import canonical_dumps, seal_envelope
+
+
+def announcement(key_pair, *, seqno: int = 1, issued: int | None = None, ttl: int = 30, **over) -> Announcement:
+    now = int(time.time()) if issued is None else issued
+    peer = ID.from_pubkey(key_pair.public_key)
+    fields = dict(peer_id=peer.to_bytes(), addrs=("/ip4/127.0.0.1/tcp/1",), model="m", model_hash=b"\x00" * 32,
+                  backend="synthetic", synthetic=True, price_prompt=1, price_completion=1, max_concurrent=1,
+                  load=0, protocols=("/cocoon/inference/1.0.0",), tee_kind="dev-INSECURE", seqno=seqno,
+                  issued_at=now, expires_at=now + ttl)
+    fields.update(over)
+    return Announcement(**fields)
+
+
+def msg(data: bytes, origin: ID) -> rpc_pb2.Message:
+    return rpc_pb2.Message(data=data, from_id=origin.to_bytes(), seqno=b"\x00" * 8, topicIDs=["/cocoon/workers/1"])
+
+
+def test_valid_announcement_accepted_and_tabled() -> None:
+    kp = create_new_key_pair()
+    v = AnnouncementValidator()
+    table = WorkerTable()
+    v.on_accept = table.update
+    peer = ID.from_pubkey(kp.public_key)
+    assert v(peer, msg(announcement(kp).seal(kp.private_key), peer))
+    assert len(table) == 1 and v.accepted == 1
+
+
+def test_forged_signature_rejected() -> None:
+    kp, other = create_new_key_pair(), create_new_key_pair()
+    sealed = bytearray(announcement(kp).seal(kp.private_key))
+    sealed[-5] ^= 0x01  # inside the signature
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator()
+    assert not v(peer, msg(bytes(sealed), peer))
+    # Signed by another key but claiming kp's peer id.
+    forged = announcement(kp).seal(other.private_key)
+    assert not v(peer, msg(forged, peer))
+    assert v.rejected["forged"] == 2 and v.accepted == 0
+
+
+def test_unsigned_and_malformed_rejected() -> None:
+    kp = create_new_key_pair()
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator()
+    unsigned = canonical_dumps(announcement(kp).to_wire())  # payload without an envelope
+    assert not v(peer, msg(unsigned, peer))
+    assert not v(peer, msg(b"\xff\x00garbage", peer))
+    bad_field = announcement(kp).to_wire() | {"extra": 1}
+    assert not v(peer, msg(seal_envelope("cocoon/announce/v1", canonical_dumps(bad_field), kp.private_key), peer))
+    non_canonical = cbor2.dumps(announcement(kp).to_wire(), canonical=False)
+    if non_canonical != canonical_dumps(announcement(kp).to_wire()):
+        assert not v(peer, msg(seal_envelope("cocoon/announce/v1", non_canonical, kp.private_key), peer))
+    assert v.rejected["malformed"] >= 3 and v.accepted == 0
+
+
+def test_expired_and_future_rejected() -> None:
+    kp = create_new_key_pair()
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator()
+    old = announcement(kp, issued=int(time.time()) - 100, ttl=30)
+    assert not v(peer, msg(old.seal(kp.private_key), peer))
+    long = announcement(kp, ttl=10_000)
+    assert not v(peer, msg(long.seal(kp.private_key), peer))
+    assert v.rejected["expired"] == 1 and v.rejected["malformed"] == 1
+
+
+def test_replayed_and_reordered_rejected() -> None:
+    kp = create_new_key_pair()
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator()
+    a5 = announcement(kp, seqno=5).seal(kp.private_key)
+    assert v(peer, msg(a5, peer))
+    assert not v(peer, msg(a5, peer))  # exact replay
+    assert not v(peer, msg(announcement(kp, seqno=4).seal(kp.private_key), peer))  # older
+    assert v.rejected["replayed"] == 2
+
+
+def test_oversized_rejected() -> None:
+    kp = create_new_key_pair()
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator()
+    big = announcement(kp, model="m" * 5000)
+    assert not v(peer, msg(big.seal(kp.private_key), peer))
+    assert not v(peer, msg(b"\x00" * 100_000, peer))
+    assert v.rejected["oversized"] + v.rejected["malformed"] == 2 and v.rejected["oversized"] >= 1
+
+
+def test_relayed_under_other_origin_rejected() -> None:
+    kp, other = create_new_key_pair(), create_new_key_pair()
+    v = AnnouncementValidator()
+    other_peer = ID.from_pubkey(other.public_key)
+    assert not v(other_peer, msg(announcement(kp).seal(kp.private_key), other_peer))
+    assert v.rejected["forged"] == 1
+
+
+def test_rate_limited_per_peer() -> None:
+    kp = create_new_key_pair()
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator(rate_limit_per_minute=5)
+    results = [v(peer, msg(announcement(kp, seqno=i).seal(kp.private_key), peer)) for i in range(1, 9)]
+    assert results == [True] * 5 + [False] * 3
+    assert v.rejected["rate_limited"] == 3
+    other = create_new_key_pair()
+    other_peer = ID.from_pubkey(other.public_key)
+    assert v(other_peer, msg(announcement(other).seal(other.private_key), other_peer))
+
+
+def test_table_newest_seqno_wins_and_expiry() -> None:
+    kp = create_new_key_pair()
+    clock = [1000.0]
+    table = WorkerTable(clock=lambda: clock[0])
+    assert table.update(announcement(kp, seqno=2, issued=1000, ttl=10))
+    assert not table.update(announcement(kp, seqno=1, issued=1000, ttl=10))
+    assert table.live()[0].seqno == 2
+    clock[0] = 1011
+    assert table.expire() == [ID.from_pubkey(kp.public_key).to_bytes()]
+    assert len(table) == 0

@@ -1,0 +1,100 @@
+"""Regenerate the golden vectors of the envelope, announcement and inference-frame protocols.
+
+Run ``python -m tests.wire.make_vectors``. Keys are fixed seeds and Ed25519 signatures are deterministic,
+so the output is byte-for-byte reproducible; the tests check both decoding and re-encoding against it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+
+from cocoon_node.mesh import Announcement
+from cocoon_node.wire import canonical_dumps, encode_frame
+
+VECTOR_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors"
+SEED = bytes(range(32))
+
+
+def to_json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$bytes": value.hex()}
+    if isinstance(value, dict):
+        return {k: to_json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_json_value(v) for v in value]
+    return value
+
+
+def from_json_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$bytes"}:
+            return bytes.fromhex(value["$bytes"])
+        return {k: from_json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json_value(v) for v in value]
+    return value
+
+
+def sample_announcement() -> tuple[Announcement, Any]:
+    key_pair = create_new_key_pair(SEED)
+    peer = ID.from_pubkey(key_pair.public_key)
+    ann = Announcement(
+        peer_id=peer.to_bytes(), addrs=(f"/ip4/127.0.0.1/tcp/4001/p2p/{peer.to_base58()}",),
+        model="SmolLM2-135M-Instruct", model_hash=bytes.fromhex("ab" * 32), backend="torch", synthetic=False,
+        price_prompt=1000, price_completion=2000, max_concurrent=2, load=1, protocols=("/cocoon/inference/1.0.0",),
+        tee_kind="dev-INSECURE", seqno=42, issued_at=1_790_000_000, expires_at=1_790_000_015,
+    )
+    return ann, key_pair
+
+
+def frames() -> list[dict[str, Any]]:
+    chat = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+            "max_completion_tokens": 16, "stream_options": {"include_usage": True}}
+    return [
+        {"t": "request", "v": 1, "id": "r1", "chat": chat, "price_prompt": 1000, "price_completion": 2000},
+        {"t": "request", "v": 1, "id": "r2", "chat": chat, "price_prompt": 1000, "price_completion": 2000,
+         "payment": {"channel": "0:" + "11" * 32, "channel_id": 7}},
+        {"t": "accept", "id": "r1", "prompt_tokens": 31, "credit_window": 200000},
+        {"t": "reject", "id": "r1", "code": "invalid_request", "field": "temperature", "message": "must be <= 2"},
+        {"t": "delta", "id": "r1", "text": "Hello", "tokens": 1},
+        {"t": "usage", "id": "r1", "prompt_tokens": 31, "completion_tokens": 5},
+        {"t": "final", "id": "r1", "finish_reason": "stop", "prompt_tokens": 31, "completion_tokens": 5,
+         "total_tokens": 36, "ttft_ms": 12.5, "generation_ms": 200.0, "tokens_per_second": 25.0},
+        {"t": "error", "id": "r1", "code": "backend", "message": "model crashed"},
+        {"t": "cancel", "id": "r1"},
+        {"t": "voucher", "id": "r1", "voucher": b"\x01\x02\x03"},
+    ]
+
+
+def build() -> dict[str, list[dict[str, Any]]]:
+    ann, key_pair = sample_announcement()
+    payload = canonical_dumps(ann.to_wire())
+    sealed = ann.seal(key_pair.private_key)
+    import cbor2
+
+    return {
+        "announce/announcement.json": [{"name": "announcement-payload", "hex": payload.hex(),
+                                        "value": to_json_value(ann.to_wire())}],
+        "envelope/envelope.json": [{"name": "announcement-envelope", "hex": sealed.hex(),
+                                    "value": to_json_value(cbor2.loads(sealed))}],
+        "inference/frames.json": [{"name": f["t"] + ("-with-payment" if "payment" in f else ""),
+                                   "hex": encode_frame("inference", f).hex(), "value": to_json_value(f)}
+                                  for f in frames()],
+    }
+
+
+def main() -> None:
+    for rel, vectors in build().items():
+        path = VECTOR_DIR / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(vectors, indent=2) + "\n", encoding="utf-8")
+        print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
