@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import trio
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -70,6 +71,19 @@ class ChatStreamResponse(Response):
         self._chat = chat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Hypercorn drops writes after a disconnect rather than failing them, so watch for the disconnect
+        # message itself and cancel the stream (and with it the request on the worker) when it comes.
+        async with trio.open_nursery() as nursery:
+            async def watch_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_disconnect)
+            await self._respond(scope, receive, send)
+            nursery.cancel_scope.cancel()
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         chat = self._chat
         cid, created = _completion_id(), int(time.time())
         started = False

@@ -101,8 +101,9 @@ class WorkerSelector:
                 continue
             if w.price_prompt > max_price_prompt or w.price_completion > max_price_completion:
                 continue
-            busy = max(w.load, self.in_flight.get(w.peer_id, 0))
-            if busy >= w.max_concurrent:
+            # Our own in-flight count is exact; the announced load may lag a heartbeat behind, so it only
+            # lowers the score (a worker that is really full rejects with "overloaded" and we retry).
+            if self.in_flight.get(w.peer_id, 0) >= w.max_concurrent:
                 continue
             out.append(w)
         return out
@@ -116,7 +117,7 @@ class WorkerSelector:
             else min(rep.tokens_per_second, 1000.0) / 50.0 + 1000.0 / (rep.ttft_ms + 100.0)
         )
         price = 1.0 / (1.0 + math.log1p(w.price_prompt + w.price_completion))
-        headroom = 1 - max(w.load, self.in_flight.get(w.peer_id, 0)) / w.max_concurrent
+        headroom = 1 - min(max(w.load, self.in_flight.get(w.peer_id, 0)), w.max_concurrent) / w.max_concurrent
         return reliability * 10 + speed + price + headroom
 
     def rank(self, workers: Sequence[Announcement]) -> list[Announcement]:
@@ -196,12 +197,21 @@ class Requester:
                     pass
 
         reader = _FailingReceiver(recv, failure)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run)
-            try:
-                yield reader  # type: ignore[misc]
-            finally:
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                try:
+                    yield reader  # type: ignore[misc]
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The nursery wraps the caller's own exception; hand back the plain one (there is only ever one).
+            leaves = list(group.exceptions)
+            while len(leaves) == 1 and isinstance(leaves[0], BaseExceptionGroup):
+                leaves = list(leaves[0].exceptions)
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise
 
     async def _run(self, chat: ChatRequest, send: trio.MemorySendChannel[Event]) -> None:
         tried: set[bytes] = set()
@@ -218,7 +228,7 @@ class Requester:
                 return
             except WorkerFailure as exc:
                 timeout = exc.code == "timeout"
-                if exc.code not in ("invalid_request",):
+                if exc.code not in ("invalid_request", "overloaded"):
                     self.selector.reputation(worker.peer_id).record_failure(timeout=timeout)
                 last_error = exc
                 if not exc.before_first_token or exc.code == "invalid_request":
