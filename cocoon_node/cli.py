@@ -35,7 +35,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for attr, (section, key) in mapping.items():
         value = getattr(args, attr, None)
-        if value is None or value is False and attr in ("worker", "requester", "local_cluster", "allow_dev_tee"):
+        if value is None or (value is False and attr in ("worker", "requester", "local_cluster", "allow_dev_tee")):
             continue
         if attr == "allowed_model_hash":
             out.setdefault("policy", {})["allow_any_model"] = False

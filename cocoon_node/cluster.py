@@ -13,11 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import trio
@@ -62,7 +62,7 @@ class Cluster:
         log_path = data_dir / "node.log"
         full = ["run", "--data-dir", str(data_dir), *args]
         node = NodeProcess(name, data_dir, list(args), log_path=log_path)
-        log_file = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        log_file = open(log_path, "ab")  # noqa: ASYNC230, SIM115 - instant local open; lives with the process
         process = await trio.lowlevel.open_process(node_command(full), stdout=subprocess.PIPE, stderr=log_file,
                                                    env=self._env)
         node.process = process
@@ -79,7 +79,7 @@ class Cluster:
         self._nursery.start_soon(_drain, process.stdout)
         return node
 
-    async def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+    async def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         node = self.nodes[name]
         if node.process is not None and node.process.returncode is None:
             node.process.send_signal(sig)

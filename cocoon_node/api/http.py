@@ -9,8 +9,11 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+# trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
+TaskStatus = Any
 
-async def serve_http(app: Any, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+
+async def serve_http(app: Any, host: str, port: int, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED,
                      max_body: int = 1 << 20) -> None:
     """Run until cancelled; reports the bound base URL (``http://host:port``) through ``task_status``."""
     config = HypercornConfig()
@@ -21,7 +24,7 @@ async def serve_http(app: Any, host: str, port: int, *, task_status: trio.TaskSt
     config.h11_max_incomplete_size = 64 * 1024
     config.wsgi_max_body_size = max_body
 
-    async def started_hook(task_status: trio.TaskStatus[Any]) -> None:
+    async def started_hook(task_status: TaskStatus) -> None:
         await serve(app, config, task_status=task_status)
 
     async with trio.open_nursery() as nursery:

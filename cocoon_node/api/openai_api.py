@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response

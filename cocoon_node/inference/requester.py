@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -72,8 +71,7 @@ class Attestor(Protocol):
     async def is_attested(self, announcement: Announcement) -> bool: ...
 
 
-class StreamOpener(Protocol):
-    async def __call__(self, announcement: Announcement) -> Any: ...
+StreamOpener = Callable[[Announcement], Awaitable[Any]]
 
 
 @dataclass

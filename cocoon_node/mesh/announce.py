@@ -124,7 +124,7 @@ class AnnouncementValidator:
         self._recent: dict[bytes, deque[float]] = {}
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
-        self.on_accept: Callable[[Announcement], None] | None = None
+        self.on_accept: Callable[[Announcement], object] | None = None
 
     def check(self, data: bytes, origin: ID | None) -> Announcement:
         """Validate one announcement; raises :class:`AnnouncementError`. Updates replay/rate state."""

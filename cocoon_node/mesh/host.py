@@ -165,8 +165,9 @@ class Mesh:
             strict_validation=True,
         )
         self.host, self.pubsub, self.gossipsub, self.dht = host, pubsub, gossipsub, dht
+        listen = [multiaddr.Multiaddr(a) for a in settings.listen_addrs]
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in settings.listen_addrs]))
+            await stack.enter_async_context(host.run(listen_addrs=listen))
             await stack.enter_async_context(background_trio_service(pubsub))
             await stack.enter_async_context(background_trio_service(gossipsub))
             await stack.enter_async_context(background_trio_service(dht))

@@ -36,6 +36,8 @@ from cocoon_node.node.attest import AttestationGate, AttestationNamespace, polic
 from cocoon_node.node.worker import WorkerRole, build_backend
 
 log = logging.getLogger(__name__)
+# trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
+TaskStatus = Any
 
 NODE_INFO_FILE = "node.json"
 
@@ -80,7 +82,7 @@ class Node:
     def peer_id(self) -> ID:
         return self.mesh.peer_id
 
-    async def run(self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         async with self.mesh.start(), trio.open_nursery() as nursery:
@@ -114,8 +116,7 @@ class Node:
             try:
                 await trio.sleep_forever()
             finally:
-                with trio.CancelScope(shield=True):
-                    (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+                (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
 
     async def _open_attested_stream(self, worker: Announcement) -> Any:
         """Open the inference stream to exactly the peer whose key the attestation report binds."""

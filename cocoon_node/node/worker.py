@@ -21,6 +21,8 @@ from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh
 from cocoon_node.node.attest import ReportPublisher
 
 log = logging.getLogger(__name__)
+# trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
+TaskStatus = Any
 
 
 def build_backend(config: Config) -> Backend:
@@ -74,7 +76,7 @@ class WorkerRole:
         self.ready = trio.Event()
         self._load_changed = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         w = self.config.worker
         log.info("loading %s backend for %s", w.backend, w.model)
         await self.backend.load()

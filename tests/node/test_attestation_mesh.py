@@ -82,8 +82,8 @@ async def test_worker_outside_policy_never_gets_a_prompt(tmp_path: Path) -> None
             for name, weights in names.items():
                 # The bad worker is the cheapest, so it would be chosen first if the policy let it through.
                 price = ["--price-prompt", "1", "--price-completion", "1"] if name == "bad" else []
-                nursery.start_soon(cluster.start_node, name,
-                                   worker_args(req.addr, "synthetic", extra=[*FAST, "--model-path", str(weights), *price]))
+                extra = [*FAST, "--model-path", str(weights), *price]
+                nursery.start_soon(cluster.start_node, name, worker_args(req.addr, "synthetic", extra=extra))
         ids = {cluster.nodes[n].peer_id for n in names}
 
         async def all_seen() -> bool:
