@@ -65,7 +65,9 @@ class Backend(Protocol):
     synthetic: bool
     max_batch: int
     tokens_generated: int
-    in_flight: int
+
+    @property
+    def in_flight(self) -> int: ...
 
     async def load(self) -> None: ...
 

@@ -186,9 +186,7 @@ def _parse_content(value: Any, field: str) -> str:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise RequestValidationError(
-            field, f"expected a string or an array of content parts, got {_type_name(value)}"
-        )
+        raise RequestValidationError(field, f"expected a string or an array of content parts, got {_type_name(value)}")
     if not value:
         raise RequestValidationError(field, "must contain at least one content part")
     texts: list[str] = []
@@ -239,9 +237,7 @@ def _parse_messages(value: Any, max_messages: int, max_request_bytes: int) -> tu
                 raise RequestValidationError(f"{field}.name", "must be 1 to 64 characters")
         total_bytes += len(content.encode("utf-8", "surrogatepass"))
         if total_bytes > max_request_bytes:
-            raise RequestValidationError(
-                f"{field}.content", f"request content exceeds {max_request_bytes} bytes"
-            )
+            raise RequestValidationError(f"{field}.content", f"request content exceeds {max_request_bytes} bytes")
         messages.append(ChatMessage(role=role, content=content, name=name))
     return tuple(messages)
 
@@ -265,9 +261,7 @@ def _parse_stop(value: Any) -> tuple[str, ...]:
         items = value
         fields = [f"stop[{i}]" for i in range(len(value))]
     else:
-        raise RequestValidationError(
-            "stop", f"expected a string or an array of strings, got {_type_name(value)}"
-        )
+        raise RequestValidationError("stop", f"expected a string or an array of strings, got {_type_name(value)}")
     out: list[str] = []
     for item, field in zip(items, fields, strict=True):
         s = _expect_str(item, field)

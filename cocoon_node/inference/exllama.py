@@ -131,6 +131,7 @@ class ExLlamaV2Backend:
         self._template: Any = None  # transformers tokenizer: only for its chat template
         self._tok_lock = threading.Lock()
         self._context_len = 0
+        self._stop_ids: list[int] = []
 
     @property
     def in_flight(self) -> int:
@@ -163,6 +164,9 @@ class ExLlamaV2Backend:
         model.load_autosplit(cache, progress=False)
         self._tokenizer = ExLlamaV2Tokenizer(config)
         self._template = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        # Chat models often end a turn with a token (e.g. <|eot_id|>) other than the base EOS.
+        eos = {self._tokenizer.eos_token_id, self._template.eos_token_id}
+        self._stop_ids = sorted(t for t in eos if isinstance(t, int))
         self._generator = ExLlamaV2DynamicGenerator(
             model=model, cache=cache, tokenizer=self._tokenizer, max_batch_size=self.max_batch
         )
@@ -194,9 +198,7 @@ class ExLlamaV2Backend:
         prompt_len = int(ids.shape[-1])
         room = self._context_len - prompt_len
         if room < 1:
-            raise ContextLengthError(
-                f"prompt is {prompt_len} tokens; the model context is {self._context_len}"
-            )
+            raise ContextLengthError(f"prompt is {prompt_len} tokens; the model context is {self._context_len}")
         wanted = req.max_tokens if req.max_tokens is not None else self.default_max_tokens
         if req.temperature == 0.0:
             settings = ExLlamaV2Sampler.Settings.greedy()
@@ -214,7 +216,7 @@ class ExLlamaV2Backend:
             max_new_tokens=min(wanted, room),
             gen_settings=settings,
             seed=req.seed,
-            stop_conditions=[*req.stop, self._tokenizer.eos_token_id],
+            stop_conditions=[*req.stop, *self._stop_ids],
             identifier=key,
         )
         return job, prompt_len
@@ -225,9 +227,7 @@ class ExLlamaV2Backend:
         self._to_enqueue, self._to_cancel = [], []
         with trio.CancelScope(shield=True):
             try:
-                results = await trio.to_thread.run_sync(
-                    self._iterate_sync, enqueue, cancel, limiter=self._limiter
-                )
+                results = await trio.to_thread.run_sync(self._iterate_sync, enqueue, cancel, limiter=self._limiter)
             except Exception as exc:
                 for job in self._jobs.values():
                     job.finished, job.error = True, exc

@@ -31,3 +31,19 @@ def make_backend(kind: str, **options: Any) -> Backend:
     except TypeError as exc:
         raise ValueError(f"bad options for backend {kind!r}: {exc}") from exc
     return backend
+
+
+def _conformance() -> None:
+    """Never called: makes mypy check that every backend class satisfies the Backend protocol."""
+    from cocoon_node.inference.exllama import ExLlamaV2Backend
+    from cocoon_node.inference.synthetic import SyntheticBackend
+    from cocoon_node.inference.torch_cpu import TorchBackend
+    from cocoon_node.inference.upstream import OpenAIUpstreamBackend
+
+    backends: list[Backend] = [
+        SyntheticBackend(),
+        TorchBackend(),
+        OpenAIUpstreamBackend("http://127.0.0.1", "m"),
+        ExLlamaV2Backend("."),
+    ]
+    del backends

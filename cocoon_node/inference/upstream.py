@@ -112,9 +112,7 @@ class OpenAIUpstreamBackend:
             raise BackendError("OpenAIUpstreamBackend.load() has not been called")
         async with (
             self._slots.slot(),
-            stream_from_producer(
-                partial(self._produce, self._client, req), buffer_size=self.buffer_size
-            ) as stream,
+            stream_from_producer(partial(self._produce, self._client, req), buffer_size=self.buffer_size) as stream,
         ):
             yield stream
 

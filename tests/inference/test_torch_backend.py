@@ -1,0 +1,107 @@
+"""The real CPU backend on SmolLM2-135M-Instruct. Slow (the model loads once per session, about 20 s on
+2 cores), so the tests are few and every generation is short."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from cocoon_node.inference import ChatRequest, TokenDelta, TorchBackend, default_model_path, parse_chat_request
+from cocoon_node.inference.torch_cpu import ModelNotFoundError
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[TorchBackend]:
+    try:
+        path = default_model_path()
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    backend = TorchBackend(path, max_batch=2)
+    # pytest-trio runs each async test in its own trio.run; a sync module fixture may run its own.
+    trio.run(backend.load)
+    yield backend
+    trio.run(backend.aclose)
+
+
+def chat(text: str = QUESTION, **extra: object) -> ChatRequest:
+    return parse_chat_request(
+        {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": text}], **extra}
+    )
+
+
+async def run(backend: TorchBackend, req: ChatRequest) -> list[TokenDelta]:
+    with trio.fail_after(120):
+        async with backend.generate(req) as stream:
+            return [d async for d in stream]
+
+
+def text_of(deltas: list[TokenDelta]) -> str:
+    return "".join(d.text for d in deltas)
+
+
+async def test_greedy_answer_and_token_accounting(backend: TorchBackend) -> None:
+    req = chat(temperature=0, max_tokens=48)
+    deltas = await run(backend, req)
+    text = text_of(deltas)
+    assert "Paris" in text
+    assert deltas[-1].finish_reason == "stop" and all(d.finish_reason is None for d in deltas[:-1])
+    assert deltas[-1].prompt_tokens == backend.count_tokens(req) == len(backend.prompt_ids(req))
+    # Every sampled token is billed once: the text's own tokens plus the end-of-sequence token.
+    assert sum(d.token_count for d in deltas) == len(backend.encode(text)) + 1
+    # Greedy decoding is deterministic, also when another request decodes in the same process at once.
+    async with trio.open_nursery() as nursery:
+        results: list[str] = []
+
+        async def one() -> None:
+            results.append(text_of(await run(backend, req)))
+
+        nursery.start_soon(one)
+        nursery.start_soon(one)
+    assert results == [text, text]
+
+
+async def test_max_tokens_and_stop_sequence(backend: TorchBackend) -> None:
+    full = text_of(await run(backend, chat(temperature=0, max_tokens=48)))
+    deltas = await run(backend, chat(temperature=0, max_tokens=3))
+    assert deltas[-1].finish_reason == "length"
+    assert sum(d.token_count for d in deltas) == 3
+    assert full.startswith(text_of(deltas))
+
+    stop = "capital"
+    assert stop in full
+    deltas = await run(backend, chat(temperature=0, max_tokens=48, stop=[stop, "zzzz"]))
+    assert text_of(deltas) == full[: full.index(stop)]
+    assert deltas[-1].finish_reason == "stop"
+
+
+async def test_seed_reproduces_sampled_output(backend: TorchBackend) -> None:
+    req = chat("Write one sentence about the sea.", temperature=1.0, top_p=0.9, seed=1234, max_tokens=12)
+    first = text_of(await run(backend, req))
+    second = text_of(await run(backend, req))
+    assert first and first == second
+
+
+async def test_cancel_stops_decoding_and_frees_the_slot(backend: TorchBackend) -> None:
+    req = chat("Count from 1 to 200, separated by commas.", temperature=0, max_tokens=200)
+    got = 0
+    with trio.fail_after(120):
+        async with backend.generate(req) as stream:
+            async for _ in stream:
+                got += 1
+                if got == 3:
+                    break
+        at_exit = backend.tokens_generated
+        await trio.sleep(0.5)  # several decoding steps' worth of time
+    assert backend.tokens_generated - at_exit <= 1
+    assert backend.in_flight == 0
+    # Both slots are usable again: two short requests run to completion.
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(run, backend, chat(temperature=0, max_tokens=2))
+    assert backend.in_flight == 0
