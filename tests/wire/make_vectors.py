@@ -58,7 +58,7 @@ def frames() -> list[dict[str, Any]]:
     return [
         {"t": "request", "v": 1, "id": "r1", "chat": chat, "price_prompt": 1000, "price_completion": 2000},
         {"t": "request", "v": 1, "id": "r2", "chat": chat, "price_prompt": 1000, "price_completion": 2000,
-         "payment": {"channel": "0:" + "11" * 32, "channel_id": 7}},
+         "payment": {"channel": "0:" + "11" * 32, "channel_id": bytes(range(32))}},
         {"t": "accept", "id": "r1", "prompt_tokens": 31, "credit_window": 200000},
         {"t": "reject", "id": "r1", "code": "invalid_request", "field": "temperature", "message": "must be <= 2"},
         {"t": "delta", "id": "r1", "text": "Hello", "tokens": 1},

@@ -1,0 +1,277 @@
+"""Channel lifecycle: the requester's :class:`ChannelManager` (open on first use, top up, close) and the
+worker's :class:`Settlement` (claim past a threshold, challenge stale closes, finish, co-sign closes).
+
+Both persist before acting: a channel row is written (status ``opening``) before the deploy is sent, so
+a crash between the two leaves a record to reconcile rather than an orphaned deposit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus, TxResult
+from cocoon_node.payments.meter import PayerChannel, RequesterPaymentMeter, norm_address
+from cocoon_node.payments.store import PaymentStore
+from cocoon_node.payments.voucher import (
+    ChannelParams,
+    SignedClose,
+    VoucherError,
+    channel_address,
+    close_cell,
+    new_channel_id,
+    public_key_bytes,
+    sign_close,
+    verify_cell,
+)
+
+log = logging.getLogger(__name__)
+
+#: Bound on one chain operation (deploy, top-up, claim, close...).
+CHAIN_OP_TIMEOUT = 60.0
+
+#: Worker-side co-signer the requester calls for a cooperative close: (address, cumulative, payer_sig) -> payee_sig.
+CoSigner = Callable[[str, int, bytes], Awaitable[bytes]]
+
+
+class ChannelManager:
+    """Requester side: one open channel per worker peer, opened lazily, topped up, closed on shutdown."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        store: PaymentStore,
+        payer_key: Ed25519PrivateKey,
+        *,
+        deposit: int,
+        credit_window: int,
+        challenge_period: int = 3600,
+        low_water: int | None = None,
+        voucher_every: int = 32,
+    ) -> None:
+        self.chain = chain
+        self.store = store
+        self.payer_key = payer_key
+        self.deposit = deposit
+        self.credit_window = credit_window
+        self.challenge_period = challenge_period
+        self.low_water = deposit // 4 if low_water is None else low_water
+        self.voucher_every = voucher_every
+        self.channels: dict[str, PayerChannel] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self.onchain_ops = {"open": 0, "top_up": 0, "close": 0}
+
+    async def channel_for(self, peer: str, payee_wallet: str, payee_key: bytes) -> PayerChannel:
+        """The open channel to ``peer`` (from memory, the store after a restart, or a fresh deploy)."""
+        lock = self._locks.setdefault(peer, trio.Lock())
+        async with lock:
+            ch = self.channels.get(peer)
+            if ch is None:
+                ch = await self._restore(peer, payee_wallet, payee_key) or await self._open(
+                    peer, payee_wallet, payee_key
+                )
+                self.channels[peer] = ch
+            return ch
+
+    async def _restore(self, peer: str, payee_wallet: str, payee_key: bytes) -> PayerChannel | None:
+        for rec in reversed(await self.store.run(partial(self.store.channels, "payer", peer=peer, status="open"))):
+            if rec.params.payee_key != payee_key or norm_address(rec.params.payee) != norm_address(payee_wallet):
+                continue
+            with trio.fail_after(CHAIN_OP_TIMEOUT):
+                st = await self.chain.get_channel_state(rec.address)
+            if st.status is not ChannelStatus.OPEN:
+                await self.store.run(partial(self.store.set_channel, rec.address, status=st.status.value))
+                continue
+            newest = await self.store.run(self.store.newest_voucher, rec.address)
+            return PayerChannel(self.store, self.payer_key, rec.address, rec.params, st.deposit, newest)
+        return None
+
+    async def _open(self, peer: str, payee_wallet: str, payee_key: bytes) -> PayerChannel:
+        params = ChannelParams(
+            payer_key=public_key_bytes(self.payer_key),
+            payee_key=payee_key,
+            payer=self.chain.wallet_address,
+            payee=payee_wallet,
+            channel_id=new_channel_id(),
+            challenge_period=self.challenge_period,
+        )
+        address = norm_address(channel_address(params))
+        await self.store.run(partial(self.store.upsert_channel, address, "payer", peer, params, 0, status="opening"))
+        with trio.fail_after(CHAIN_OP_TIMEOUT):
+            got = await self.chain.open_channel(params, self.deposit)
+        if norm_address(got) != address:
+            raise ChainError(f"chain deployed {got}, expected {address}")
+        self.onchain_ops["open"] += 1
+        await self.store.run(partial(self.store.upsert_channel, address, "payer", peer, params, self.deposit))
+        return PayerChannel(self.store, self.payer_key, address, params, self.deposit, None)
+
+    async def ensure_funds(self, ch: PayerChannel, need: int = 0) -> None:
+        """Top up by one deposit when what is left falls below the low-water mark (or ``need``)."""
+        if ch.deposit - ch.charged >= max(need, self.low_water):
+            return
+        amount = max(self.deposit, need)
+        with trio.fail_after(CHAIN_OP_TIMEOUT):
+            (await self.chain.top_up(ch.address, amount)).raise_for_status()
+            st = await self.chain.get_channel_state(ch.address)
+        self.onchain_ops["top_up"] += 1
+        ch.deposit = st.deposit
+        await self.store.run(partial(self.store.set_channel, ch.address, deposit=st.deposit))
+
+    async def meter_for(
+        self, peer: str, payee_wallet: str, payee_key: bytes, *, price_prompt: int, price_completion: int, need: int = 0
+    ) -> RequesterPaymentMeter:
+        """A fresh meter for one request to ``peer`` at the announced prices."""
+        ch = await self.channel_for(peer, payee_wallet, payee_key)
+        await self.ensure_funds(ch, need)
+        return RequesterPaymentMeter(
+            ch,
+            price_prompt=price_prompt,
+            price_completion=price_completion,
+            credit_window=self.credit_window,
+            voucher_every=self.voucher_every,
+        )
+
+    async def close(self, peer: str, cosign: CoSigner | None = None) -> TxResult:
+        """Pay everything owed and close: cooperatively when the worker co-signs, else unilaterally
+        (presenting the newest voucher; :meth:`finish` after the challenge period)."""
+        ch = self.channels.pop(peer)
+        await ch.sign()  # a final voucher for the unpaid tail, stored first
+        total = ch.paid
+        await self.store.run(partial(self.store.set_channel, ch.address, status="closing"))
+        with trio.fail_after(CHAIN_OP_TIMEOUT):
+            if cosign is not None:
+                payer_sig = sign_close(self.payer_key, ch.params.channel_id, total)
+                payee_sig = await cosign(ch.address, total, payer_sig)
+                result = await self.chain.cooperative_close(
+                    ch.address, SignedClose(ch.params.channel_id, total, payer_sig, payee_sig)
+                )
+            else:
+                result = await self.chain.unilateral_close(ch.address, ch.newest)
+        self.onchain_ops["close"] += 1
+        if result.success and cosign is not None:
+            await self.store.run(partial(self.store.set_channel, ch.address, status="closed"))
+        return result
+
+    async def close_all(self, cosigners: dict[str, CoSigner] | None = None) -> None:
+        """Close every open channel (shutdown); errors are logged, not raised."""
+        for peer in list(self.channels):
+            try:
+                await self.close(peer, (cosigners or {}).get(peer))
+            except (ChainError, trio.TooSlowError, VoucherError) as e:
+                log.warning("closing channel to %s failed: %r", peer, e)
+
+
+@dataclass
+class SettlementStats:
+    """What the worker did on chain."""
+
+    claims: int = 0
+    challenges: int = 0
+    finishes: int = 0
+
+
+class Settlement:
+    """Worker side: claims past ``claim_threshold``, challenges stale closes, finishes expired ones."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        store: PaymentStore,
+        payee_key: Ed25519PrivateKey,
+        *,
+        claim_threshold: int,
+        poll_interval: float = 5.0,
+    ) -> None:
+        self.chain = chain
+        self.store = store
+        self.payee_key = payee_key
+        self.claim_threshold = claim_threshold
+        self.poll_interval = poll_interval
+        self.stats = SettlementStats()
+
+    async def claim_due(self, *, force: bool = False) -> list[str]:
+        """Claim every open channel whose unclaimed vouchered amount reaches the threshold."""
+        claimed: list[str] = []
+        for rec in await self.store.run(partial(self.store.channels, "payee", status="open")):
+            newest = await self.store.run(self.store.newest_voucher, rec.address)
+            if newest is None:
+                continue
+            unclaimed = newest.cumulative - rec.claimed
+            if unclaimed <= 0 or (unclaimed < self.claim_threshold and not force):
+                continue
+            with trio.fail_after(CHAIN_OP_TIMEOUT):
+                st = await self.chain.get_channel_state(rec.address)
+                if st.status is not ChannelStatus.OPEN or st.seqno >= newest.seqno:
+                    await self.store.run(partial(self.store.set_channel, rec.address, claimed=st.claimed))
+                    continue
+                r = await self.chain.claim(rec.address, newest)
+            if r.success:
+                self.stats.claims += 1
+                claimed.append(rec.address)
+                await self.store.run(partial(self.store.set_channel, rec.address, claimed=newest.cumulative))
+            else:
+                log.warning("claim on %s failed: %s", rec.address, r.error_name)
+        return claimed
+
+    async def check_closes(self) -> list[str]:
+        """Challenge closes that commit less than our newest voucher; finish those past the deadline."""
+        acted: list[str] = []
+        for rec in await self.store.run(partial(self.store.channels, "payee")):
+            if rec.status == "closed":
+                continue
+            with trio.fail_after(CHAIN_OP_TIMEOUT):
+                st = await self.chain.get_channel_state(rec.address)
+                if st.status is ChannelStatus.CLOSED:
+                    await self.store.run(partial(self.store.set_channel, rec.address, status="closed"))
+                    continue
+                if st.status is not ChannelStatus.CLOSING:
+                    continue
+                await self.store.run(partial(self.store.set_channel, rec.address, status="closing"))
+                newest = await self.store.run(self.store.newest_voucher, rec.address)
+                now = await self.chain.now()
+                if now < st.close_deadline:
+                    if newest is not None and newest.seqno > st.seqno and newest.cumulative > st.committed:
+                        r = await self.chain.challenge(rec.address, newest)
+                        if r.success:
+                            self.stats.challenges += 1
+                            acted.append(rec.address)
+                        else:
+                            log.warning("challenge on %s failed: %s", rec.address, r.error_name)
+                else:
+                    r = await self.chain.finish(rec.address)
+                    if r.success:
+                        self.stats.finishes += 1
+                        acted.append(rec.address)
+                        await self.store.run(partial(self.store.set_channel, rec.address, status="closed"))
+        return acted
+
+    async def cosign_close(self, address: str, cumulative: int, payer_sig: bytes) -> bytes:
+        """Co-sign cooperative close terms when they pay at least our newest voucher."""
+        address = norm_address(address)
+        rec = await self.store.run(self.store.channel, address)
+        if rec is None or rec.role != "payee":
+            raise VoucherError("unknown channel")
+        newest = await self.store.run(self.store.newest_voucher, address)
+        if newest is not None and cumulative < newest.cumulative:
+            raise VoucherError(f"close terms {cumulative} below our newest voucher {newest.cumulative}")
+        if not verify_cell(rec.params.payer_key, close_cell(rec.params.channel_id, cumulative), payer_sig):
+            raise VoucherError("bad payer signature on close terms")
+        await self.store.run(partial(self.store.set_channel, address, status="closing"))
+        return sign_close(self.payee_key, rec.params.channel_id, cumulative)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll forever: claim, then watch closes. Chain errors are logged and retried next round."""
+        task_status.started()
+        while True:
+            try:
+                await self.claim_due()
+                await self.check_closes()
+            except (ChainError, trio.TooSlowError) as e:
+                log.warning("settlement round failed: %r", e)
+            await trio.sleep(self.poll_interval)

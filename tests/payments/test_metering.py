@@ -1,0 +1,313 @@
+"""Metered inference over payment channels on the EMULATED local chain, between two real in-process meshes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from cocoon_node.inference.chat import ChatMessage, ChatRequest
+from cocoon_node.inference.stream import (
+    PROTOCOL_ID,
+    InferenceServer,
+    PaymentRequired,
+    WorkerFailure,
+    WorkerTerms,
+    call_worker,
+)
+from cocoon_node.inference.synthetic import SyntheticBackend
+from cocoon_node.mesh import Mesh, MeshSettings
+from cocoon_node.payments.chain.base import ChannelStatus
+from cocoon_node.payments.channels import ChannelManager, Settlement
+from cocoon_node.payments.meter import RequesterPaymentMeter, VoucherRejected, WorkerPaymentMeter
+from cocoon_node.payments.store import PaymentStore, StoreError
+from cocoon_node.payments.voucher import ChannelParams, public_key_bytes, sign_voucher
+from tests.payments.conftest import TON, Parties, party_key
+
+PP, PC = 1_000, 3_000  # nanotons per prompt / completion token
+WINDOW = 60_000  # 20 completion tokens
+MODEL = "synthetic-echo"
+WORKER_PEER = "worker-peer"
+
+
+def chat(words: int, max_tokens: int | None = None) -> ChatRequest:
+    text = " ".join(f"w{i}" for i in range(words))
+    return ChatRequest(model=MODEL, messages=(ChatMessage(role="user", content=text),), max_tokens=max_tokens)
+
+
+@dataclass
+class World:
+    p: Parties
+    tmp: Path
+    worker_store: PaymentStore
+    payer_store: PaymentStore
+    meter: WorkerPaymentMeter
+    manager: ChannelManager
+    settlement: Settlement
+    backend: SyntheticBackend
+    worker_mesh: Mesh
+    req_mesh: Mesh
+
+    def new_worker_meter(self, **kw: Any) -> WorkerPaymentMeter:
+        args: dict[str, Any] = dict(
+            payee_key=public_key_bytes(self.p.payee_key),
+            price_prompt=PP,
+            price_completion=PC,
+            credit_window=WINDOW,
+            payment_timeout=5.0,
+        )
+        args.update(kw)
+        return WorkerPaymentMeter(self.p.payee, self.worker_store, **args)
+
+    async def meter_for(self, manager: ChannelManager | None = None) -> RequesterPaymentMeter:
+        m = manager or self.manager
+        return await m.meter_for(
+            WORKER_PEER,
+            self.p.payee.wallet_address,
+            public_key_bytes(self.p.payee_key),
+            price_prompt=PP,
+            price_completion=PC,
+        )
+
+    async def run(self, req: ChatRequest, meter: Any) -> tuple[int, int]:
+        """One request over a real libp2p stream; returns (prompt_tokens, completion_tokens)."""
+        stream = await self.req_mesh.new_stream(self.worker_mesh.peer_id, PROTOCOL_ID, self.worker_mesh.listen_addrs())
+        async with call_worker(
+            stream, req, price_prompt=PP, price_completion=PC, meter=meter, token_timeout=30.0
+        ) as call:
+            async for _ in call.deltas():
+                pass
+            assert call.final is not None
+            return call.final.prompt_tokens, call.final.completion_tokens
+
+
+@asynccontextmanager
+async def world(p: Parties, tmp: Path, *, payment_timeout: float = 15.0) -> AsyncIterator[World]:
+    worker_store = PaymentStore.open(tmp / "worker.db")
+    payer_store = PaymentStore.open(tmp / "payer.db")
+    meter = WorkerPaymentMeter(
+        p.payee,
+        worker_store,
+        payee_key=public_key_bytes(p.payee_key),
+        price_prompt=PP,
+        price_completion=PC,
+        credit_window=WINDOW,
+        payment_timeout=payment_timeout,
+    )
+    manager = ChannelManager(p.payer, payer_store, p.payer_key, deposit=2 * TON, credit_window=WINDOW, voucher_every=8)
+    settlement = Settlement(p.payee, worker_store, p.payee_key, claim_threshold=100_000)
+    backend = SyntheticBackend(model_name=MODEL, tokens_per_second=2000)
+    server = InferenceServer(backend, WorkerTerms(MODEL, PP, PC, 4, 4096), meter=meter)
+    settings = MeshSettings(local_cluster=True)
+    async with Mesh(create_new_key_pair(), settings).start() as wm:
+        wm.set_stream_handler(PROTOCOL_ID, server.handle)
+        async with Mesh(
+            create_new_key_pair(), MeshSettings(local_cluster=True, bootstrap=(wm.listen_addrs()[0],))
+        ).start() as rm:
+            try:
+                yield World(p, tmp, worker_store, payer_store, meter, manager, settlement, backend, wm, rm)
+            finally:
+                worker_store.close()
+                payer_store.close()
+
+
+def test_store_never_reuses_a_seqno(tmp_path: Path) -> None:
+    store = PaymentStore.open(tmp_path / "s.db")
+    params = ChannelParams(b"\x01" * 32, b"\x02" * 32, "0:" + "11" * 32, "0:" + "22" * 32, 5, 600)
+    store.upsert_channel("addr", "payer", "peer", params, 100)
+    k = party_key("payer")
+    store.add_voucher("addr", sign_voucher(k, 5, 1, 10), usage=("r1", 3, 4, 10))
+    store.add_voucher("addr", sign_voucher(k, 5, 2, 20))
+    with pytest.raises(StoreError):
+        store.add_voucher("addr", sign_voucher(k, 5, 2, 30))  # used seqno, other amount
+    with pytest.raises(StoreError):
+        store.add_voucher("addr", sign_voucher(k, 5, 3, 19))  # backwards
+    store.close()
+    store = PaymentStore.open(tmp_path / "s.db")  # "restart"
+    newest = store.newest_voucher("addr")
+    assert newest is not None and (newest.channel_id, newest.seqno, newest.cumulative) == (5, 2, 20)
+    assert store.voucher_count("addr") == 2 and store.usage("r1") == (3, 4, 10)
+    assert store.channels("payer", peer="peer")[0].params == params
+    store.close()
+
+
+async def test_paid_stream_claim_and_cooperative_close(parties: Parties, tmp_path: Path) -> None:
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(90):
+            total = 0
+            for words in (50, 7, 120):
+                meter = await w.meter_for()
+                pt, ct = await w.run(chat(words), meter)
+                assert (pt, ct) == (words, words)
+                total += pt * PP + ct * PC
+            ch = w.manager.channels[WORKER_PEER]
+            assert ch.charged == total
+            acct = w.meter.account(ch.address)
+            # the worker served exactly what the requester was charged (its exposure forgives in-flight tails)
+            assert acct is not None and acct.served + acct.forgiven == total
+            # vouchers in flight when the worker ends the stream are lost (the next request's first voucher
+            # pays them): never more than the credit window
+            assert total - acct.paid <= WINDOW, (total, acct.paid)
+            # settlement claims everything vouchered so far
+            assert await w.settlement.claim_due() == [ch.address]
+            st = await w.p.payee.get_channel_state(ch.address)
+            stored = await w.worker_store.run(w.worker_store.newest_voucher, ch.address)
+            assert stored is not None and st.claimed == acct.paid == stored.cumulative
+            claimed = st.claimed
+            # cooperative close pays the tail, to the nanoton
+            r = await w.manager.close(WORKER_PEER, w.settlement.cosign_close)
+            assert r.success, r.error_name
+            payouts = [
+                int(m["value"])
+                for t in r.transactions
+                if t["account"] == ch.address
+                for m in t["outMessages"]
+                if m["to"] == w.p.payee.wallet_address
+            ]
+            assert payouts == [total - claimed]
+            assert (await w.p.payee.get_channel_state(ch.address)).status is ChannelStatus.CLOSED
+            # on-chain ops: open + claim + close; vouchers stayed off chain
+            assert w.manager.onchain_ops == {"open": 1, "top_up": 0, "close": 1}
+            assert w.settlement.stats.claims == 1
+
+
+class StopsPaying(RequesterPaymentMeter):
+    """Pays the prompt, then never again."""
+
+    async def on_tokens(self, completion_tokens: int) -> bytes | None:
+        await super().on_tokens(completion_tokens)
+        self.channel.newest  # noqa: B018 - state kept, voucher withheld
+        return None
+
+
+async def test_requester_that_stops_paying_costs_at_most_the_window(parties: Parties, tmp_path: Path) -> None:
+    async with world(parties, tmp_path, payment_timeout=1.0) as w:
+        with trio.fail_after(60):
+            honest = await w.meter_for()
+            bad = StopsPaying(honest.channel, price_prompt=PP, price_completion=PC, credit_window=WINDOW)
+            before = w.backend.tokens_generated
+            with pytest.raises(WorkerFailure):
+                await w.run(chat(400), bad)
+            assert w.meter.stats.payment_timeouts == 1
+            acct = w.meter.account(honest.channel.address)
+            assert acct is not None
+            # served beyond payment never exceeds the credit window (+ one token step)
+            assert acct.served - acct.paid <= WINDOW
+            served_tokens = (acct.served - 400 * PP) // PC
+            assert served_tokens <= WINDOW // PC + 8 + 1
+            assert w.backend.tokens_generated - before <= WINDOW // PC + 8 + 2  # generation stopped too
+
+
+async def test_stale_close_by_payer_is_challenged(parties: Parties, tmp_path: Path) -> None:
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(90):
+            meter = await w.meter_for()
+            await w.run(chat(30), meter)
+            ch = meter.channel
+            newest = await w.worker_store.run(w.worker_store.newest_voucher, ch.address)
+            assert newest is not None and newest.seqno > 1
+            # the payer tries to close on its first (prompt-only) voucher
+            old = sign_voucher(w.p.payer_key, ch.params.channel_id, 1, 30 * PP)
+            assert (await w.p.payer.unilateral_close(ch.address, old)).success
+            assert await w.settlement.check_closes() == [ch.address]
+            assert w.settlement.stats.challenges == 1
+            st = await w.p.payee.get_channel_state(ch.address)
+            assert st.committed == newest.cumulative
+            await w.p.payer.advance_time(3601)
+            assert await w.settlement.check_closes() == [ch.address]  # finish
+            assert (await w.p.payee.get_channel_state(ch.address)).status is ChannelStatus.CLOSED
+
+
+async def test_bad_vouchers_rejected_and_replays_ignored(parties: Parties, tmp_path: Path) -> None:
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(60):
+            m = await w.meter_for()
+            ch = m.channel
+            cid = ch.params.channel_id
+            ref = m.payment_ref()
+            # a stranger's channel or a wrong id is refused at admission
+            with pytest.raises(PaymentRequired):
+                await w.meter.admit("x", {"channel": ch.address, "channel_id": (cid ^ 1).to_bytes(32, "big")}, 1)
+            with pytest.raises(PaymentRequired):
+                await w.meter.admit("x", None, 1)
+            other = await ChannelManager(
+                w.p.payer, w.payer_store, w.p.payer_key, deposit=TON, credit_window=WINDOW
+            ).channel_for("p2", w.p.stranger.wallet_address, public_key_bytes(party_key("s")))
+            with pytest.raises(PaymentRequired, match="does not pay"):
+                await w.meter.admit(
+                    "x", {"channel": other.address, "channel_id": other.params.channel_id.to_bytes(32, "big")}, 1
+                )
+
+            await w.meter.admit("r", ref, 10)
+            good = sign_voucher(w.p.payer_key, cid, 5, 10 * PP)
+            await w.meter.on_voucher("r", good.to_boc())
+            acct = w.meter.account(ch.address)
+            assert acct is not None and acct.debt == 0
+            bad = {
+                "forged": sign_voucher(party_key("mallory"), cid, 6, 20 * PP),
+                "cross-channel": sign_voucher(w.p.payer_key, other.params.channel_id, 6, 20 * PP),
+                "reordered": sign_voucher(w.p.payer_key, cid, 4, 20 * PP),
+                "backwards": sign_voucher(w.p.payer_key, cid, 6, 5 * PP),
+                "overdraw": sign_voucher(w.p.payer_key, cid, 6, 3 * TON),
+            }
+            for name, v in bad.items():
+                with pytest.raises(VoucherRejected):
+                    await w.meter.on_voucher("r", v.to_boc())
+                assert acct.newest == good, name
+            with pytest.raises(VoucherRejected):
+                await w.meter.on_voucher("r", b"garbage")
+            # replay / harmless reordering (older and not larger) changes nothing
+            await w.meter.on_voucher("r", good.to_boc())
+            await w.meter.on_voucher("r", sign_voucher(w.p.payer_key, cid, 3, 9 * PP).to_boc())
+            assert w.meter.stats.stale_vouchers == 2 and acct.newest == good
+            assert await w.worker_store.run(w.worker_store.voucher_count, ch.address) == 1
+            await w.meter.finish("r", 10, 0)
+
+
+async def test_restart_of_both_sides_from_the_store(parties: Parties, tmp_path: Path) -> None:
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(90):
+            m = await w.meter_for()
+            await w.run(chat(40), m)
+            address = m.channel.address
+            last = m.channel.newest
+            worker_last = await w.worker_store.run(w.worker_store.newest_voucher, address)
+            assert last is not None and worker_last is not None
+            assert worker_last.seqno <= last.seqno  # the last vouchers may have raced the end of the stream
+            # "kill" both sides: drop the objects, reopen the databases
+            w.payer_store.close()
+            w.worker_store.close()
+            w.payer_store = PaymentStore.open(tmp_path / "payer.db")
+            w.worker_store = PaymentStore.open(tmp_path / "worker.db")
+            manager2 = ChannelManager(
+                w.p.payer, w.payer_store, w.p.payer_key, deposit=2 * TON, credit_window=WINDOW, voucher_every=8
+            )
+            meter2 = w.new_worker_meter()
+            m2 = await w.meter_for(manager2)
+            assert m2.channel.address == address and m2.channel.newest == last
+            assert manager2.onchain_ops["open"] == 0  # no second channel
+            await meter2.admit("r2", m2.payment_ref(), 5)
+            acct = meter2.account(address)
+            assert acct is not None and acct.newest == worker_last  # the worker remembers its newest voucher
+            with pytest.raises(VoucherRejected):  # a replayed seqno with a new amount
+                await meter2.on_voucher(
+                    "r2",
+                    sign_voucher(
+                        w.p.payer_key, m2.channel.params.channel_id, worker_last.seqno, worker_last.cumulative + 1
+                    ).to_boc(),
+                )
+            v = await m2.on_accept(5)
+            assert v is not None
+            await meter2.on_voucher("r2", v)
+            assert acct.newest is not None and acct.newest.seqno == last.seqno + 1
+            assert acct.newest.cumulative == last.cumulative + 5 * PP
+            await meter2.finish("r2", 5, 0)
+            s2 = Settlement(w.p.payee, w.worker_store, w.p.payee_key, claim_threshold=1)
+            assert await s2.claim_due() == [address]
+            assert (await w.p.payee.get_channel_state(address)).claimed == acct.newest.cumulative
