@@ -36,7 +36,7 @@ class NodeSection:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     max_connections: int = 200
-    target_peers: int = 8
+    target_peers: int = 6
     local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
     log_level: str = "INFO"
 

@@ -12,7 +12,7 @@ Why gossip "did not arrive" in early trials: GossipSub only forwards a topic's m
 are subscribed to that topic. In a star whose hub (the bootstrap node) is not subscribed, nothing ever
 crosses the hub, whatever the heartbeat. Every cocoon node therefore subscribes to the workers topic,
 requester or not, so that every node relays; and each node dials a handful of peers beyond its bootstrap
-(see :meth:`Mesh._keep_connected`), so the mesh does not hang on one hub.
+(py-libp2p's auto-connector, fed by DHT routing-table refreshes), so the mesh does not hang on one hub.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class MeshSettings:
     listen_addrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)
     bootstrap: Sequence[str] = ()
     max_connections: int = 200
-    target_peers: int = 8
+    target_peers: int = 6
     heartbeat_interval: int = 1
     gossip_degree: int = 6
     gossip_degree_low: int = 4
@@ -131,7 +131,8 @@ class Mesh:
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             connection_config=ConnectionConfig(
                 max_connections=settings.max_connections,
-                high_watermark=settings.max_connections,
+                # py-libp2p's auto-connector dials from the peerstore towards the midpoint of the watermarks.
+                high_watermark=min(2 * settings.target_peers, settings.max_connections),
                 low_watermark=min(settings.target_peers, settings.max_connections),
                 min_connections=min(settings.target_peers, settings.max_connections),
                 dial_timeout=settings.dial_timeout,
@@ -254,31 +255,16 @@ class Mesh:
                 log.warning("bootstrap peer %s unreachable: %s", addr, exc)
 
     async def _keep_connected(self) -> None:
-        """Top up connections from the DHT routing table and peerstore, so gossip has many paths."""
-        assert self.host is not None and self.dht is not None
-        host, dht = self.host, self.dht
+        """Refresh the routing table early and often at first, so the peerstore fills with candidates that
+        py-libp2p's auto-connector then dials (it keeps us between the connection watermarks)."""
+        assert self.dht is not None
+        dht = self.dht
         delay = 0.5
         while True:
             await trio.sleep(delay + random.random() * 0.5)
-            delay = min(delay * 2, 15.0)
+            delay = min(delay * 2, 30.0)
             try:
                 with trio.move_on_after(10):
                     await dht.refresh_routing_table()
             except Exception as exc:
                 log.debug("routing table refresh failed: %s", exc)
-            connected = set(host.get_connected_peers())
-            missing = self.settings.target_peers - len(connected)
-            if missing <= 0:
-                continue
-            candidates = [
-                p for p in host.get_peerstore().peers_with_addrs() if p != self.peer_id and p not in connected
-            ]
-            random.shuffle(candidates)
-            for peer in candidates[:missing]:
-                addrs = host.get_peerstore().addrs(peer)
-                try:
-                    with trio.move_on_after(self.settings.dial_timeout):
-                        await host.connect(PeerInfo(peer, addrs))
-                        await dht.add_peer(peer)
-                except Exception as exc:
-                    log.debug("could not dial %s: %s", peer, exc)

@@ -1,0 +1,107 @@
+"""Direct inference streams between two real libp2p hosts: a malformed frame closes only its own stream,
+and a worker that vanishes mid-stream gives the requester a clean error."""
+
+from __future__ import annotations
+
+import struct
+from contextlib import AsyncExitStack
+
+import msgpack
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from cocoon_node.inference.chat import parse_chat_request
+from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerFailure, WorkerTerms, call_worker
+from cocoon_node.inference.synthetic import SyntheticBackend
+from cocoon_node.mesh import Mesh, MeshSettings
+from cocoon_node.wire import FrameStream
+
+TERMS = WorkerTerms(model="synthetic-echo", price_prompt=1, price_completion=1, max_concurrent=4, max_tokens_cap=512)
+
+
+def chat(words: int = 20, max_tokens: int = 50):
+    return parse_chat_request({"model": "synthetic-echo", "max_tokens": max_tokens,
+                               "messages": [{"role": "user", "content": " ".join(["w"] * words)}]})
+
+
+class Raw:
+    def __init__(self, stream) -> None:
+        self.s = stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        try:
+            return await self.s.read(n)
+        except Exception:
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        await self.s.write(data)
+
+
+async def two_hosts(stack: AsyncExitStack) -> tuple[Mesh, Mesh]:
+    worker = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
+    await stack.enter_async_context(worker.start())
+    client = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True, bootstrap=(worker.listen_addrs()[0],)))
+    await stack.enter_async_context(client.start())
+    return worker, client
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1",  # not msgpack
+        struct.pack(">I", 2) + msgpack.packb([1]),  # not a map
+        struct.pack(">I", 50_000_000),  # oversized length prefix
+        (lambda b: struct.pack(">I", len(b)) + b)(msgpack.packb({"t": "request", "v": 1, "id": "x"})),  # fields missing
+    ],
+    ids=["not-msgpack", "not-a-map", "oversized", "missing-fields"],
+)
+async def test_malformed_frame_closes_only_its_stream(garbage: bytes) -> None:
+    async with AsyncExitStack() as stack:
+        worker, client = await two_hosts(stack)
+        server = InferenceServer(SyntheticBackend(tokens_per_second=200), TERMS)
+        worker.set_stream_handler(PROTOCOL_ID, server.handle)
+        with trio.fail_after(30):
+            good_stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
+            bad_stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
+            async with call_worker(good_stream, chat(), price_prompt=1, price_completion=1) as call:
+                await bad_stream.write(garbage)
+                reply = await FrameStream(Raw(bad_stream), "inference").receive()
+                assert reply is not None and reply["t"] == "error" and reply["code"] == "protocol"
+                assert reply["message"]
+                assert await Raw(bad_stream).read(100) == b""  # the worker closed the bad stream
+                text = [d.text async for d in call.deltas()]
+            assert call.final is not None and call.final.completion_tokens == len(text) > 0
+        assert server.stats.served == 1 and server.stats.in_flight == 0
+
+
+async def test_worker_vanishing_mid_stream_gives_clean_error() -> None:
+    async with AsyncExitStack() as stack:
+        client = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
+        await stack.enter_async_context(client.start())
+        worker = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
+        server = InferenceServer(SyntheticBackend(tokens_per_second=50), TERMS)
+        stop = trio.Event()
+
+        async def run_worker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async with worker.start():
+                worker.set_stream_handler(PROTOCOL_ID, server.handle)
+                task_status.started()
+                await stop.wait()  # then the whole host shuts down, connections and all
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_worker)
+            with trio.fail_after(30):
+                stream = await client.new_stream(worker.peer_id, PROTOCOL_ID, worker.listen_addrs())
+                got = 0
+                with pytest.raises(WorkerFailure) as err:
+                    async with call_worker(stream, chat(words=200, max_tokens=200), price_prompt=1,
+                                           price_completion=1, token_timeout=5) as call:
+                        async for _ in call.deltas():
+                            got += 1
+                            if got == 3:
+                                stop.set()
+        assert got >= 3
+        assert not err.value.before_first_token
+        assert err.value.code in ("worker_gone", "timeout", "protocol")
