@@ -31,6 +31,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "requester": ("requester", "enabled"), "api_port": ("requester", "api_port"),
         "api_host": ("requester", "api_host"), "api_key": ("requester", "api_key"),
         "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
+        "chain_url": ("payments", "chain_url"), "payments": ("payments", "enabled"),
+        "credit_window": ("payments", "credit_window"),
     }
     out: dict[str, dict[str, Any]] = {}
     for attr, (section, key) in mapping.items():
@@ -81,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accept dev-INSECURE attestation (local networks only)")
     run.add_argument("--allowed-model-hash", dest="allowed_model_hash", action="append",
                      help="allow only these model weight hashes (hex, repeatable)")
+    run.add_argument("--chain-url", dest="chain_url", help="shared EMULATED local chain, tcp://127.0.0.1:PORT")
+    run.add_argument("--no-payments", dest="payments", action="store_false", default=None,
+                     help="serve/buy without payment channels")
+    run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
 
     ident = sub.add_parser("id", help="print the peer id (and addresses of the running node)")
     _add_common(ident)

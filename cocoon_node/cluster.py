@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,10 @@ def node_command(args: Sequence[str]) -> list[str]:
 class Cluster:
     """Starts and stops node processes; every wait is bounded."""
 
-    def __init__(self, base_dir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, base_dir: Path, *, env: dict[str, str] | None = None, payments: bool = True) -> None:
         self.base_dir = base_dir
+        self.payments = payments
+        self.chain_url: str | None = None
         self.nodes: dict[str, NodeProcess] = {}
         self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self._nursery: trio.Nursery | None = None
@@ -61,8 +63,9 @@ class Cluster:
         data_dir.mkdir(parents=True, exist_ok=True)
         log_path = data_dir / "node.log"
         full = ["run", "--data-dir", str(data_dir), *args]
+        full += ["--chain-url", self.chain_url] if self.chain_url else ["--no-payments"]
         node = NodeProcess(name, data_dir, list(args), log_path=log_path)
-        log_file = open(log_path, "ab")  # noqa: ASYNC230, SIM115 - instant local open; lives with the process
+        log_file = open(log_path, "ab")  # noqa: ASYNC230 - instant local open; lives with the process
         process = await trio.lowlevel.open_process(node_command(full), stdout=subprocess.PIPE, stderr=log_file,
                                                    env=self._env)
         node.process = process
@@ -103,7 +106,15 @@ class Cluster:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Cluster]:
-        async with trio.open_nursery() as nursery:
+        """Run the cluster; with payments, one shared EMULATED chain serves every node (dev only)."""
+        async with AsyncExitStack() as stack:
+            if self.payments:
+                from cocoon_node.payments.chain.local import serve_shared_chain
+
+                self.base_dir.mkdir(parents=True, exist_ok=True)
+                self.chain_url = await stack.enter_async_context(
+                    serve_shared_chain(self.base_dir / "local-chain.json"))
+            nursery = await stack.enter_async_context(trio.open_nursery())
             self._nursery = nursery
             try:
                 yield self

@@ -81,9 +81,17 @@ class PolicySection:
 
 @dataclass(frozen=True)
 class PaymentsSection:
+    enabled: bool = True
     chain: str = "local"              # "local" (EMULATED chain, dev only) or "ton"
+    chain_url: str = ""               # local: tcp://127.0.0.1:PORT of a shared sidecar; "" starts a private one
+    ton_network: str = "testnet"      # ton: "testnet" or "mainnet"
     credit_window: int = 200_000      # nanotons a worker serves ahead of payment
     channel_deposit: int = 1_000_000_000
+    claim_threshold: int = 500_000_000
+    challenge_period: int = 3600
+    voucher_every: int = 32           # completion tokens between vouchers (or at half the credit window)
+    payment_timeout: float = 30.0     # how long a worker waits for a voucher before stopping a stream
+    dev_wallet_balance: int = 100_000_000_000  # local chain only: airdrop for this node's dev wallet
 
 
 @dataclass(frozen=True)
@@ -191,8 +199,17 @@ def validate_config(config: Config) -> list[str]:
             out.append("policy.allow_dev_tee: dev TEE reports cannot be accepted on testnet/mainnet")
         if config.payments.chain == "local":
             out.append("payments.chain: the emulated local chain cannot back a testnet/mainnet node")
-    if config.payments.chain not in ("local", "ton"):
+    pay = config.payments
+    if pay.chain not in ("local", "ton"):
         out.append("payments.chain: must be 'local' or 'ton'")
+    if pay.chain_url and not pay.chain_url.startswith("tcp://127.0.0.1:"):
+        out.append("payments.chain_url: the emulated chain must be reached on tcp://127.0.0.1:PORT")
+    if pay.ton_network not in ("testnet", "mainnet"):
+        out.append("payments.ton_network: must be 'testnet' or 'mainnet'")
+    if pay.credit_window < 0 or pay.channel_deposit <= 0 or pay.claim_threshold <= 0:
+        out.append("payments.*: credit_window must be >= 0, channel_deposit and claim_threshold positive")
+    if pay.voucher_every < 1 or pay.payment_timeout <= 0 or pay.challenge_period < 1:
+        out.append("payments.*: voucher_every, payment_timeout and challenge_period must be positive")
     if policy.max_report_age <= 0:
         out.append("policy.max_report_age: must be positive")
     return out

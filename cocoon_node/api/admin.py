@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -11,12 +11,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 
-def admin_app(status: Callable[[], dict[str, Any]], token: str) -> Starlette:
+def admin_app(status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Starlette:
     """``GET /status`` with the per-run token from the data dir (keeps other local users out)."""
 
     async def get_status(request: Request) -> JSONResponse:
         if request.headers.get("authorization") != f"Bearer {token}":
             return JSONResponse({"error": "missing or wrong admin token"}, status_code=401)
-        return JSONResponse(status())
+        return JSONResponse(await status())
 
     return Starlette(routes=[Route("/status", get_status)])

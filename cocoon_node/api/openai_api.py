@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -135,7 +135,7 @@ class ChatStreamResponse(Response):
 
 def openai_app(requester: Requester, *, api_key: str = "",
                models: Callable[[], list[dict[str, Any]]] | None = None,
-               extra_routes: list[Route] | None = None) -> Starlette:
+               channels: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> Starlette:
     """Build the ASGI app. ``models`` returns the model list entries (see the node)."""
 
     def unauthorized(request: Request) -> JSONResponse | None:
@@ -174,10 +174,16 @@ def openai_app(requester: Requester, *, api_key: str = "",
             return ChatStreamResponse(requester, chat)
         return await _complete(requester, chat)
 
+    async def list_channels(request: Request) -> Response:
+        """Payment channels, balances and amounts earned or spent (``/v1/cocoon/channels``)."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return JSONResponse(await channels() if channels else {"enabled": False})
+
     routes = [
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        *(extra_routes or []),
+        Route("/v1/cocoon/channels", list_channels, methods=["GET"]),
     ]
     return Starlette(routes=routes)
 

@@ -259,7 +259,11 @@ class Requester:
                 raise WorkerFailure(
                     f"could not reach the worker: {exc}", code="unreachable", before_first_token=True
                 ) from None
-            meter = await self._meter_factory(worker) if self._meter_factory else None
+            try:
+                meter = await self._meter_factory(worker) if self._meter_factory else None
+            except Exception as exc:  # channel could not be opened or funded: try another worker
+                raise WorkerFailure(f"payment setup failed: {exc}", code="payment",
+                                    before_first_token=True) from None
             async with call_worker(
                 stream,
                 chat,

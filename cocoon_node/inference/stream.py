@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import trio
 
-from cocoon_node.inference.backend import Backend, BackendError, ContextLengthError
+from cocoon_node.inference.backend import Backend, BackendError
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError
 from cocoon_node.wire import FrameError, FrameStream, load_protocol
 
@@ -206,95 +206,91 @@ class InferenceServer:
     async def _generate(
         self, frames: FrameStream, request_id: str, chat: ChatRequest, prompt_tokens: int
     ) -> None:
+        """Stream one completion while a listener handles cancel and voucher frames.
+
+        The listener runs until the requester closes the stream, also after ``final``, so the voucher that
+        pays the tail still arrives; it is never cancelled mid-read (that could lose buffered bytes).
+        """
         started = time.monotonic()
         first_token_at: float | None = None
         completion_tokens = 0
         finish_reason = "cancelled"
-        peer_gone = False
-        async with trio.open_nursery() as nursery:
-            generation = trio.CancelScope()
+        peer_gone = trio.Event()
+        payment_error: list[str] = []
+        generation = trio.CancelScope()
 
-            async def listen() -> None:
-                nonlocal peer_gone
-                while True:
+        async def listen() -> None:
+            while True:
+                try:
+                    frame = await frames.receive()
+                except FrameError as exc:
+                    log.info("bad frame during generation: %s", exc)
+                    frame = None
+                if frame is None:
+                    peer_gone.set()
+                    generation.cancel()
+                    return
+                if frame["t"] == "cancel":
+                    generation.cancel()
+                elif frame["t"] == "voucher" and self.meter is not None:
                     try:
-                        frame = await frames.receive()
-                    except FrameError as exc:
-                        log.info("bad frame during generation: %s", exc)
-                        frame = None
-                    if frame is None:
-                        peer_gone = True
-                        generation.cancel()
-                        return
-                    if frame["t"] == "cancel":
-                        generation.cancel()
-                        return
-                    if frame["t"] == "voucher" and self.meter is not None:
                         await self.meter.on_voucher(request_id, frame["voucher"])
+                    except PaymentRequired as exc:  # forged, replayed or cross-channel voucher
+                        payment_error.append(str(exc))
+                        generation.cancel()
 
+        error: dict[str, Any] | None = None
+        async with trio.open_nursery() as nursery:
             nursery.start_soon(listen)
             try:
                 with generation, trio.fail_after(self.terms.request_timeout):
                     async with self.backend.generate(chat) as deltas:
                         async for delta in deltas:
                             if delta.token_count and self.meter is not None:
-                                await self.meter.before_tokens(request_id, delta.token_count)
+                                try:
+                                    await self.meter.before_tokens(request_id, delta.token_count)
+                                except PaymentRequired as exc:  # the requester stopped paying
+                                    payment_error.append(str(exc))
+                                    break
                             completion_tokens += delta.token_count
                             if first_token_at is None and delta.token_count:
                                 first_token_at = time.monotonic()
                             if delta.text or delta.token_count:
-                                await frames.send(
-                                    {
-                                        "t": "delta",
-                                        "id": request_id,
-                                        "text": delta.text,
-                                        "tokens": delta.token_count,
-                                    }
-                                )
+                                await frames.send({"t": "delta", "id": request_id, "text": delta.text,
+                                                   "tokens": delta.token_count})
                             if delta.finish_reason is not None:
                                 finish_reason = delta.finish_reason
-            except ContextLengthError as exc:
-                self.stats.failed += 1
-                await _send_quietly(
-                    frames, {"t": "error", "id": request_id, "code": "backend", "message": str(exc)}
-                )
-                nursery.cancel_scope.cancel()
-                return
-            except BackendError as exc:
-                self.stats.failed += 1
-                await _send_quietly(
-                    frames, {"t": "error", "id": request_id, "code": "backend", "message": str(exc)}
-                )
-                nursery.cancel_scope.cancel()
-                return
+            except BackendError as exc:  # ContextLengthError included
+                error = {"t": "error", "id": request_id, "code": "backend", "message": str(exc)[:1000]}
             finally:
                 if self.meter is not None:
                     with trio.CancelScope(shield=True):
                         await self.meter.finish(request_id, prompt_tokens, completion_tokens)
+            ended = time.monotonic()
+            if error is None and payment_error:
+                error = {"t": "error", "id": request_id, "code": "payment", "message": payment_error[0][:1000]}
+            if error is not None:
+                self.stats.failed += 1
+                await _send_quietly(frames, error)
+            else:
+                if finish_reason == "cancelled":
+                    self.stats.cancelled += 1
+                else:
+                    self.stats.served += 1
+                if not peer_gone.is_set():
+                    ttft = ((first_token_at or ended) - started) * 1000
+                    gen_s = max(ended - (first_token_at or started), 1e-9)
+                    await _send_quietly(frames, {
+                        "t": "final", "id": request_id, "finish_reason": finish_reason,
+                        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens, "ttft_ms": float(ttft),
+                        "generation_ms": float((ended - started) * 1000),
+                        "tokens_per_second": float(completion_tokens / gen_s) if completion_tokens else 0.0,
+                    })
+            # Let the requester pay the tail and hang up; bounded so a silent peer cannot hold the slot.
+            with trio.move_on_after(5 if self.meter is not None else 1):
+                await peer_gone.wait()
             nursery.cancel_scope.cancel()
-        ended = time.monotonic()
-        if finish_reason == "cancelled":
-            self.stats.cancelled += 1
-        else:
-            self.stats.served += 1
-        if peer_gone:
-            return
-        ttft = ((first_token_at or ended) - started) * 1000
-        gen_s = max(ended - (first_token_at or started), 1e-9)
-        await _send_quietly(
-            frames,
-            {
-                "t": "final",
-                "id": request_id,
-                "finish_reason": finish_reason,
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "ttft_ms": float(ttft),
-                "generation_ms": float((ended - started) * 1000),
-                "tokens_per_second": float(completion_tokens / gen_s) if completion_tokens else 0.0,
-            },
-        )
 
     def _load_changed(self) -> None:
         if self._on_load_change is not None:
@@ -334,6 +330,9 @@ class RequesterMeter(Protocol):
 
     async def on_tokens(self, completion_tokens: int) -> bytes | None:
         """Voucher covering tokens received so far, when one is due."""
+
+    async def on_final(self, completion_tokens: int) -> bytes | None:
+        """Voucher paying whatever is still unpaid once the worker sent its final frame."""
 
 
 @dataclass(frozen=True)
@@ -420,6 +419,10 @@ class InferenceCall:
                         code="protocol",
                         before_first_token=False,
                     )
+                if self._meter is not None:
+                    voucher = await self._meter.on_final(self.completion_tokens)
+                    if voucher is not None:
+                        await self._frames.send({"t": "voucher", "id": self.request_id, "voucher": voucher})
                 end = time.monotonic()
                 first = self._first_token_at or end
                 self.final = Final(

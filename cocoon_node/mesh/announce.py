@@ -64,6 +64,7 @@ class Announcement:
     seqno: int
     issued_at: int
     expires_at: int
+    payout: str = ""
     v: int = ANNOUNCEMENT_VERSION
 
     @property

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from cocoon_node.mesh import (
     load_or_create_identity,
 )
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
+from cocoon_node.node.payments import PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class Node:
         self.worker: WorkerRole | None = None
         self.requester: Requester | None = None
         self.gate: AttestationGate | None = None
+        self.payments: PaymentsRole | None = None
         self.info: NodeInfo | None = None
         self.started_at = time.time()
         self.ready = trio.Event()
@@ -85,38 +88,54 @@ class Node:
     async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        async with self.mesh.start(), trio.open_nursery() as nursery:
-            roles = []
-            if cfg.worker.enabled:
-                roles.append("worker")
-                self.worker = WorkerRole(cfg, self.mesh, self.key_pair, build_backend(cfg))
-                await nursery.start(self.worker.run)
-            api_url = None
-            if cfg.requester.enabled:
-                roles.append("requester")
-                self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
-                self.requester = Requester(
-                    self.table.live, self._open_attested_stream, self.gate,
-                    max_price_prompt=cfg.requester.max_price_prompt,
-                    max_price_completion=cfg.requester.max_price_completion,
-                    first_token_timeout=cfg.requester.first_token_timeout,
-                )
-                app = openai_app(self.requester, api_key=cfg.requester.api_key, models=self.models)
-                api_url = await nursery.start(serve_http, app, cfg.requester.api_host, cfg.requester.api_port)
-            nursery.start_soon(self._expire_workers)
-            token = secrets.token_hex(16)
-            admin_url = await nursery.start(serve_http, admin_app(self.status, token), cfg.node.admin_host,
-                                            cfg.node.admin_port)
-            self.info = NodeInfo(self.peer_id.to_base58(), self.mesh.listen_addrs(), admin_url, token, api_url,
-                                 os.getpid(), roles)
-            self._write_info(self.info)
-            self.ready.set()
-            log.info("node %s up: %s roles=%s api=%s", self.peer_id, self.mesh.listen_addrs(), roles, api_url)
-            task_status.started(self.info)
-            try:
-                await trio.sleep_forever()
-            finally:
-                (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+        paid = cfg.payments.enabled and (cfg.worker.enabled or cfg.requester.enabled)
+        async with AsyncExitStack() as stack:
+            if paid:
+                self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
+            await stack.enter_async_context(self.mesh.start())
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await self._run_roles(nursery, task_status)
+
+    async def _run_roles(self, nursery: trio.Nursery, task_status: TaskStatus) -> None:
+        cfg = self.config
+        pay = self.payments
+        roles = []
+        if cfg.worker.enabled:
+            roles.append("worker")
+            self.worker = WorkerRole(cfg, self.mesh, self.key_pair, build_backend(cfg),
+                                     meter=pay.worker_meter if pay else None,
+                                     payout=pay.payout_address if pay else "")
+            await nursery.start(self.worker.run)
+            if pay is not None and pay.settlement is not None:
+                nursery.start_soon(pay.settlement.run)
+        api_url = None
+        if cfg.requester.enabled:
+            roles.append("requester")
+            self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
+            self.requester = Requester(
+                self.table.live, self._open_attested_stream, self.gate,
+                max_price_prompt=cfg.requester.max_price_prompt,
+                max_price_completion=cfg.requester.max_price_completion,
+                first_token_timeout=cfg.requester.first_token_timeout,
+                meter_factory=pay.meter_for if pay else None,
+            )
+            app = openai_app(self.requester, api_key=cfg.requester.api_key, models=self.models,
+                             channels=self.payments_status)
+            api_url = await nursery.start(serve_http, app, cfg.requester.api_host, cfg.requester.api_port)
+        nursery.start_soon(self._expire_workers)
+        token = secrets.token_hex(16)
+        admin_url = await nursery.start(serve_http, admin_app(self.status, token), cfg.node.admin_host,
+                                        cfg.node.admin_port)
+        self.info = NodeInfo(self.peer_id.to_base58(), self.mesh.listen_addrs(), admin_url, token, api_url,
+                             os.getpid(), roles)
+        self._write_info(self.info)
+        self.ready.set()
+        log.info("node %s up: %s roles=%s api=%s", self.peer_id, self.mesh.listen_addrs(), roles, api_url)
+        task_status.started(self.info)
+        try:
+            await trio.sleep_forever()
+        finally:
+            (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
 
     async def _open_attested_stream(self, worker: Announcement) -> Any:
         """Open the inference stream to exactly the peer whose key the attestation report binds."""
@@ -163,8 +182,14 @@ class Node:
             })
         return out
 
-    def status(self) -> dict[str, Any]:
+    async def payments_status(self) -> dict[str, Any]:
+        if self.payments is None:
+            return {"enabled": False}
+        return {"enabled": True, **await self.payments.status()}
+
+    async def status(self) -> dict[str, Any]:
         return {
+            "payments": await self.payments_status(),
             "version": __version__,
             "peer_id": self.peer_id.to_base58(),
             "addrs": self.mesh.listen_addrs() if self.mesh.host else [],

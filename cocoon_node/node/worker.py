@@ -64,7 +64,8 @@ class WorkerRole:
     """Everything a serving node does beyond the mesh itself."""
 
     def __init__(self, config: Config, mesh: Mesh, key_pair: KeyPair, backend: Backend,
-                 meter: WorkerMeter | None = None) -> None:
+                 meter: WorkerMeter | None = None, payout: str = "") -> None:
+        self.payout = payout
         self.config = config
         self.mesh = mesh
         self.key_pair = key_pair
@@ -96,7 +97,7 @@ class WorkerRole:
             model_hash=weights, backend=self.backend.kind, synthetic=self.backend.synthetic,
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
-            issued_at=now, expires_at=now + w.announce_ttl,
+            issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.publisher.run)

@@ -400,3 +400,8 @@ class RequesterPaymentMeter:
         if self._since_voucher >= self.voucher_every or self.channel.unpaid * 2 >= self.credit_window:
             return await self._voucher()
         return None
+
+    async def on_final(self, completion_tokens: int) -> bytes | None:
+        """Pay the tail: charge any tokens not yet seen and sign for everything still unpaid."""
+        await self.on_tokens(completion_tokens)
+        return await self._voucher() if self.channel.unpaid > 0 else None

@@ -13,11 +13,14 @@
 // The clock does not run by itself: it starts at the wall clock (or --now) and moves only with
 // set_now / advance_time, so tests decide when challenge periods end.
 //
-//   node localchain.mjs [--now UNIXTIME] [--state FILE]
-//     --state FILE  load the chain from FILE if it exists; save to it on save_state and on exit
+//   node localchain.mjs [--now UNIXTIME] [--state FILE] [--listen HOST:PORT]
+//     --state FILE        load the chain from FILE if it exists; save to it on save_state and on exit
+//     --listen HOST:PORT  also serve the same JSON lines over TCP (one shared chain for a local cluster);
+//                         the ready line on stdout then carries the bound "listen" address. Bind 127.0.0.1.
 //
 // Methods: see METHODS below and contracts/README.md.
 import { createInterface } from 'node:readline';
+import { createServer } from 'node:net';
 import { existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { Blockchain, internal, snapshotToSerializable, snapshotFromSerializable } from '@ton/sandbox';
 import { Address, Cell, beginCell, contractAddress, toNano } from '@ton/core';
@@ -409,11 +412,11 @@ const METHODS = {
 };
 
 // ---- JSON-lines loop -------------------------------------------------------------------------
-function write(obj) {
+function stdoutWrite(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
 }
 
-async function handle(line) {
+async function handle(line, write = stdoutWrite) {
   let req;
   try {
     req = JSON.parse(line);
@@ -436,10 +439,29 @@ async function handle(line) {
 }
 
 await init();
-process.stderr.write(`localchain: ${LABEL}; ready (now=${chain.now})\n`);
-write({ id: null, result: { ready: true, label: LABEL, now: chain.now } });
-
 let queue = Promise.resolve();
+let listenAddr = null;
+const listenArg = argValue('--listen');
+if (listenArg) {
+  const i = listenArg.lastIndexOf(':');
+  const host = listenArg.slice(0, i);
+  const port = Number(listenArg.slice(i + 1));
+  const server = createServer((sock) => {
+    const send = (obj) => { if (!sock.destroyed) sock.write(JSON.stringify(obj) + '\n'); };
+    const lines = createInterface({ input: sock });
+    lines.on('line', (line) => {
+      if (!line.trim()) return;
+      queue = queue.then(() => handle(line, send)); // one global queue: requests from all clients serialize
+    });
+    sock.on('error', () => sock.destroy());
+  });
+  await new Promise((resolve) => server.listen(port, host, resolve));
+  const a = server.address();
+  listenAddr = `${a.address}:${a.port}`;
+}
+process.stderr.write(`localchain: ${LABEL}; ready (now=${chain.now}${listenAddr ? `, listening on ${listenAddr}` : ''})\n`);
+stdoutWrite({ id: null, result: { ready: true, label: LABEL, now: chain.now, listen: listenAddr } });
+
 const rl = createInterface({ input: process.stdin });
 rl.on('line', (line) => {
   if (!line.trim()) return;

@@ -149,11 +149,12 @@ async def test_paid_stream_claim_and_cooperative_close(parties: Parties, tmp_pat
             ch = w.manager.channels[WORKER_PEER]
             assert ch.charged == total
             acct = w.meter.account(ch.address)
+            while acct is not None and acct.paid < total:  # the tail voucher lands just after the stream ends
+                await trio.sleep(0.02)
             # the worker served exactly what the requester was charged (its exposure forgives in-flight tails)
             assert acct is not None and acct.served + acct.forgiven == total
-            # vouchers in flight when the worker ends the stream are lost (the next request's first voucher
-            # pays them): never more than the credit window
-            assert total - acct.paid <= WINDOW, (total, acct.paid)
+            # the requester pays the tail after `final` and the worker waits for it: nothing is left unpaid
+            assert acct.paid == total, (total, acct.paid)
             # settlement claims everything vouchered so far
             assert await w.settlement.claim_due() == [ch.address]
             st = await w.p.payee.get_channel_state(ch.address)
@@ -170,7 +171,7 @@ async def test_paid_stream_claim_and_cooperative_close(parties: Parties, tmp_pat
                 for m in t["outMessages"]
                 if m["to"] == w.p.payee.wallet_address
             ]
-            assert payouts == [total - claimed]
+            assert payouts == ([total - claimed] if total > claimed else [])  # no zero-value payout message
             assert (await w.p.payee.get_channel_state(ch.address)).status is ChannelStatus.CLOSED
             # on-chain ops: open + claim + close; vouchers stayed off chain
             assert w.manager.onchain_ops == {"open": 1, "top_up": 0, "close": 1}
@@ -210,7 +211,11 @@ async def test_stale_close_by_payer_is_challenged(parties: Parties, tmp_path: Pa
             meter = await w.meter_for()
             await w.run(chat(30), meter)
             ch = meter.channel
-            newest = await w.worker_store.run(w.worker_store.newest_voucher, ch.address)
+            while True:  # the tail voucher is stored by the worker just after the stream ends
+                newest = await w.worker_store.run(w.worker_store.newest_voucher, ch.address)
+                if newest is not None and ch.newest is not None and newest.seqno == ch.newest.seqno:
+                    break
+                await trio.sleep(0.02)
             assert newest is not None and newest.seqno > 1
             # the payer tries to close on its first (prompt-only) voucher
             old = sign_voucher(w.p.payer_key, ch.params.channel_id, 1, 30 * PP)
@@ -277,9 +282,12 @@ async def test_restart_of_both_sides_from_the_store(parties: Parties, tmp_path: 
             await w.run(chat(40), m)
             address = m.channel.address
             last = m.channel.newest
-            worker_last = await w.worker_store.run(w.worker_store.newest_voucher, address)
-            assert last is not None and worker_last is not None
-            assert worker_last.seqno <= last.seqno  # the last vouchers may have raced the end of the stream
+            assert last is not None
+            while True:  # let the tail voucher land, so the "kill" below happens at a known point
+                worker_last = await w.worker_store.run(w.worker_store.newest_voucher, address)
+                if worker_last is not None and worker_last.seqno == last.seqno:
+                    break
+                await trio.sleep(0.02)
             # "kill" both sides: drop the objects, reopen the databases
             w.payer_store.close()
             w.worker_store.close()

@@ -48,6 +48,7 @@ def sample_announcement() -> tuple[Announcement, Any]:
         model="SmolLM2-135M-Instruct", model_hash=bytes.fromhex("ab" * 32), backend="torch", synthetic=False,
         price_prompt=1000, price_completion=2000, max_concurrent=2, load=1, protocols=("/cocoon/inference/1.0.0",),
         tee_kind="dev-INSECURE", seqno=42, issued_at=1_790_000_000, expires_at=1_790_000_015,
+        payout="0:" + "22" * 32,
     )
     return ann, key_pair
 

@@ -80,22 +80,26 @@ class SidecarError(ChainError):
 class _Sidecar:
     """The child process and its JSON-lines channel; requests go one at a time."""
 
-    def __init__(self, proc: trio.Process) -> None:
+    def __init__(self, proc: trio.Process | None, *, stream: trio.SocketStream | None = None) -> None:
         self.proc = proc
+        self._stream = stream
         self._buf = bytearray()
         self._lock = trio.Lock()
         self._next_id = 1
         self.closed = False
 
     async def _read_line(self) -> bytes:
-        assert self.proc.stdout is not None
         while True:
             nl = self._buf.find(b"\n")
             if nl >= 0:
                 line = bytes(self._buf[:nl])
                 del self._buf[: nl + 1]
                 return line
-            chunk = await self.proc.stdout.receive_some(65536)
+            if self._stream is not None:
+                chunk = await self._stream.receive_some(65536)
+            else:
+                assert self.proc is not None and self.proc.stdout is not None
+                chunk = await self.proc.stdout.receive_some(65536)
             if not chunk:
                 raise ChainError("local chain sidecar exited")
             self._buf += chunk
@@ -111,13 +115,16 @@ class _Sidecar:
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         if self.closed:
             raise ChainError("local chain is closed")
-        assert self.proc.stdin is not None
         async with self._lock:
             rid = self._next_id
             self._next_id += 1
             data = json.dumps({"id": rid, "method": method, "params": params or {}}) + "\n"
             with trio.fail_after(REQUEST_TIMEOUT):
-                await self.proc.stdin.send_all(data.encode())
+                if self._stream is not None:
+                    await self._stream.send_all(data.encode())
+                else:
+                    assert self.proc is not None and self.proc.stdin is not None
+                    await self.proc.stdin.send_all(data.encode())
                 while True:
                     msg = json.loads(await self._read_line())
                     if msg.get("id") == rid:
@@ -132,6 +139,12 @@ class _Sidecar:
         if self.closed:
             return
         self.closed = True
+        if self._stream is not None:
+            with trio.move_on_after(5) as cs0:
+                cs0.shield = True
+                await self._stream.aclose()
+            return
+        assert self.proc is not None
         with trio.move_on_after(5) as cs:
             cs.shield = True
             if self.proc.stdin is not None:
@@ -193,6 +206,25 @@ class LocalChain:
             await sidecar.read_ready()
             chain = await cls._bind(sidecar, wallet, balance, owner=True)
             yield chain
+        finally:
+            await sidecar.aclose()
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, url: str, wallet: str, *, balance: int | None = None) -> AsyncIterator[LocalChain]:
+        """Join a shared sidecar serving TCP (``tcp://127.0.0.1:PORT``, see ``localchain.mjs --listen``).
+
+        A local cluster runs one EMULATED chain that every node uses, so channels opened by a requester are
+        visible to the worker it pays; closing this object closes only our connection.
+        """
+        host, _, port = url.removeprefix("tcp://").rpartition(":")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ChainError(f"refusing to use a local chain that is not on loopback: {url}")
+        with trio.fail_after(START_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, int(port))
+        sidecar = _Sidecar(None, stream=stream)
+        try:
+            yield await cls._bind(sidecar, wallet, balance, owner=True)
         finally:
             await sidecar.aclose()
 
@@ -341,3 +373,26 @@ class LocalChain:
     async def save_state(self, path: Path | None = None) -> None:
         """Persist the emulated chain (to ``path`` or the ``state_file`` given at start)."""
         await self.call("save_state", {"path": str(path)} if path else {})
+
+
+@asynccontextmanager
+async def serve_shared_chain(state_file: Path | None = None, *, node: str | None = None) -> AsyncIterator[str]:
+    """Run one EMULATED chain sidecar listening on 127.0.0.1 and yield its ``tcp://`` URL.
+
+    Local clusters (``just run``, tests, netsim) start one of these and hand the URL to every node, so all
+    nodes settle on the same emulated ledger. The sidecar is our own child; it is stopped on exit.
+    """
+    d = ensure_contract_deps()
+    node_bin = node or shutil.which("node")
+    if node_bin is None:
+        raise ChainError("node not found: install Node >= 20 to use the emulated local chain")
+    args = [node_bin, str(d / "sidecar" / "localchain.mjs"), "--listen", "127.0.0.1:0"]
+    if state_file is not None:
+        args += ["--state", str(state_file)]
+    proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(d))
+    sidecar = _Sidecar(proc)
+    try:
+        ready = await sidecar.read_ready()
+        yield f"tcp://{ready['listen']}"
+    finally:
+        await sidecar.aclose()

@@ -1,0 +1,132 @@
+"""The node's payments role: one store, one chain connection, meters for streams, settlement in the background.
+
+Workers meter every stream through :class:`WorkerPaymentMeter` and claim / challenge on chain with
+:class:`Settlement`; requesters open a channel per worker on first use (:class:`ChannelManager`) and sign
+cumulative vouchers as tokens arrive. On a ``local`` network the chain is the EMULATED sidecar, shared by
+a cluster through ``payments.chain_url``; ``ton`` uses pytoniq against a real network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+
+from cocoon_node.config import Config
+from cocoon_node.mesh import Announcement
+from cocoon_node.payments.chain.base import Chain, ChainError
+from cocoon_node.payments.channels import ChannelManager, Settlement
+from cocoon_node.payments.meter import RequesterPaymentMeter, WorkerPaymentMeter
+from cocoon_node.payments.store import PaymentStore
+
+log = logging.getLogger(__name__)
+
+
+class PaymentsRole:
+    """Owns the store and the chain for one node; build with :meth:`open`."""
+
+    def __init__(self, config: Config, key_pair: KeyPair, chain: Chain, store: PaymentStore) -> None:
+        self.config = config
+        self.chain = chain
+        self.store = store
+        self._seed_key = Ed25519PrivateKey.from_private_bytes(key_pair.private_key.to_bytes())
+        self.public_key = key_pair.public_key.to_bytes()
+        p = config.payments
+        self.worker_meter: WorkerPaymentMeter | None = None
+        self.settlement: Settlement | None = None
+        self.channels: ChannelManager | None = None
+        if config.worker.enabled:
+            self.worker_meter = WorkerPaymentMeter(
+                chain, store, payee_key=self.public_key, price_prompt=config.worker.price_prompt,
+                price_completion=config.worker.price_completion, credit_window=p.credit_window,
+                payment_timeout=p.payment_timeout)
+            self.settlement = Settlement(chain, store, self._seed_key, claim_threshold=p.claim_threshold)
+        if config.requester.enabled:
+            self.channels = ChannelManager(chain, store, self._seed_key, deposit=p.channel_deposit,
+                                           credit_window=p.credit_window, challenge_period=p.challenge_period,
+                                           voucher_every=p.voucher_every)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, config: Config, key_pair: KeyPair) -> AsyncIterator[PaymentsRole]:
+        p = config.payments
+        wallet = ID.from_pubkey(key_pair.public_key).to_base58()
+        async with AsyncExitStack() as stack:
+            store = PaymentStore.open(config.data_dir / "payments.db")
+            stack.callback(store.close)
+            chain: Chain
+            if p.chain == "local":
+                from cocoon_node.payments.chain.local import LocalChain
+
+                log.warning("payments use the EMULATED local chain: dev/test only, no real TON moves")
+                if p.chain_url:
+                    chain = await stack.enter_async_context(
+                        LocalChain.connect(p.chain_url, wallet, balance=p.dev_wallet_balance))
+                else:
+                    chain = await stack.enter_async_context(
+                        LocalChain.start(wallet, balance=p.dev_wallet_balance,
+                                         state_file=config.data_dir / "local-chain.json"))
+            else:
+                from cocoon_node.payments.chain.ton import TonChain
+
+                chain = await stack.enter_async_context(
+                    TonChain.connect(key_pair.private_key.to_bytes(), network=p.ton_network))  # type: ignore[arg-type]
+            role = cls(config, key_pair, chain, store)
+            try:
+                yield role
+            finally:
+                if role.channels is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(20):
+                        await role.channels.close_all()
+
+    @property
+    def payout_address(self) -> str:
+        return self.chain.wallet_address
+
+    async def meter_for(self, worker: Announcement) -> RequesterPaymentMeter | None:
+        """Requester: a meter for one request to ``worker`` (opens the channel on first use)."""
+        if self.channels is None or not worker.payout:
+            return None  # the worker does not ask to be paid
+        payee = worker.peer.extract_public_key()
+        if payee is None:
+            raise ChainError("worker peer id does not embed its public key")
+        return await self.channels.meter_for(worker.peer.to_base58(), worker.payout, payee.to_bytes(),
+                                             price_prompt=worker.price_prompt,
+                                             price_completion=worker.price_completion)
+
+    async def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"chain": getattr(self.chain, "label", type(self.chain).__name__),
+                               "wallet": self.chain.wallet_address}
+        try:
+            with trio.fail_after(5):
+                out["wallet_balance"] = await self.chain.get_balance(self.chain.wallet_address)
+        except (ChainError, trio.TooSlowError) as exc:
+            out["wallet_balance"] = None
+            out["chain_error"] = str(exc)
+        channels = []
+        for role in ("payer", "payee"):
+            for rec in await self.store.run(partial(self.store.channels, role)):
+                newest = await self.store.run(partial(self.store.newest_voucher, rec.address))
+                channels.append({
+                    "address": rec.address, "role": rec.role, "peer": rec.peer, "status": rec.status,
+                    "deposit": rec.deposit, "claimed": rec.claimed, "served": rec.served,
+                    "voucher_seqno": newest.seqno if newest else 0,
+                    "voucher_cumulative": newest.cumulative if newest else 0,
+                })
+        out["channels"] = channels
+        out["earned"] = sum(c["voucher_cumulative"] for c in channels if c["role"] == "payee")
+        out["spent"] = sum(c["voucher_cumulative"] for c in channels if c["role"] == "payer")
+        if self.worker_meter is not None:
+            out["worker_meter"] = dict(vars(self.worker_meter.stats))
+        if self.settlement is not None:
+            out["settlement"] = dict(vars(self.settlement.stats))
+        if self.channels is not None:
+            out["onchain_ops"] = dict(self.channels.onchain_ops)
+        return out
