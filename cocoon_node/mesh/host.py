@@ -17,11 +17,13 @@ requester or not, so that every node relays; and each node dials a handful of pe
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import multiaddr
 import trio
@@ -72,6 +74,9 @@ class MeshSettings:
     max_inbound_rpc_size: int = 256 * 1024
     dial_timeout: float = 5.0
     topics: Sequence[str] = field(default_factory=tuple)
+    # Where to remember peers we were connected to, so a restarted node finds the mesh again even when its
+    # configured bootstrap peers are gone (or it was itself the bootstrap). None: no cache.
+    peer_cache: Path | None = None
 
 
 def score_params(*, local_cluster: bool) -> ScoreParams:
@@ -179,10 +184,12 @@ class Mesh:
                 self._subscriptions[topic] = await pubsub.subscribe(topic)
             nursery = await stack.enter_async_context(trio.open_nursery())
             await self._dial_bootstrap()
+            nursery.start_soon(self._dial_cached_peers)
             nursery.start_soon(self._keep_connected)
             try:
                 yield self
             finally:
+                self._save_peer_cache()
                 nursery.cancel_scope.cancel()
 
     # ----- identity and addresses -------------------------------------------------------------------------
@@ -254,6 +261,46 @@ class Mesh:
             except Exception as exc:  # a dead bootstrap peer must not stop the node
                 log.warning("bootstrap peer %s unreachable: %s", addr, exc)
 
+    async def _dial_cached_peers(self) -> None:
+        """Re-dial peers remembered from the last run (bounded, in parallel, failures ignored)."""
+        cache = self.settings.peer_cache
+        if cache is None or not cache.exists():
+            return
+        try:
+            entries = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            return
+        async with trio.open_nursery() as nursery:
+            for addr in entries[:50] if isinstance(entries, list) else []:
+                if isinstance(addr, str) and not addr.endswith(self.peer_id.to_base58()):
+                    nursery.start_soon(self._dial_quietly, addr)
+
+    async def _dial_quietly(self, addr: str) -> None:
+        with trio.move_on_after(self.settings.dial_timeout):
+            try:
+                peer = await self.connect(addr)
+                assert self.dht is not None
+                await self.dht.add_peer(peer)
+            except Exception as exc:
+                log.debug("cached peer %s unreachable: %s", addr, exc)
+
+    def _save_peer_cache(self) -> None:
+        cache = self.settings.peer_cache
+        if cache is None or self.host is None:
+            return
+        addrs = []
+        for peer in self.host.get_connected_peers():
+            for maddr in self.host.get_peerstore().addrs(peer)[:2]:
+                text = str(maddr)
+                if "/tcp/" in text:
+                    addrs.append(text if "/p2p/" in text else f"{text}/p2p/{peer.to_base58()}")
+        try:
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(addrs[:50]))
+            tmp.replace(cache)
+        except OSError as exc:
+            log.debug("could not save the peer cache: %s", exc)
+
     async def _keep_connected(self) -> None:
         """Refresh the routing table early and often at first, so the peerstore fills with candidates that
         py-libp2p's auto-connector then dials (it keeps us between the connection watermarks)."""
@@ -268,3 +315,4 @@ class Mesh:
                     await dht.refresh_routing_table()
             except Exception as exc:
                 log.debug("routing table refresh failed: %s", exc)
+            self._save_peer_cache()

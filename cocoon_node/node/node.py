@@ -79,7 +79,8 @@ class Node:
     def _mesh_settings(self) -> MeshSettings:
         n = self.config.node
         return MeshSettings(listen_addrs=n.listen, bootstrap=n.bootstrap, max_connections=n.max_connections,
-                            target_peers=n.target_peers, local_cluster=n.local_cluster, topics=(WORKERS_TOPIC,))
+                            target_peers=n.target_peers, local_cluster=n.local_cluster, topics=(WORKERS_TOPIC,),
+                            peer_cache=self.config.data_dir / "peers.json")
 
     @property
     def peer_id(self) -> ID:
