@@ -33,6 +33,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
         "chain_url": ("payments", "chain_url"), "payments": ("payments", "enabled"),
         "credit_window": ("payments", "credit_window"),
+        "registry_address": ("policy", "registry_address"),
     }
     out: dict[str, dict[str, Any]] = {}
     for attr, (section, key) in mapping.items():
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accept dev-INSECURE attestation (local networks only)")
     run.add_argument("--allowed-model-hash", dest="allowed_model_hash", action="append",
                      help="allow only these model weight hashes (hex, repeatable)")
+    run.add_argument("--registry-address", dest="registry_address",
+                     help="policy registry contract: its image/model hashes replace the configured ones")
     run.add_argument("--chain-url", dest="chain_url", help="shared EMULATED local chain, tcp://127.0.0.1:PORT")
     run.add_argument("--no-payments", dest="payments", action="store_false", default=None,
                      help="serve/buy without payment channels")
@@ -156,6 +159,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for signum in signals:
                         logging.getLogger("cocoon_node").info("received %s: shutting down", signal.Signals(signum).name)
+                        await node.shutdown_gracefully()
                         nursery.cancel_scope.cancel()
                         return
 

@@ -34,7 +34,7 @@ from cocoon_node.mesh import (
     load_or_create_identity,
 )
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
-from cocoon_node.node.payments import PaymentsRole
+from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,16 @@ class Node:
             await nursery.start(self.worker.run)
             if pay is not None and pay.settlement is not None:
                 nursery.start_soon(pay.settlement.run)
+                self.mesh.set_stream_handler(CHANNEL_PROTOCOL_ID, pay.handle_close_stream)
         api_url = None
         if cfg.requester.enabled:
             roles.append("requester")
             self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
+            if cfg.policy.registry_address and pay is not None:
+                from cocoon_node.node.registry_policy import RegistryPolicyRefresher
+                refresher = RegistryPolicyRefresher(self.gate, pay.chain, cfg.policy.registry_address,
+                                                    self.gate.policy, cfg.policy.registry_refresh)
+                nursery.start_soon(refresher.run)
             self.requester = Requester(
                 self.table.live, self._open_attested_stream, self.gate,
                 max_price_prompt=cfg.requester.max_price_prompt,
@@ -137,6 +143,18 @@ class Node:
             await trio.sleep_forever()
         finally:
             (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+
+    async def shutdown_gracefully(self) -> None:
+        """Before cancelling everything: close our payment channels while the mesh is still up, so workers
+        can co-sign cooperative closes (bounded; whatever is left is closed unilaterally afterwards)."""
+        if self.payments is not None:
+            with trio.move_on_after(30):
+                await self.payments.close_channels(self._open_peer_stream)
+
+    async def _open_peer_stream(self, peer: str, protocol: str) -> Any:
+        worker = next((a for a in self.table.live() if a.peer.to_base58() == peer), None)
+        addrs = worker.addrs if worker else ()
+        return await self.mesh.new_stream(ID.from_base58(peer), protocol, addrs)
 
     async def _open_attested_stream(self, worker: Announcement) -> Any:
         """Open the inference stream to exactly the peer whose key the attestation report binds."""

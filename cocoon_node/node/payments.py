@@ -25,8 +25,30 @@ from cocoon_node.payments.chain.base import Chain, ChainError
 from cocoon_node.payments.channels import ChannelManager, Settlement
 from cocoon_node.payments.meter import RequesterPaymentMeter, WorkerPaymentMeter
 from cocoon_node.payments.store import PaymentStore
+from cocoon_node.payments.voucher import VoucherError
+from cocoon_node.wire import FrameError, FrameStream, load_protocol
 
 log = logging.getLogger(__name__)
+
+CHANNEL_PROTOCOL_ID: str = load_protocol("channel").meta["id"]
+_CHANNEL_MAX_FRAME = int(load_protocol("channel").meta["max_frame_bytes"])
+
+
+class _Stream:
+    """py-libp2p streams raise at end of stream; FrameStream expects b""."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        try:
+            data: bytes = await self._stream.read(n)
+            return data
+        except Exception:
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
 
 
 class PaymentsRole:
@@ -82,7 +104,7 @@ class PaymentsRole:
             try:
                 yield role
             finally:
-                if role.channels is not None:
+                if role.channels is not None and role.channels.channels:  # not closed through the mesh
                     with trio.CancelScope(shield=True), trio.move_on_after(20):
                         await role.channels.close_all()
 
@@ -100,6 +122,71 @@ class PaymentsRole:
         return await self.channels.meter_for(worker.peer.to_base58(), worker.payout, payee.to_bytes(),
                                              price_prompt=worker.price_prompt,
                                              price_completion=worker.price_completion)
+
+    # ----- cooperative close over /cocoon/channel/1.0.0 -------------------------------------------------
+
+    async def handle_close_stream(self, stream: Any) -> None:
+        """Worker: co-sign close terms that pay at least our newest voucher; refuse anything else."""
+        frames = FrameStream(_Stream(stream), "channel", max_frame=_CHANNEL_MAX_FRAME)
+        try:
+            with trio.fail_after(30):
+                request = await frames.receive()
+                if request is None or request["t"] != "close_request" or self.settlement is None:
+                    raise FrameError("expected a close_request")
+                try:
+                    payee_sig = await self.settlement.cosign_close(request["channel"], request["cumulative"],
+                                                                   request["payer_sig"])
+                except VoucherError as exc:
+                    await frames.send({"t": "close_refused", "reason": str(exc)[:500]})
+                    return
+                await frames.send({"t": "close_reply", "payee_sig": payee_sig})
+        except (FrameError, trio.TooSlowError) as exc:
+            log.info("channel control stream closed: %s", exc)
+        finally:
+            with trio.move_on_after(2):
+                try:
+                    await stream.close()
+                except Exception:
+                    pass
+
+    async def close_channels(self, open_stream: Any) -> None:
+        """Requester shutdown: close every channel cooperatively when the worker answers, else alone.
+
+        ``open_stream(peer_id_base58, protocol)`` opens a stream to the worker through the mesh.
+        """
+        if self.channels is None or not self.channels.channels:
+            return
+
+        def cosigner_for(peer: str) -> Any:
+            async def cosign(address: str, cumulative: int, payer_sig: bytes) -> bytes:
+                ch = self.channels.channels.get(peer) if self.channels else None
+                stream = await open_stream(peer, CHANNEL_PROTOCOL_ID)
+                frames = FrameStream(_Stream(stream), "channel", max_frame=_CHANNEL_MAX_FRAME)
+                try:
+                    with trio.fail_after(15):
+                        channel_id = await self._channel_id(address) if ch is None else ch.params.channel_id
+                        await frames.send({"t": "close_request", "channel": address,
+                                           "channel_id": channel_id.to_bytes(32, "big"),
+                                           "cumulative": cumulative, "payer_sig": payer_sig})
+                        reply = await frames.receive()
+                finally:
+                    with trio.move_on_after(2):
+                        await stream.close()
+                if reply is None or reply["t"] != "close_reply":
+                    raise ChainError(f"worker refused to co-sign: {reply.get('reason') if reply else 'no answer'}")
+                payee_sig: bytes = reply["payee_sig"]
+                return payee_sig
+
+            return cosign
+
+        cosigners = {peer: cosigner_for(peer) for peer in self.channels.channels}
+        await self.channels.close_all(cosigners)
+
+    async def _channel_id(self, address: str) -> int:
+        rec = await self.store.run(partial(self.store.channel, address))
+        if rec is None:
+            raise ChainError(f"unknown channel {address}")
+        return rec.params.channel_id
 
     async def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"chain": getattr(self.chain, "label", type(self.chain).__name__),

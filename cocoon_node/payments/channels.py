@@ -144,17 +144,23 @@ class ChannelManager:
         await ch.sign()  # a final voucher for the unpaid tail, stored first
         total = ch.paid
         await self.store.run(partial(self.store.set_channel, ch.address, status="closing"))
+        cooperative = False
         with trio.fail_after(CHAIN_OP_TIMEOUT):
             if cosign is not None:
                 payer_sig = sign_close(self.payer_key, ch.params.channel_id, total)
-                payee_sig = await cosign(ch.address, total, payer_sig)
-                result = await self.chain.cooperative_close(
-                    ch.address, SignedClose(ch.params.channel_id, total, payer_sig, payee_sig)
-                )
-            else:
+                try:
+                    payee_sig = await cosign(ch.address, total, payer_sig)
+                except Exception as exc:  # the worker is gone or refused: close alone, it can still challenge
+                    log.warning("cooperative close of %s failed (%s); closing unilaterally", ch.address, exc)
+                else:
+                    cooperative = True
+                    result = await self.chain.cooperative_close(
+                        ch.address, SignedClose(ch.params.channel_id, total, payer_sig, payee_sig)
+                    )
+            if not cooperative:
                 result = await self.chain.unilateral_close(ch.address, ch.newest)
         self.onchain_ops["close"] += 1
-        if result.success and cosign is not None:
+        if result.success and cooperative:
             await self.store.run(partial(self.store.set_channel, ch.address, status="closed"))
         return result
 

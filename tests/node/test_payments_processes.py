@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trio
 
 from cocoon_node.cluster import Cluster, worker_args
 from cocoon_node.payments.chain.local import LocalChain
@@ -106,3 +105,18 @@ async def test_settlement_exact_across_kills(tmp_path: Path) -> None:
             assert await wait_until(claimed, timeout=40) == r_ch["voucher_cumulative"]
             state = await observer.get_channel_state(w_ch["address"])
             assert state.deposit == r_ch["deposit"]
+
+            # One more paid request, then the requester shuts down (SIGTERM): it closes cooperatively, the
+            # worker co-signs, and the close pays the worker exactly what was vouchered beyond the claim.
+            resp = await post_chat(url, {"model": "synthetic-echo", "messages": [{"role": "user", "content": "g h"}]})
+            assert resp.status_code == 200, resp.text
+            final = await wait_until(converged, timeout=30)
+            owed = final[0]["voucher_cumulative"] - state.claimed
+            worker_wallet = (await cluster.status("w"))["payments"]["wallet"]
+            await cluster.kill("requester", signal.SIGTERM)
+            assert cluster.nodes["requester"].process.returncode == 0  # clean shutdown
+            txs = await observer.transactions(w_ch["address"])
+            payouts = [int(m["value"]) for t in txs for m in t["outMessages"] if m["to"] == worker_wallet]
+            assert owed in payouts, (owed, payouts)
+            closed = await observer.get_channel_state(w_ch["address"])
+            assert closed.status.name == "CLOSED"

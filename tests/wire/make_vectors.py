@@ -72,6 +72,15 @@ def frames() -> list[dict[str, Any]]:
     ]
 
 
+def channel_frames() -> list[dict[str, Any]]:
+    return [
+        {"t": "close_request", "channel": "EQ" + "A" * 46, "channel_id": bytes(range(32)), "cumulative": 123_456,
+         "payer_sig": bytes(range(64))},
+        {"t": "close_reply", "payee_sig": bytes(64)},
+        {"t": "close_refused", "reason": "close terms 1 below our newest voucher 5"},
+    ]
+
+
 def build() -> dict[str, list[dict[str, Any]]]:
     ann, key_pair = sample_announcement()
     payload = canonical_dumps(ann.to_wire())
@@ -86,6 +95,8 @@ def build() -> dict[str, list[dict[str, Any]]]:
         "inference/frames.json": [{"name": f["t"] + ("-with-payment" if "payment" in f else ""),
                                    "hex": encode_frame("inference", f).hex(), "value": to_json_value(f)}
                                   for f in frames()],
+        "channel/frames.json": [{"name": f["t"], "hex": encode_frame("channel", f).hex(), "value": to_json_value(f)}
+                                for f in channel_frames()],
     }
 
 

@@ -41,11 +41,15 @@ def test_envelope_round_trip_and_verifies() -> None:
         assert signer == env.peer_id and ann.peer_id == signer.to_bytes()
 
 
-@pytest.mark.parametrize("vec", load("inference/frames.json"), ids=lambda v: v["name"])
-def test_inference_frames_round_trip(vec: dict) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "vec"),
+    [("inference", v) for v in load("inference/frames.json")] + [("channel", v) for v in load("channel/frames.json")],
+    ids=lambda x: x["name"] if isinstance(x, dict) else x,
+)
+def test_stream_frames_round_trip(protocol: str, vec: dict) -> None:
     raw = bytes.fromhex(vec["hex"])
     value = from_json_value(vec["value"])
     length = int.from_bytes(raw[:4], "big")
     assert length == len(raw) - 4
-    assert decode_frame("inference", raw[4:]) == value
-    assert encode_frame("inference", value) == raw
+    assert decode_frame(protocol, raw[4:]) == value
+    assert encode_frame(protocol, value) == raw
