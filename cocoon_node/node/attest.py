@@ -121,7 +121,8 @@ class ReportPublisher:
 
     async def run(self) -> None:
         while True:
-            self.current = self.make_report()
+            # configfs-tsm I/O blocks (the TDX module signs the quote), so it runs off the event loop.
+            self.current = await trio.to_thread.run_sync(self.make_report)
             for attempt in range(5):
                 try:
                     with trio.fail_after(20):
@@ -152,6 +153,10 @@ class AttestationGate:
         self._cache: dict[bytes, CachedVerdict] = {}
         self.fetches = 0
         self.rejections = 0
+
+    def set_policy(self, policy: Policy) -> None:
+        """Replace the policy and forget every cached verdict, so each worker is checked again."""
+        self.policy, self._cache = policy, {}
 
     def verdict(self, peer_id: bytes) -> Verdict | None:
         cached = self._cache.get(peer_id)

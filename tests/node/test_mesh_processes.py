@@ -17,7 +17,7 @@ from .conftest import FAST, wait_until, worker_ids
 async def test_requester_sees_workers_join_die_and_restart(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
     async with cluster.running():
-        req = await cluster.start_node("requester", ["--requester", "--local-cluster", "--allow-dev-tee"])
+        req = await cluster.start_node("requester", ["--requester", "--local-cluster", "--allow-dev-tee", "--api-port", "0"])
         async with trio.open_nursery() as nursery:
             for i in range(3):
                 nursery.start_soon(cluster.start_node, f"w{i}", worker_args(req.addr, "synthetic", extra=FAST))
@@ -51,6 +51,20 @@ async def test_requester_sees_workers_join_die_and_restart(tmp_path: Path) -> No
             return victim.peer_id in await worker_ids(cluster)
 
         await wait_until(back, timeout=30)
+
+        # The CLI asks the running node over its admin endpoint, and chats through the requester's API.
+        status = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "cocoon_node", "status", "--data-dir", str(req.data_dir)],
+            capture_output=True, text=True, timeout=60))
+        assert status.returncode == 0 and '"peer_id": "%s"' % req.peer_id in status.stdout
+        chat = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "cocoon_node", "chat", "--data-dir", str(req.data_dir), "--model",
+             "synthetic-echo", "hello mesh"], capture_output=True, text=True, timeout=60))
+        assert chat.returncode == 0 and "hello mesh" in chat.stdout and "usage" in chat.stdout
+
+        # SIGTERM shuts a node down cleanly: no hanging tasks, exit status 0.
+        await cluster.kill("late", signal.SIGTERM)
+        assert cluster.nodes["late"].process is not None and cluster.nodes["late"].process.returncode == 0
 
 
 def test_bad_config_prints_one_line_per_error_and_exits_nonzero(tmp_path: Path) -> None:
