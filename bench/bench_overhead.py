@@ -1,0 +1,187 @@
+"""Overhead of the mesh: requester OpenAI API -> libp2p stream -> worker, against the same backend in-process.
+
+Same run, same machine: first the backend is driven directly (``backend.generate``), then through a real
+two-process cluster (one requester, one worker, started with ``cocoon_node.cluster.Cluster``) with streaming
+HTTP requests from this process. For each concurrency: time to first token (TTFT) and per-stream tokens/s
+(completion tokens / time from request start to last token), medians and p95, and mesh/direct ratios.
+
+Synthetic backend at 200 tok/s per stream (a fair, paced comparison) and at rate 0 (as fast as possible),
+1 / 8 / 32 concurrent streams; ``--torch`` adds the SmolLM2 CPU model at 1 and 4 streams (slow).
+
+Prints one JSON line, then one human line per case.
+    .venv/bin/python bench/bench_overhead.py [--rounds 5] [--tokens 100] [--torch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from cocoon_node.cluster import Cluster, wait_for_workers
+from cocoon_node.inference import make_backend, parse_chat_request
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+         "upsilon phi chi psi omega").split()
+
+
+def prompt(tokens: int) -> str:
+    return " ".join(WORDS[i % len(WORDS)] for i in range(tokens))
+
+
+def body(model: str, tokens: int, stream: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt(tokens)}],
+                           "max_tokens": tokens, "stream": stream}
+    if stream:
+        out["stream_options"] = {"include_usage": True}
+    return out
+
+
+def summarize(samples: list[tuple[float, float, int]]) -> dict[str, float]:
+    """samples: (ttft_s, total_s, tokens) per stream."""
+    ttft = sorted(s[0] for s in samples)
+    tps = sorted(s[2] / s[1] for s in samples if s[1] > 0)
+
+    def p(xs: list[float], q: float) -> float:
+        return xs[min(len(xs) - 1, round((len(xs) - 1) * q))]
+
+    return {"streams": len(samples), "ttft_ms_p50": round(p(ttft, 0.5) * 1000, 2),
+            "ttft_ms_p95": round(p(ttft, 0.95) * 1000, 2), "tok_s_p50": round(statistics.median(tps), 1),
+            "tok_s_p5": round(p(tps, 0.05), 1), "tokens_per_stream": statistics.median(s[2] for s in samples)}
+
+
+async def direct_round(backend: Any, model: str, tokens: int, conc: int) -> list[tuple[float, float, int]]:
+    out: list[tuple[float, float, int]] = []
+
+    async def one() -> None:
+        req = parse_chat_request(body(model, tokens, stream=True))
+        t0 = trio.current_time()
+        first = None
+        n = 0
+        async with backend.generate(req) as deltas:
+            async for d in deltas:
+                if d.token_count and first is None:
+                    first = trio.current_time()
+                n += d.token_count
+        end = trio.current_time()
+        out.append(((first or end) - t0, end - t0, n))
+
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            for _ in range(conc):
+                nursery.start_soon(one)
+    return out
+
+
+async def mesh_round(client: httpx.AsyncClient, api: str, model: str, tokens: int,
+                     conc: int) -> list[tuple[float, float, int]]:
+    out: list[tuple[float, float, int]] = []
+
+    async def one() -> None:
+        t0 = trio.current_time()
+        first = None
+        last = t0
+        n = 0
+        async with client.stream("POST", api + "/v1/chat/completions", json=body(model, tokens)) as resp:
+            resp.raise_for_status()
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:") or line.endswith("[DONE]"):
+                    continue
+                chunk = json.loads(line[5:])
+                if chunk.get("usage"):
+                    n = chunk["usage"]["completion_tokens"]
+                for c in chunk.get("choices") or []:
+                    if (c.get("delta") or {}).get("content"):
+                        last = trio.current_time()
+                        if first is None:
+                            first = last
+        out.append(((first or last) - t0, last - t0, n))
+
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            for _ in range(conc):
+                nursery.start_soon(one)
+    return out
+
+
+async def run_case(kind: str, rate: float, concurrencies: list[int], rounds: int, tokens: int,
+                   base: Path) -> list[dict[str, Any]]:
+    max_c = max(concurrencies)
+    if kind == "synthetic":
+        model = "synthetic-echo"
+        backend = make_backend("synthetic", tokens_per_second=rate, model_name=model, max_batch=max_c)
+        worker_extra = ["--model", model, "--synthetic-rate", str(rate)]
+    else:
+        model = "SmolLM2-135M-Instruct"
+        backend = make_backend("torch", model_name=model, max_batch=max_c, max_tokens_cap=512)
+        worker_extra = ["--model", model]
+    await backend.load()
+    direct: dict[int, list[tuple[float, float, int]]] = {}
+    for c in concurrencies:
+        await direct_round(backend, model, tokens, 1)  # warm-up
+        direct[c] = [s for _ in range(rounds) for s in await direct_round(backend, model, tokens, c)]
+    await backend.aclose()
+
+    results = []
+    cluster = Cluster(base / f"{kind}-{rate}")
+    async with cluster.running():
+        worker = await cluster.start_node("worker", ["--worker", "--local-cluster", "--backend", kind, "--tee", "dev",
+                                                     "--max-concurrent", str(max_c), *worker_extra])
+        req = await cluster.start_node("requester", ["--requester", "--local-cluster", "--allow-dev-tee",
+                                                     "--api-port", "0", "--bootstrap", worker.addr])
+        await wait_for_workers(cluster, "requester", 1, timeout=60, model=model)
+        api = req.ready["api_url"]
+        limits = httpx.Limits(max_connections=max_c * 2, max_keepalive_connections=max_c * 2)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            for c in concurrencies:
+                await mesh_round(client, api, model, tokens, 1)  # warm-up (attestation fetch, connection)
+                mesh = [s for _ in range(rounds) for s in await mesh_round(client, api, model, tokens, c)]
+                d, m = summarize(direct[c]), summarize(mesh)
+                results.append({
+                    "backend": kind, "rate_tok_s": rate, "concurrency": c, "direct": d, "mesh": m,
+                    "ttft_overhead_ms_p50": round(m["ttft_ms_p50"] - d["ttft_ms_p50"], 2),
+                    "tok_s_ratio_p50": round(m["tok_s_p50"] / d["tok_s_p50"], 3) if d["tok_s_p50"] else None,
+                })
+    return results
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        for rate in (200.0, 0.0):
+            results += await run_case("synthetic", rate, [1, 8, 32], args.rounds, args.tokens, Path(tmp))
+        if args.torch:
+            results += await run_case("torch", 0.0, [1, 4], max(1, args.rounds // 2), 32, Path(tmp))
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=100)
+    p.add_argument("--torch", action="store_true", help="also the SmolLM2 CPU model at 1 and 4 streams (slow)")
+    args = p.parse_args()
+    # The API port is chosen by the OS (0) so parallel runs do not collide.
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    t0 = time.time()
+    results = trio.run(main_async, args)
+    print(json.dumps({"bench": "overhead", "cpus": os.cpu_count(), "wall_s": round(time.time() - t0, 1),
+                      "results": results}))
+    for r in results:
+        print(f"{r['backend']} rate {r['rate_tok_s'] or 'max'} x{r['concurrency']}: TTFT p50 direct "
+              f"{r['direct']['ttft_ms_p50']} ms, mesh {r['mesh']['ttft_ms_p50']} ms (+{r['ttft_overhead_ms_p50']} ms); "
+              f"tok/s/stream p50 direct {r['direct']['tok_s_p50']}, mesh {r['mesh']['tok_s_p50']} "
+              f"(ratio {r['tok_s_ratio_p50']})", file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

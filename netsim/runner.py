@@ -1,0 +1,456 @@
+"""The simulation run: start the cluster, converge, play workload + faults + churn + junk, observe, collect.
+
+Time zero of the timeline (``t``) is the start of the workload; fault times in the scenario are relative to
+it. Cluster set-up happens before, and its discovery convergence is measured on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from netsim.adversary import FakeUpstream, JunkFlooder
+from netsim.procs import SimCluster
+from netsim.scenario import Fault, Scenario, WorkerGroup
+from netsim.workload import PlannedRequest, RequestResult, plan, run_request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimNode:
+    name: str
+    role: str                      # "worker" or "requester"
+    group: str | None
+    adversarial: bool = False
+    pooled: bool = False
+    peer_id: str = ""
+    state: str = "down"            # up | stopped | dead | left
+    api_url: str | None = None
+
+
+@dataclass
+class Expectation:
+    """After an event at ``t``, the peer should (dis)appear in every live requester's worker list."""
+
+    t: float
+    name: str
+    peer_id: str
+    present: bool
+    cause: str
+    resolved_at: float | None = None
+    superseded: bool = False
+
+
+@dataclass
+class SimData:
+    scenario: Scenario
+    seed: int
+    setup_s: float = 0.0
+    initial_convergence_s: float | None = None
+    final_convergence_s: float | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    expectations: list[Expectation] = field(default_factory=list)
+    results: list[RequestResult] = field(default_factory=list)
+    polls: list[dict[str, Any]] = field(default_factory=list)
+    final_status: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    last_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, SimNode] = field(default_factory=dict)
+    flooder: dict[str, Any] | None = None
+    fake_upstream_requests: int | None = None
+    allowed_hashes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    workload_duration: float = 0.0
+    requester_ready: dict[str, float] = field(default_factory=dict)
+    # Seconds from a requester's ready line until it first listed every live worker.
+    requester_converged: dict[str, float] = field(default_factory=dict)
+    converged_after_setup_s: float | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, *, seed: int, base_dir: Path) -> None:
+        self.s = scenario
+        self.data = SimData(scenario, seed)
+        self.base_dir = base_dir
+        self.cluster = SimCluster(base_dir)
+        self.rng = random.Random(seed)
+        self.t0 = 0.0                       # trio.current_time() at workload start (trio's clock, not time's)
+        self.fake: FakeUpstream | None = None
+        self._churn_count = 0
+
+    # ----- helpers ---------------------------------------------------------------------------------------
+    def now(self) -> float:
+        return round(trio.current_time() - self.t0, 3)
+
+    def event(self, kind: str, target: str, **detail: Any) -> None:
+        self.data.events.append({"t": self.now(), "kind": kind, "target": target, **detail})
+        log.info("t=%.1f %s %s %s", self.now(), kind, target, detail or "")
+
+    def live_workers(self) -> dict[str, str]:
+        """name -> peer id of workers that are running and not frozen (those that should be listed)."""
+        return {n.name: n.peer_id for n in self.data.nodes.values() if n.role == "worker" and n.state == "up"}
+
+    def live_requesters(self) -> list[str]:
+        return [n.name for n in self.data.nodes.values() if n.role == "requester" and n.state == "up"]
+
+    def bootstrap_args(self, exclude: str = "") -> list[str]:
+        ups = [n for n in self.data.nodes.values() if n.state == "up" and n.name != exclude and not n.adversarial]
+        out: list[str] = []
+        for n in ups[:3]:
+            out += ["--bootstrap", self.cluster.nodes[n.name].addr]
+        return out
+
+    def worker_args(self, g: WorkerGroup) -> list[str]:
+        args = ["--worker", "--local-cluster", "--tee", g.tee, "--model", g.model,
+                "--price-prompt", str(g.price_prompt), "--price-completion", str(g.price_completion),
+                "--max-concurrent", str(g.max_concurrent), *g.extra_args]
+        if g.adversarial:
+            assert self.fake is not None and self.fake.url is not None
+            return [*args, "--backend", "openai-upstream", "--upstream-url", self.fake.url + "/v1"]
+        args += ["--backend", g.backend]
+        if g.backend == "synthetic":
+            args += ["--synthetic-rate", str(g.synthetic_rate)]
+        return args
+
+    async def start_worker(self, name: str, g: WorkerGroup) -> None:
+        node = await self.cluster.start_node(name, [*self.worker_args(g), *self.bootstrap_args()],
+                                             timeout=self.s.start_timeout)
+        self.data.nodes[name] = SimNode(name, "worker", g.name, g.adversarial, False, node.peer_id, "up")
+
+    # ----- set-up ----------------------------------------------------------------------------------------
+    async def setup(self, nursery: trio.Nursery) -> None:
+        s = self.s
+        started = time.monotonic()
+        if any(g.adversarial for g in s.workers):
+            self.fake = FakeUpstream(next(g.model for g in s.workers if g.adversarial))
+            await nursery.start(self.fake.run)
+        good = [g for g in s.workers if not g.adversarial and not g.pooled]
+        pooled = [g for g in s.workers if g.pooled]
+        bad = [g for g in s.workers if g.adversarial]
+        # The first good worker seeds the mesh; everyone else bootstraps from whoever is up.
+        seed_group = good[0] if good else None
+        if seed_group is not None:
+            await self.start_worker(f"{seed_group.name}1", seed_group)
+        async with trio.open_nursery() as starters:
+            for g in good:
+                for i in range(1, g.count + 1):
+                    if g is seed_group and i == 1:
+                        continue
+                    starters.start_soon(self.start_worker, f"{g.name}{i}", g)
+            for g in pooled:
+                for p, first in enumerate(range(1, g.count + 1, g.per_process)):
+                    count = min(g.per_process, g.count - first + 1)
+                    starters.start_soon(self._start_pool, g, p, first, count)
+        async with trio.open_nursery() as starters:
+            for g in bad:
+                for i in range(1, g.count + 1):
+                    starters.start_soon(self.start_worker, f"{g.name}{i}", g)
+        # Requesters allow exactly the weight hashes the good workers report in their status.
+        hashes: set[str] = set()
+        good_names = [n.name for n in self.data.nodes.values() if n.role == "worker" and not n.adversarial]
+        for name in good_names[:8] if not pooled else good_names[:2]:
+            st = await self.cluster.try_status(name, timeout=10)
+            if st and st.get("worker"):
+                hashes.add(st["worker"]["model_hash"])
+        if not hashes:
+            raise RuntimeError("could not read any good worker's model hash from its status")
+        self.data.allowed_hashes = sorted(hashes)
+        async with trio.open_nursery() as starters:
+            for i in range(1, s.requesters + 1):
+                starters.start_soon(self.start_requester, f"requester{i}")
+        self.data.setup_s = round(time.monotonic() - started, 2)
+
+    async def _start_pool(self, g: WorkerGroup, p: int, first: int, count: int) -> None:
+        args = [*self.worker_args(g), *self.bootstrap_args()]
+        nodes = await self.cluster.start_pool(f"pool-{g.name}-{p}", g.name, count, first, args,
+                                              timeout=self.s.start_timeout)
+        for n in nodes:
+            self.data.nodes[n.name] = SimNode(n.name, "worker", g.name, False, True, n.peer_id, "up")
+
+    async def start_requester(self, name: str, port: int | None = None) -> None:
+        port = port or _free_port()
+        args = ["--requester", "--local-cluster", "--allow-dev-tee", "--api-port", str(port),
+                *[x for h in self.data.allowed_hashes for x in ("--allowed-model-hash", h)],
+                *self.bootstrap_args()]
+        node = await self.cluster.start_node(name, args, timeout=self.s.start_timeout)
+        self.data.nodes[name] = SimNode(name, "requester", None, peer_id=node.peer_id, state="up",
+                                        api_url=node.ready["api_url"])
+        self.data.requester_ready[name] = trio.current_time()
+
+    # ----- observation -----------------------------------------------------------------------------------
+    async def poll_once(self) -> dict[str, set[str]]:
+        listed: dict[str, set[str]] = {}
+        t = self.now()
+
+        async def one(name: str) -> None:
+            st = await self.cluster.try_status(name)
+            if st is None:
+                return
+            self.data.last_status[name] = st
+            listed[name] = {w["peer_id"] for w in st.get("workers", [])}
+            self.data.polls.append({"t": t, "node": name, "workers": len(listed[name]),
+                                    "announcements": st.get("announcements"), "requester": st.get("requester")})
+
+        async with trio.open_nursery() as nursery:
+            for name in self.live_requesters():
+                nursery.start_soon(one, name)
+        self._resolve(t, listed)
+        live = set(self.live_workers().values())
+        for name, ids in listed.items():
+            if name not in self.data.requester_converged and live <= ids and name in self.data.requester_ready:
+                self.data.requester_converged[name] = round(trio.current_time() - self.data.requester_ready[name], 2)
+        return listed
+
+    def converged(self, listed: dict[str, set[str]]) -> bool:
+        live = set(self.live_workers().values())
+        reqs = self.live_requesters()
+        return bool(reqs) and all(r in listed and live <= listed[r] for r in reqs)
+
+    def _resolve(self, t: float, listed: dict[str, set[str]]) -> None:
+        reqs = [r for r in self.live_requesters() if r in listed]
+        if not reqs:
+            return
+        for e in self.data.expectations:
+            if e.resolved_at is not None or e.superseded or t < e.t:
+                continue
+            if e.present and all(e.peer_id in listed[r] for r in reqs):
+                e.resolved_at = t
+            elif not e.present and all(e.peer_id not in listed[r] for r in reqs):
+                e.resolved_at = t
+
+    def expect(self, name: str, present: bool, cause: str) -> None:
+        node = self.data.nodes[name]
+        if node.role != "worker":
+            return
+        for e in self.data.expectations:
+            if e.name == name and e.resolved_at is None and e.present != present:
+                e.superseded = True
+        self.data.expectations.append(Expectation(self.now(), name, node.peer_id, present, cause))
+
+    async def poller(self) -> None:
+        while True:
+            await self.poll_once()
+            await trio.sleep(self.s.poll_interval)
+
+    async def wait_converged(self, bound: float) -> float | None:
+        started = trio.current_time()
+        with trio.move_on_after(bound):
+            while True:
+                if self.converged(await self.poll_once()):
+                    return round(trio.current_time() - started, 2)
+                await trio.sleep(0.1)
+        return None
+
+    # ----- faults, churn ---------------------------------------------------------------------------------
+    async def apply_fault(self, f: Fault) -> None:
+        await trio.sleep_until(self.t0 + f.at)
+        if f.action in ("kill", "term"):
+            sig = signal.SIGKILL if f.action == "kill" else signal.SIGTERM
+            async with trio.open_nursery() as nursery:
+                for name in f.targets:
+                    nursery.start_soon(self._take_down, name, sig, "dead", f.action)
+            if f.restart_after is not None:
+                await trio.sleep(f.restart_after)
+                async with trio.open_nursery() as nursery:
+                    for name in f.targets:
+                        nursery.start_soon(self.restart, name)
+        else:
+            for name in f.targets:
+                if self.cluster.signal(name, signal.SIGSTOP):
+                    self.data.nodes[name].state = "stopped"
+                    self.expect(name, False, f.action)
+                    self.event(f.action, name, signal="SIGSTOP",
+                               note="partition emulated by freezing the group (no network namespaces)"
+                               if f.action == "partition" else "silent node, connections stay open")
+            assert f.duration is not None
+            await trio.sleep(f.duration)
+            for name in f.targets:
+                if self.cluster.signal(name, signal.SIGCONT):
+                    self.data.nodes[name].state = "up"
+                    self.expect(name, True, "resume")
+                    self.event("resume", name, signal="SIGCONT")
+
+    async def _take_down(self, name: str, sig: signal.Signals, state: str, why: str) -> None:
+        node = self.data.nodes[name]
+        if node.pooled:
+            self.data.errors.append(f"fault on pooled node {name} ignored (it shares a process)")
+            return
+        self.event(why, name, signal=signal.Signals(sig).name)
+        node.state = state
+        self.expect(name, False, why)
+        if name in self.cluster.stopped:
+            self.cluster.signal(name, signal.SIGCONT)
+        try:
+            await self.cluster.kill(name, sig)
+        except trio.TooSlowError:
+            self.data.errors.append(f"{name} did not exit after {signal.Signals(sig).name}; killing")
+            await self.cluster.kill(name, signal.SIGKILL)
+
+    async def restart(self, name: str) -> None:
+        node = self.data.nodes[name]
+        proc = self.cluster.nodes[name]
+        args = [a for a in proc.args]
+        try:
+            if node.role == "requester":
+                port = int(str(node.api_url).rsplit(":", 1)[1])
+                await self.start_requester(name, port)
+            else:
+                # Same data dir, so the same identity; fresh bootstrap peers since the old ones may be gone.
+                base = [a for a, prev in zip(args, ["", *args], strict=False)
+                        if a != "--bootstrap" and prev != "--bootstrap"]
+                await self.cluster.start_node(name, [*base, *self.bootstrap_args(exclude=name)],
+                                              timeout=self.s.start_timeout)
+                node.state = "up"
+        except Exception as exc:
+            self.data.errors.append(f"restart of {name} failed: {exc}")
+            return
+        self.event("restart", name)
+        self.expect(name, True, "restart")
+
+    async def churn(self) -> None:
+        c = self.s.churn
+        assert c is not None
+        rng = random.Random(self.data.seed * 7919 + 1)
+        plan_: list[tuple[float, str]] = []
+        for kind, rate in (("join", c.join_rate), ("leave", c.leave_rate)):
+            t = c.start
+            while rate > 0:
+                t += rng.expovariate(rate)
+                if t >= c.end:
+                    break
+                plan_.append((t, kind))
+        template = next(g for g in self.s.workers if g.name == c.template)
+        sig = signal.SIGKILL if c.leave_signal.upper() == "KILL" else signal.SIGTERM
+
+        async with trio.open_nursery() as nursery:
+            for at, kind in sorted(plan_):
+                await trio.sleep_until(self.t0 + at)
+                if kind == "join":
+                    self._churn_count += 1
+                    name = f"churn{self._churn_count}"
+                    nursery.start_soon(self._join, name, template)
+                else:
+                    pool = sorted(n.name for n in self.data.nodes.values()
+                                  if n.role == "worker" and n.state == "up" and not n.adversarial
+                                  and not n.pooled and (n.group == c.template or n.name.startswith("churn")))
+                    if len(pool) <= c.min_workers:
+                        self.event("leave_skipped", "-", reason=f"only {len(pool)} workers left")
+                        continue
+                    nursery.start_soon(self._take_down, rng.choice(pool), sig, "left", "leave")
+
+    async def _join(self, name: str, g: WorkerGroup) -> None:
+        try:
+            await self.start_worker(name, g)
+        except Exception as exc:
+            self.data.errors.append(f"churn join {name} failed: {exc}")
+            return
+        self.data.nodes[name].group = g.name
+        self.event("join", name)
+        self.expect(name, True, "join")
+
+    async def flood(self) -> None:
+        f = self.s.flooder
+        assert f is not None
+        await trio.sleep_until(self.t0 + f.start)
+        victims = [peer_id_bytes(n.peer_id) for n in self.data.nodes.values() if n.role == "worker"]
+        flooder = JunkFlooder(self.bootstrap_args()[1::2], victims, random.Random(self.data.seed * 31 + 7), f.kinds)
+        self.event("flood_start", "flooder", rate=f.rate)
+        try:
+            self.data.flooder = await flooder.run(f.duration, f.rate)
+        except Exception as exc:
+            self.data.errors.append(f"flooder failed: {exc!r}")
+            self.data.flooder = {"sent": dict(flooder.sent), "error": repr(exc)}
+        self.event("flood_end", "flooder", sent=sum(flooder.sent.values()))
+
+    # ----- workload --------------------------------------------------------------------------------------
+    async def workload(self, planned: list[PlannedRequest]) -> None:
+        w = self.s.workload
+        limiter = trio.CapacityLimiter(w.max_in_flight)
+        limits = httpx.Limits(max_connections=w.max_in_flight * 2, max_keepalive_connections=w.max_in_flight)
+        requesters = [f"requester{i}" for i in range(1, self.s.requesters + 1)]
+        async with httpx.AsyncClient(timeout=httpx.Timeout(w.timeout, connect=5.0), limits=limits) as client:
+
+            async def one(req: PlannedRequest) -> None:
+                name = requesters[req.requester]
+                api = self.data.nodes[name].api_url
+                assert api is not None
+                async with limiter:
+                    res = await run_request(client, api, name, req, w.model, self.t0, w.timeout)
+                self.data.results.append(res)
+
+            async with trio.open_nursery() as nursery:
+                for req in planned:
+                    await trio.sleep_until(self.t0 + req.at)
+                    nursery.start_soon(one, req)
+
+    # ----- the run ---------------------------------------------------------------------------------------
+    async def run(self) -> SimData:
+        s = self.s
+        planned = plan(s.workload, s.duration, s.requesters, self.rng)
+        async with self.cluster.running(), trio.open_nursery() as nursery:
+            try:
+                await self.setup(nursery)
+                self.t0 = trio.current_time()
+                self.event("cluster_up", "-", nodes=len(self.data.nodes), setup_s=self.data.setup_s)
+                self.data.converged_after_setup_s = await self.wait_converged(s.invariants.convergence_bound)
+                if self.data.converged_after_setup_s is not None:
+                    self.data.initial_convergence_s = max(self.data.requester_converged.values(), default=None)
+                self.event("converged" if self.data.initial_convergence_s is not None else "not_converged", "-",
+                           after_s=self.data.initial_convergence_s)
+                self.t0 = trio.current_time()
+                nursery.start_soon(self.poller)
+                async with trio.open_nursery() as timeline:
+                    timeline.start_soon(self.workload, planned)
+                    for f in s.faults:
+                        timeline.start_soon(self.apply_fault, f)
+                    if s.churn is not None:
+                        timeline.start_soon(self.churn)
+                    if s.flooder is not None:
+                        timeline.start_soon(self.flood)
+                self.data.workload_duration = self.now()
+                self.event("workload_done", "-")
+                self.data.final_convergence_s = await self.wait_converged(s.invariants.convergence_bound)
+                self.event("final_check", "-", converged_after_s=self.data.final_convergence_s)
+                await self.collect_final()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.cluster.thaw_all()
+                nursery.cancel_scope.cancel()
+        return self.data
+
+    async def collect_final(self) -> None:
+        async def one(name: str) -> None:
+            self.data.final_status[name] = await self.cluster.try_status(name, timeout=10)
+
+        async with trio.open_nursery() as nursery:
+            for name, n in self.data.nodes.items():
+                if n.state == "up" and (not n.pooled or n.role == "requester"):
+                    nursery.start_soon(one, name)
+        if self.fake is not None:
+            self.data.fake_upstream_requests = self.fake.requests
+
+
+def peer_id_bytes(peer_id: str) -> bytes:
+    from libp2p.peer.id import ID
+
+    return ID.from_base58(peer_id).to_bytes()
+
+
+def dump_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))

@@ -1,0 +1,201 @@
+"""Scenario files: a TOML description of the cluster, the workload, the faults and the invariants' bounds.
+
+Parsing is strict (unknown keys are errors) so a typo in a scenario fails loudly instead of silently running
+a different experiment than the one the author meant.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+FAULT_ACTIONS = ("kill", "term", "stop", "partition")
+ARRIVALS = ("poisson", "bursts")
+SHAPING = ("none",)
+
+
+class ScenarioError(ValueError):
+    """The scenario file is unreadable or describes something netsim cannot run."""
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """``count`` identical workers named ``{name}1..{name}N``."""
+
+    name: str = "worker"
+    count: int = 1
+    backend: str = "synthetic"
+    model: str = "synthetic-echo"
+    price_prompt: int = 1000
+    price_completion: int = 2000
+    synthetic_rate: float = 200.0
+    max_concurrent: int = 4
+    tee: str = "dev"
+    # Serves the same model name from weights outside the requesters' policy (an openai-upstream backend
+    # pointed at a fake upstream netsim runs, so its weight hash differs from the good workers').
+    adversarial: bool = False
+    # Run these workers as in-process nodes inside host-pool processes (for scale scenarios).
+    pooled: bool = False
+    per_process: int = 25
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Workload:
+    arrival: str = "poisson"
+    rate: float = 1.0                  # poisson: requests per second
+    burst_size: int = 5                # bursts: requests per burst
+    burst_every: float = 5.0           # bursts: seconds between bursts
+    prompt_words: tuple[int, int] = (4, 16)
+    max_tokens: tuple[int, int] = (8, 32)
+    stream_fraction: float = 0.5
+    model: str = "synthetic-echo"
+    timeout: float = 90.0
+    max_in_flight: int = 64
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float
+    action: str
+    targets: tuple[str, ...]
+    restart_after: float | None = None   # kill/term: start the node again (same identity) after this delay
+    duration: float | None = None        # stop/partition: SIGCONT after this delay
+
+
+@dataclass(frozen=True)
+class Churn:
+    start: float = 0.0
+    end: float = 0.0
+    join_rate: float = 0.0               # new workers per second (Poisson)
+    leave_rate: float = 0.0              # departures per second (Poisson)
+    leave_signal: str = "TERM"           # TERM (graceful) or KILL
+    template: str = "worker"             # worker group whose settings joiners copy
+    min_workers: int = 1
+
+
+@dataclass(frozen=True)
+class Flooder:
+    start: float = 0.0
+    duration: float = 0.0
+    rate: float = 10.0                   # junk messages per second
+    kinds: tuple[str, ...] = ("garbage", "forged", "expired", "replay", "wrong_signer")
+
+
+@dataclass(frozen=True)
+class Invariants:
+    convergence_bound: float = 30.0      # seconds for every requester to list every live worker
+    min_completed: int = 1
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    duration: float
+    seed: int = 1
+    requesters: int = 1
+    workers: tuple[WorkerGroup, ...] = ()
+    workload: Workload = field(default_factory=Workload)
+    faults: tuple[Fault, ...] = ()
+    churn: Churn | None = None
+    flooder: Flooder | None = None
+    invariants: Invariants = field(default_factory=Invariants)
+    shaping: str = "none"
+    poll_interval: float = 1.0
+    start_timeout: float = 180.0
+    path: Path | None = None
+
+    @property
+    def initial_workers(self) -> int:
+        return sum(g.count for g in self.workers)
+
+
+def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ScenarioError(f"{where}: unknown keys {sorted(unknown)}")
+    values = {}
+    for key, value in data.items():
+        default = getattr(cls, key, None) if not callable(getattr(cls, key, None)) else None
+        if isinstance(value, list):
+            value = tuple(value)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and validate a scenario file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    return parse_scenario(raw, path=path)
+
+
+def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario:
+    raw = dict(raw)
+    cluster = dict(raw.pop("cluster", {}))
+    groups = tuple(_build(WorkerGroup, g, f"cluster.workers[{i}]") for i, g in enumerate(cluster.pop("workers", [])))
+    requesters = int(cluster.pop("requesters", 1))
+    if cluster:
+        raise ScenarioError(f"cluster: unknown keys {sorted(cluster)}")
+    faults = []
+    for i, f in enumerate(raw.pop("faults", [])):
+        f = dict(f)
+        targets = f.pop("targets", None) or ([f.pop("target")] if "target" in f else [])
+        faults.append(_build(Fault, {**f, "targets": targets}, f"faults[{i}]"))
+    scenario = _build(Scenario, {
+        **raw,
+        "requesters": requesters,
+        "workers": groups,
+        "workload": _build(Workload, raw.pop("workload", {}), "workload"),
+        "faults": tuple(faults),
+        "churn": _build(Churn, raw.pop("churn"), "churn") if "churn" in raw else None,
+        "flooder": _build(Flooder, raw.pop("flooder"), "flooder") if "flooder" in raw else None,
+        "invariants": _build(Invariants, raw.pop("invariants", {}), "invariants"),
+        "path": path,
+    }, "scenario")
+    _check(scenario)
+    return scenario
+
+
+def _check(s: Scenario) -> None:
+    problems = []
+    if not s.workers:
+        problems.append("cluster.workers: at least one worker group is required")
+    if s.requesters < 1:
+        problems.append("cluster.requesters: at least one requester is required")
+    names = [g.name for g in s.workers]
+    if len(set(names)) != len(names):
+        problems.append("cluster.workers: group names must be unique")
+    for g in s.workers:
+        if g.backend not in ("synthetic", "torch"):
+            problems.append(f"cluster.workers.{g.name}: backend must be synthetic or torch")
+        if g.pooled and (g.backend != "synthetic" or g.adversarial):
+            problems.append(f"cluster.workers.{g.name}: only plain synthetic workers can be pooled")
+    if not any(not g.adversarial and not g.pooled for g in s.workers) and not any(g.pooled for g in s.workers):
+        problems.append("cluster.workers: at least one non-adversarial worker is required")
+    if s.workload.arrival not in ARRIVALS:
+        problems.append(f"workload.arrival: one of {ARRIVALS}")
+    for f in s.faults:
+        if f.action not in FAULT_ACTIONS:
+            problems.append(f"faults: action {f.action!r} not one of {FAULT_ACTIONS}")
+        if not f.targets:
+            problems.append(f"faults at {f.at}: no target")
+        if f.action in ("stop", "partition") and f.duration is None:
+            problems.append(f"faults at {f.at}: {f.action} needs a duration")
+    if s.churn is not None and s.churn.template not in names:
+        problems.append(f"churn.template: no worker group named {s.churn.template!r}")
+    if s.shaping not in SHAPING:
+        problems.append(f"shaping: only {SHAPING} is implemented (network namespaces are not)")
+    if problems:
+        raise ScenarioError("; ".join(problems))
