@@ -77,6 +77,8 @@ class PolicySection:
     allowed_model_hashes: tuple[str, ...] = ()   # empty with allow_any_model=false: nothing is allowed
     allow_any_model: bool = True
     max_report_age: int = 24 * 3600
+    registry_address: str = ""        # registry contract: its image/model lists replace the two above
+    registry_refresh: float = 60.0    # seconds between registry reads
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,10 @@ def validate_config(config: Config) -> list[str]:
         out.append("payments.*: voucher_every, payment_timeout and challenge_period must be positive")
     if policy.max_report_age <= 0:
         out.append("policy.max_report_age: must be positive")
+    if policy.registry_address and not pay.enabled:
+        out.append("policy.registry_address: the registry is read through the payments chain; enable payments")
+    if policy.registry_refresh <= 0:
+        out.append("policy.registry_refresh: must be positive")
     return out
 
 

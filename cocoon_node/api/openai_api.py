@@ -22,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError, parse_chat_request
-from cocoon_node.inference.requester import NoWorkerAvailable, Requester, StreamStart
+from cocoon_node.inference.requester import Event, NoWorkerAvailable, Requester, StreamStart
 from cocoon_node.inference.stream import Delta, Final, WorkerFailure
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,20 @@ def failure_response(exc: Exception) -> JSONResponse:
         status = 504 if exc.code == "timeout" else 502
         return error_response(status, f"worker failed: {exc}", type_="upstream_error", code=exc.code)
     return error_response(500, "internal error", type_="server_error")
+
+
+def _coalesce(first: Delta, events: Any) -> tuple[str, Event | None]:
+    """Merge deltas already queued behind ``first`` into one SSE chunk; returns the text and the first
+    non-delta event taken from the queue, if any (the caller handles it next)."""
+    parts = [first.text]
+    while True:
+        try:
+            nxt = events.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return "".join(parts), None
+        if not isinstance(nxt, Delta):
+            return "".join(parts), nxt
+        parts.append(nxt.text)
 
 
 def _completion_id() -> str:
@@ -112,9 +126,12 @@ class ChatStreamResponse(Response):
                         started = True
                         await event(chunk({"role": "assistant", "content": ""}, None, worker))
                     elif isinstance(ev, Delta):
-                        if ev.text:
-                            await event(chunk({"content": ev.text}, None, worker))
-                    elif isinstance(ev, Final):
+                        text, follow = _coalesce(ev, events)
+                        if text:
+                            await event(chunk({"content": text}, None, worker))
+                        if follow is not None:
+                            ev = follow
+                    if isinstance(ev, Final):
                         finish = "length" if ev.finish_reason == "length" else "stop"
                         await event(chunk({}, finish, worker))
                         if chat.include_usage:

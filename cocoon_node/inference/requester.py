@@ -299,6 +299,10 @@ class _FailingReceiver:
                 raise self._failure[0] from None
             raise
 
+    def receive_nowait(self) -> Event:
+        """The next event if one is already queued (raises ``trio.WouldBlock`` otherwise)."""
+        return self._recv.receive_nowait()
+
     def __aiter__(self) -> _FailingReceiver:
         return self
 

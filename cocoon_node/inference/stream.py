@@ -29,6 +29,7 @@ _PROTO = load_protocol("inference")
 PROTOCOL_ID: str = _PROTO.meta["id"]
 MAX_FRAME: int = int(_PROTO.meta["max_frame_bytes"])
 WIRE = "inference"
+_DELTA_QUEUE = 64  # deltas a worker may have generated but not yet written
 
 
 class StreamLike(Protocol):
@@ -244,22 +245,24 @@ class InferenceServer:
             nursery.start_soon(listen)
             try:
                 with generation, trio.fail_after(self.terms.request_timeout):
-                    async with self.backend.generate(chat) as deltas:
-                        async for delta in deltas:
-                            if delta.token_count and self.meter is not None:
-                                try:
-                                    await self.meter.before_tokens(request_id, delta.token_count)
-                                except PaymentRequired as exc:  # the requester stopped paying
-                                    payment_error.append(str(exc))
-                                    break
-                            completion_tokens += delta.token_count
-                            if first_token_at is None and delta.token_count:
-                                first_token_at = time.monotonic()
-                            if delta.text or delta.token_count:
-                                await frames.send({"t": "delta", "id": request_id, "text": delta.text,
-                                                   "tokens": delta.token_count})
-                            if delta.finish_reason is not None:
-                                finish_reason = delta.finish_reason
+                    async with trio.open_nursery() as senders, self.backend.generate(chat) as deltas:
+                        out_send, out_recv = trio.open_memory_channel[tuple[str, int]](_DELTA_QUEUE)
+                        senders.start_soon(self._send_deltas, frames, request_id, out_recv, generation)
+                        async with out_send:
+                            async for delta in deltas:
+                                if delta.token_count and self.meter is not None:
+                                    try:
+                                        await self.meter.before_tokens(request_id, delta.token_count)
+                                    except PaymentRequired as exc:  # the requester stopped paying
+                                        payment_error.append(str(exc))
+                                        break
+                                completion_tokens += delta.token_count
+                                if first_token_at is None and delta.token_count:
+                                    first_token_at = time.monotonic()
+                                if delta.text or delta.token_count:
+                                    await out_send.send((delta.text, delta.token_count))
+                                if delta.finish_reason is not None:
+                                    finish_reason = delta.finish_reason
             except BackendError as exc:  # ContextLengthError included
                 error = {"t": "error", "id": request_id, "code": "backend", "message": str(exc)[:1000]}
             finally:
@@ -291,6 +294,31 @@ class InferenceServer:
             with trio.move_on_after(5 if self.meter is not None else 1):
                 await peer_gone.wait()
             nursery.cancel_scope.cancel()
+
+    @staticmethod
+    async def _send_deltas(frames: FrameStream, request_id: str, queue: trio.MemoryReceiveChannel[tuple[str, int]],
+                           generation: trio.CancelScope) -> None:
+        """Write queued deltas, coalescing whatever piled up while the previous write was in flight.
+
+        An idle stream sends each token as soon as it exists; a busy one sends several per frame, so the
+        per-frame cost (encryption, muxing, syscalls) stops capping tokens per second. The queue is bounded:
+        a slow reader slows the generator.
+        """
+        async with queue:
+            async for text, tokens in queue:
+                parts = [text]
+                while True:
+                    try:
+                        more_text, more_tokens = queue.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    parts.append(more_text)
+                    tokens += more_tokens
+                try:
+                    await frames.send({"t": "delta", "id": request_id, "text": "".join(parts), "tokens": tokens})
+                except Exception:  # the requester is gone: stop generating
+                    generation.cancel()
+                    return
 
     def _load_changed(self) -> None:
         if self._on_load_change is not None:

@@ -186,6 +186,8 @@ class Mesh:
             await self._dial_bootstrap()
             nursery.start_soon(self._dial_cached_peers)
             nursery.start_soon(self._keep_connected)
+            if self.settings.peer_cache is not None:
+                nursery.start_soon(self._watch_peers)
             try:
                 yield self
             finally:
@@ -285,21 +287,38 @@ class Mesh:
                 log.debug("cached peer %s unreachable: %s", addr, exc)
 
     def _save_peer_cache(self) -> None:
+        """Remember where our peers listen: current connections first, then older entries (max 50)."""
         cache = self.settings.peer_cache
         if cache is None or self.host is None:
             return
-        addrs = []
+        fresh: list[str] = []
         for peer in self.host.get_connected_peers():
             for maddr in self.host.get_peerstore().addrs(peer)[:2]:
                 text = str(maddr)
                 if "/tcp/" in text:
-                    addrs.append(text if "/p2p/" in text else f"{text}/p2p/{peer.to_base58()}")
+                    fresh.append(text if "/p2p/" in text else f"{text}/p2p/{peer.to_base58()}")
+        try:
+            old = json.loads(cache.read_text()) if cache.exists() else []
+        except (OSError, ValueError):
+            old = []
+        merged = list(dict.fromkeys(fresh + [a for a in old if isinstance(a, str)]))[:50]
         try:
             tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(addrs[:50]))
+            tmp.write_text(json.dumps(merged))
             tmp.replace(cache)
         except OSError as exc:
             log.debug("could not save the peer cache: %s", exc)
+
+    async def _watch_peers(self) -> None:
+        """Save the peer cache whenever the set of connected peers changes (checked every 2 s)."""
+        assert self.host is not None
+        last: set[ID] = set()
+        while True:
+            await trio.sleep(2)
+            now = set(self.host.get_connected_peers())
+            if now != last:
+                self._save_peer_cache()
+                last = now
 
     async def _keep_connected(self) -> None:
         """Refresh the routing table early and often at first, so the peerstore fills with candidates that
@@ -315,4 +334,3 @@ class Mesh:
                     await dht.refresh_routing_table()
             except Exception as exc:
                 log.debug("routing table refresh failed: %s", exc)
-            self._save_peer_cache()

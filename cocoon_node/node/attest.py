@@ -142,15 +142,23 @@ class CachedVerdict:
 
 
 class AttestationGate:
-    """Requester side: a worker is usable only with an ok, unexpired verdict that matches its announcement."""
+    """Requester side: a worker is usable only with an ok, unexpired verdict that matches its announcement.
+
+    Verification stays off the request path where it can: announcements are prefetched in the background
+    (:meth:`prefetch`), concurrent checks of one worker share a single DHT lookup, and a failed verdict is
+    kept for a while (briefly when the report was merely not found yet, longer for a policy rejection).
+    """
 
     def __init__(self, mesh: Mesh, policy: Policy, *, clock: Callable[[], float] = time.time,
-                 retry_after: float = 5.0) -> None:
+                 retry_missing: float = 2.0, retry_rejected: float = 60.0) -> None:
         self._mesh = mesh
         self.policy = policy
         self._clock = clock
-        self._retry_after = retry_after
+        self._retry_missing = retry_missing
+        self._retry_rejected = retry_rejected
         self._cache: dict[bytes, CachedVerdict] = {}
+        self._inflight: dict[bytes, trio.Event] = {}
+        self._prefetch_send, self._prefetch_recv = trio.open_memory_channel[bytes](256)
         self.fetches = 0
         self.rejections = 0
 
@@ -162,6 +170,26 @@ class AttestationGate:
         cached = self._cache.get(peer_id)
         return cached.verdict if cached else None
 
+    def prefetch(self, announcement: Announcement) -> None:
+        """Queue a background check for a worker we have no fresh verdict for (never blocks; drops if full)."""
+        if self._fresh(announcement.peer_id) is None:
+            try:
+                self._prefetch_send.send_nowait(announcement.peer_id)
+            except trio.WouldBlock:
+                pass
+
+    async def run_prefetcher(self, concurrency: int = 4) -> None:
+        limiter = trio.CapacityLimiter(concurrency)
+
+        async def one(peer_id: bytes) -> None:
+            async with limiter:
+                await self.check(peer_id)
+
+        async with trio.open_nursery() as nursery:
+            async for peer_id in self._prefetch_recv:
+                if self._fresh(peer_id) is None and peer_id not in self._inflight:
+                    nursery.start_soon(one, peer_id)
+
     async def is_attested(self, announcement: Announcement) -> bool:
         verdict = await self.check(announcement.peer_id)
         if not verdict.ok:
@@ -171,15 +199,34 @@ class AttestationGate:
             return False
         return True
 
-    async def check(self, peer_id: bytes) -> Verdict:
-        now = self._clock()
+    def _fresh(self, peer_id: bytes) -> Verdict | None:
         cached = self._cache.get(peer_id)
-        if cached is not None:
-            v = cached.verdict
-            if v.ok and v.expires_at is not None and now < v.expires_at:
-                return v
-            if not v.ok and now - cached.checked_at < self._retry_after:
-                return v
+        if cached is None:
+            return None
+        v, now = cached.verdict, self._clock()
+        if v.ok:
+            return v if v.expires_at is not None and now < v.expires_at else None
+        retry = self._retry_missing if v.check == "missing" else self._retry_rejected
+        return v if now - cached.checked_at < retry else None
+
+    async def check(self, peer_id: bytes) -> Verdict:
+        fresh = self._fresh(peer_id)
+        if fresh is not None:
+            return fresh
+        pending = self._inflight.get(peer_id)
+        if pending is not None:  # someone is already fetching this worker's report: share the answer
+            await pending.wait()
+            cached = self._cache.get(peer_id)
+            if cached is not None:
+                return cached.verdict
+        done = self._inflight[peer_id] = trio.Event()
+        try:
+            return await self._fetch_and_verify(peer_id)
+        finally:
+            del self._inflight[peer_id]
+            done.set()
+
+    async def _fetch_and_verify(self, peer_id: bytes) -> Verdict:
         self.fetches += 1
         try:
             with trio.fail_after(10):
@@ -187,6 +234,7 @@ class AttestationGate:
         except Exception as exc:
             record = None
             log.info("fetching attestation of %s failed: %s", ID(peer_id), exc)
+        now = self._clock()
         if record is None:
             verdict = Verdict(ok=False, tee_kind=None, image_hash=None, mrtd=None, model_hash=None, model_name=None,
                               tcb_checked=False, tcb_status=None, expires_at=None,

@@ -65,7 +65,7 @@ class Node:
         self.key_pair = key_pair or load_or_create_identity(config.data_dir)
         self.validator = AnnouncementValidator()
         self.table = WorkerTable()
-        self.validator.on_accept = self.table.update
+        self.validator.on_accept = self._on_announcement
         self.mesh = Mesh(self.key_pair, self._mesh_settings(), namespaces=[AttestationNamespace()],
                          topic_validators={WORKERS_TOPIC: self.validator})
         self.worker: WorkerRole | None = None
@@ -81,6 +81,10 @@ class Node:
         return MeshSettings(listen_addrs=n.listen, bootstrap=n.bootstrap, max_connections=n.max_connections,
                             target_peers=n.target_peers, local_cluster=n.local_cluster, topics=(WORKERS_TOPIC,),
                             peer_cache=self.config.data_dir / "peers.json")
+
+    def _on_announcement(self, announcement: Announcement) -> None:
+        if self.table.update(announcement) and self.gate is not None:
+            self.gate.prefetch(announcement)  # verify in the background, before any request needs it
 
     @property
     def peer_id(self) -> ID:
@@ -114,6 +118,9 @@ class Node:
         if cfg.requester.enabled:
             roles.append("requester")
             self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
+            nursery.start_soon(self.gate.run_prefetcher)
+            for announcement in self.table.live():
+                self.gate.prefetch(announcement)
             if cfg.policy.registry_address and pay is not None:
                 from cocoon_node.node.registry_policy import RegistryPolicyRefresher
                 refresher = RegistryPolicyRefresher(self.gate, pay.chain, cfg.policy.registry_address,

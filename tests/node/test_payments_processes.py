@@ -87,7 +87,8 @@ async def test_settlement_exact_across_kills(tmp_path: Path) -> None:
         # Requester SIGKILLed mid-stream, restarted: continues its seqnos, the worker accepts its vouchers.
         await stream_until_killed(cluster, url, "requester", after_chunks=5)
         before = channel(await cluster.status("w"), "payee")
-        req = await cluster.start_node("requester", req_args)
+        # Ports are ephemeral here, so the restarted requester is told where a live peer listens.
+        req = await cluster.start_node("requester", [*req_args, "--bootstrap", cluster.nodes["w"].addr])
         url = api_url(cluster)
         await wait_until(seen, timeout=30)
         resp = await post_chat(url, {"model": "synthetic-echo", "messages": [{"role": "user", "content": "d e f"}]})

@@ -1,0 +1,233 @@
+"""Verifier policy from the on-chain ``registry`` contract (contracts/src/registry.tolk).
+
+The registry's owner publishes which TEE image hashes and model weight hashes the network accepts, plus
+the minimum channel terms; every update bumps its ``version``. A requester configured with
+``policy.registry_address`` reads it through its payments chain and lets the registry's lists *replace*
+the image and model lists of its config policy (everything else — TEE kinds, MRTDs, report age, ... —
+stays as configured). An empty registry list allows nothing: the registry fails closed like the config.
+
+:class:`RegistryPolicyRefresher` polls the registry and swaps the gate's policy when it changes. Until
+the first successful read the gate accepts no image and no model; after that a failed read keeps the
+last policy read (errors are logged and retried) and a version lower than the one applied is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import trio
+
+from cocoon_node.attestation import Policy
+from cocoon_node.payments.chain.base import ChainError
+
+log = logging.getLogger(__name__)
+
+#: Bound on one read of the registry (all its get-methods).
+READ_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryPolicy:
+    """The registry's policy as read at one ``version``; hashes are 32 raw bytes."""
+
+    version: int
+    image_hashes: frozenset[bytes]
+    model_hashes: frozenset[bytes]
+    min_deposit: int
+    min_challenge_period: int
+    owner: str = ""
+
+
+class PolicyGate(Protocol):
+    """What the refresher needs of :class:`~cocoon_node.node.attest.AttestationGate`."""
+
+    policy: Policy
+
+    def set_policy(self, policy: Policy) -> None: ...
+
+
+def _hashes(items: Iterable[str | int | bytes]) -> frozenset[bytes]:
+    out = set()
+    for h in items:
+        if isinstance(h, bytes):
+            raw = h
+        elif isinstance(h, int):
+            raw = h.to_bytes(32, "big")
+        else:
+            raw = bytes.fromhex(h)
+        if len(raw) != 32:
+            raise ChainError(f"registry hash of {len(raw)} bytes, expected 32")
+        out.add(raw)
+    return frozenset(out)
+
+
+def registry_policy_from_state(state: dict[str, Any]) -> RegistryPolicy:
+    """Decode :meth:`LocalChain.registry_state` (hex hashes, decimal strings)."""
+    try:
+        return RegistryPolicy(
+            version=int(state["version"]),
+            image_hashes=_hashes(state.get("images") or ()),
+            model_hashes=_hashes(state.get("models") or ()),
+            min_deposit=int(state["min_deposit"]),
+            min_challenge_period=int(state["min_challenge_period"]),
+            owner=str(state.get("owner", "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ChainError(f"malformed registry state: {exc!r}") from exc
+
+
+def _dict_keys(root: Any) -> frozenset[bytes]:
+    """Keys of a ``map<uint256, uint32>`` root as returned by a pytoniq get-method (``None`` = empty)."""
+    from pytoniq_core import Cell, HashMap, Slice
+
+    if root is None:
+        return frozenset()
+    if isinstance(root, Cell):
+        root = root.begin_parse()
+    if not isinstance(root, Slice):
+        raise ChainError(f"expected a dictionary cell on the stack, got {type(root).__name__}")
+    parsed = HashMap.parse(root, 256) or {}
+    return _hashes(int(k) for k in parsed)
+
+
+def registry_policy_from_stacks(params: list[Any], images: list[Any], models: list[Any]) -> RegistryPolicy:
+    """Decode pytoniq ``get_params`` / ``get_images`` / ``get_models`` results (offline-testable)."""
+    from cocoon_node.payments.chain.ton import _stack_address, _stack_int
+
+    if len(params) != 4 or len(images) != 1 or len(models) != 1:
+        raise ChainError("unexpected registry get-method result shape")
+    return RegistryPolicy(
+        version=_stack_int(params[0]),
+        image_hashes=_dict_keys(images[0]),
+        model_hashes=_dict_keys(models[0]),
+        min_deposit=_stack_int(params[1]),
+        min_challenge_period=_stack_int(params[2]),
+        owner=_stack_address(params[3]),
+    )
+
+
+async def _read_ton(chain: Any, address: str) -> RegistryPolicy:
+    """TonChain has no registry helpers: call the get-methods on its lite-client provider.
+
+    The three reads may land on different blocks, so re-read (bounded) if the version moved meanwhile.
+    """
+    from pytoniq_core import Address
+
+    async def get(method: str) -> list[Any]:
+        return list(await chain._run(lambda: chain._provider.run_get_method(Address(address), method, [])))
+
+    for _ in range(3):
+        params = await get("get_params")
+        reg = registry_policy_from_stacks(params, await get("get_images"), await get("get_models"))
+        if _stack_version(await get("get_version")) == reg.version:
+            return reg
+    raise ChainError("registry kept changing while it was read")
+
+
+def _stack_version(stack: list[Any]) -> int:
+    from cocoon_node.payments.chain.ton import _stack_int
+
+    if len(stack) != 1:
+        raise ChainError("unexpected get_version result shape")
+    return _stack_int(stack[0])
+
+
+async def read_registry_policy(chain: Any, address: str) -> RegistryPolicy:
+    """Read the registry at ``address`` through a payments chain adapter.
+
+    :class:`~cocoon_node.payments.chain.local.LocalChain` (and anything with ``registry_state``) is read
+    with that; :class:`~cocoon_node.payments.chain.ton.TonChain` through its provider's get-methods.
+    Raises :class:`ChainError` for anything that cannot be read or decoded.
+    """
+    registry_state = getattr(chain, "registry_state", None)
+    if registry_state is not None:
+        return registry_policy_from_state(dict(await registry_state(address)))
+    from cocoon_node.payments.chain.ton import TonChain
+
+    if isinstance(chain, TonChain):
+        try:
+            return await _read_ton(chain, address)
+        except ChainError:
+            raise
+        except Exception as exc:  # lite-client errors (account not active, server errors, ...)
+            raise ChainError(f"reading registry {address}: {exc!r}") from exc
+    raise ChainError(f"{type(chain).__name__} cannot read the registry contract")
+
+
+def merge_policy(base: Policy, reg: RegistryPolicy) -> Policy:
+    """``base`` with the registry's image and model lists in place of its own (empty = nothing allowed)."""
+    return dataclasses.replace(base, image_hashes=reg.image_hashes, model_hashes=reg.model_hashes)
+
+
+def fail_closed(base: Policy) -> Policy:
+    """``base`` accepting no image and no model: what a gate uses before the registry has been read."""
+    return dataclasses.replace(base, image_hashes=frozenset(), model_hashes=frozenset())
+
+
+class RegistryPolicyRefresher:
+    """Keep ``gate.policy`` equal to ``merge_policy(base_policy, <registry now>)``.
+
+    Constructing one puts the gate in :func:`fail_closed` mode until :meth:`refresh` first succeeds.
+    """
+
+    def __init__(self, gate: PolicyGate, chain: Any, address: str, base_policy: Policy, interval: float = 60.0,
+                 *, read_timeout: float = READ_TIMEOUT) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self._gate = gate
+        self._chain = chain
+        self.address = address
+        self._base = base_policy
+        self._interval = interval
+        self._read_timeout = read_timeout
+        self.current: RegistryPolicy | None = None
+        self.errors = 0
+        self.applied = trio.Event()   # set once a registry policy has been applied
+        gate.set_policy(fail_closed(base_policy))
+
+    async def refresh(self) -> bool:
+        """Read the registry once and apply it; True if the gate's policy changed.
+
+        Raises :class:`ChainError` or :class:`trio.TooSlowError` when the read fails.
+        """
+        with trio.fail_after(self._read_timeout):
+            reg = await read_registry_policy(self._chain, self.address)
+        prev = self.current
+        if prev is not None and reg.version < prev.version:
+            log.warning("registry %s reports version %d below the applied %d (stale chain view?); keeping it",
+                        self.address, reg.version, prev.version)
+            return False
+        if prev is None or reg.version != prev.version:
+            log.info("registry %s policy version %s -> %d: %d image(s), %d model(s), min deposit %d, "
+                     "min challenge period %ds", self.address, prev.version if prev else "none", reg.version,
+                     len(reg.image_hashes), len(reg.model_hashes), reg.min_deposit, reg.min_challenge_period)
+        self.current = reg
+        merged = merge_policy(self._base, reg)
+        changed = merged != self._gate.policy
+        if changed:
+            self._gate.set_policy(merged)
+        self.applied.set()
+        return changed
+
+    async def run(self) -> None:
+        """Poll forever; chain errors and timeouts are logged and retried at the next interval."""
+        while True:
+            try:
+                await self.refresh()
+            except (ChainError, trio.TooSlowError, OSError) as exc:
+                self.errors += 1
+                log.warning("reading policy registry %s failed (%d so far); keeping %s: %s", self.address,
+                            self.errors, f"version {self.current.version}" if self.current else "fail-closed policy",
+                            exc)
+            await trio.sleep(self._interval)
+
+    def status(self) -> dict[str, Any]:
+        reg = self.current
+        return {"address": self.address, "version": reg.version if reg else None, "errors": self.errors,
+                "images": sorted(h.hex() for h in reg.image_hashes) if reg else [],
+                "models": sorted(h.hex() for h in reg.model_hashes) if reg else [],
+                "min_deposit": reg.min_deposit if reg else None,
+                "min_challenge_period": reg.min_challenge_period if reg else None}
