@@ -36,7 +36,7 @@ async def main(nodes: int, workers: int, lookups: int) -> dict:
     policy = Policy(tee_kinds=frozenset({TEE_DEV}), image_hashes=ANY, mrtds=ANY, model_hashes=ANY)
     async with AsyncExitStack() as stack:
         meshes: list[Mesh] = []
-        for i in range(nodes):
+        for _ in range(nodes):
             bootstrap = (meshes[0].listen_addrs()[0],) if meshes else ()
             mesh = Mesh(create_new_key_pair(), MeshSettings(bootstrap=bootstrap, local_cluster=True),
                         namespaces=[AttestationNamespace()])

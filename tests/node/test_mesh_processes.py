@@ -17,7 +17,8 @@ from .conftest import FAST, wait_until, worker_ids
 async def test_requester_sees_workers_join_die_and_restart(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
     async with cluster.running():
-        req = await cluster.start_node("requester", ["--requester", "--local-cluster", "--allow-dev-tee", "--api-port", "0"])
+        req = await cluster.start_node("requester", ["--requester", "--local-cluster", "--allow-dev-tee",
+                                                     "--api-port", "0"])
         async with trio.open_nursery() as nursery:
             for i in range(3):
                 nursery.start_soon(cluster.start_node, f"w{i}", worker_args(req.addr, "synthetic", extra=FAST))
@@ -56,7 +57,7 @@ async def test_requester_sees_workers_join_die_and_restart(tmp_path: Path) -> No
         status = await trio.to_thread.run_sync(lambda: subprocess.run(
             [sys.executable, "-m", "cocoon_node", "status", "--data-dir", str(req.data_dir)],
             capture_output=True, text=True, timeout=60))
-        assert status.returncode == 0 and '"peer_id": "%s"' % req.peer_id in status.stdout
+        assert status.returncode == 0 and f'"peer_id": "{req.peer_id}"' in status.stdout
         chat = await trio.to_thread.run_sync(lambda: subprocess.run(
             [sys.executable, "-m", "cocoon_node", "chat", "--data-dir", str(req.data_dir), "--model",
              "synthetic-echo", "hello mesh"], capture_output=True, text=True, timeout=60))
