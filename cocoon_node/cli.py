@@ -16,7 +16,7 @@ import trio
 from cocoon_node.config import Config, ConfigError, load_config
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Flags that were given, as config sections (flags win over file and environment)."""
     mapping = {
         "data_dir": ("node", "data_dir"), "listen": ("node", "listen"), "bootstrap": ("node", "bootstrap"),
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Config:
     try:
-        return load_config(args.config, overrides=_overrides(args))
+        return load_config(args.config, overrides=overrides_from_args(args))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"cocoon-node: config error: {problem}", file=sys.stderr)

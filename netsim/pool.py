@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from cocoon_node.cli import _overrides, build_parser
+from cocoon_node.cli import overrides_from_args, build_parser
 from cocoon_node.config import load_config
 from cocoon_node.node import Node
 
@@ -28,7 +28,7 @@ from cocoon_node.node import Node
 def _config_for(data_dir: Path, run_args: list[str]) -> Any:
     # Reuses the node CLI's own flag handling so a pooled node is configured exactly like a process node.
     args = build_parser().parse_args(["run", "--data-dir", str(data_dir), *run_args])
-    return load_config(None, overrides=_overrides(args))
+    return load_config(None, overrides=overrides_from_args(args))
 
 
 async def _run_pool(base_dir: Path, prefix: str, count: int, start_index: int, run_args: list[str],
