@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from cocoon_node.cli import overrides_from_args, build_parser
+from cocoon_node.cli import build_parser, overrides_from_args
 from cocoon_node.config import load_config
 from cocoon_node.node import Node
 
