@@ -93,6 +93,7 @@ class PaymentsSection:
     challenge_period: int = 3600
     voucher_every: int = 32           # completion tokens between vouchers (or at half the credit window)
     payment_timeout: float = 30.0     # how long a worker waits for a voucher before stopping a stream
+    idle_close_after: float = 86_400.0  # a worker closes a channel with no activity for this long
     dev_wallet_balance: int = 100_000_000_000  # local chain only: airdrop for this node's dev wallet
 
 

@@ -69,7 +69,8 @@ class PaymentsRole:
                 chain, store, payee_key=self.public_key, price_prompt=config.worker.price_prompt,
                 price_completion=config.worker.price_completion, credit_window=p.credit_window,
                 payment_timeout=p.payment_timeout)
-            self.settlement = Settlement(chain, store, self._seed_key, claim_threshold=p.claim_threshold)
+            self.settlement = Settlement(chain, store, self._seed_key, claim_threshold=p.claim_threshold,
+                                         idle_close_after=p.idle_close_after)
         if config.requester.enabled:
             self.channels = ChannelManager(chain, store, self._seed_key, deposit=p.channel_deposit,
                                            credit_window=p.credit_window, challenge_period=p.challenge_period,

@@ -8,6 +8,7 @@ a crash between the two leaves a record to reconcile rather than an orphaned dep
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -193,12 +194,16 @@ class Settlement:
         *,
         claim_threshold: int,
         poll_interval: float = 5.0,
+        idle_close_after: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.chain = chain
         self.store = store
         self.payee_key = payee_key
         self.claim_threshold = claim_threshold
         self.poll_interval = poll_interval
+        self.idle_close_after = idle_close_after
+        self._clock = clock
         self.stats = SettlementStats()
 
     async def claim_due(self, *, force: bool = False) -> list[str]:
@@ -224,6 +229,32 @@ class Settlement:
             else:
                 log.warning("claim on %s failed: %s", rec.address, r.error_name)
         return claimed
+
+    async def close_idle(self) -> list[str]:
+        """Start a unilateral close (with our newest voucher) on open channels idle past the limit.
+
+        A requester that went away leaves its channel open; the worker's earnings would otherwise sit there
+        unclaimed. After the challenge period :meth:`check_closes` finishes the close and pays out.
+        """
+        if self.idle_close_after is None:
+            return []
+        closed: list[str] = []
+        now = self._clock()
+        for rec in await self.store.run(partial(self.store.channels, "payee", status="open")):
+            if now - rec.updated_at < self.idle_close_after:
+                continue
+            newest = await self.store.run(self.store.newest_voucher, rec.address)
+            if newest is None:
+                continue  # never paid: nothing to collect, leave the payer to close it
+            with trio.fail_after(CHAIN_OP_TIMEOUT):
+                r = await self.chain.unilateral_close(rec.address, newest)
+            if r.success:
+                closed.append(rec.address)
+                await self.store.run(partial(self.store.set_channel, rec.address, status="closing"))
+                log.info("closed idle channel %s with voucher %s", rec.address, newest.seqno)
+            else:
+                log.warning("idle close of %s failed: %s", rec.address, r.error_name)
+        return closed
 
     async def check_closes(self) -> list[str]:
         """Challenge closes that commit less than our newest voucher; finish those past the deadline."""
@@ -277,6 +308,7 @@ class Settlement:
         while True:
             try:
                 await self.claim_due()
+                await self.close_idle()
                 await self.check_closes()
             except (ChainError, trio.TooSlowError) as e:
                 log.warning("settlement round failed: %r", e)

@@ -84,6 +84,7 @@ class ChannelRecord:
     claimed: int
     served: int
     status: str
+    updated_at: float = 0.0  # last change (voucher, served amount, status): the worker's idle clock
 
 
 class PaymentStore:
@@ -303,7 +304,7 @@ def _record(row: tuple[Any, ...]) -> ChannelRecord:
         served,
         status,
         _c,
-        _u,
+        updated_at,
     ) = row
     params = ChannelParams(
         payer_key=bytes(payer_key),
@@ -313,4 +314,5 @@ def _record(row: tuple[Any, ...]) -> ChannelRecord:
         channel_id=int(channel_id, 16),
         challenge_period=int(period),
     )
-    return ChannelRecord(address, role, peer, params, int(deposit), int(claimed), int(served), status)
+    return ChannelRecord(address, role, peer, params, int(deposit), int(claimed), int(served), status,
+                         float(updated_at))

@@ -319,3 +319,25 @@ async def test_restart_of_both_sides_from_the_store(parties: Parties, tmp_path: 
             s2 = Settlement(w.p.payee, w.worker_store, w.p.payee_key, claim_threshold=1)
             assert await s2.claim_due() == [address]
             assert (await w.p.payee.get_channel_state(address)).claimed == acct.newest.cumulative
+
+
+async def test_worker_closes_idle_channel_and_collects(parties: Parties, tmp_path: Path) -> None:
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(90):
+            meter = await w.meter_for()
+            await w.run(chat(12), meter)
+            ch = meter.channel
+            while True:  # the tail voucher lands just after the stream ends
+                newest = await w.worker_store.run(w.worker_store.newest_voucher, ch.address)
+                if newest is not None and ch.newest is not None and newest.seqno == ch.newest.seqno:
+                    break
+                await trio.sleep(0.02)
+            w.settlement.idle_close_after = 3600.0
+            assert await w.settlement.close_idle() == []  # not idle yet
+            w.settlement.idle_close_after = 0.0  # the requester went away long ago
+            assert await w.settlement.close_idle() == [ch.address]
+            st = await w.p.payee.get_channel_state(ch.address)
+            assert st.status is ChannelStatus.CLOSING and st.committed == newest.cumulative
+            await w.p.payee.advance_time(3601)
+            assert await w.settlement.check_closes() == [ch.address]  # finish pays out
+            assert (await w.p.payee.get_channel_state(ch.address)).status is ChannelStatus.CLOSED
