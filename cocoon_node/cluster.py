@@ -183,6 +183,10 @@ def run_main_job(args: argparse.Namespace) -> int:
                 lambda: chat_once(api, args.prompt, model=model, max_tokens=96))
             if code != 0:
                 return code
+            pay = (await cluster.status("requester")).get("payments", {})
+            for ch in pay.get("channels", []):
+                print(f"paid {ch['voucher_cumulative']} nanotons by voucher #{ch['voucher_seqno']} over channel "
+                      f"{ch['address'][:12]}… (EMULATED local chain, deposit {ch['deposit']})", flush=True)
             print(f"\nOpenAI-compatible API: {api}/v1  (model {model!r})", flush=True)
             print(f"try: cocoon-node chat --api {api} \"Hello!\"   — Ctrl-C to stop", flush=True)
             if not args.once:

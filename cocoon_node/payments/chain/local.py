@@ -199,7 +199,7 @@ class LocalChain:
         if now is not None:
             args += ["--now", str(now)]
         if state_file is not None:
-            args += ["--state", str(state_file)]
+            args += ["--state", str(Path(state_file).resolve())]  # the sidecar runs in contracts/
         proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(d))
         sidecar = _Sidecar(proc)
         try:
@@ -388,7 +388,7 @@ async def serve_shared_chain(state_file: Path | None = None, *, node: str | None
         raise ChainError("node not found: install Node >= 20 to use the emulated local chain")
     args = [node_bin, str(d / "sidecar" / "localchain.mjs"), "--listen", "127.0.0.1:0"]
     if state_file is not None:
-        args += ["--state", str(state_file)]
+        args += ["--state", str(Path(state_file).resolve())]  # the sidecar runs in contracts/
     proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(d))
     sidecar = _Sidecar(proc)
     try:
