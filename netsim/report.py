@@ -105,13 +105,63 @@ def invariants(data: SimData) -> list[dict[str, str]]:
         verdict = "PASS" if sent == 0 or sum(rejected.values()) > 0 else "FAIL"
         add("junk_gossip_rejected", verdict, f"flooder sent {sent}; requesters rejected {dict(rejected)}")
 
-    has_payments = any(st and "payments" in st for st in data.final_status.values())
-    # Both cases SKIP for now: netsim has no payment check yet even when a status starts showing payments.
-    add("payments_balanced", "SKIP",
-        "payments not wired yet" if not has_payments else "status shows payments, but netsim has no check yet")
+    _payment_invariants(data, ok, add)
     if data.errors:
         add("harness_errors", "FAIL", "; ".join(data.errors[:10]))
     return out
+
+
+def _payment_invariants(data: SimData, ok: list[Any], add: Any) -> None:
+    """Every completed request was paid within the credit window; no voucher lost; funds conserved."""
+    from cocoon_node.config import PaymentsSection
+
+    window = PaymentsSection().credit_window
+    statuses = {name: st for name, st in data.final_status.items() if st}
+    if not any((st.get("payments") or {}).get("enabled") for st in statuses.values()):
+        add("payments_paid", "SKIP", "payments disabled in this run")
+        return
+    prices: dict[str, tuple[int, int]] = {}
+    payer: dict[str, dict[str, Any]] = {}   # channel address -> requester's view
+    payee: dict[str, dict[str, Any]] = {}   # channel address -> worker's view
+    for st in statuses.values():
+        for w in st.get("workers") or []:
+            prices[w["peer_id"]] = (w["price_prompt"], w["price_completion"])
+        for ch in (st.get("payments") or {}).get("channels") or []:
+            (payer if ch["role"] == "payer" else payee)[ch["address"]] = ch
+    owed: dict[str, int] = {}
+    for r in ok:
+        if r.usage and r.worker in prices:
+            pp, pc = prices[r.worker]
+            owed[r.worker] = owed.get(r.worker, 0) + r.usage["prompt_tokens"] * pp + r.usage["completion_tokens"] * pc
+    problems = []
+    for worker, amount in owed.items():
+        paid = sum(c["voucher_cumulative"] for c in payer.values() if c["peer"] == worker)
+        received = sum(payee[a]["voucher_cumulative"] for a, c in payer.items() if c["peer"] == worker and a in payee)
+        if paid < amount:
+            problems.append(f"{worker[:16]}: requesters signed {paid} < {amount} owed for completed requests")
+        if received < amount - window:
+            problems.append(f"{worker[:16]}: worker holds vouchers for {received}, owed {amount} (window {window})")
+    add("payments_paid", "FAIL" if problems else "PASS", "; ".join(problems) or
+        f"{len(owed)} worker(s): vouchers cover every completed request ({sum(owed.values())} nanotons) "
+        f"within the {window}-nanoton credit window")
+    lost = []
+    for address, mine in payer.items():
+        theirs = payee.get(address)
+        if theirs is None:
+            continue
+        if theirs["voucher_cumulative"] > mine["voucher_cumulative"] or theirs["voucher_seqno"] > mine["voucher_seqno"]:
+            lost.append(f"{address[:12]}: worker holds a voucher the requester never stored")
+        elif mine["voucher_cumulative"] - theirs["voucher_cumulative"] > window:
+            lost.append(f"{address[:12]}: {mine['voucher_cumulative'] - theirs['voucher_cumulative']} signed but "
+                        "not received (more than the credit window)")
+    add("no_voucher_lost", "FAIL" if lost else "PASS", "; ".join(lost) or
+        f"{len(payer)} channel(s): every voucher the requester persisted reached the worker within the window")
+    if data.chain_supply is not None:
+        sup = data.chain_supply
+        balanced = sup["sum_balances"] + sup["burned"] == sup["minted"]
+        add("funds_conserved", "PASS" if balanced else "FAIL",
+            f"balances {sup['sum_balances']} + fees burned {sup['burned']} "
+            f"{'==' if balanced else '!='} minted {sup['minted']} over {sup['accounts']} accounts")
 
 
 def _rejected_total(data: SimData) -> Counter[str]:
@@ -149,7 +199,7 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
                   "requesters": s.requesters, "total": len(data.nodes)},
         "setup_s": data.setup_s,
         "shaping": SHAPING_NOTE,
-        "on_chain_transactions": "not available yet (payments not wired into nodes)",
+        "on_chain_transactions": data.chain_transactions if data.chain_transactions is not None else "no chain",
         "allowed_model_hashes": data.allowed_hashes,
         "discovery": {"initial_convergence_s": data.initial_convergence_s,
                       "initial_convergence_definition": "max over requesters of (first poll listing every live "

@@ -75,6 +75,9 @@ class SimData:
     # Seconds from a requester's ready line until it first listed every live worker.
     requester_converged: dict[str, float] = field(default_factory=dict)
     converged_after_setup_s: float | None = None
+    # The shared EMULATED chain at the end of the run: total supply view and transaction count.
+    chain_supply: dict[str, int] | None = None
+    chain_transactions: int | None = None
 
 
 def _free_port() -> int:
@@ -444,6 +447,16 @@ class Simulation:
                     nursery.start_soon(one, name)
         if self.fake is not None:
             self.data.fake_upstream_requests = self.fake.requests
+        if self.cluster.chain_url:
+            from cocoon_node.payments.chain.local import LocalChain
+
+            try:
+                with trio.fail_after(20):
+                    async with LocalChain.connect(self.cluster.chain_url, "netsim-observer") as observer:
+                        self.data.chain_supply = {k: int(v) for k, v in (await observer.total_supply()).items()}
+                        self.data.chain_transactions = len(await observer.transactions(None, limit=100_000))
+            except Exception as exc:  # report it as a harness error, do not crash the report
+                self.data.errors.append(f"reading the local chain failed: {exc!r}")
 
 
 def peer_id_bytes(peer_id: str) -> bytes:
