@@ -40,9 +40,9 @@ def test_smoke_scenario_passes_every_invariant(tmp_path: Path) -> None:
     report = run_scenario(SCENARIOS / "smoke.toml", out=tmp_path / "out", base_dir=tmp_path, plots=True)
     verdicts = {inv["name"]: inv["verdict"] for inv in report["invariants"]}
     assert all(v in ("PASS", "SKIP") for v in verdicts.values()), report["invariants"]
-    for required in ("answers_complete", "no_prompt_to_disallowed_worker", "discovery_converged", "workload_ran"):
-        assert verdicts[required] == "PASS"
-    assert verdicts["payments_balanced"] == "SKIP"  # reason: payments are not wired into nodes yet
+    for required in ("answers_complete", "no_prompt_to_disallowed_worker", "discovery_converged", "workload_ran",
+                     "payments_paid", "no_voucher_lost", "funds_conserved"):
+        assert verdicts[required] == "PASS", report["invariants"]
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written["requests"]["completed"] >= 10
     assert (tmp_path / "out" / "report.png").stat().st_size > 0
