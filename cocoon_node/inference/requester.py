@@ -149,7 +149,11 @@ class Requester:
         first_token_timeout: float = 60.0,
         max_attempts: int = 3,
         allow_synthetic: bool = True,
+        open_timeout: float = 5.0,
     ) -> None:
+        # A worker that cannot open a stream or accept within seconds is treated as gone (a frozen peer
+        # would otherwise hold the client until the first-token timeout); the next candidate is tried.
+        self._open_timeout = open_timeout
         self._workers = workers
         self._open_stream = open_stream
         self._attestor = attestor
@@ -247,7 +251,7 @@ class Requester:
         self.selector.in_flight[peer_id] = self.selector.in_flight.get(peer_id, 0) + 1
         try:
             try:
-                with trio.fail_after(15):
+                with trio.fail_after(self._open_timeout):
                     stream = await self._open_stream(worker)
             except trio.TooSlowError:
                 raise WorkerFailure(

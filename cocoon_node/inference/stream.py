@@ -487,7 +487,7 @@ async def call_worker(
     price_prompt: int,
     price_completion: int,
     meter: RequesterMeter | None = None,
-    accept_timeout: float = 30.0,
+    accept_timeout: float = 10.0,
     first_token_timeout: float = 60.0,
     token_timeout: float = 30.0,
 ) -> AsyncIterator[InferenceCall]:
