@@ -143,6 +143,8 @@ class Mesh:
                 dial_timeout=settings.dial_timeout,
             ),
             listen_addrs=[multiaddr.Multiaddr(a) for a in settings.listen_addrs],
+            # QUIC (libp2p TLS 1.3 + native streams) next to TCP when a /quic-v1 listen address is given.
+            enable_quic=any("/quic" in a for a in settings.listen_addrs),
         )
         gossipsub = GossipSub(
             protocols=GOSSIPSUB_PROTOCOLS,
