@@ -9,8 +9,6 @@ from cocoon_node.inference.backend import (
     BackendError,
     ContextLengthError,
     TokenDelta,
-    model_weight_hash,
-    model_weight_hash_sync,
 )
 from cocoon_node.inference.chat import (
     ChatMessage,
@@ -41,7 +39,5 @@ __all__ = [
     "default_model_path",
     "exllamav2_available",
     "make_backend",
-    "model_weight_hash",
-    "model_weight_hash_sync",
     "parse_chat_request",
 ]

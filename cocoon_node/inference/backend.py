@@ -11,8 +11,6 @@ whenever the garbage collector gets to it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -210,33 +208,3 @@ class SlotCounter:
                 yield
             finally:
                 self.in_flight -= 1
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def model_weight_hash_sync(backend: Backend) -> str:
-    """Hex SHA-256 naming the served weights; blocking (reads every weight file).
-
-    One file: that file's SHA-256, so it can be checked with ``sha256sum``. Several files: SHA-256 of a
-    ``sha256sum``-style manifest (``<hex>  <name>\\n``, sorted by name). No files (upstream or synthetic
-    backends, whose weights the node cannot see): SHA-256 of the canonical JSON ``{"kind", "model"}``.
-    """
-    files = backend.model_files()
-    if len(files) == 1:
-        return _sha256_file(files[0])
-    if files:
-        manifest = "".join(f"{_sha256_file(p)}  {p.name}\n" for p in sorted(files, key=lambda p: p.name))
-        return hashlib.sha256(manifest.encode()).hexdigest()
-    config = json.dumps({"kind": backend.kind, "model": backend.model_name}, sort_keys=True)
-    return hashlib.sha256(config.encode()).hexdigest()
-
-
-async def model_weight_hash(backend: Backend) -> str:
-    """:func:`model_weight_hash_sync` in a worker thread, since hashing gigabytes would stall the node."""
-    return await trio.to_thread.run_sync(model_weight_hash_sync, backend)

@@ -32,37 +32,6 @@ WIRE = "inference"
 _DELTA_QUEUE = 64  # deltas a worker may have generated but not yet written
 
 
-class StreamLike(Protocol):
-    async def read(self, n: int | None = None) -> bytes: ...
-    async def write(self, data: bytes) -> None: ...
-    async def close(self) -> None: ...
-
-
-class _EOFSafeStream:
-    """py-libp2p raises on end-of-stream where trio returns b""; present the trio convention."""
-
-    def __init__(self, stream: StreamLike) -> None:
-        self._stream = stream
-
-    async def read(self, n: int | None = None) -> bytes:
-        try:
-            return await self._stream.read(n)
-        except Exception as exc:
-            if type(exc).__name__ in {
-                "StreamEOF",
-                "StreamClosed",
-                "StreamReset",
-                "MuxedStreamEOF",
-                "MuxedStreamClosed",
-                "MuxedStreamReset",
-            }:
-                return b""
-            raise
-
-    async def write(self, data: bytes) -> None:
-        await self._stream.write(data)
-
-
 # ----- worker side ---------------------------------------------------------------------------------------
 
 
@@ -131,7 +100,7 @@ class InferenceServer:
 
     async def handle(self, raw_stream: Any) -> None:
         """libp2p stream handler."""
-        frames = FrameStream(_EOFSafeStream(raw_stream), WIRE, max_frame=MAX_FRAME)
+        frames = FrameStream(raw_stream, WIRE, max_frame=MAX_FRAME)
         try:
             await self._serve(frames)
         except FrameError as exc:
@@ -492,7 +461,7 @@ async def call_worker(
     token_timeout: float = 30.0,
 ) -> AsyncIterator[InferenceCall]:
     """Send one request on an open stream and yield the call once the worker accepted it."""
-    frames = FrameStream(_EOFSafeStream(stream), WIRE, max_frame=MAX_FRAME)
+    frames = FrameStream(stream, WIRE, max_frame=MAX_FRAME)
     request_id = uuid.uuid4().hex
     started = time.monotonic()
     request: dict[str, Any] = {

@@ -34,23 +34,6 @@ CHANNEL_PROTOCOL_ID: str = load_protocol("channel").meta["id"]
 _CHANNEL_MAX_FRAME = int(load_protocol("channel").meta["max_frame_bytes"])
 
 
-class _Stream:
-    """py-libp2p streams raise at end of stream; FrameStream expects b""."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    async def read(self, n: int | None = None) -> bytes:
-        try:
-            data: bytes = await self._stream.read(n)
-            return data
-        except Exception:
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        await self._stream.write(data)
-
-
 class PaymentsRole:
     """Owns the store and the chain for one node; build with :meth:`open`."""
 
@@ -128,7 +111,7 @@ class PaymentsRole:
 
     async def handle_close_stream(self, stream: Any) -> None:
         """Worker: co-sign close terms that pay at least our newest voucher; refuse anything else."""
-        frames = FrameStream(_Stream(stream), "channel", max_frame=_CHANNEL_MAX_FRAME)
+        frames = FrameStream(stream, "channel", max_frame=_CHANNEL_MAX_FRAME)
         try:
             with trio.fail_after(30):
                 request = await frames.receive()
@@ -162,7 +145,7 @@ class PaymentsRole:
             async def cosign(address: str, cumulative: int, payer_sig: bytes) -> bytes:
                 ch = self.channels.channels.get(peer) if self.channels else None
                 stream = await open_stream(peer, CHANNEL_PROTOCOL_ID)
-                frames = FrameStream(_Stream(stream), "channel", max_frame=_CHANNEL_MAX_FRAME)
+                frames = FrameStream(stream, "channel", max_frame=_CHANNEL_MAX_FRAME)
                 try:
                     with trio.fail_after(15):
                         channel_id = await self._channel_id(address) if ch is None else ch.params.channel_id

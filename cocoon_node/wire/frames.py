@@ -11,11 +11,15 @@ import struct
 from typing import Any, Protocol
 
 import msgpack
+from libp2p.network.stream.exceptions import StreamError
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 
 from cocoon_node.wire.schema import SchemaError, validate
 
 _LENGTH = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 1 << 20
+# py-libp2p signals the end of a stream (or a reset/closed one) by raising where trio returns b"".
+_END_OF_STREAM = (EOFError, StreamError, MuxedStreamError)
 
 
 class FrameError(ValueError):
@@ -82,7 +86,10 @@ class FrameStream:
 
     async def _read_exactly(self, n: int, *, allow_eof: bool) -> bytes | None:
         while len(self._buffer) < n:
-            chunk = await self._stream.read(max(n - len(self._buffer), 4096))
+            try:
+                chunk = await self._stream.read(max(n - len(self._buffer), 4096))
+            except _END_OF_STREAM:
+                chunk = b""
             if not chunk:
                 if allow_eof and not self._buffer:
                     return None

@@ -3,10 +3,7 @@ backpressure, error propagation. No assertion depends on wall-clock time."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import trio
@@ -19,7 +16,6 @@ from cocoon_node.inference import (
     SyntheticBackend,
     TokenDelta,
     make_backend,
-    model_weight_hash,
     parse_chat_request,
 )
 from cocoon_node.inference.backend import StopTextBuffer, stream_from_producer
@@ -174,23 +170,6 @@ async def test_producer_failure_reaches_reader_as_backend_error() -> None:
             async for delta in stream:
                 got.append(delta.text)
     assert got == ["a"]
-
-
-async def test_model_hash_of_config_for_file_less_backends() -> None:
-    backend = SyntheticBackend(model_name="x")
-    expected = hashlib.sha256(json.dumps({"kind": "synthetic", "model": "x"}, sort_keys=True).encode()).hexdigest()
-    assert await model_weight_hash(backend) == expected
-
-
-async def test_model_hash_of_single_file(tmp_path: Path) -> None:
-    weights = tmp_path / "w.gguf"
-    weights.write_bytes(b"weights" * 1000)
-
-    class FileBackend(SyntheticBackend):
-        def model_files(self) -> list[Path]:
-            return [weights]
-
-    assert await model_weight_hash(FileBackend()) == hashlib.sha256(b"weights" * 1000).hexdigest()
 
 
 FACTORY_CASES: list[tuple[str, dict[str, object], Callable[[Backend], bool]]] = [

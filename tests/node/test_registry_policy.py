@@ -268,10 +268,10 @@ async def test_ton_chain_reads_the_registry_get_methods() -> None:
 
 
 def test_config_and_flag() -> None:
-    from cocoon_node.cli import _overrides, build_parser
+    from cocoon_node.cli import overrides_from_args, build_parser
 
     args = build_parser().parse_args(["run", "--registry-address", OWNER_ADDR])
-    cfg = load_config(env={}, overrides=_overrides(args))
+    cfg = load_config(env={}, overrides=overrides_from_args(args))
     assert cfg.policy.registry_address == OWNER_ADDR and cfg.policy.registry_refresh == 60.0
     with pytest.raises(ConfigError, match=r"policy\.registry_address"):
         load_config(env={}, overrides={"policy": {"registry_address": OWNER_ADDR}, "payments": {"enabled": False}})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterable
@@ -199,7 +200,7 @@ class LocalChain:
         if now is not None:
             args += ["--now", str(now)]
         if state_file is not None:
-            args += ["--state", str(Path(state_file).resolve())]  # the sidecar runs in contracts/
+            args += ["--state", os.path.abspath(state_file)]  # noqa: ASYNC240 - no I/O; the sidecar runs in contracts/
         proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(d))
         sidecar = _Sidecar(proc)
         try:
@@ -388,7 +389,7 @@ async def serve_shared_chain(state_file: Path | None = None, *, node: str | None
         raise ChainError("node not found: install Node >= 20 to use the emulated local chain")
     args = [node_bin, str(d / "sidecar" / "localchain.mjs"), "--listen", "127.0.0.1:0"]
     if state_file is not None:
-        args += ["--state", str(Path(state_file).resolve())]  # the sidecar runs in contracts/
+        args += ["--state", os.path.abspath(state_file)]  # noqa: ASYNC240 - no I/O; the sidecar runs in contracts/
     proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(d))
     sidecar = _Sidecar(proc)
     try:
