@@ -268,7 +268,7 @@ async def test_ton_chain_reads_the_registry_get_methods() -> None:
 
 
 def test_config_and_flag() -> None:
-    from cocoon_node.cli import overrides_from_args, build_parser
+    from cocoon_node.cli import build_parser, overrides_from_args
 
     args = build_parser().parse_args(["run", "--registry-address", OWNER_ADDR])
     cfg = load_config(env={}, overrides=overrides_from_args(args))
