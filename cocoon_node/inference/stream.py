@@ -40,8 +40,10 @@ class WorkerMeter(Protocol):
 
     credit_window: int
 
-    async def admit(self, request_id: str, payment: dict[str, Any] | None, prompt_tokens: int) -> None:
-        """Raise PaymentRequired when the request cannot be served on credit."""
+    async def admit(self, request_id: str, payment: dict[str, Any] | None, prompt_tokens: int,
+                    payer_key: bytes | None = None) -> None:
+        """Raise PaymentRequired when the request cannot be served on credit (``payer_key``: the stream's
+        authenticated remote key, which must own the channel)."""
 
     async def before_tokens(self, request_id: str, completion_tokens: int) -> None:
         """Wait until ``completion_tokens`` more tokens are within the credit window."""
@@ -102,7 +104,7 @@ class InferenceServer:
         """libp2p stream handler."""
         frames = FrameStream(raw_stream, WIRE, max_frame=MAX_FRAME)
         try:
-            await self._serve(frames)
+            await self._serve(frames, _remote_key(raw_stream))
         except FrameError as exc:
             log.info("closing inference stream after a malformed frame: %s", exc)
             await _send_quietly(
@@ -121,7 +123,7 @@ class InferenceServer:
                 except Exception:
                     pass
 
-    async def _serve(self, frames: FrameStream) -> None:
+    async def _serve(self, frames: FrameStream, remote_key: bytes | None = None) -> None:
         with trio.fail_after(30):
             first = await frames.receive()
         if first is None:
@@ -156,7 +158,7 @@ class InferenceServer:
         try:
             if self.meter is not None:
                 try:
-                    await self.meter.admit(request_id, first.get("payment"), prompt_tokens)
+                    await self.meter.admit(request_id, first.get("payment"), prompt_tokens, remote_key)
                 except PaymentRequired as exc:
                     return await reject("payment_required", str(exc))
             self.request_log.append(chat)
@@ -292,6 +294,15 @@ class InferenceServer:
     def _load_changed(self) -> None:
         if self._on_load_change is not None:
             self._on_load_change(self.stats.in_flight)
+
+
+def _remote_key(stream: Any) -> bytes | None:
+    """The raw public key of the peer at the other end of a libp2p stream (authenticated by Noise/TLS)."""
+    try:
+        key = stream.muxed_conn.peer_id.extract_public_key()
+    except AttributeError:
+        return None  # not a libp2p stream (tests with in-memory streams)
+    return key.to_bytes() if key is not None else None
 
 
 async def _send_quietly(frames: FrameStream, frame: dict[str, Any]) -> None:

@@ -190,8 +190,13 @@ class WorkerPaymentMeter:
             if acct.served + cost > acct.deposit:
                 raise PaymentRequired("channel deposit exhausted; top it up")
 
-    async def admit(self, request_id: str, payment: dict[str, Any] | None, prompt_tokens: int) -> None:
-        """Check the channel (cached after the first request), charge the prompt up front."""
+    async def admit(self, request_id: str, payment: dict[str, Any] | None, prompt_tokens: int,
+                    payer_key: bytes | None = None) -> None:
+        """Check the channel (cached after the first request), charge the prompt up front.
+
+        ``payer_key`` is the raw Ed25519 key the requester authenticated with on this stream (Noise); the
+        channel must be that requester's, or anyone who learned a channel address could run up its debt.
+        """
         try:
             if not payment:
                 raise PaymentRequired("this worker needs a payment channel")
@@ -202,6 +207,8 @@ class WorkerPaymentMeter:
             except (KeyError, ValueError, TypeError) as e:
                 raise PaymentRequired(f"malformed payment reference: {e}") from e
             acct = await self._load_account(address, channel_id)
+            if payer_key is not None and acct.params.payer_key != payer_key:
+                raise PaymentRequired("this payment channel belongs to another requester")
             cost = prompt_tokens * self.price_prompt
             await self._reserve(acct, cost)
         except PaymentRequired:

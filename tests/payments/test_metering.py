@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from cocoon_node.inference.chat import ChatMessage, ChatRequest
@@ -107,8 +108,11 @@ async def world(p: Parties, tmp: Path, *, payment_timeout: float = 15.0) -> Asyn
     settings = MeshSettings(local_cluster=True)
     async with Mesh(create_new_key_pair(), settings).start() as wm:
         wm.set_stream_handler(PROTOCOL_ID, server.handle)
+        # As in the node, the requester's libp2p identity is its payer key: the worker checks that the
+        # stream's authenticated key owns the channel it is asked to draw on.
+        payer_seed = p.payer_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         async with Mesh(
-            create_new_key_pair(), MeshSettings(local_cluster=True, bootstrap=(wm.listen_addrs()[0],))
+            create_new_key_pair(payer_seed), MeshSettings(local_cluster=True, bootstrap=(wm.listen_addrs()[0],))
         ).start() as rm:
             try:
                 yield World(p, tmp, worker_store, payer_store, meter, manager, settlement, backend, wm, rm)
@@ -341,3 +345,17 @@ async def test_worker_closes_idle_channel_and_collects(parties: Parties, tmp_pat
             await w.p.payee.advance_time(3601)
             assert await w.settlement.check_closes() == [ch.address]  # finish pays out
             assert (await w.p.payee.get_channel_state(ch.address)).status is ChannelStatus.CLOSED
+
+
+async def test_channel_of_another_requester_is_refused(parties: Parties, tmp_path: Path) -> None:
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(60):
+            meter = await w.meter_for()  # the honest requester's channel
+            async with Mesh(create_new_key_pair(), MeshSettings(
+                    local_cluster=True, bootstrap=(w.worker_mesh.listen_addrs()[0],))).start() as stranger:
+                stream = await stranger.new_stream(w.worker_mesh.peer_id, PROTOCOL_ID)
+                with pytest.raises(WorkerFailure) as err:
+                    async with call_worker(stream, chat(5), price_prompt=PP, price_completion=PC, meter=meter):
+                        pass
+            assert err.value.code == "payment_required" and "another requester" in str(err.value)
+            assert w.meter.stats.refused == 1
