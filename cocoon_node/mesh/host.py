@@ -323,14 +323,14 @@ class Mesh:
                 last = now
 
     async def _keep_connected(self) -> None:
-        """Refresh the routing table early and often at first, so the peerstore fills with candidates that
-        py-libp2p's auto-connector then dials (it keeps us between the connection watermarks)."""
+        """Refresh the routing table a few times right after start, so the peerstore fills with candidates
+        that py-libp2p's auto-connector dials (keeping us between the connection watermarks); after that,
+        KadDHT's own 10-minute refresh takes over. Each refresh is a network-wide lookup, so refreshing often
+        forever would be most of an idle node's CPU (measured with py-spy)."""
         assert self.dht is not None
         dht = self.dht
-        delay = 0.5
-        while True:
+        for delay in (0.5, 2.0, 8.0, 30.0, 120.0):
             await trio.sleep(delay + random.random() * 0.5)
-            delay = min(delay * 2, 30.0)
             try:
                 with trio.move_on_after(10):
                     await dht.refresh_routing_table()
