@@ -262,8 +262,8 @@ class Mesh:
                     peer = await self.connect(addr)
                 assert self.dht is not None
                 await self.dht.add_peer(peer)
-            except Exception as exc:  # a dead bootstrap peer must not stop the node
-                log.warning("bootstrap peer %s unreachable: %s", addr, exc)
+            except* Exception as group:  # a dead bootstrap peer must not stop the node
+                log.warning("bootstrap peer %s unreachable: %s", addr, group.exceptions)
 
     async def _dial_cached_peers(self) -> None:
         """Re-dial peers remembered from the last run (bounded, in parallel, failures ignored)."""
@@ -285,8 +285,8 @@ class Mesh:
                 peer = await self.connect(addr)
                 assert self.dht is not None
                 await self.dht.add_peer(peer)
-            except Exception as exc:
-                log.debug("cached peer %s unreachable: %s", addr, exc)
+            except* Exception as group:
+                log.debug("cached peer %s unreachable: %s", addr, group.exceptions)
 
     def _save_peer_cache(self) -> None:
         """Remember where our peers listen: current connections first, then older entries (max 50)."""
@@ -331,8 +331,11 @@ class Mesh:
         dht = self.dht
         for delay in (0.5, 2.0, 8.0, 30.0, 120.0):
             await trio.sleep(delay + random.random() * 0.5)
+            # py-libp2p can raise from inside its own nurseries (e.g. PeerStoreError for a peer that just
+            # left), mixed with cancellations: except* takes the errors and lets cancellation through, so
+            # a failed refresh never takes the node down.
             try:
                 with trio.move_on_after(10):
                     await dht.refresh_routing_table()
-            except Exception as exc:
-                log.debug("routing table refresh failed: %s", exc)
+            except* Exception as group:
+                log.debug("routing table refresh failed: %s", group.exceptions)
