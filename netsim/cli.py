@@ -29,19 +29,22 @@ def run_scenario(path: Path, *, seed: int | None = None, out: Path | None = None
     out = out or Path("netsim-out") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"netsim-{scenario.name}-", dir=base_dir) as tmp:
-        sim = Simulation(scenario, seed=seed, base_dir=Path(tmp))
-        data = trio.run(sim.run)
-        report = build_report(data, png=out / "report.png" if plots else None)
-        report["node_logs"] = "deleted with the temporary base dir; pass --keep-logs to copy them"
-        report["requests_detail"] = [r.as_dict() for r in sorted(data.results, key=lambda r: r.index)]
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-        if getattr(run_scenario, "_keep_logs", False):
-            import shutil
+        try:
+            sim = Simulation(scenario, seed=seed, base_dir=Path(tmp))
+            data = trio.run(sim.run)
+            report = build_report(data, png=out / "report.png" if plots else None)
+            report["node_logs"] = "deleted with the temporary base dir; pass --keep-logs to copy them"
+            report["requests_detail"] = [r.as_dict() for r in sorted(data.results, key=lambda r: r.index)]
+            (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        finally:  # keep the logs of a run that crashed too: those are the ones worth reading
+            if getattr(run_scenario, "_keep_logs", False):
+                import shutil
 
-            for log in Path(tmp).rglob("*.log"):
-                dest = out / "logs" / log.relative_to(tmp)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(log, dest)
+                for log in Path(tmp).rglob("*.log"):
+                    dest = out / "logs" / log.relative_to(tmp)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(log, dest)
+        if getattr(run_scenario, "_keep_logs", False):
             report["node_logs"] = str(out / "logs")
     return report
 

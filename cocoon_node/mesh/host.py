@@ -188,6 +188,7 @@ class Mesh:
             await self._dial_bootstrap()
             nursery.start_soon(self._dial_cached_peers)
             nursery.start_soon(self._keep_connected)
+            nursery.start_soon(self._stay_joined)
             if self.settings.peer_cache is not None:
                 nursery.start_soon(self._watch_peers)
             try:
@@ -256,7 +257,17 @@ class Mesh:
 
     # ----- internals ------------------------------------------------------------------------------------
     async def _dial_bootstrap(self) -> None:
+        assert self.host is not None
+        network = self.host.get_network()
         for addr in self.settings.bootstrap:
+            # py-libp2p keeps peers whose dial failed in a negative cache; a bootstrap peer that dropped our
+            # handshake under load must get another chance.
+            unblock = getattr(network, "unblock_peer", None)
+            if unblock is not None:
+                try:
+                    unblock(info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id)
+                except Exception:
+                    pass
             try:
                 with trio.fail_after(self.settings.dial_timeout):
                     peer = await self.connect(addr)
@@ -264,6 +275,24 @@ class Mesh:
                 await self.dht.add_peer(peer)
             except* Exception as group:  # a dead bootstrap peer must not stop the node
                 log.warning("bootstrap peer %s unreachable: %s", addr, group.exceptions)
+
+    async def _stay_joined(self) -> None:
+        """Re-dial the bootstrap (and cached) peers, with jittered backoff, whenever we have no connection.
+
+        A bootstrap node hit by many joiners at once drops some handshakes; without this, a node whose only
+        dial failed would stay alone forever.
+        """
+        assert self.host is not None
+        delay = 1.0
+        while True:
+            await trio.sleep(delay * (0.5 + random.random()))
+            if self.host.get_connected_peers():
+                delay = 1.0
+                continue
+            log.info("no peers: dialling the bootstrap peers again")
+            await self._dial_bootstrap()
+            await self._dial_cached_peers()
+            delay = min(delay * 2, 30.0)
 
     async def _dial_cached_peers(self) -> None:
         """Re-dial peers remembered from the last run (bounded, in parallel, failures ignored)."""
@@ -295,7 +324,11 @@ class Mesh:
             return
         fresh: list[str] = []
         for peer in self.host.get_connected_peers():
-            for maddr in self.host.get_peerstore().addrs(peer)[:2]:
+            try:
+                known = self.host.get_peerstore().addrs(peer)[:2]
+            except Exception:  # PeerStoreError: connected, but its addresses are not (or no longer) known
+                continue
+            for maddr in known:
                 text = str(maddr)
                 if "/tcp/" in text:
                     fresh.append(text if "/p2p/" in text else f"{text}/p2p/{peer.to_base58()}")

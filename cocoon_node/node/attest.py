@@ -120,6 +120,8 @@ class ReportPublisher:
         return sign_report(claims, evidence, signing_key)
 
     async def run(self) -> None:
+        """Publish now and before every expiry. ``published`` is set after the first attempt either way:
+        announcing must not wait on a slow DHT (requesters retry a report they cannot find yet)."""
         while True:
             # configfs-tsm I/O blocks (the TDX module signs the quote), so it runs off the event loop.
             self.current = await trio.to_thread.run_sync(self.make_report)
@@ -127,11 +129,12 @@ class ReportPublisher:
                 try:
                     with trio.fail_after(20):
                         await self._mesh.put_record(report_key(self._mesh.peer_id), self.current)
+                    self.published.set()
                     break
                 except Exception as exc:
                     log.warning("publishing attestation report failed (attempt %d): %s", attempt + 1, exc)
+                    self.published.set()
                     await trio.sleep(1 + attempt)
-            self.published.set()
             await trio.sleep(self._lifetime * 0.5)
 
 
