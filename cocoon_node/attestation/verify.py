@@ -37,6 +37,12 @@ class Verdict:
     reasons: tuple[str, ...]
     check: str | None = None  # the failed check when not ok
 
+    @classmethod
+    def failed(cls, check: str, reason: str) -> Verdict:
+        """A not-ok verdict that names the failed check (nothing verified, so no measurements)."""
+        return cls(ok=False, tee_kind=None, image_hash=None, mrtd=None, model_hash=None, model_name=None,
+                   tcb_checked=False, tcb_status=None, expires_at=None, reasons=(reason,), check=check)
+
 
 def _check_times(report: Report, policy: Policy, now: int) -> None:
     c = report.claims
@@ -140,16 +146,4 @@ def check_report(
     try:
         return verify_report(report_bytes, expected_peer_id, policy, now, collateral=collateral)
     except AttestationError as exc:
-        return Verdict(
-            ok=False,
-            tee_kind=None,
-            image_hash=None,
-            mrtd=None,
-            model_hash=None,
-            model_name=None,
-            tcb_checked=False,
-            tcb_status=None,
-            expires_at=None,
-            reasons=(str(exc),),
-            check=exc.check,
-        )
+        return Verdict.failed(exc.check, str(exc))

@@ -239,9 +239,7 @@ class AttestationGate:
             log.info("fetching attestation of %s failed: %s", ID(peer_id), exc)
         now = self._clock()
         if record is None:
-            verdict = Verdict(ok=False, tee_kind=None, image_hash=None, mrtd=None, model_hash=None, model_name=None,
-                              tcb_checked=False, tcb_status=None, expires_at=None,
-                              reasons=("no attestation report found in the DHT",), check="missing")
+            verdict = Verdict.failed("missing", "no attestation report found in the DHT")
         else:
             verdict = check_report(record, peer_id, self.policy, int(now))
         if not verdict.ok:
