@@ -105,7 +105,7 @@ async def test_breaking_out_stops_generation() -> None:
             async for _ in stream:
                 break
         at_exit = backend.tokens_generated
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()  # any task still able to produce has had its chance
     # One consumed, at most buffer_size buffered, one more blocked in send: nothing after exit.
     assert at_exit <= 1 + 2 + 1
     assert backend.tokens_generated == at_exit

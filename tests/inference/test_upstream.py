@@ -22,6 +22,8 @@ from cocoon_node.inference import (
 
 MODEL = "fake-model"
 REPLY = ["Hello", ",", " world", " — ", "ünïcode", "!"]
+# The fake upstream's pacing in "slow" mode (a slow model server), not a wait in the test itself.
+SLOW_UPSTREAM_CHUNK_INTERVAL = 0.005
 
 
 @dataclass
@@ -94,7 +96,7 @@ class FakeUpstream:
                 for i in range(10_000):
                     await event(chunk({"content": f" t{i}"}))
                     self.slow_chunks_sent += 1
-                    await trio.sleep(0.005)
+                    await trio.sleep(SLOW_UPSTREAM_CHUNK_INTERVAL)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.client_left.set()
             return

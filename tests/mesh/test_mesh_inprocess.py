@@ -16,6 +16,7 @@ from cocoon_node.mesh import (
     MeshSettings,
     RecordRejected,
 )
+from tests.waiting import wait_until
 
 N_HOSTS = 10
 
@@ -46,8 +47,15 @@ def make_announcement(mesh: Mesh, seqno: int) -> Announcement:
 async def test_gossip_and_dht_across_ten_hosts() -> None:
     validators = [AnnouncementValidator() for _ in range(N_HOSTS)]
     received: list[list[Announcement]] = [[] for _ in range(N_HOSTS)]
+    everyone = trio.Event()  # set once every host but the publisher has accepted an announcement
+
+    def on_accept(i: int, announcement: Announcement) -> None:
+        received[i].append(announcement)
+        if all(received[j] for j in range(N_HOSTS - 1)):
+            everyone.set()
+
     for i, v in enumerate(validators):
-        v.on_accept = received[i].append
+        v.on_accept = lambda a, i=i: on_accept(i, a)
     async with AsyncExitStack() as stack:
         meshes: list[Mesh] = []
         bootstrap: list[str] = []
@@ -61,18 +69,17 @@ async def test_gossip_and_dht_across_ten_hosts() -> None:
                 bootstrap = [mesh.listen_addrs()[0]]
         # Wait until the publisher's mesh for the topic has formed (subscriptions exchanged).
         publisher = meshes[-1]
-        with trio.fail_after(20):
-            while publisher.topic_peers(WORKERS_TOPIC) == 0:
-                await trio.sleep(0.1)
+        await wait_until(lambda: publisher.topic_peers(WORKERS_TOPIC) > 0, timeout=20)
+        # Re-announce (as workers do on their heartbeat) until every host has it: the GossipSub mesh may
+        # still be grafting when the first one goes out.
         seqno = 1
         with trio.fail_after(30):
-            while not all(received[i] for i in range(N_HOSTS - 1)):
+            while not everyone.is_set():
                 await publisher.publish(WORKERS_TOPIC, make_announcement(publisher, seqno).seal(
                     publisher._key_pair.private_key))
                 seqno += 1
                 with trio.move_on_after(1.0):
-                    while not all(received[i] for i in range(N_HOSTS - 1)):
-                        await trio.sleep(0.05)
+                    await everyone.wait()
         for i in range(N_HOSTS - 1):
             assert received[i][0].peer_id == publisher.peer_id.to_bytes()
 

@@ -7,25 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import trio
 
 from cocoon_node.cluster import Cluster
+from tests.waiting import wait_until
 
 FAST = ["--announce-interval", "1", "--announce-ttl", "4"]
+__all__ = ["FAST", "api_url", "post_chat", "wait_until", "worker_ids"]
 
 
 async def statuses(cluster: Cluster, name: str) -> dict[str, Any]:
     return await cluster.status(name)
-
-
-async def wait_until(predicate, *, timeout: float, interval: float = 0.3) -> Any:
-    """Poll an async predicate until it returns something truthy; bounded by ``timeout``."""
-    with trio.fail_after(timeout):
-        while True:
-            value = await predicate()
-            if value:
-                return value
-            await trio.sleep(interval)
 
 
 async def worker_ids(cluster: Cluster, requester: str = "requester") -> set[str]:

@@ -30,6 +30,7 @@ from cocoon_node.node.registry_policy import (
 from cocoon_node.payments.chain.base import ChainError
 from cocoon_node.payments.chain.local import LocalChain
 from cocoon_node.payments.chain.ton import TonChain
+from tests.waiting import wait_until
 
 TON = 1_000_000_000
 T0 = 1_800_000_000
@@ -143,22 +144,19 @@ async def test_refresher_applies_new_versions_and_verdicts_flip(
             assert (await gate.check(peer)).ok and gate.fetches == 1  # cached
 
             assert (await owner.registry_update(reg_addr, "remove_model", hash=h(GOOD_MODEL))).success
-            while refresher.current.version != 4:
-                await trio.sleep(0.05)
+            await wait_until(lambda: refresher.current.version == 4, timeout=10)
             v = await gate.check(peer)  # cache was cleared with the policy change: re-checked at once
             assert not v.ok and v.check == "model_hash" and gate.fetches == 2
 
             assert (await owner.registry_update(reg_addr, "add_model", hash=h(GOOD_MODEL))).success
-            while refresher.current.version != 5:
-                await trio.sleep(0.05)
+            await wait_until(lambda: refresher.current.version == 5, timeout=10)
             assert (await gate.check(peer)).ok
 
             # params-only change: new version, same lists -> policy (and verdict cache) untouched
             fetches = gate.fetches
             assert (await owner.registry_update(reg_addr, "set_params", min_deposit=2 * TON,
                                                 min_challenge_period=7200)).success
-            while refresher.current.version != 6:
-                await trio.sleep(0.05)
+            await wait_until(lambda: refresher.current.version == 6, timeout=10)
             assert refresher.current.min_deposit == 2 * TON
             assert (await gate.check(peer)).ok and gate.fetches == fetches
             nursery.cancel_scope.cancel()
@@ -199,25 +197,21 @@ async def test_refresher_retries_errors_and_timeouts_and_ignores_stale_versions(
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(refresher.run)
-            while refresher.errors < 3:
-                await trio.sleep(0.01)
+            await wait_until(lambda: refresher.errors >= 3, timeout=5, interval=0.01)
             assert not (await gate.check(peer)).ok  # still fail-closed
             chain.mode = "hang"
             errors = refresher.errors
-            while refresher.errors < errors + 2:  # timeouts count as errors too
-                await trio.sleep(0.01)
+            await wait_until(lambda: refresher.errors >= errors + 2, timeout=5, interval=0.01)  # timeouts count
             chain.state, chain.mode = state(7, [GOOD_MODEL]), "ok"
             await refresher.applied.wait()
             assert (await gate.check(peer)).ok
             chain.state = state(6, [])  # a stale view must not roll the policy back
             reads = chain.reads
-            while chain.reads < reads + 3:
-                await trio.sleep(0.01)
+            await wait_until(lambda: chain.reads >= reads + 3, timeout=5, interval=0.01)
             assert refresher.current is not None and refresher.current.version == 7
             assert (await gate.check(peer)).ok
             chain.mode = "fail"  # errors after a good read keep the last policy
-            while chain.reads < reads + 6:
-                await trio.sleep(0.01)
+            await wait_until(lambda: chain.reads >= reads + 6, timeout=5, interval=0.01)
             assert (await gate.check(peer)).ok
             nursery.cancel_scope.cancel()
 

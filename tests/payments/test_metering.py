@@ -30,11 +30,23 @@ from cocoon_node.payments.meter import RequesterPaymentMeter, VoucherRejected, W
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import ChannelParams, public_key_bytes, sign_voucher
 from tests.payments.conftest import TON, Parties, party_key
+from tests.waiting import wait_until
 
 PP, PC = 1_000, 3_000  # nanotons per prompt / completion token
 WINDOW = 60_000  # 20 completion tokens
 MODEL = "synthetic-echo"
 WORKER_PEER = "worker-peer"
+
+
+async def tail_voucher_stored(w: World, channel: Any) -> Any:
+    """The worker stores the requester's last (tail) voucher just after the stream ends; wait for it."""
+
+    async def stored() -> Any:
+        newest = await w.worker_store.run(w.worker_store.newest_voucher, channel.address)
+        return newest if newest is not None and channel.newest is not None and \
+            newest.seqno == channel.newest.seqno else None
+
+    return await wait_until(stored, timeout=30)
 
 
 def chat(words: int, max_tokens: int | None = None) -> ChatRequest:
@@ -153,8 +165,7 @@ async def test_paid_stream_claim_and_cooperative_close(parties: Parties, tmp_pat
             ch = w.manager.channels[WORKER_PEER]
             assert ch.charged == total
             acct = w.meter.account(ch.address)
-            while acct is not None and acct.paid < total:  # the tail voucher lands just after the stream ends
-                await trio.sleep(0.02)
+            await wait_until(lambda: acct is not None and acct.paid >= total, timeout=30)
             # the worker served exactly what the requester was charged (its exposure forgives in-flight tails)
             assert acct is not None and acct.served + acct.forgiven == total
             # the requester pays the tail after `final` and the worker waits for it: nothing is left unpaid
@@ -215,11 +226,7 @@ async def test_stale_close_by_payer_is_challenged(parties: Parties, tmp_path: Pa
             meter = await w.meter_for()
             await w.run(chat(30), meter)
             ch = meter.channel
-            while True:  # the tail voucher is stored by the worker just after the stream ends
-                newest = await w.worker_store.run(w.worker_store.newest_voucher, ch.address)
-                if newest is not None and ch.newest is not None and newest.seqno == ch.newest.seqno:
-                    break
-                await trio.sleep(0.02)
+            newest = await tail_voucher_stored(w, ch)
             assert newest is not None and newest.seqno > 1
             # the payer tries to close on its first (prompt-only) voucher
             old = sign_voucher(w.p.payer_key, ch.params.channel_id, 1, 30 * PP)
@@ -287,11 +294,8 @@ async def test_restart_of_both_sides_from_the_store(parties: Parties, tmp_path: 
             address = m.channel.address
             last = m.channel.newest
             assert last is not None
-            while True:  # let the tail voucher land, so the "kill" below happens at a known point
-                worker_last = await w.worker_store.run(w.worker_store.newest_voucher, address)
-                if worker_last is not None and worker_last.seqno == last.seqno:
-                    break
-                await trio.sleep(0.02)
+            # let the tail voucher land, so the "kill" below happens at a known point
+            worker_last = await tail_voucher_stored(w, m.channel)
             # "kill" both sides: drop the objects, reopen the databases
             w.payer_store.close()
             w.worker_store.close()
@@ -331,11 +335,7 @@ async def test_worker_closes_idle_channel_and_collects(parties: Parties, tmp_pat
             meter = await w.meter_for()
             await w.run(chat(12), meter)
             ch = meter.channel
-            while True:  # the tail voucher lands just after the stream ends
-                newest = await w.worker_store.run(w.worker_store.newest_voucher, ch.address)
-                if newest is not None and ch.newest is not None and newest.seqno == ch.newest.seqno:
-                    break
-                await trio.sleep(0.02)
+            newest = await tail_voucher_stored(w, ch)
             w.settlement.idle_close_after = 3600.0
             assert await w.settlement.close_idle() == []  # not idle yet
             w.settlement.idle_close_after = 0.0  # the requester went away long ago
