@@ -174,6 +174,22 @@ class Mesh:
         )
         self.host, self.pubsub, self.gossipsub, self.dht = host, pubsub, gossipsub, dht
         listen = [multiaddr.Multiaddr(a) for a in settings.listen_addrs]
+        try:
+            async with self._run_services(host, pubsub, gossipsub, dht, listen):
+                yield self
+        except BaseException as exc:
+            # py-libp2p's service manager can raise "Nursery is closed to new arrivals" when a connection
+            # event lands while one of its services is halfway through stopping. It only ever happens on
+            # the way out; anything else (or anything mixed with it) is re-raised untouched.
+            if not _only_shutdown_races(exc):
+                raise
+            log.debug("ignored py-libp2p shutdown race: %r", exc)
+
+    @asynccontextmanager
+    async def _run_services(
+        self, host: IHost, pubsub: Pubsub, gossipsub: GossipSub, dht: KadDHT, listen: list[multiaddr.Multiaddr]
+    ) -> AsyncIterator[None]:
+        settings = self.settings
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run(listen_addrs=listen))
             await stack.enter_async_context(background_trio_service(pubsub))
@@ -192,10 +208,26 @@ class Mesh:
             if self.settings.peer_cache is not None:
                 nursery.start_soon(self._watch_peers)
             try:
-                yield self
+                yield
             finally:
                 self._save_peer_cache()
                 nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await self._quiesce(host)
+
+    async def _quiesce(self, host: IHost) -> None:
+        """Stop accepting and drop connections before the services stop, so no connection event races them."""
+        network = host.get_network()
+        for listener in list(getattr(network, "listeners", {}).values()):
+            try:
+                await listener.close()
+            except Exception as exc:  # a listener that is already closing is fine
+                log.debug("closing listener: %s", exc)
+        for peer in list(host.get_connected_peers()):
+            try:
+                await host.disconnect(peer)
+            except Exception as exc:
+                log.debug("disconnecting %s: %s", peer, exc)
 
     # ----- identity and addresses -------------------------------------------------------------------------
     @property
@@ -372,3 +404,10 @@ class Mesh:
                     await dht.refresh_routing_table()
             except* Exception as group:
                 log.debug("routing table refresh failed: %s", group.exceptions)
+
+
+def _only_shutdown_races(exc: BaseException) -> bool:
+    """True when ``exc`` is py-libp2p's shutdown race alone, possibly wrapped in exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_shutdown_races(inner) for inner in exc.exceptions)
+    return isinstance(exc, RuntimeError) and "closed to new arrivals" in str(exc)

@@ -95,3 +95,14 @@ async def test_gossip_and_dht_across_ten_hosts() -> None:
             assert "match" in str(exc) or exc.__class__.__name__
         else:
             raise AssertionError("invalid record was accepted")
+
+
+def test_only_the_known_shutdown_race_is_swallowed() -> None:
+    from cocoon_node.mesh.host import _only_shutdown_races
+
+    race = RuntimeError("Nursery is closed to new arrivals")
+    assert _only_shutdown_races(race)
+    assert _only_shutdown_races(ExceptionGroup("g", [race, ExceptionGroup("h", [race])]))
+    assert not _only_shutdown_races(RuntimeError("something else"))
+    assert not _only_shutdown_races(ExceptionGroup("g", [race, ValueError("real")]))
+    assert not _only_shutdown_races(KeyError("x"))
