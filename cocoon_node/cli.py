@@ -34,6 +34,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "chain_url": ("payments", "chain_url"), "payments": ("payments", "enabled"),
         "credit_window": ("payments", "credit_window"),
         "registry_address": ("policy", "registry_address"),
+        "netsim_link_table": ("node", "netsim_link_table"),
     }
     out: dict[str, dict[str, Any]] = {}
     for attr, (section, key) in mapping.items():
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-payments", dest="payments", action="store_false", default=None,
                      help="serve/buy without payment channels")
     run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
+    run.add_argument("--netsim-link-table", dest="netsim_link_table", metavar="PATH",
+                     help="NETSIM-ONLY link shaping; never used on a real network: delay, throttle or block the "
+                          "TCP connections this node dials as the JSON link table (written by cocoon-netsim) says")
 
     ident = sub.add_parser("id", help="print the peer id (and addresses of the running node)")
     _add_common(ident)

@@ -21,14 +21,14 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream, ISubscriptionAPI
+from libp2p.abc import IHost, INetStream, ISubscriptionAPI, ITransport
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -77,6 +77,9 @@ class MeshSettings:
     # Where to remember peers we were connected to, so a restarted node finds the mesh again even when its
     # configured bootstrap peers are gone (or it was itself the bootstrap). None: no cache.
     peer_cache: Path | None = None
+    # NETSIM-ONLY link shaping, never used on a real network: a link table (cocoon_node/mesh/shaping.py) that
+    # delays, throttles or blocks every TCP connection this node dials. TCP-only; refused with QUIC.
+    link_shaping: Path | None = None
 
 
 def score_params(*, local_cluster: bool) -> ScoreParams:
@@ -130,6 +133,7 @@ class Mesh:
         """Bring the host up, join topics, dial bootstrap peers; tear everything down on exit."""
         settings = self.settings
         noise_key = create_x25519_key_pair()
+        shaped, shaping = self._link_shaping()
         host = new_host(
             key_pair=self._key_pair,
             sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, noise_privkey=noise_key.private_key)},
@@ -145,6 +149,7 @@ class Mesh:
             listen_addrs=[multiaddr.Multiaddr(a) for a in settings.listen_addrs],
             # QUIC (libp2p TLS 1.3 + native streams) next to TCP when a /quic-v1 listen address is given.
             enable_quic=any("/quic" in a for a in settings.listen_addrs),
+            transports=[shaped] if shaped is not None else None,  # None: py-libp2p's own choice
         )
         gossipsub = GossipSub(
             protocols=GOSSIPSUB_PROTOCOLS,
@@ -175,7 +180,7 @@ class Mesh:
         self.host, self.pubsub, self.gossipsub, self.dht = host, pubsub, gossipsub, dht
         listen = [multiaddr.Multiaddr(a) for a in settings.listen_addrs]
         try:
-            async with self._run_services(host, pubsub, gossipsub, dht, listen):
+            async with shaping, self._run_services(host, pubsub, gossipsub, dht, listen):
                 yield self
         except BaseException as exc:
             # py-libp2p's service manager can raise "Nursery is closed to new arrivals" when a connection
@@ -184,6 +189,17 @@ class Mesh:
             if not _only_shutdown_races(exc):
                 raise
             log.debug("ignored py-libp2p shutdown race: %r", exc)
+
+    def _link_shaping(self) -> tuple[ITransport | None, AbstractAsyncContextManager[object]]:
+        """NETSIM-ONLY: the shaped TCP transport and the context its pumps run in, when a link table is set."""
+        if self.settings.link_shaping is None:
+            return None, nullcontext()
+        if any("/quic" in a for a in self.settings.listen_addrs):
+            raise ValueError("netsim link shaping is TCP-only; it cannot be combined with a QUIC listen address")
+        from cocoon_node.mesh.shaping import ShapedTCP
+
+        shaped = ShapedTCP(self.settings.link_shaping, self.peer_id.to_base58())
+        return shaped, shaped.running()
 
     @asynccontextmanager
     async def _run_services(

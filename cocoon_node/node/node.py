@@ -80,7 +80,8 @@ class Node:
         n = self.config.node
         return MeshSettings(listen_addrs=n.listen, bootstrap=n.bootstrap, max_connections=n.max_connections,
                             target_peers=n.target_peers, local_cluster=n.local_cluster, topics=(WORKERS_TOPIC,),
-                            peer_cache=self.config.data_dir / "peers.json")
+                            peer_cache=self.config.data_dir / "peers.json",
+                            link_shaping=self.config.netsim_link_table_path)
 
     def _on_announcement(self, announcement: Announcement) -> None:
         if self.table.update(announcement) and self.gate is not None:
