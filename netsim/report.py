@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from netsim.runner import SimData
-
-SHAPING_NOTE = "none (not requested; network namespaces + netem not implemented, loopback netem refused)"
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -95,6 +94,16 @@ def invariants(data: SimData) -> list[dict[str, str]]:
     add("discovery_converged", "FAIL" if conv_fail else "PASS",
         f"initial {data.initial_convergence_s}s, final check {data.final_convergence_s}s (bound {bound}s); "
         f"late: {late or 'none'}; never listed: {pending or 'none'}")
+
+    cut = [e for e in data.expectations if e.cause == "partition"]
+    if cut:
+        missed = [f"{e.name} (t={e.t})" for e in cut if e.resolved_at is None]
+        took = [e.resolved_at - e.t for e in cut if e.resolved_at is not None]
+        add("partition_observed", "FAIL" if missed else "PASS",
+            f"{len(cut) - len(missed)}/{len(cut)} workers dropped by the requesters across the cut, after "
+            f"{min(took, default=0):.1f}-{max(took, default=0):.1f}s"
+            + (f"; never dropped during the partition: {missed} (a cut shorter than the announcement TTL "
+               "cannot be seen)" if missed else ""))
 
     add("workload_ran", "PASS" if len(ok) >= s.invariants.min_completed else "FAIL",
         f"{len(ok)} completed of {len(data.results)} (minimum {s.invariants.min_completed})")
@@ -187,7 +196,7 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
     expectations = [
         {"t": e.t, "node": e.name, "expect": "listed" if e.present else "dropped", "cause": e.cause,
          "after_s": round(e.resolved_at - e.t, 2) if e.resolved_at is not None else None,
-         "superseded": e.superseded}
+         "superseded": e.superseded, **({"observers": list(e.observers)} if e.observers is not None else {})}
         for e in data.expectations
     ]
     requesters = {name: {"announcements": st.get("announcements"), "requester": st.get("requester"),
@@ -203,7 +212,8 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
                   "pooled_workers": sum(1 for n in data.nodes.values() if n.pooled),
                   "requesters": s.requesters, "total": len(data.nodes)},
         "setup_s": data.setup_s,
-        "shaping": SHAPING_NOTE,
+        "shaping": data.shaping,
+        "links": asdict(s.links) if s.links is not None else None,
         "on_chain_transactions": data.chain_transactions if data.chain_transactions is not None else "no chain",
         "allowed_model_hashes": data.allowed_hashes,
         "discovery": {"initial_convergence_s": data.initial_convergence_s,
@@ -258,7 +268,7 @@ def plot(data: SimData, report: dict[str, Any], png: Path) -> None:
     ax3 = ax2.twinx()
     ax3.plot(ts, [b["tokens_per_s"] for b in tp], color="tab:green", alpha=0.5, label="tokens/s")
     ax3.set_ylabel("completion tokens/s")
-    markers = [e for e in data.events if e["kind"] in ("kill", "term", "stop", "partition", "resume", "restart",
+    markers = [e for e in data.events if e["kind"] in ("kill", "term", "stop", "partition", "heal", "resume", "restart",
                                                        "join", "leave", "flood_start", "flood_end")]
     for e in markers:
         ax2.axvline(e["t"], color="grey", linestyle="--", alpha=0.6)

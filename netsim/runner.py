@@ -20,8 +20,9 @@ import httpx
 import trio
 
 from netsim.adversary import FakeUpstream, JunkFlooder
+from netsim.links import LinkPlan, probe_netem, shaping_note
 from netsim.procs import SimCluster
-from netsim.scenario import Fault, Scenario, WorkerGroup
+from netsim.scenario import ALL_REQUESTERS, Fault, Links, Scenario, WorkerGroup
 from netsim.workload import PlannedRequest, RequestResult, plan, run_request
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class Expectation:
     cause: str
     resolved_at: float | None = None
     superseded: bool = False
+    # Requesters that should see it; None: every live requester. A partition hides a worker only from the
+    # requesters on the other side.
+    observers: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -78,6 +82,8 @@ class SimData:
     # The shared EMULATED chain at the end of the run: total supply view and transaction count.
     chain_supply: dict[str, int] | None = None
     chain_transactions: int | None = None
+    # Which layer shaped the links and why (the report's ``shaping`` line).
+    shaping: str = 'none (not requested: scenario shaping = "none")'
 
 
 def _free_port() -> int:
@@ -96,6 +102,9 @@ class Simulation:
         self.t0 = 0.0                       # trio.current_time() at workload start (trio's clock, not time's)
         self.fake: FakeUpstream | None = None
         self._churn_count = 0
+        self.links: LinkPlan | None = None
+        if scenario.shaping == "auto":
+            self.links = LinkPlan(base_dir / "links.json", scenario.links or Links(), seed)
 
     # ----- helpers ---------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -119,10 +128,24 @@ class Simulation:
             out += ["--bootstrap", self.cluster.nodes[n.name].addr]
         return out
 
+    def shaping_args(self) -> list[str]:
+        return ["--netsim-link-table", str(self.links.path)] if self.links is not None else []
+
+    def register_link_ends(self, name: str) -> None:
+        """Tell the link table where ``name`` listens now (after a start or a restart)."""
+        if self.links is None:
+            return
+        proc, node = self.cluster.nodes[name], self.data.nodes[name]
+        groups = {node.group} if node.group else set()
+        if node.role == "requester":
+            groups.add(ALL_REQUESTERS)
+        self.links.register(name, proc.peer_id, [str(a) for a in proc.ready.get("addrs", [])], groups)
+        self.links.write()
+
     def worker_args(self, g: WorkerGroup) -> list[str]:
         args = ["--worker", "--local-cluster", "--tee", g.tee, "--model", g.model,
                 "--price-prompt", str(g.price_prompt), "--price-completion", str(g.price_completion),
-                "--max-concurrent", str(g.max_concurrent), *g.extra_args]
+                "--max-concurrent", str(g.max_concurrent), *self.shaping_args(), *g.extra_args]
         if g.adversarial:
             assert self.fake is not None and self.fake.url is not None
             return [*args, "--backend", "openai-upstream", "--upstream-url", self.fake.url + "/v1"]
@@ -135,6 +158,7 @@ class Simulation:
         node = await self.cluster.start_node(name, [*self.worker_args(g), *self.bootstrap_args()],
                                              timeout=self.s.start_timeout)
         self.data.nodes[name] = SimNode(name, "worker", g.name, g.adversarial, False, node.peer_id, "up")
+        self.register_link_ends(name)
 
     # ----- set-up ----------------------------------------------------------------------------------------
     async def setup(self, nursery: trio.Nursery) -> None:
@@ -185,15 +209,17 @@ class Simulation:
                                               timeout=self.s.start_timeout)
         for n in nodes:
             self.data.nodes[n.name] = SimNode(n.name, "worker", g.name, False, True, n.peer_id, "up")
+            self.register_link_ends(n.name)
 
     async def start_requester(self, name: str, port: int | None = None) -> None:
         port = port or _free_port()
         args = ["--requester", "--local-cluster", "--allow-dev-tee", "--api-port", str(port),
                 *[x for h in self.data.allowed_hashes for x in ("--allowed-model-hash", h)],
-                *self.bootstrap_args()]
+                *self.shaping_args(), *self.bootstrap_args()]
         node = await self.cluster.start_node(name, args, timeout=self.s.start_timeout)
         self.data.nodes[name] = SimNode(name, "requester", None, peer_id=node.peer_id, state="up",
                                         api_url=node.ready["api_url"])
+        self.register_link_ends(name)
         self.data.requester_ready[name] = trio.current_time()
 
     # ----- observation -----------------------------------------------------------------------------------
@@ -232,19 +258,23 @@ class Simulation:
         for e in self.data.expectations:
             if e.resolved_at is not None or e.superseded or t < e.t:
                 continue
-            if e.present and all(e.peer_id in listed[r] for r in reqs):
+            seen_by = reqs if e.observers is None else [r for r in reqs if r in e.observers]
+            if not seen_by:
+                continue
+            if e.present and all(e.peer_id in listed[r] for r in seen_by):
                 e.resolved_at = t
-            elif not e.present and all(e.peer_id not in listed[r] for r in reqs):
+            elif not e.present and all(e.peer_id not in listed[r] for r in seen_by):
                 e.resolved_at = t
 
-    def expect(self, name: str, present: bool, cause: str) -> None:
+    def expect(self, name: str, present: bool, cause: str, observers: tuple[str, ...] | None = None) -> None:
         node = self.data.nodes[name]
         if node.role != "worker":
             return
         for e in self.data.expectations:
             if e.name == name and e.resolved_at is None and e.present != present:
                 e.superseded = True
-        self.data.expectations.append(Expectation(self.now(), name, node.peer_id, present, cause))
+        self.data.expectations.append(Expectation(self.now(), name, node.peer_id, present, cause,
+                                                  observers=observers))
 
     async def poller(self) -> None:
         while True:
@@ -273,14 +303,14 @@ class Simulation:
                 async with trio.open_nursery() as nursery:
                     for name in f.targets:
                         nursery.start_soon(self.restart, name)
+        elif f.action == "partition":
+            await self.partition(f)
         else:
             for name in f.targets:
                 if self.cluster.signal(name, signal.SIGSTOP):
                     self.data.nodes[name].state = "stopped"
                     self.expect(name, False, f.action)
-                    self.event(f.action, name, signal="SIGSTOP",
-                               note="partition emulated by freezing the group (no network namespaces)"
-                               if f.action == "partition" else "silent node, connections stay open")
+                    self.event(f.action, name, signal="SIGSTOP", note="silent node, connections stay open")
             assert f.duration is not None
             await trio.sleep(f.duration)
             for name in f.targets:
@@ -288,6 +318,35 @@ class Simulation:
                     self.data.nodes[name].state = "up"
                     self.expect(name, True, "resume")
                     self.event("resume", name, signal="SIGCONT")
+
+    async def partition(self, f: Fault) -> None:
+        """Block every link between the targets and the rest (processes keep running), heal after ``duration``.
+
+        Each side's requesters should stop listing the other side's workers (their announcements expire) and
+        list them again after the heal; data on connections across the cut is held, not lost, as TCP would.
+        """
+        assert self.links is not None and f.duration is not None
+        side = {t for t in f.targets if t in self.data.nodes}
+        token = self.links.partition(side, f"partition at t={f.at}: {sorted(side)} | everyone else")
+        self.links.write()
+        inside = sorted(n for n in self.data.nodes if n in side)
+        outside = sorted(n for n in self.data.nodes if n not in side)
+        self.event("partition", ",".join(inside), side_a=inside, side_b=outside, duration=f.duration,
+                   layer="shaped links blocked (link table), processes keep running")
+        requesters = self.live_requesters()
+        affected = []
+        for name in sorted(self.live_workers()):
+            across = tuple(r for r in requesters if (r in side) != (name in side))
+            if across:
+                affected.append(name)
+                self.expect(name, False, "partition", observers=across)
+        await trio.sleep(f.duration)
+        self.links.heal(token)
+        self.links.write()
+        self.event("heal", ",".join(inside))
+        for name in affected:
+            if self.data.nodes[name].state == "up":
+                self.expect(name, True, "heal")
 
     async def _take_down(self, name: str, sig: signal.Signals, state: str, why: str) -> None:
         node = self.data.nodes[name]
@@ -320,6 +379,7 @@ class Simulation:
                 await self.cluster.start_node(name, [*base, *self.bootstrap_args(exclude=name)],
                                               timeout=self.s.start_timeout)
                 node.state = "up"
+                self.register_link_ends(name)
         except Exception as exc:
             self.data.errors.append(f"restart of {name} failed: {exc}")
             return
@@ -406,6 +466,10 @@ class Simulation:
     async def run(self) -> SimData:
         s = self.s
         planned = plan(s.workload, s.duration, s.requesters, self.rng)
+        if self.links is not None:
+            self.data.shaping = shaping_note(await probe_netem())
+            self.base_dir.mkdir(parents=True, exist_ok=True)
+            self.links.write()  # before any node starts: each node reads it at start
         async with self.cluster.running(), trio.open_nursery() as nursery:
             try:
                 await self.setup(nursery)

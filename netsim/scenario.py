@@ -13,7 +13,10 @@ from typing import Any
 
 FAULT_ACTIONS = ("kill", "term", "stop", "partition")
 ARRIVALS = ("poisson", "bursts")
-SHAPING = ("none",)
+# "auto": shape links (netsim picks the layer: today always the transport layer, see netsim/links.py).
+SHAPING = ("none", "auto")
+# Selectors in [[links.pairs]] besides node names and worker group names.
+ALL_NODES, ALL_REQUESTERS = "*", "requesters"
 
 
 class ScenarioError(ValueError):
@@ -62,7 +65,9 @@ class Fault:
     action: str
     targets: tuple[str, ...]
     restart_after: float | None = None   # kill/term: start the node again (same identity) after this delay
-    duration: float | None = None        # stop/partition: SIGCONT after this delay
+    # stop: SIGCONT after this delay; partition: heal after it. A partition blocks every link between the
+    # targets and everyone else (shaped links, so the processes keep running); stop freezes the targets.
+    duration: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,34 @@ class Flooder:
 
 
 @dataclass(frozen=True)
+class LinkPair:
+    """Overrides for the links between every node selected by ``a`` and every node selected by ``b``.
+
+    A selector is a node name (``worker3``, ``requester1``), a worker group name (all its members, churn
+    joiners of that template included), ``requesters`` or ``*``. Only the keys given override the default;
+    later pairs win over earlier ones.
+    """
+
+    a: tuple[str, ...] = ()
+    b: tuple[str, ...] = ()
+    latency_ms: float | None = None
+    jitter_ms: float | None = None
+    loss: float | None = None
+    bandwidth_kbps: float | None = None
+
+
+@dataclass(frozen=True)
+class Links:
+    """``[links]``: the default link between any two nodes (one way: latency is half the round trip)."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0                    # probability per chunk of one retransmission timeout (200 ms) extra
+    bandwidth_kbps: float = 0.0          # kilobits per second each way; 0: unlimited
+    pairs: tuple[LinkPair, ...] = ()
+
+
+@dataclass(frozen=True)
 class Invariants:
     convergence_bound: float = 30.0      # seconds for every requester to list every live worker
     min_completed: int = 1
@@ -103,6 +136,7 @@ class Scenario:
     flooder: Flooder | None = None
     invariants: Invariants = field(default_factory=Invariants)
     shaping: str = "none"
+    links: Links | None = None
     poll_interval: float = 1.0
     start_timeout: float = 180.0
     path: Path | None = None
@@ -162,10 +196,56 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
         "churn": _build(Churn, raw.pop("churn"), "churn") if "churn" in raw else None,
         "flooder": _build(Flooder, raw.pop("flooder"), "flooder") if "flooder" in raw else None,
         "invariants": _build(Invariants, raw.pop("invariants", {}), "invariants"),
+        "links": _links(raw.pop("links")) if "links" in raw else None,
         "path": path,
     }, "scenario")
     _check(scenario)
     return scenario
+
+
+def _links(raw: Any) -> Links:
+    if not isinstance(raw, dict):
+        raise ScenarioError("links: expected a table")
+    raw = dict(raw)
+    pairs = raw.pop("pairs", [])
+    if not isinstance(pairs, list) or not all(isinstance(p, dict) for p in pairs):
+        raise ScenarioError("links.pairs: expected [[links.pairs]] tables")
+    built = tuple(_build(LinkPair, p, f"links.pairs[{i}]") for i, p in enumerate(pairs))
+    links: Links = _build(Links, {**raw, "pairs": built}, "links")
+    return links
+
+
+def _link_problems(s: Scenario) -> list[str]:
+    links = s.links
+    if links is None:
+        return []
+    problems = []
+    selectors = {ALL_NODES, ALL_REQUESTERS, *(g.name for g in s.workers),
+                 *(f"{g.name}{i}" for g in s.workers for i in range(1, g.count + 1)),
+                 *(f"requester{i}" for i in range(1, s.requesters + 1))}
+    specs: list[tuple[str, Any]] = [("links", links)] + [(f"links.pairs[{i}]", p) for i, p in enumerate(links.pairs)]
+    for where, spec in specs:
+        for key in ("latency_ms", "jitter_ms", "loss", "bandwidth_kbps"):
+            value = getattr(spec, key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                problems.append(f"{where}.{key}: must be a non-negative number (got {value!r})")
+            elif key == "loss" and value >= 1:
+                problems.append(f"{where}.loss: must be below 1 (a blocked link is a partition fault)")
+    for i, pair in enumerate(links.pairs):
+        for side in ("a", "b"):
+            names = getattr(pair, side)
+            if not names or not all(isinstance(n, str) for n in names):
+                problems.append(f"links.pairs[{i}].{side}: a non-empty list of node or group names is required")
+                continue
+            unknown = sorted(set(names) - selectors)
+            if unknown:
+                problems.append(f"links.pairs[{i}].{side}: no node or group named {unknown} (use node names, worker "
+                                f"group names, {ALL_REQUESTERS!r} or {ALL_NODES!r})")
+        if all(getattr(pair, k) is None for k in ("latency_ms", "jitter_ms", "loss", "bandwidth_kbps")):
+            problems.append(f"links.pairs[{i}]: sets nothing (give latency_ms, jitter_ms, loss or bandwidth_kbps)")
+    return problems
 
 
 def _check(s: Scenario) -> None:
@@ -196,6 +276,13 @@ def _check(s: Scenario) -> None:
     if s.churn is not None and s.churn.template not in names:
         problems.append(f"churn.template: no worker group named {s.churn.template!r}")
     if s.shaping not in SHAPING:
-        problems.append(f"shaping: only {SHAPING} is implemented (network namespaces are not)")
+        problems.append(f"shaping: one of {SHAPING}")
+    elif s.shaping == "none":
+        if s.links is not None:
+            problems.append('links: shaped links need shaping = "auto"')
+        if any(f.action == "partition" for f in s.faults):
+            problems.append('faults: a partition blocks shaped links and needs shaping = "auto" '
+                            '(action "stop" freezes nodes without shaping)')
+    problems.extend(_link_problems(s))
     if problems:
         raise ScenarioError("; ".join(problems))

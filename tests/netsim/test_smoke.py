@@ -45,4 +45,6 @@ def test_smoke_scenario_passes_every_invariant(tmp_path: Path) -> None:
         assert verdicts[required] == "PASS", report["invariants"]
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written["requests"]["completed"] >= 10
+    assert written["shaping"].startswith("transport (NETSIM-ONLY")  # and says why not netem
+    assert written["links"]["latency_ms"] == 5
     assert (tmp_path / "out" / "report.png").stat().st_size > 0
