@@ -70,6 +70,8 @@ class RequesterSection:
     max_price_completion: int = 1_000_000
     request_timeout: float = 120.0
     first_token_timeout: float = 60.0
+    # Idle, negotiated streams kept open per recently used worker (0: open one per request); see inference/warm.
+    warm_streams: int = 8
 
 
 @dataclass(frozen=True)

@@ -97,54 +97,65 @@ class ChatStreamResponse(Response):
             nursery.cancel_scope.cancel()
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Headers go out with the first token, not at the worker's accept: a worker that fails between its
+        accept and its first token is retried elsewhere, and the client then sees only the worker that
+        answered (and one write less stands between the first token and the client)."""
         chat = self._chat
         cid, created = _completion_id(), int(time.time())
-        started = False
+        started = finished = False
+        worker = ""
+        attempts = 0
+        prompt_tokens = 0
 
-        async def event(obj: Any) -> None:
-            body = b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+        def sse(obj: Any) -> bytes:
+            return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
 
-        def chunk(delta: dict[str, Any], finish: str | None, worker: str) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
             return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.model,
                     "system_fingerprint": worker,
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
+        async def write(body: bytes) -> None:
+            nonlocal started
+            if not started:
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"text/event-stream"),
+                                        (b"cache-control", b"no-cache"),
+                                        (b"x-cocoon-worker", worker.encode()),
+                                        (b"x-cocoon-attempts", str(attempts).encode())]})
+                body = sse(chunk({"role": "assistant", "content": ""}, None)) + body
+                started = True
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
         try:
             async with self._requester.stream(chat) as events:
-                worker = ""
-                prompt_tokens = 0
                 async for ev in events:
                     if isinstance(ev, StreamStart):
-                        worker = ev.worker.peer.to_base58()
-                        prompt_tokens = ev.prompt_tokens
-                        await send({"type": "http.response.start", "status": 200,
-                                    "headers": [(b"content-type", b"text/event-stream"),
-                                                (b"cache-control", b"no-cache"),
-                                                (b"x-cocoon-worker", worker.encode()),
-                                                (b"x-cocoon-attempts", str(ev.attempts).encode())]})
-                        started = True
-                        await event(chunk({"role": "assistant", "content": ""}, None, worker))
-                    elif isinstance(ev, Delta):
+                        worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
+                        continue
+                    if isinstance(ev, Delta):
                         text, follow = _coalesce(ev, events)
                         if text:
-                            await event(chunk({"content": text}, None, worker))
+                            await write(sse(chunk({"content": text}, None)))
                         if follow is not None:
                             ev = follow
                     if isinstance(ev, Final):
                         finish = "length" if ev.finish_reason == "length" else "stop"
-                        await event(chunk({}, finish, worker))
+                        tail = sse(chunk({}, finish))
                         if chat.include_usage:
-                            await event({"id": cid, "object": "chat.completion.chunk", "created": created,
+                            tail += sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                                          "model": chat.model, "choices": [],
                                          "usage": _usage(prompt_tokens, ev.completion_tokens)})
-                await event(b"[DONE]")
+                        await write(tail + sse(b"[DONE]"))
+                        finished = True
+                if not finished:
+                    await write(sse(b"[DONE]"))
         except (NoWorkerAvailable, WorkerFailure) as exc:
             if not started:
                 await failure_response(exc)(scope, receive, send)
                 return
-            await event({"error": {"message": f"worker failed mid-stream: {exc}", "type": "upstream_error",
-                                   "param": None, "code": getattr(exc, "code", None)}})
+            await write(sse({"error": {"message": f"worker failed mid-stream: {exc}", "type": "upstream_error",
+                                       "param": None, "code": getattr(exc, "code", None)}}))
         except OSError:
             return  # client went away; leaving the block cancelled the request on the worker
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -25,7 +25,9 @@ from cocoon_node.inference.stream import (
     RequesterMeter,
     WorkerFailure,
     call_worker,
+    sole_exception,
 )
+from cocoon_node.inference.warm import WarmStreams
 from cocoon_node.mesh.announce import Announcement
 
 log = logging.getLogger(__name__)
@@ -150,10 +152,13 @@ class Requester:
         max_attempts: int = 3,
         allow_synthetic: bool = True,
         open_timeout: float = 5.0,
+        warm: WarmStreams | None = None,
     ) -> None:
         # A worker that cannot open a stream or accept within seconds is treated as gone (a frozen peer
         # would otherwise hold the client until the first-token timeout); the next candidate is tried.
         self._open_timeout = open_timeout
+        # Pre-opened streams to recently used workers (see cocoon_node.inference.warm); None: open per request.
+        self._warm = warm
         self._workers = workers
         self._open_stream = open_stream
         self._attestor = attestor
@@ -208,12 +213,7 @@ class Requester:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # The nursery wraps the caller's own exception; hand back the plain one (there is only ever one).
-            leaves = list(group.exceptions)
-            while len(leaves) == 1 and isinstance(leaves[0], BaseExceptionGroup):
-                leaves = list(leaves[0].exceptions)
-            if len(leaves) == 1:
-                raise leaves[0] from None
-            raise
+            raise sole_exception(group) from None
 
     async def _run(self, chat: ChatRequest, send: trio.MemorySendChannel[Event]) -> None:
         tried: set[bytes] = set()
@@ -230,6 +230,8 @@ class Requester:
                 return
             except WorkerFailure as exc:
                 timeout = exc.code == "timeout"
+                if self._warm is not None and exc.code in ("timeout", "unreachable", "worker_gone"):
+                    self._warm.forget(worker.peer_id)
                 if exc.code not in ("invalid_request", "overloaded"):
                     self.selector.reputation(worker.peer_id).record_failure(timeout=timeout)
                 last_error = exc
@@ -249,43 +251,64 @@ class Requester:
     ) -> None:
         peer_id = worker.peer_id
         self.selector.in_flight[peer_id] = self.selector.in_flight.get(peer_id, 0) + 1
+        spare = self._warm.take(worker) if self._warm is not None else None
         try:
-            try:
-                with trio.fail_after(self._open_timeout):
-                    stream = await self._open_stream(worker)
-            except trio.TooSlowError:
-                raise WorkerFailure(
-                    "could not open a stream to the worker", code="timeout", before_first_token=True
-                ) from None
-            except WorkerFailure:
-                raise
-            except Exception as exc:
-                raise WorkerFailure(
-                    f"could not reach the worker: {exc}", code="unreachable", before_first_token=True
-                ) from None
             try:
                 meter = await self._meter_factory(worker) if self._meter_factory else None
             except Exception as exc:  # channel could not be opened or funded: try another worker
                 raise WorkerFailure(f"payment setup failed: {exc}", code="payment",
                                     before_first_token=True) from None
-            async with call_worker(
-                stream,
-                chat,
-                price_prompt=worker.price_prompt,
-                price_completion=worker.price_completion,
-                meter=meter,
-                first_token_timeout=self._first_token_timeout,
-            ) as call:
-                await send.send(StreamStart(worker, call.prompt_tokens, attempt))
-                async for delta in call.deltas():
-                    await send.send(delta)
-                assert call.final is not None
-                self.selector.reputation(peer_id).record_success(
-                    call.final.ttft_ms, call.final.tokens_per_second
-                )
-                await send.send(call.final)
+            if spare is not None:
+                try:
+                    await self._call(worker, spare, chat, meter, send, attempt)
+                    return
+                except WorkerFailure as exc:
+                    # A spare the worker hung up on (idle timeout, restart) fails before any answer; that
+                    # says nothing about the worker, so try once more on a stream opened now.
+                    if exc.code != "worker_gone" or not exc.before_first_token:
+                        raise
+                    log.debug("warm stream to %s was dead; opening a fresh one", worker.peer)
+                    if self._warm is not None:
+                        self._warm.spare_was_dead(worker)
+            await self._call(worker, await self._open(worker), chat, meter, send, attempt)
         finally:
             self.selector.in_flight[peer_id] -= 1
+            if self._warm is not None:
+                self._warm.release(worker)
+
+    async def _open(self, worker: Announcement) -> Any:
+        try:
+            with trio.fail_after(self._open_timeout):
+                return await self._open_stream(worker)
+        except trio.TooSlowError:
+            raise WorkerFailure(
+                "could not open a stream to the worker", code="timeout", before_first_token=True
+            ) from None
+        except WorkerFailure:
+            raise
+        except Exception as exc:
+            raise WorkerFailure(
+                f"could not reach the worker: {exc}", code="unreachable", before_first_token=True
+            ) from None
+
+    async def _call(
+        self, worker: Announcement, stream: Any, chat: ChatRequest, meter: RequesterMeter | None,
+        send: trio.MemorySendChannel[Event], attempt: int,
+    ) -> None:
+        async with call_worker(
+            stream,
+            chat,
+            price_prompt=worker.price_prompt,
+            price_completion=worker.price_completion,
+            meter=meter,
+            first_token_timeout=self._first_token_timeout,
+        ) as call:
+            await send.send(StreamStart(worker, call.prompt_tokens, attempt))
+            async for delta in call.deltas():
+                await send.send(delta)
+            assert call.final is not None
+            self.selector.reputation(worker.peer_id).record_success(call.final.ttft_ms, call.final.tokens_per_second)
+            await send.send(call.final)
 
 
 class _FailingReceiver:

@@ -296,6 +296,15 @@ class InferenceServer:
             self._on_load_change(self.stats.in_flight)
 
 
+def sole_exception(group: BaseExceptionGroup) -> BaseException:
+    """The one exception inside nested single-member groups (a nursery wrapped the caller's own error),
+    else the group itself."""
+    leaves: list[BaseException] = [group]
+    while len(leaves) == 1 and isinstance(leaves[0], BaseExceptionGroup):
+        leaves = list(leaves[0].exceptions)
+    return leaves[0] if len(leaves) == 1 else group
+
+
 def _remote_key(stream: Any) -> bytes | None:
     """The raw public key of the peer at the other end of a libp2p stream (authenticated by Noise/TLS)."""
     try:
@@ -382,6 +391,20 @@ class InferenceCall:
         self.completion_tokens = 0
         self.final: Final | None = None
         self._first_token_at: float | None = None
+        self.prompt_paid = trio.Event()
+
+    async def _charge_tokens(self) -> None:
+        assert self._meter is not None
+        voucher = await self._meter.on_tokens(self.completion_tokens)
+        if voucher is not None:
+            await self._frames.send({"t": "voucher", "id": self.request_id, "voucher": voucher})
+
+    async def pay_prompt(self) -> None:
+        assert self._meter is not None
+        voucher = await self._meter.on_accept(self.prompt_tokens)
+        if voucher is not None:
+            await self._frames.send({"t": "voucher", "id": self.request_id, "voucher": voucher})
+        self.prompt_paid.set()
 
     async def deltas(self) -> AsyncIterator[Delta]:
         while True:
@@ -412,10 +435,11 @@ class InferenceCall:
                 if self._first_token_at is None:
                     self._first_token_at = time.monotonic()
                 self.completion_tokens += frame["tokens"]
-                if self._meter is not None and frame["tokens"]:
-                    voucher = await self._meter.on_tokens(self.completion_tokens)
-                    if voucher is not None:
-                        await self._frames.send({"t": "voucher", "id": self.request_id, "voucher": voucher})
+                # Tokens are charged before they are handed on, except while the prompt's voucher is still
+                # being stored (the first token): those are charged at the next delta, final or cancel
+                # (charges are cumulative, so nothing is skipped).
+                if self._meter is not None and frame["tokens"] and self.prompt_paid.is_set():
+                    await self._charge_tokens()
                 yield Delta(frame["text"], frame["tokens"])
             elif kind == "usage":
                 continue
@@ -428,6 +452,7 @@ class InferenceCall:
                         before_first_token=False,
                     )
                 if self._meter is not None:
+                    await self.prompt_paid.wait()
                     voucher = await self._meter.on_final(self.completion_tokens)
                     if voucher is not None:
                         await self._frames.send({"t": "voucher", "id": self.request_id, "voucher": voucher})
@@ -456,6 +481,13 @@ class InferenceCall:
                 )
 
     async def cancel(self) -> None:
+        if self._meter is not None:
+            with trio.move_on_after(2):
+                try:
+                    await self.prompt_paid.wait()
+                    await self._charge_tokens()  # tokens already handed on are owed, cancelled or not
+                except Exception as exc:
+                    log.info("could not charge the tokens of a cancelled request: %r", exc)
         await _send_quietly(self._frames, {"t": "cancel", "id": self.request_id})
 
 
@@ -487,7 +519,14 @@ async def call_worker(
     if payment is not None:
         request["payment"] = payment
     try:
-        await frames.send(request)
+        try:
+            await frames.send(request)
+        except FrameError:
+            raise
+        except Exception as exc:  # reset or closed by the worker before it read anything
+            raise WorkerFailure(
+                f"worker closed the stream: {exc}", code="worker_gone", before_first_token=True
+            ) from None
         try:
             with trio.fail_after(accept_timeout):
                 answer = await frames.receive()
@@ -509,19 +548,28 @@ async def call_worker(
             raise WorkerFailure(
                 f"expected accept, got {answer['t']!r}", code="protocol", before_first_token=True
             )
-        if meter is not None:
-            voucher = await meter.on_accept(answer["prompt_tokens"])
-            if voucher is not None:
-                await frames.send({"t": "voucher", "id": request_id, "voucher": voucher})
         call = InferenceCall(
             frames, request_id, answer["prompt_tokens"], started, meter, first_token_timeout, token_timeout
         )
         try:
-            yield call
-        finally:
-            if call.final is None:
-                with trio.CancelScope(shield=True):
-                    await call.cancel()
+            async with trio.open_nursery() as nursery:
+                if meter is not None:
+                    # The prompt's voucher is signed and stored (fsync) while the first token is on its way,
+                    # not before reading it; the call waits for it before any later voucher, so vouchers stay
+                    # in order, and a worker whose credit window is smaller than the prompt still gets it
+                    # before it must produce a token.
+                    nursery.start_soon(call.pay_prompt)
+                else:
+                    call.prompt_paid.set()
+                try:
+                    yield call
+                finally:
+                    if call.final is None:
+                        with trio.CancelScope(shield=True):
+                            await call.cancel()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise sole_exception(group) from None
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:

@@ -24,6 +24,7 @@ from cocoon_node.api import admin_app, openai_app, serve_http
 from cocoon_node.config import Config
 from cocoon_node.inference.requester import Requester
 from cocoon_node.inference.stream import PROTOCOL_ID
+from cocoon_node.inference.warm import WarmStreams
 from cocoon_node.mesh import (
     WORKERS_TOPIC,
     Announcement,
@@ -127,8 +128,12 @@ class Node:
                 refresher = RegistryPolicyRefresher(self.gate, pay.chain, cfg.policy.registry_address,
                                                     self.gate.policy, cfg.policy.registry_refresh)
                 nursery.start_soon(refresher.run)
+            warm = None
+            if cfg.requester.warm_streams > 0:
+                warm = WarmStreams(self._open_attested_stream, max_spares=cfg.requester.warm_streams)
+                nursery.start_soon(warm.run)
             self.requester = Requester(
-                self.table.live, self._open_attested_stream, self.gate,
+                self.table.live, self._open_attested_stream, self.gate, warm=warm,
                 max_price_prompt=cfg.requester.max_price_prompt,
                 max_price_completion=cfg.requester.max_price_completion,
                 first_token_timeout=cfg.requester.first_token_timeout,

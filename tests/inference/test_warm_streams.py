@@ -1,0 +1,135 @@
+"""Warm inference streams between two real libp2p hosts: spares are opened after use and taken by the next
+request, carry nothing until taken, and a spare the worker hung up on costs the request nothing."""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from cocoon_node.inference.chat import parse_chat_request
+from cocoon_node.inference.requester import Requester, StreamStart
+from cocoon_node.inference.stream import PROTOCOL_ID, Delta, Final, InferenceServer, WorkerTerms
+from cocoon_node.inference.synthetic import SyntheticBackend
+from cocoon_node.inference.warm import WarmStreams
+from cocoon_node.mesh import Announcement, Mesh, MeshSettings
+from tests.waiting import wait_until
+
+TERMS = WorkerTerms(model="synthetic-echo", price_prompt=1, price_completion=1, max_concurrent=4, max_tokens_cap=512)
+
+
+class AlwaysAttested:
+    async def is_attested(self, announcement: Announcement) -> bool:
+        return True
+
+
+def announcement_of(mesh: Mesh) -> Announcement:
+    now = int(time.time())
+    return Announcement(
+        peer_id=mesh.peer_id.to_bytes(), addrs=tuple(mesh.listen_addrs()), model="synthetic-echo",
+        model_hash=b"\x01" * 32, backend="synthetic", synthetic=True, price_prompt=1, price_completion=1,
+        max_concurrent=4, load=0, protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1,
+        issued_at=now, expires_at=now + 60,
+    )
+
+
+async def ask(requester: Requester, words: int = 5) -> tuple[str, StreamStart, Final]:
+    chat = parse_chat_request({"model": "synthetic-echo", "max_tokens": 20,
+                               "messages": [{"role": "user", "content": " ".join(["w"] * words)}]})
+    text, start, final = [], None, None
+    async with requester.stream(chat) as events:
+        async for ev in events:
+            if isinstance(ev, StreamStart):
+                start = ev
+            elif isinstance(ev, Delta):
+                text.append(ev.text)
+            elif isinstance(ev, Final):
+                final = ev
+    assert start is not None and final is not None
+    return "".join(text), start, final
+
+
+async def setup(stack: AsyncExitStack) -> tuple[InferenceServer, list[Any], Requester, WarmStreams, Announcement]:
+    worker = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
+    await stack.enter_async_context(worker.start())
+    client = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
+    await stack.enter_async_context(client.start())
+    server = InferenceServer(SyntheticBackend(tokens_per_second=0), TERMS)
+    worker_side: list[Any] = []
+
+    async def handle(stream: Any) -> None:
+        worker_side.append(stream)
+        await server.handle(stream)
+
+    worker.set_stream_handler(PROTOCOL_ID, handle)
+    target = announcement_of(worker)
+
+    async def open_stream(w: Announcement) -> Any:
+        return await client.new_stream(w.peer, PROTOCOL_ID, w.addrs)
+
+    warm = WarmStreams(open_stream, max_spares=2)
+    stack.enter_context(trio.fail_after(30))
+    nursery = await stack.enter_async_context(trio.open_nursery())
+    nursery.start_soon(warm.run)
+    stack.callback(nursery.cancel_scope.cancel)
+    requester = Requester(lambda: [target], open_stream, AlwaysAttested(), max_price_prompt=10,
+                          max_price_completion=10, warm=warm)
+    return server, worker_side, requester, warm, target
+
+
+async def test_spares_are_opened_after_use_and_taken_by_the_next_request() -> None:
+    async with AsyncExitStack() as stack:
+        server, worker_side, requester, warm, target = await setup(stack)
+        with trio.fail_after(30):
+            text, start, final = await ask(requester)
+            assert text.split() == ["w"] * 5 and final.completion_tokens == 5
+            assert (warm.hits, warm.misses) == (0, 1)
+            await wait_until(lambda: warm.spare_count(target.peer_id) >= 1, timeout=10)
+            # A spare is a negotiated stream the worker waits on: no request, no slot, no prompt.
+            await wait_until(lambda: len(worker_side) >= 2, timeout=10)
+            await wait_until(lambda: server.stats.in_flight == 0, timeout=10)  # the first request's slot
+            await trio.sleep(0.2)
+            assert server.stats.in_flight == 0 and len(server.request_log) == 1
+            text, start, final = await ask(requester, words=3)
+            assert text.split() == ["w"] * 3 and start.attempts == 1
+            assert warm.hits == 1
+            assert len(server.request_log) == 2
+
+
+async def test_a_spare_the_worker_hung_up_on_is_replaced_without_blame() -> None:
+    async with AsyncExitStack() as stack:
+        _, worker_side, requester, warm, target = await setup(stack)
+        with trio.fail_after(30):
+            await ask(requester)
+            await wait_until(lambda: warm.spare_count(target.peer_id) >= 1, timeout=10)
+            await wait_until(lambda: len(worker_side) >= 2, timeout=10)
+            for stream in worker_side[1:]:  # the worker resets every idle spare (as on a restart)
+                await stream.reset()
+            text, start, final = await ask(requester, words=4)
+            assert text.split() == ["w"] * 4 and final.completion_tokens == 4
+            assert start.attempts == 1 and warm.hits == 1 and warm.dead == 1  # dead spare taken, then a fresh one
+            rep = requester.selector.reputation(target.peer_id)
+            assert rep.failure_rate == 0 and rep.samples == 2
+
+
+async def test_stale_spares_are_not_handed_out() -> None:
+    opened: list[object] = []
+
+    async def opener(w: Announcement) -> object:
+        opened.append(object())
+        return opened[-1]
+
+    warm = WarmStreams(opener, max_spares=1, max_idle=0.0)
+    now = int(time.time())
+    target = Announcement(
+        peer_id=b"\x00" * 38, addrs=(), model="m", model_hash=b"\x01" * 32, backend="synthetic", synthetic=True,
+        price_prompt=1, price_completion=1, max_concurrent=4, load=0, protocols=(PROTOCOL_ID,),
+        tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 60,
+    )
+    assert warm.take(target) is None
+    warm._workers[target.peer_id].streams.append((time.monotonic() - 1, object()))  # an old spare
+    assert warm.take(target) is None  # too old to trust: the worker may be about to hang up on it
+    assert (warm.hits, warm.misses) == (0, 2)
