@@ -337,9 +337,13 @@ class Simulation:
         affected = []
         for name in sorted(self.live_workers()):
             across = tuple(r for r in requesters if (r in side) != (name in side))
-            if across:
-                affected.append(name)
+            if not across:
+                continue
+            affected.append(name)
+            if f.duration > self.announce_ttl(name) + self.s.poll_interval:
                 self.expect(name, False, "partition", observers=across)
+            else:  # its last announcement outlives the cut: nobody should drop it
+                self.event("partition_too_short", name, ttl_s=self.announce_ttl(name))
         await trio.sleep(f.duration)
         self.links.heal(token)
         self.links.write()
@@ -347,6 +351,16 @@ class Simulation:
         for name in affected:
             if self.data.nodes[name].state == "up":
                 self.expect(name, True, "heal")
+
+    def announce_ttl(self, name: str) -> float:
+        """How long a worker's announcement stays listed (its group's --announce-ttl, else the default)."""
+        from cocoon_node.config import WorkerSection
+
+        group = next((g for g in self.s.workers if g.name == self.data.nodes[name].group), None)
+        args = list(group.extra_args) if group is not None else []
+        if "--announce-ttl" in args[:-1]:
+            return float(args[args.index("--announce-ttl") + 1])
+        return float(WorkerSection().announce_ttl)
 
     async def _take_down(self, name: str, sig: signal.Signals, state: str, why: str) -> None:
         node = self.data.nodes[name]

@@ -291,20 +291,28 @@ class LinkClock:
 
 
 class _ByteBudget:
-    """At most ``limit`` bytes queued in one direction; a chunk larger than the limit passes alone."""
+    """At most ``limit`` bytes queued in one direction; a chunk larger than the limit passes alone.
+
+    Once closed (the connection is gone) nobody waits any more.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
+        self.closed = False
         self._lot = trio.lowlevel.ParkingLot()
 
     async def take(self, n: int) -> None:
-        while self.used > 0 and self.used + n > self.limit:
+        while not self.closed and self.used > 0 and self.used + n > self.limit:
             await self._lot.park()
         self.used += n
 
     async def wait_room(self) -> None:
-        while self.used >= self.limit:
+        while not self.closed and self.used >= self.limit:
             await self._lot.park()
+
+    def close(self) -> None:
+        self.closed = True
+        self._lot.unpark_all()
 
     def add(self, n: int) -> None:
         self.used += n
@@ -352,6 +360,11 @@ class ShapedStream(ReadWriteCloser):
             if self._closed:
                 return  # like TrioTCPStream after a local close
             await self._egress_budget.take(len(data))
+            if self._closed or self._write_error is not None:  # it went away while we waited for room
+                self._egress_budget.give(len(data))
+                if self._write_error is not None:
+                    raise self._write_error
+                return
             self._egress_send.send_nowait((trio.current_time(), bytes(data)))
 
     async def read(self, n: int | None = None) -> bytes:
@@ -400,6 +413,8 @@ class ShapedStream(ReadWriteCloser):
         finally:
             self._out_send.close()
             self._closed = True
+            self._egress_budget.close()
+            self._ingress_budget.close()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(_Closable(self._inner))
             self.finished.set()

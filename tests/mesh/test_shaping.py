@@ -265,6 +265,13 @@ async def test_full_buffer_makes_writers_wait(autojump_clock: trio.testing.MockC
         with trio.move_on_after(60) as waited:
             await shaped.write(b"y" * 600)  # would exceed 1000 queued bytes on a link that is not draining
         assert waited.cancelled_caught
+        # A writer still waiting for room when the connection goes away is released, not left hanging.
+        async with trio.open_nursery() as writers:
+            writers.start_soon(shaped.write, b"z" * 600)
+            await trio.testing.wait_all_tasks_blocked()
+            await shaped.close()  # linger (5 s) runs out on the blocked link, then the connection is torn down
+        with trio.fail_after(1):
+            await shaped.finished.wait()
         nursery.cancel_scope.cancel()
 
 
