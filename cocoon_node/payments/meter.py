@@ -394,21 +394,24 @@ class RequesterPaymentMeter:
         self.channel.charged += cost
         return await self._voucher()
 
-    async def on_tokens(self, completion_tokens: int) -> bytes | None:
-        """Charge newly received tokens; a voucher every ``voucher_every`` tokens or at half the window."""
+    def _charge_completion(self, completion_tokens: int) -> bool:
+        """Charge tokens not charged yet (``completion_tokens`` is cumulative); True when a voucher is due."""
         n = completion_tokens - self.completion_tokens
         if n <= 0:
-            return None
+            return False
         self.completion_tokens = completion_tokens
         cost = n * self.price_completion
         self.amount += cost
         self.channel.charged += cost
         self._since_voucher += n
-        if self._since_voucher >= self.voucher_every or self.channel.unpaid * 2 >= self.credit_window:
-            return await self._voucher()
-        return None
+        return self._since_voucher >= self.voucher_every or self.channel.unpaid * 2 >= self.credit_window
+
+    async def on_tokens(self, completion_tokens: int) -> bytes | None:
+        """Charge newly received tokens; a voucher every ``voucher_every`` tokens or at half the window."""
+        return await self._voucher() if self._charge_completion(completion_tokens) else None
 
     async def on_final(self, completion_tokens: int) -> bytes | None:
-        """Pay the tail: charge any tokens not yet seen and sign for everything still unpaid."""
-        await self.on_tokens(completion_tokens)
+        """Pay the tail: charge any tokens not yet seen and sign once for everything still unpaid (a voucher
+        signed for the charge alone and then dropped would be stored by us and never reach the worker)."""
+        self._charge_completion(completion_tokens)
         return await self._voucher() if self.channel.unpaid > 0 else None

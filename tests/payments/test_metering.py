@@ -359,3 +359,19 @@ async def test_channel_of_another_requester_is_refused(parties: Parties, tmp_pat
                         pass
             assert err.value.code == "payment_required" and "another requester" in str(err.value)
             assert w.meter.stats.refused == 1
+
+
+async def test_tail_voucher_is_returned_when_the_tail_alone_makes_one_due(parties: Parties, tmp_path: Path) -> None:
+    """Regression: on_final once signed a voucher for the charge, dropped it and returned None, so the worker
+    never saw the newest voucher the requester had stored."""
+    from cocoon_node.payments.voucher import SignedVoucher
+
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(60):
+            meter = await w.meter_for()
+            assert await meter.on_accept(12) is not None
+            tail = await meter.on_final(12)  # 12 x PC = 36 000: over half the 60 000 window by itself
+            assert tail is not None
+            newest = meter.channel.newest
+            assert newest is not None
+            assert SignedVoucher.from_boc(tail).cumulative == newest.cumulative == 12 * PP + 12 * PC
