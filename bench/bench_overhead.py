@@ -9,7 +9,8 @@ Synthetic backend at 200 tok/s per stream (a fair, paced comparison) and at rate
 1 / 8 / 32 concurrent streams; ``--torch`` adds the SmolLM2 CPU model at 1 and 4 streams (slow).
 
 Prints one JSON line, then one human line per case.
-    .venv/bin/python bench/bench_overhead.py [--rounds 5] [--tokens 100] [--torch]
+    .venv/bin/python bench/bench_overhead.py [--rounds 5] [--tokens 100] [--rates 200,0] [--concurrency 1,8,32]
+                                             [--torch]
 """
 
 from __future__ import annotations
@@ -157,8 +158,8 @@ async def run_case(kind: str, rate: float, concurrencies: list[int], rounds: int
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-        for rate in (200.0, 0.0):
-            results += await run_case("synthetic", rate, [1, 8, 32], args.rounds, args.tokens, Path(tmp))
+        for rate in args.rates:
+            results += await run_case("synthetic", rate, args.concurrency, args.rounds, args.tokens, Path(tmp))
         if args.torch:
             results += await run_case("torch", 0.0, [1, 4], max(1, args.rounds // 2), 32, Path(tmp))
     return results
@@ -168,6 +169,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--tokens", type=int, default=100)
+    p.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[200.0, 0.0],
+                   help="synthetic backend rates in tok/s per stream, 0 = as fast as possible (default 200,0)")
+    p.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8, 32],
+                   help="concurrent streams per case (default 1,8,32)")
     p.add_argument("--torch", action="store_true", help="also the SmolLM2 CPU model at 1 and 4 streams (slow)")
     args = p.parse_args()
     # The API port is chosen by the OS (0) so parallel runs do not collide.
