@@ -71,7 +71,7 @@ class RequesterSection:
     request_timeout: float = 120.0
     first_token_timeout: float = 60.0
     # Idle, negotiated streams kept open per recently used worker (0: open one per request); see inference/warm.
-    warm_streams: int = 8
+    warm_streams: int = 32
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ PROTOCOL_ID: str = _PROTO.meta["id"]
 MAX_FRAME: int = int(_PROTO.meta["max_frame_bytes"])
 WIRE = "inference"
 _DELTA_QUEUE = 64  # deltas a worker may have generated but not yet written
+_LINGER_PER_STREAM = 0.001  # seconds a delta writer waits after a frame, per other stream in flight
+_MAX_LINGER = 0.025
 
 
 # ----- worker side ---------------------------------------------------------------------------------------
@@ -266,14 +268,15 @@ class InferenceServer:
                 await peer_gone.wait()
             nursery.cancel_scope.cancel()
 
-    @staticmethod
-    async def _send_deltas(frames: FrameStream, request_id: str, queue: trio.MemoryReceiveChannel[tuple[str, int]],
-                           generation: trio.CancelScope) -> None:
+    async def _send_deltas(self, frames: FrameStream, request_id: str,
+                           queue: trio.MemoryReceiveChannel[tuple[str, int]], generation: trio.CancelScope) -> None:
         """Write queued deltas, coalescing whatever piled up while the previous write was in flight.
 
         An idle stream sends each token as soon as it exists; a busy one sends several per frame, so the
-        per-frame cost (encryption, muxing, syscalls) stops capping tokens per second. The queue is bounded:
-        a slow reader slows the generator.
+        per-frame cost (encryption, muxing, syscalls: ~0.3 ms in py-libp2p) stops capping tokens per second.
+        With other streams in flight the writer also lingers a little after each frame (1 ms per other
+        stream, at most 25 ms) so that paced tokens share frames too; the first token never waits. The queue
+        is bounded: a slow reader slows the generator.
         """
         async with queue:
             async for text, tokens in queue:
@@ -290,6 +293,9 @@ class InferenceServer:
                 except Exception:  # the requester is gone: stop generating
                     generation.cancel()
                     return
+                linger = min(_MAX_LINGER, _LINGER_PER_STREAM * (self.stats.in_flight - 1))
+                if linger > 0:
+                    await trio.sleep(linger)
 
     def _load_changed(self) -> None:
         if self._on_load_change is not None:
@@ -392,19 +398,40 @@ class InferenceCall:
         self.final: Final | None = None
         self._first_token_at: float | None = None
         self.prompt_paid = trio.Event()
+        self._tokens_counted = trio.Event()
+        self._pay_lock = trio.Lock()  # one meter call (sign, store, send) at a time, in order
 
-    async def _charge_tokens(self) -> None:
-        assert self._meter is not None
-        voucher = await self._meter.on_tokens(self.completion_tokens)
+    async def _send_voucher(self, voucher: bytes | None) -> None:
         if voucher is not None:
             await self._frames.send({"t": "voucher", "id": self.request_id, "voucher": voucher})
 
-    async def pay_prompt(self) -> None:
+    async def pay(self) -> None:
+        """Pay as tokens arrive, off the token path: the prompt at once, then whatever is due each time the
+        reader has counted more tokens.
+
+        Signing a voucher means storing it with an fsync before it is sent; done inline, every voucher held
+        the next token back, and with many streams on one channel they queued on the channel's lock. Charges
+        are cumulative, so one pass covers every token counted so far; if payment lags, the worker's credit
+        window, not this task, decides when generation waits.
+        """
         assert self._meter is not None
-        voucher = await self._meter.on_accept(self.prompt_tokens)
-        if voucher is not None:
-            await self._frames.send({"t": "voucher", "id": self.request_id, "voucher": voucher})
+        async with self._pay_lock:
+            await self._send_voucher(await self._meter.on_accept(self.prompt_tokens))
         self.prompt_paid.set()
+        while True:
+            await self._tokens_counted.wait()
+            self._tokens_counted = trio.Event()
+            async with self._pay_lock:
+                await self._send_voucher(await self._meter.on_tokens(self.completion_tokens))
+
+    async def _settle(self, *, final: bool) -> None:
+        """Charge every token counted (and, at the end of a completed call, pay the whole tail)."""
+        assert self._meter is not None
+        await self.prompt_paid.wait()
+        async with self._pay_lock:
+            counted = self.completion_tokens
+            voucher = await (self._meter.on_final(counted) if final else self._meter.on_tokens(counted))
+            await self._send_voucher(voucher)
 
     async def deltas(self) -> AsyncIterator[Delta]:
         while True:
@@ -435,11 +462,8 @@ class InferenceCall:
                 if self._first_token_at is None:
                     self._first_token_at = time.monotonic()
                 self.completion_tokens += frame["tokens"]
-                # Tokens are charged before they are handed on, except while the prompt's voucher is still
-                # being stored (the first token): those are charged at the next delta, final or cancel
-                # (charges are cumulative, so nothing is skipped).
-                if self._meter is not None and frame["tokens"] and self.prompt_paid.is_set():
-                    await self._charge_tokens()
+                if frame["tokens"]:
+                    self._tokens_counted.set()  # the pay task charges them (see pay)
                 yield Delta(frame["text"], frame["tokens"])
             elif kind == "usage":
                 continue
@@ -452,10 +476,7 @@ class InferenceCall:
                         before_first_token=False,
                     )
                 if self._meter is not None:
-                    await self.prompt_paid.wait()
-                    voucher = await self._meter.on_final(self.completion_tokens)
-                    if voucher is not None:
-                        await self._frames.send({"t": "voucher", "id": self.request_id, "voucher": voucher})
+                    await self._settle(final=True)
                 end = time.monotonic()
                 first = self._first_token_at or end
                 self.final = Final(
@@ -484,8 +505,7 @@ class InferenceCall:
         if self._meter is not None:
             with trio.move_on_after(2):
                 try:
-                    await self.prompt_paid.wait()
-                    await self._charge_tokens()  # tokens already handed on are owed, cancelled or not
+                    await self._settle(final=False)  # tokens already handed on are owed, cancelled or not
                 except Exception as exc:
                     log.info("could not charge the tokens of a cancelled request: %r", exc)
         await _send_quietly(self._frames, {"t": "cancel", "id": self.request_id})
@@ -554,11 +574,10 @@ async def call_worker(
         try:
             async with trio.open_nursery() as nursery:
                 if meter is not None:
-                    # The prompt's voucher is signed and stored (fsync) while the first token is on its way,
-                    # not before reading it; the call waits for it before any later voucher, so vouchers stay
-                    # in order, and a worker whose credit window is smaller than the prompt still gets it
-                    # before it must produce a token.
-                    nursery.start_soon(call.pay_prompt)
+                    # Vouchers are signed and stored (fsync) while tokens keep flowing, not before reading
+                    # them; the prompt's goes first, so a worker whose credit window is smaller than the
+                    # prompt still gets it before it must produce a token.
+                    nursery.start_soon(call.pay)
                 else:
                     call.prompt_paid.set()
                 try:

@@ -44,7 +44,7 @@ class WarmStreams:
         self,
         opener: StreamOpener,
         *,
-        max_spares: int = 8,
+        max_spares: int = 32,
         max_idle: float = 15.0,
         keep_warm_for: float = 60.0,
         open_timeout: float = 5.0,
@@ -136,7 +136,7 @@ class WarmStreams:
             if spares.in_flight == 0 and now - spares.last_used > self.max_idle:
                 spares.recent_peak = max(1, spares.recent_peak // 2)  # demand has eased
             target = min(self.max_spares, spares.recent_peak, spares.worker.max_concurrent)
-            missing = target - len(spares.streams) - spares.in_flight // 2
+            missing = target - len(spares.streams)
             if missing <= 0 or now < spares.retry_at:
                 continue
             async with trio.open_nursery() as openers:
