@@ -8,7 +8,9 @@ Worker: ``served`` (nanotons of tokens sent, prompt charged at admission) minus 
 ``cumulative`` is its exposure; :meth:`WorkerPaymentMeter.before_tokens` waits while sending more
 would push it past ``credit_window`` and gives up after ``payment_timeout``. So a payer that stops
 paying costs the worker at most the credit window (plus ``tail_slack_tokens`` forgiven per finished
-request, which covers tokens in flight when a requester cancels).
+request, which covers tokens in flight when a requester cancels; a request that ended because no voucher
+came within ``payment_timeout`` is forgiven nothing, or a payer that never pays would gain that slack on
+every request it opens).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class _Req:
     prompt_tokens: int
     completion_tokens: int = 0
     amount: int = 0
+    payment_timed_out: bool = False
 
 
 @dataclass
@@ -230,6 +233,7 @@ class WorkerPaymentMeter:
                     await acct.changed.wait()
         except trio.TooSlowError:
             self.stats.payment_timeouts += 1
+            req.payment_timed_out = True
             raise PaymentRequired(f"no voucher for {self.payment_timeout}s; unpaid {acct.debt}") from None
         acct.served += cost
         req.completion_tokens += completion_tokens
@@ -280,7 +284,8 @@ class WorkerPaymentMeter:
             acct.notify()
 
     async def finish(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Persist the request's usage; forgive at most ``tail_slack_tokens`` of in-flight tail."""
+        """Persist the request's usage; forgive at most ``tail_slack_tokens`` of in-flight tail (nothing when the
+        request ended because the payer stopped paying)."""
         req = self._requests.pop(request_id, None)
         if req is None:
             return
@@ -288,7 +293,7 @@ class WorkerPaymentMeter:
         self._finished[request_id] = acct
         while len(self._finished) > FINISHED_MEMORY:
             del self._finished[next(iter(self._finished))]
-        forgive = min(max(acct.debt, 0), self.tail_slack)
+        forgive = 0 if req.payment_timed_out else min(max(acct.debt, 0), self.tail_slack)
         acct.served -= forgive
         acct.forgiven += forgive
         with trio.move_on_after(10):

@@ -375,3 +375,43 @@ async def test_tail_voucher_is_returned_when_the_tail_alone_makes_one_due(partie
             newest = meter.channel.newest
             assert newest is not None
             assert SignedVoucher.from_boc(tail).cumulative == newest.cumulative == 12 * PP + 12 * PC
+
+
+class PromptOnly(RequesterPaymentMeter):
+    """Pays prompts and never a completion token: tokens received are counted here, never charged to the
+    channel, so no later voucher pays them either (vouchers are cumulative over what was charged)."""
+
+    received = 0  # completion tokens received, over every request of this class
+
+    async def on_tokens(self, completion_tokens: int) -> bytes | None:
+        PromptOnly.received += completion_tokens - self.completion_tokens
+        self.completion_tokens = completion_tokens
+        return None
+
+    async def on_final(self, completion_tokens: int) -> bytes | None:
+        await self.on_tokens(completion_tokens)
+        return None
+
+
+async def test_requester_that_never_pays_completions_gains_no_tail_slack(parties: Parties, tmp_path: Path) -> None:
+    """Three requests from a payer that pays prompts only: the worker's loss stays within one credit window
+    (before the fix, each request that ended in a payment timeout forgave up to 8 tokens of tail, so every
+    new request bought 8 more unpaid tokens)."""
+    PromptOnly.received = 0
+    async with world(parties, tmp_path, payment_timeout=0.5) as w:
+        with trio.fail_after(60):
+            honest = await w.meter_for()
+            for _ in range(3):
+                bad = PromptOnly(honest.channel, price_prompt=PP, price_completion=PC, credit_window=WINDOW)
+                with pytest.raises(WorkerFailure) as err:
+                    await w.run(chat(200), bad)
+                assert err.value.code == "payment"
+            acct = w.meter.account(honest.channel.address)
+            assert acct is not None
+            await wait_until(lambda: acct.paid == 3 * 200 * PP, timeout=10)  # every prompt was paid
+            assert w.meter.stats.payment_timeouts == 3
+            assert acct.forgiven == 0
+            loss = PromptOnly.received * PC  # delivered and never paid, as the requester counted it
+            assert 0 < loss <= WINDOW, (loss, WINDOW)
+            assert acct.served - acct.paid == loss  # the worker's own books agree
+
