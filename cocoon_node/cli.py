@@ -33,6 +33,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
         "chain_url": ("payments", "chain_url"), "payments": ("payments", "enabled"),
         "credit_window": ("payments", "credit_window"),
+        "payment_timeout": ("payments", "payment_timeout"),
         "registry_address": ("policy", "registry_address"),
         "netsim_link_table": ("node", "netsim_link_table"),
     }
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ident)
     keygen = sub.add_parser("keygen", help="create the node identity key")
     _add_common(keygen)
+    run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
+                     help="seconds a worker waits for a voucher before stopping a stream")
     keygen.add_argument("--force", action="store_true", help="replace an existing key (changes the peer id)")
     status = sub.add_parser("status", help="ask the running node for its status")
     _add_common(status)

@@ -105,6 +105,7 @@ class PaymentsSection:
 
 
 @dataclass(frozen=True)
+    watch_interval: float = 5.0       # seconds between a requester's checks for closes of its channels
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     worker: WorkerSection = field(default_factory=WorkerSection)
@@ -229,8 +230,8 @@ def validate_config(config: Config) -> list[str]:
         out.append("payments.ton_network: must be 'testnet' or 'mainnet'")
     if pay.credit_window < 0 or pay.channel_deposit <= 0 or pay.claim_threshold <= 0:
         out.append("payments.*: credit_window must be >= 0, channel_deposit and claim_threshold positive")
-    if pay.voucher_every < 1 or pay.payment_timeout <= 0 or pay.challenge_period < 1:
-        out.append("payments.*: voucher_every, payment_timeout and challenge_period must be positive")
+    if pay.voucher_every < 1 or pay.payment_timeout <= 0 or pay.challenge_period < 1 or pay.watch_interval <= 0:
+        out.append("payments.*: voucher_every, payment_timeout, challenge_period and watch_interval must be positive")
     if policy.max_report_age <= 0:
         out.append("policy.max_report_age: must be positive")
     if policy.registry_address and not pay.enabled:

@@ -13,6 +13,7 @@ import secrets
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -130,6 +131,8 @@ class Node:
                 nursery.start_soon(refresher.run)
             warm = None
             if cfg.requester.warm_streams > 0:
+            if pay is not None and pay.channels is not None:
+                nursery.start_soon(partial(pay.channels.watch, poll_interval=cfg.payments.watch_interval))
                 warm = WarmStreams(self._open_attested_stream, max_spares=cfg.requester.warm_streams)
                 nursery.start_soon(warm.run)
             self.requester = Requester(

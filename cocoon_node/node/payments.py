@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -200,4 +201,9 @@ class PaymentsRole:
             out["settlement"] = dict(vars(self.settlement.stats))
         if self.channels is not None:
             out["onchain_ops"] = dict(self.channels.onchain_ops)
+            closes = [{**asdict(c), "stale": c.stale} for c in self.channels.closes_seen.values()]
+            out["payer_watch"] = {**self.channels.watch_stats, "closes": closes}
+        if self.worker_meter is not None:
+            out["credit_window"] = self.worker_meter.credit_window
+            out["payment_timeout"] = self.worker_meter.payment_timeout
         return out

@@ -1,5 +1,5 @@
-"""Channel lifecycle: the requester's :class:`ChannelManager` (open on first use, top up, close) and the
-worker's :class:`Settlement` (claim past a threshold, challenge stale closes, finish, co-sign closes).
+"""Channel lifecycle: the requester's :class:`ChannelManager` (open on first use, top up, close, watch closes)
+and the worker's :class:`Settlement` (claim past a threshold, challenge stale closes, finish, co-sign closes).
 
 Both persist before acting: a channel row is written (status ``opening``) before the deploy is sent, so
 a crash between the two leaves a record to reconcile rather than an orphaned deposit.
@@ -67,6 +67,9 @@ class ChannelManager:
         self.channels: dict[str, PayerChannel] = {}
         self._locks: dict[str, trio.Lock] = {}
         self.onchain_ops = {"open": 0, "top_up": 0, "close": 0}
+        # Closes the watcher saw on our channels (by address), and what it did about them.
+        self.closes_seen: dict[str, CloseSeen] = {}
+        self.watch_stats = {"closes_seen": 0, "stale_closes": 0, "finishes": 0}
 
     async def channel_for(self, peer: str, payee_wallet: str, payee_key: bytes) -> PayerChannel:
         """The open channel to ``peer`` (from memory, the store after a restart, or a fresh deploy)."""
@@ -165,6 +168,81 @@ class ChannelManager:
             await self.store.run(partial(self.store.set_channel, ch.address, status="closed"))
         return result
 
+    async def check_closes(self) -> list[str]:
+        """Watch our channels for closes we did not make, and collect the refund once they can finish.
+
+        A worker may start a unilateral close at any time, with any voucher we signed. The contract keeps it
+        honest towards us: it only accepts our signature, never more than the deposit, and a close can only
+        commit a voucher newer than anything it saw. So a close on an *older* voucher than our newest only
+        costs the worker (it settles at the older amount unless the worker itself challenges with a newer
+        one); we never challenge on its behalf. What we must do: stop drawing on the channel (the next request
+        to that worker opens a fresh one), and after the challenge period call ``finish``, which refunds the
+        rest of the deposit to us. Returns the addresses acted on (newly seen closes and finishes).
+        """
+        acted: list[str] = []
+        for rec in await self.store.run(partial(self.store.channels, "payer")):
+            if rec.status not in ("open", "closing"):
+                continue  # "opening": the deploy is still in flight; "closed": done
+            with trio.fail_after(CHAIN_OP_TIMEOUT):
+                st = await self.chain.get_channel_state(rec.address)
+            if st.status is ChannelStatus.OPEN:
+                continue
+            ch = self.channels.get(rec.peer)
+            if ch is not None and ch.address == rec.address:
+                del self.channels[rec.peer]  # no new request draws on a closing channel
+            if st.status is ChannelStatus.CLOSED:
+                await self.store.run(partial(self.store.set_channel, rec.address, status="closed"))
+                continue
+            seen = self.closes_seen.get(rec.address)
+            if seen is None:
+                newest = await self.store.run(self.store.newest_voucher, rec.address)
+                seen = CloseSeen(
+                    address=rec.address, peer=rec.peer,
+                    initiator={1: "payer", 2: "payee"}.get(st.close_initiator, "unknown"),
+                    committed=st.committed, seqno=st.seqno,
+                    newest=newest.cumulative if newest else 0, newest_seqno=newest.seqno if newest else 0,
+                    deadline=st.close_deadline,
+                )
+                self.closes_seen[rec.address] = seen
+                self.watch_stats["closes_seen"] += 1
+                acted.append(rec.address)
+                await self.store.run(partial(self.store.set_channel, rec.address, status="closing"))
+                if seen.initiator == "payee" and seen.stale:
+                    self.watch_stats["stale_closes"] += 1
+                    log.warning(
+                        "worker %s closed channel %s on voucher #%d (%d nanotons) though we signed up to #%d (%d):"
+                        " it forgoes %d; the channel settles at %d after the challenge period",
+                        rec.peer, rec.address, st.seqno, st.committed, seen.newest_seqno, seen.newest,
+                        seen.newest - st.committed, st.committed)
+                elif st.committed > seen.newest:
+                    log.error("channel %s is closing on %d nanotons, more than our newest voucher (%d): our "
+                              "voucher store is behind the chain", rec.address, st.committed, seen.newest)
+                else:
+                    log.info("channel %s to %s is closing (by %s, %d nanotons)", rec.address, rec.peer,
+                             seen.initiator, st.committed)
+            with trio.fail_after(CHAIN_OP_TIMEOUT):
+                if await self.chain.now() < st.close_deadline:
+                    continue
+                r = await self.chain.finish(rec.address)
+            if r.success:
+                seen.finished = True
+                self.watch_stats["finishes"] += 1
+                acted.append(rec.address)
+                await self.store.run(partial(self.store.set_channel, rec.address, status="closed"))
+            else:  # the worker may have finished it first; the next round sees it CLOSED
+                log.info("finish on %s failed: %s", rec.address, r.error_name)
+        return acted
+
+    async def watch(self, *, poll_interval: float = 5.0, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run :meth:`check_closes` forever; chain errors are logged and retried next round."""
+        task_status.started()
+        while True:
+            try:
+                await self.check_closes()
+            except (ChainError, trio.TooSlowError) as e:
+                log.warning("payer close watch round failed: %r", e)
+            await trio.sleep(poll_interval)
+
     async def close_all(self, cosigners: dict[str, CoSigner] | None = None) -> None:
         """Close every open channel (shutdown); errors are logged, not raised."""
         for peer in list(self.channels):
@@ -172,6 +250,26 @@ class ChannelManager:
                 await self.close(peer, (cosigners or {}).get(peer))
             except (ChainError, trio.TooSlowError, VoucherError) as e:
                 log.warning("closing channel to %s failed: %r", peer, e)
+
+
+@dataclass
+class CloseSeen:
+    """A close of one of our (payer) channels, as the watcher first saw it."""
+
+    address: str
+    peer: str
+    initiator: str          # "payer", "payee" or "unknown"
+    committed: int          # what the close pays the worker if nobody presents a newer voucher
+    seqno: int              # seqno of the voucher the close committed
+    newest: int             # cumulative of the newest voucher we signed
+    newest_seqno: int
+    deadline: int           # chain time from which finish pays out
+    finished: bool = False  # we called finish (the worker may have done it instead)
+
+    @property
+    def stale(self) -> bool:
+        """The close commits less than we signed: it costs the worker, not us."""
+        return self.committed < self.newest
 
 
 @dataclass

@@ -415,3 +415,44 @@ async def test_requester_that_never_pays_completions_gains_no_tail_slack(parties
             assert 0 < loss <= WINDOW, (loss, WINDOW)
             assert acct.served - acct.paid == loss  # the worker's own books agree
 
+
+async def test_payer_watch_sees_a_stale_close_by_the_worker_and_collects_the_refund(
+    parties: Parties, tmp_path: Path
+) -> None:
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(90):
+            meter = await w.meter_for()
+            await w.run(chat(30), meter)
+            ch = meter.channel
+            newest = await tail_voucher_stored(w, ch)
+            assert newest.seqno > 1
+            assert await w.manager.check_closes() == []  # open: nothing to do
+            # the worker closes on the first (prompt-only) voucher although it holds a newer one
+            first = sign_voucher(w.p.payer_key, ch.params.channel_id, 1, 30 * PP)
+            assert (await w.p.payee.unilateral_close(ch.address, first)).success
+            # replaying a voucher or claiming on a closing channel is refused by the contract
+            assert (await w.p.payee.challenge(ch.address, first)).error_name == "STALE_SEQNO"
+            assert (await w.p.payee.claim(ch.address, newest)).error_name == "WRONG_STATE"
+            assert await w.manager.check_closes() == [ch.address]
+            seen = w.manager.closes_seen[ch.address]
+            assert (seen.initiator, seen.committed, seen.newest, seen.stale) == ("payee", 30 * PP, newest.cumulative,
+                                                                                True)
+            assert w.manager.watch_stats == {"closes_seen": 1, "stale_closes": 1, "finishes": 0}
+            # the requester stops drawing on it: the next request opens a fresh channel
+            assert WORKER_PEER not in w.manager.channels
+            m2 = await w.meter_for()
+            assert m2.channel.address != ch.address and w.manager.onchain_ops["open"] == 2
+            assert await w.manager.check_closes() == []  # seen once; the deadline is an hour away
+            before = await w.p.payer.get_balance(w.p.payer.wallet_address)
+            await w.p.payer.advance_time(3601)
+            assert await w.manager.check_closes() == [ch.address]  # finish
+            assert (await w.p.payer.get_channel_state(ch.address)).status is ChannelStatus.CLOSED
+            assert seen.finished and w.manager.watch_stats["finishes"] == 1
+            # the worker got the stale amount and not a nanoton more; the payer got the rest of its deposit back
+            payouts = [(m["op"], int(m["value"])) for t in await w.p.payer.transactions(ch.address)
+                       for m in t["outMessages"] if m["to"] == w.p.payee.wallet_address
+                       and m["op"] in (0x5C0C0010, 0x5C0C0011)]  # claim / close payouts, not bounced op values
+            assert payouts == [(0x5C0C0011, 30 * PP)]  # one close payout
+            assert await w.p.payer.get_balance(w.p.payer.wallet_address) - before >= 2 * TON - 30 * PP
+            rec = await w.payer_store.run(w.payer_store.channel, ch.address)
+            assert rec is not None and rec.status == "closed"
