@@ -50,10 +50,11 @@ class Reputation:
     failure_rate: float = 0.0
     timeout_rate: float = 0.0
     samples: int = 0
+    successes: int = 0
     alpha: float = 0.3
 
     def record_success(self, ttft_ms: float, tokens_per_second: float) -> None:
-        if self.samples == 0:
+        if self.successes == 0:
             self.ttft_ms, self.tokens_per_second = ttft_ms, tokens_per_second
         else:
             self.ttft_ms += self.alpha * (ttft_ms - self.ttft_ms)
@@ -61,6 +62,7 @@ class Reputation:
         self.failure_rate *= 1 - self.alpha
         self.timeout_rate *= 1 - self.alpha
         self.samples += 1
+        self.successes += 1
 
     def record_failure(self, *, timeout: bool) -> None:
         self.failure_rate += self.alpha * (1 - self.failure_rate)
@@ -113,7 +115,7 @@ class WorkerSelector:
         reliability = (1 - rep.failure_rate) * (1 - rep.timeout_rate)
         speed = (
             1.0
-            if rep.samples == 0
+            if rep.successes == 0  # no speed measured yet: neutral, not the 0 ms TTFT of a worker that only failed
             else min(rep.tokens_per_second, 1000.0) / 50.0 + 1000.0 / (rep.ttft_ms + 100.0)
         )
         price = 1.0 / (1.0 + math.log1p(w.price_prompt + w.price_completion))
