@@ -56,8 +56,11 @@ class Cluster:
         self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self._nursery: trio.Nursery | None = None
 
-    async def start_node(self, name: str, args: Sequence[str], *, timeout: float = 180.0) -> NodeProcess:
-        """Start ``cocoon-node run ARGS`` with data dir ``base/name`` and wait for its ready line."""
+    async def start_node(self, name: str, args: Sequence[str], *, timeout: float = 180.0,
+                         command: Sequence[str] | None = None) -> NodeProcess:
+        """Start ``cocoon-node run ARGS`` with data dir ``base/name`` and wait for its ready line.
+
+        ``command`` replaces ``python -m cocoon_node`` (netsim's rogue nodes take the same ``run`` flags)."""
         assert self._nursery is not None, "use `async with cluster.running()`"
         data_dir = self.base_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +69,8 @@ class Cluster:
         full += ["--chain-url", self.chain_url] if self.chain_url else ["--no-payments"]
         node = NodeProcess(name, data_dir, list(args), log_path=log_path)
         log_file = open(log_path, "ab")  # noqa: ASYNC230 - instant local open; lives with the process
-        process = await trio.lowlevel.open_process(node_command(full), stdout=subprocess.PIPE, stderr=log_file,
+        cmd = [*command, *full] if command is not None else node_command(full)
+        process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=log_file,
                                                    env=self._env)
         node.process = process
         self.nodes[name] = node

@@ -11,8 +11,10 @@ import logging
 import random
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import trio
 from netsim.adversary import FakeUpstream, JunkFlooder
 from netsim.links import LinkPlan, probe_netem, shaping_note
 from netsim.procs import SimCluster
-from netsim.scenario import ALL_REQUESTERS, Fault, Links, Scenario, WorkerGroup
+from netsim.scenario import ALL_REQUESTERS, Fault, Links, NonPayer, Scenario, WorkerGroup
 from netsim.workload import PlannedRequest, RequestResult, plan, run_request
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class SimNode:
     peer_id: str = ""
     state: str = "down"            # up | stopped | dead | left
     api_url: str | None = None
+    # Which adversary (bad_model_hash, overclaim, stale_close, nonpayer), None for honest nodes.
+    adversary: str | None = None
 
 
 @dataclass
@@ -84,6 +88,10 @@ class SimData:
     chain_transactions: int | None = None
     # Which layer shaped the links and why (the report's ``shaping`` line).
     shaping: str = 'none (not requested: scenario shaping = "none")'
+    # Requests played through the non-paying requesters (kept apart from the honest workload's results).
+    nonpayer_results: list[RequestResult] = field(default_factory=list)
+    # Stale closes by rogue workers: channel address -> what the chain says at the end (status, payouts).
+    stale_settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -146,7 +154,7 @@ class Simulation:
         args = ["--worker", "--local-cluster", "--tee", g.tee, "--model", g.model,
                 "--price-prompt", str(g.price_prompt), "--price-completion", str(g.price_completion),
                 "--max-concurrent", str(g.max_concurrent), *self.shaping_args(), *g.extra_args]
-        if g.adversarial:
+        if g.adversary_kind == "bad_model_hash":
             assert self.fake is not None and self.fake.url is not None
             return [*args, "--backend", "openai-upstream", "--upstream-url", self.fake.url + "/v1"]
         args += ["--backend", g.backend]
@@ -155,21 +163,27 @@ class Simulation:
         return args
 
     async def start_worker(self, name: str, g: WorkerGroup) -> None:
+        kind = g.adversary_kind
+        command = None
+        if kind in ("overclaim", "stale_close"):  # NETSIM-ONLY rogue worker: real node code, one behaviour changed
+            command = [sys.executable, "-m", "netsim.rogue", "--kind", kind,
+                       "--overclaim-tokens", str(g.overclaim_tokens), "--stale-after", str(g.stale_after)]
         node = await self.cluster.start_node(name, [*self.worker_args(g), *self.bootstrap_args()],
-                                             timeout=self.s.start_timeout)
-        self.data.nodes[name] = SimNode(name, "worker", g.name, g.adversarial, False, node.peer_id, "up")
+                                             timeout=self.s.start_timeout, command=command)
+        self.data.nodes[name] = SimNode(name, "worker", g.name, kind is not None, False, node.peer_id, "up",
+                                        adversary=kind)
         self.register_link_ends(name)
 
     # ----- set-up ----------------------------------------------------------------------------------------
     async def setup(self, nursery: trio.Nursery) -> None:
         s = self.s
         started = time.monotonic()
-        if any(g.adversarial for g in s.workers):
-            self.fake = FakeUpstream(next(g.model for g in s.workers if g.adversarial))
+        if any(g.adversary_kind == "bad_model_hash" for g in s.workers):
+            self.fake = FakeUpstream(next(g.model for g in s.workers if g.adversary_kind == "bad_model_hash"))
             await nursery.start(self.fake.run)
-        good = [g for g in s.workers if not g.adversarial and not g.pooled]
+        good = [g for g in s.workers if not g.adversary_kind and not g.pooled]
         pooled = [g for g in s.workers if g.pooled]
-        bad = [g for g in s.workers if g.adversarial]
+        bad = [g for g in s.workers if g.adversary_kind]
         # The first good worker seeds the mesh; everyone else bootstraps from whoever is up.
         seed_group = good[0] if good else None
         if seed_group is not None:
@@ -201,6 +215,8 @@ class Simulation:
         async with trio.open_nursery() as starters:
             for i in range(1, s.requesters + 1):
                 starters.start_soon(self.start_requester, f"requester{i}")
+            for i in range(1, (s.nonpayer.count if s.nonpayer else 0) + 1):
+                starters.start_soon(partial(self.start_requester, f"nonpayer{i}", nonpayer=True))
         self.data.setup_s = round(time.monotonic() - started, 2)
 
     async def _start_pool(self, g: WorkerGroup, p: int, first: int, count: int) -> None:
@@ -211,14 +227,17 @@ class Simulation:
             self.data.nodes[n.name] = SimNode(n.name, "worker", g.name, False, True, n.peer_id, "up")
             self.register_link_ends(n.name)
 
-    async def start_requester(self, name: str, port: int | None = None) -> None:
+    async def start_requester(self, name: str, port: int | None = None, *, nonpayer: bool = False) -> None:
         port = port or _free_port()
         args = ["--requester", "--local-cluster", "--allow-dev-tee", "--api-port", str(port),
                 *[x for h in self.data.allowed_hashes for x in ("--allowed-model-hash", h)],
-                *self.shaping_args(), *self.bootstrap_args()]
-        node = await self.cluster.start_node(name, args, timeout=self.s.start_timeout)
-        self.data.nodes[name] = SimNode(name, "requester", None, peer_id=node.peer_id, state="up",
-                                        api_url=node.ready["api_url"])
+                *self.s.requester_args, *self.shaping_args(), *self.bootstrap_args()]
+        # NETSIM-ONLY rogue requester: pays prompts, withholds every completion voucher (netsim/rogue.py).
+        command = [sys.executable, "-m", "netsim.rogue", "--kind", "nonpayer"] if nonpayer else None
+        node = await self.cluster.start_node(name, args, timeout=self.s.start_timeout, command=command)
+        self.data.nodes[name] = SimNode(name, "requester", None, adversarial=nonpayer, peer_id=node.peer_id,
+                                        state="up", api_url=node.ready["api_url"],
+                                        adversary="nonpayer" if nonpayer else None)
         self.register_link_ends(name)
         self.data.requester_ready[name] = trio.current_time()
 
@@ -455,6 +474,114 @@ class Simulation:
             self.data.flooder = {"sent": dict(flooder.sent), "error": repr(exc)}
         self.event("flood_end", "flooder", sent=sum(flooder.sent.values()))
 
+    # ----- rogue payers and payees ------------------------------------------------------------------------
+    async def nonpayer_workload(self, np: NonPayer) -> None:
+        """Each non-paying requester asks for long answers through its own API; the workers' credit windows
+        should end every one of them with a payment error."""
+        w = self.s.workload
+        names = [n.name for n in self.data.nodes.values() if n.adversary == "nonpayer"]
+        rng = random.Random(self.data.seed * 131 + 3)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(np.timeout, connect=5.0)) as client:
+
+            async def one(name: str, k: int) -> None:
+                api = self.data.nodes[name].api_url
+                assert api is not None
+                prompt = " ".join(rng.choice(("unpaid", "tokens", "credit", "window")) for _ in range(np.prompt_words))
+                req = PlannedRequest(10_000 + k, np.start + k * np.every, 0, prompt, np.max_tokens, np.stream)
+                res = await run_request(client, api, name, req, w.model, self.t0, np.timeout)
+                self.data.nonpayer_results.append(res)
+
+            async with trio.open_nursery() as nursery:
+                for k in range(np.requests):
+                    await trio.sleep_until(self.t0 + np.start + k * np.every)
+                    for name in names:
+                        nursery.start_soon(one, name, k)
+
+    def stale_closers(self) -> list[str]:
+        return [n.name for n in self.data.nodes.values() if n.adversary == "stale_close"]
+
+    async def _stale_closes(self) -> list[dict[str, Any]]:
+        closes: list[dict[str, Any]] = []
+        for name in self.stale_closers():
+            st = await self.cluster.try_status(name, timeout=5)
+            if st is not None:
+                self.data.last_status[name] = st
+            st = st or self.data.last_status.get(name) or {}
+            closes += [{**c, "worker": name} for c in (st.get("adversary") or {}).get("closes") or []]
+        return closes
+
+    def _payer_noticed(self, address: str) -> str | None:
+        for name, st in self.data.last_status.items():
+            node = self.data.nodes.get(name)
+            if node is None or node.role != "requester":
+                continue
+            watch = ((st.get("payments") or {}).get("payer_watch") or {}).get("closes") or []
+            if any(c["address"] == address for c in watch):
+                return name
+        return None
+
+    async def _advance_chain(self, observer: Any, deadline: int, why: str) -> None:
+        now = await observer.now()
+        if now < deadline:
+            await observer.advance_time(deadline - now + 1)
+            self.event("chain_clock_advanced", "chain", seconds=deadline - now + 1, why=why,
+                       note="EMULATED chain: its clock only moves when asked")
+
+    async def settle_stale_closes(self) -> None:
+        """Watch rogue workers' stale closes; once the payer's watcher reported one (or ``settle_after`` passed),
+        move the EMULATED chain's clock past its challenge period so it can finish within the run."""
+        from cocoon_node.payments.chain.local import LocalChain
+
+        assert self.cluster.chain_url is not None
+        groups = {g.name: g for g in self.s.workers}
+        seen: dict[str, float] = {}
+        noticed: set[str] = set()
+        settled: set[str] = set()
+        async with LocalChain.connect(self.cluster.chain_url, "netsim-clock") as observer:
+            while True:
+                for c in await self._stale_closes():
+                    address = c["address"]
+                    if not c["success"] or address in settled:
+                        continue
+                    if address not in seen:
+                        seen[address] = trio.current_time()
+                        self.event("stale_close", c["worker"], channel=address, payer=c["payer"],
+                                   stale_voucher=[c["stale_seqno"], c["stale_cumulative"]],
+                                   newest_voucher=[c["newest_seqno"], c["newest_cumulative"]],
+                                   attempts=[(a["what"], a["error_name"]) for a in c["attempts"]])
+                    payer = self._payer_noticed(address)
+                    if payer is not None and address not in noticed:
+                        noticed.add(address)
+                        self.event("stale_close_noticed", payer, channel=address)
+                    g = groups.get(self.data.nodes[c["worker"]].group or "")
+                    wait = g.settle_after if g is not None else 8.0
+                    if payer is not None or trio.current_time() - seen[address] >= wait:
+                        await self._advance_chain(observer, c["deadline"], f"settle the stale close of {address}")
+                        settled.add(address)
+                await trio.sleep(1.0)
+
+    async def wait_stale_settled(self, bound: float = 30.0) -> None:
+        """Wait until every stale close is finished on chain (the clock is moved again if still needed)."""
+        from cocoon_node.payments.chain.base import ChannelStatus
+        from cocoon_node.payments.chain.local import LocalChain
+
+        assert self.cluster.chain_url is not None
+        async with LocalChain.connect(self.cluster.chain_url, "netsim-clock") as observer:
+            with trio.move_on_after(bound):
+                while True:
+                    closes = [c for c in await self._stale_closes() if c["success"]]
+                    open_ = []
+                    for c in closes:
+                        st = await observer.get_channel_state(c["address"])
+                        if st.status is not ChannelStatus.CLOSED:
+                            open_.append(c)
+                            await self._advance_chain(observer, st.close_deadline, "final settlement check")
+                    if not open_:
+                        break
+                    await trio.sleep(1.0)
+            for c in await self._stale_closes():
+                self.data.stale_settlements[c["address"]] = await _settlement(observer, c["address"])
+
     # ----- workload --------------------------------------------------------------------------------------
     async def workload(self, planned: list[PlannedRequest]) -> None:
         w = self.s.workload
@@ -504,8 +631,14 @@ class Simulation:
                         timeline.start_soon(self.churn)
                     if s.flooder is not None:
                         timeline.start_soon(self.flood)
+                    if s.nonpayer is not None:
+                        timeline.start_soon(self.nonpayer_workload, s.nonpayer)
+                    if self.stale_closers():
+                        nursery.start_soon(self.settle_stale_closes)
                 self.data.workload_duration = self.now()
                 self.event("workload_done", "-")
+                if self.stale_closers():
+                    await self.wait_stale_settled()
                 self.data.final_convergence_s = await self.wait_converged(s.invariants.convergence_bound)
                 self.event("final_check", "-", converged_after_s=self.data.final_convergence_s)
                 await self.collect_final()
@@ -535,6 +668,22 @@ class Simulation:
                         self.data.chain_transactions = len(await observer.transactions(None, limit=100_000))
             except Exception as exc:  # report it as a harness error, do not crash the report
                 self.data.errors.append(f"reading the local chain failed: {exc!r}")
+
+
+CLAIM_PAYOUT, CLOSE_PAYOUT, REFUND = 0x5C0C0010, 0x5C0C0011, 0x5C0C0012
+
+
+async def _settlement(observer: Any, address: str) -> dict[str, Any]:
+    """What the chain shows for one channel: status and every payout it sent (claims, close payout, refund)."""
+    st = await observer.get_channel_state(address)
+    payouts = {"payee": 0, "payer_refund": 0}
+    for t in await observer.transactions(address, limit=2000):
+        for m in t["outMessages"]:
+            if m["op"] in (CLAIM_PAYOUT, CLOSE_PAYOUT):
+                payouts["payee"] += int(m["value"])
+            elif m["op"] == REFUND:
+                payouts["payer_refund"] += int(m["value"])
+    return {"status": st.status.value, **payouts}
 
 
 def peer_id_bytes(peer_id: str) -> bytes:

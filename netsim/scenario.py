@@ -15,6 +15,10 @@ FAULT_ACTIONS = ("kill", "term", "stop", "partition")
 ARRIVALS = ("poisson", "bursts")
 # "auto": shape links (netsim picks the layer: today always the transport layer, see netsim/links.py).
 SHAPING = ("none", "auto")
+# Worker adversaries (``adversary`` in a worker group; ``adversarial = true`` is short for "bad_model_hash"):
+# "bad_model_hash": the good model name served from weights outside the requesters' policy; "overclaim" and
+# "stale_close": NETSIM-ONLY rogue workers (netsim/rogue.py) that cheat on payment.
+WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close")
 # Selectors in [[links.pairs]] besides node names and worker group names.
 ALL_NODES, ALL_REQUESTERS = "*", "requesters"
 
@@ -39,10 +43,40 @@ class WorkerGroup:
     # Serves the same model name from weights outside the requesters' policy (an openai-upstream backend
     # pointed at a fake upstream netsim runs, so its weight hash differs from the good workers').
     adversarial: bool = False
+    # One of WORKER_ADVERSARIES ("" = honest, or bad_model_hash when adversarial is true).
+    adversary: str = ""
+    overclaim_tokens: int = 5            # overclaim: completion tokens each final frame claims beyond the stream
+    stale_after: int = 3                 # stale_close: vouchers a channel must hold before the worker closes it
+    # stale_close: seconds after the close at which netsim moves the EMULATED chain clock past the challenge
+    # period (sooner once the payer's watcher has reported the close), so the close settles within the run.
+    settle_after: float = 8.0
     # Run these workers as in-process nodes inside host-pool processes (for scale scenarios).
     pooled: bool = False
     per_process: int = 25
     extra_args: tuple[str, ...] = ()
+
+    @property
+    def adversary_kind(self) -> str | None:
+        """Which adversary this group is, or None for honest workers."""
+        return self.adversary or ("bad_model_hash" if self.adversarial else None)
+
+
+@dataclass(frozen=True)
+class NonPayer:
+    """``[nonpayer]``: NETSIM-ONLY requesters ``nonpayer1..N`` that pay prompts and never completion tokens.
+
+    Each gets its own requests (not part of ``[workload]``): ``requests`` of them, one every ``every`` seconds
+    from ``start``, asking for ``max_tokens`` so that the workers' credit window, not the answer, ends them.
+    """
+
+    count: int = 1
+    start: float = 2.0
+    requests: int = 6
+    every: float = 3.0
+    prompt_words: int = 8
+    max_tokens: int = 200
+    stream: bool = True
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -129,11 +163,13 @@ class Scenario:
     duration: float
     seed: int = 1
     requesters: int = 1
+    requester_args: tuple[str, ...] = ()   # [cluster] requester_args: extra cocoon-node run flags for requesters
     workers: tuple[WorkerGroup, ...] = ()
     workload: Workload = field(default_factory=Workload)
     faults: tuple[Fault, ...] = ()
     churn: Churn | None = None
     flooder: Flooder | None = None
+    nonpayer: NonPayer | None = None
     invariants: Invariants = field(default_factory=Invariants)
     shaping: str = "none"
     links: Links | None = None
@@ -180,6 +216,9 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
     cluster = dict(raw.pop("cluster", {}))
     groups = tuple(_build(WorkerGroup, g, f"cluster.workers[{i}]") for i, g in enumerate(cluster.pop("workers", [])))
     requesters = int(cluster.pop("requesters", 1))
+    requester_args = cluster.pop("requester_args", [])
+    if not isinstance(requester_args, list) or not all(isinstance(a, str) for a in requester_args):
+        raise ScenarioError("cluster.requester_args: expected a list of strings")
     if cluster:
         raise ScenarioError(f"cluster: unknown keys {sorted(cluster)}")
     faults = []
@@ -190,11 +229,13 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
     scenario = _build(Scenario, {
         **raw,
         "requesters": requesters,
+        "requester_args": tuple(requester_args),
         "workers": groups,
         "workload": _build(Workload, raw.pop("workload", {}), "workload"),
         "faults": tuple(faults),
         "churn": _build(Churn, raw.pop("churn"), "churn") if "churn" in raw else None,
         "flooder": _build(Flooder, raw.pop("flooder"), "flooder") if "flooder" in raw else None,
+        "nonpayer": _build(NonPayer, raw.pop("nonpayer"), "nonpayer") if "nonpayer" in raw else None,
         "invariants": _build(Invariants, raw.pop("invariants", {}), "invariants"),
         "links": _links(raw.pop("links")) if "links" in raw else None,
         "path": path,
@@ -260,9 +301,21 @@ def _check(s: Scenario) -> None:
     for g in s.workers:
         if g.backend not in ("synthetic", "torch"):
             problems.append(f"cluster.workers.{g.name}: backend must be synthetic or torch")
-        if g.pooled and (g.backend != "synthetic" or g.adversarial):
+        if g.pooled and (g.backend != "synthetic" or g.adversary_kind):
             problems.append(f"cluster.workers.{g.name}: only plain synthetic workers can be pooled")
-    if not any(not g.adversarial and not g.pooled for g in s.workers) and not any(g.pooled for g in s.workers):
+        if g.adversary and g.adversary not in WORKER_ADVERSARIES:
+            problems.append(f"cluster.workers.{g.name}: adversary must be one of {WORKER_ADVERSARIES}")
+        if g.adversarial and g.adversary not in ("", "bad_model_hash"):
+            problems.append(f"cluster.workers.{g.name}: adversarial = true means bad_model_hash; drop it "
+                            f"for adversary = {g.adversary!r}")
+        if g.adversary_kind in ("overclaim", "stale_close") and g.backend != "synthetic":
+            problems.append(f"cluster.workers.{g.name}: rogue workers run the synthetic backend")
+        if g.overclaim_tokens < 1 or g.stale_after < 2 or g.settle_after < 0:
+            problems.append(f"cluster.workers.{g.name}: overclaim_tokens >= 1, stale_after >= 2 (a stale voucher "
+                            "needs a newer one), settle_after >= 0")
+    if s.nonpayer is not None and (s.nonpayer.count < 1 or s.nonpayer.requests < 1 or s.nonpayer.every <= 0):
+        problems.append("nonpayer: count and requests must be at least 1, every positive")
+    if not any(not g.adversary_kind and not g.pooled for g in s.workers) and not any(g.pooled for g in s.workers):
         problems.append("cluster.workers: at least one non-adversarial worker is required")
     if s.workload.arrival not in ARRIVALS:
         problems.append(f"workload.arrival: one of {ARRIVALS}")
