@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-payments", dest="payments", action="store_false", default=None,
                      help="serve/buy without payment channels")
     run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
+    run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
+                     help="seconds a worker waits for a voucher before stopping a stream")
     run.add_argument("--netsim-link-table", dest="netsim_link_table", metavar="PATH",
                      help="NETSIM-ONLY link shaping; never used on a real network: delay, throttle or block the "
                           "TCP connections this node dials as the JSON link table (written by cocoon-netsim) says")
@@ -100,8 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ident)
     keygen = sub.add_parser("keygen", help="create the node identity key")
     _add_common(keygen)
-    run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
-                     help="seconds a worker waits for a voucher before stopping a stream")
     keygen.add_argument("--force", action="store_true", help="replace an existing key (changes the peer id)")
     status = sub.add_parser("status", help="ask the running node for its status")
     _add_common(status)

@@ -100,12 +100,12 @@ class PaymentsSection:
     challenge_period: int = 3600
     voucher_every: int = 32           # completion tokens between vouchers (or at half the credit window)
     payment_timeout: float = 30.0     # how long a worker waits for a voucher before stopping a stream
+    watch_interval: float = 5.0       # seconds between a requester's checks for closes of its channels
     idle_close_after: float = 86_400.0  # a worker closes a channel with no activity for this long
     dev_wallet_balance: int = 100_000_000_000  # local chain only: airdrop for this node's dev wallet
 
 
 @dataclass(frozen=True)
-    watch_interval: float = 5.0       # seconds between a requester's checks for closes of its channels
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     worker: WorkerSection = field(default_factory=WorkerSection)

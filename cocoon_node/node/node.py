@@ -129,10 +129,10 @@ class Node:
                 refresher = RegistryPolicyRefresher(self.gate, pay.chain, cfg.policy.registry_address,
                                                     self.gate.policy, cfg.policy.registry_refresh)
                 nursery.start_soon(refresher.run)
-            warm = None
-            if cfg.requester.warm_streams > 0:
             if pay is not None and pay.channels is not None:
                 nursery.start_soon(partial(pay.channels.watch, poll_interval=cfg.payments.watch_interval))
+            warm = None
+            if cfg.requester.warm_streams > 0:
                 warm = WarmStreams(self._open_attested_stream, max_spares=cfg.requester.warm_streams)
                 nursery.start_soon(warm.run)
             self.requester = Requester(
