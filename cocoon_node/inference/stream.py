@@ -348,6 +348,9 @@ class RequesterMeter(Protocol):
 
     def payment_ref(self) -> dict[str, Any] | None: ...
 
+    def respect_credit_window(self, window: int) -> None:
+        """The worker's credit window (from its accept): pay often enough that it never stalls."""
+
     async def on_accept(self, prompt_tokens: int) -> bytes | None:
         """Voucher covering the prompt, if any."""
 
@@ -568,6 +571,8 @@ async def call_worker(
             raise WorkerFailure(
                 f"expected accept, got {answer['t']!r}", code="protocol", before_first_token=True
             )
+        if meter is not None and answer["credit_window"] > 0:
+            meter.respect_credit_window(answer["credit_window"])
         call = InferenceCall(
             frames, request_id, answer["prompt_tokens"], started, meter, first_token_timeout, token_timeout
         )

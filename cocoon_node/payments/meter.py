@@ -399,6 +399,11 @@ class RequesterPaymentMeter:
         self.channel.charged += cost
         return await self._voucher()
 
+    def respect_credit_window(self, window: int) -> None:
+        """Vouchers fall due at half the smaller of our window and the worker's, so a worker that extends
+        less credit than we assumed is paid before it has to stop and wait."""
+        self.credit_window = min(self.credit_window, window)
+
     def _charge_completion(self, completion_tokens: int) -> bool:
         """Charge tokens not charged yet (``completion_tokens`` is cumulative); True when a voucher is due."""
         n = completion_tokens - self.completion_tokens

@@ -456,3 +456,17 @@ async def test_payer_watch_sees_a_stale_close_by_the_worker_and_collects_the_ref
             assert await w.p.payer.get_balance(w.p.payer.wallet_address) - before >= 2 * TON - 30 * PP
             rec = await w.payer_store.run(w.payer_store.channel, ch.address)
             assert rec is not None and rec.status == "closed"
+
+
+async def test_requester_pays_within_the_workers_smaller_window(parties: Parties, tmp_path: Path) -> None:
+    """A requester that assumes a window 1 000x the worker's still pays in time: it adopts the window the
+    worker announces in its accept, so the stream never stalls into a payment timeout."""
+    async with world(parties, tmp_path, payment_timeout=2.0) as w:
+        with trio.fail_after(60):
+            generous = ChannelManager(w.p.payer, w.payer_store, w.p.payer_key, deposit=2 * TON,
+                                      credit_window=1000 * WINDOW, voucher_every=10_000)
+            meter = await w.meter_for(generous)
+            _, completion = await w.run(chat(150, max_tokens=120), meter)
+            assert completion == 120
+            assert meter.credit_window == WINDOW
+            assert w.meter.stats.payment_timeouts == 0
