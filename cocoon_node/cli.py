@@ -36,6 +36,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "payment_timeout": ("payments", "payment_timeout"),
         "registry_address": ("policy", "registry_address"),
         "netsim_link_table": ("node", "netsim_link_table"),
+        "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
+        "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
     }
     out: dict[str, dict[str, Any]] = {}
     for attr, (section, key) in mapping.items():
@@ -67,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local-cluster", dest="local_cluster", action="store_true", default=None,
                      help="loopback cluster: lift IP-diversity rules")
     run.add_argument("--admin-port", dest="admin_port", type=int)
+    run.add_argument("--target-peers", dest="target_peers", type=int,
+                     help="connections to keep: py-libp2p's auto-connector dials towards 1.5 times it (default 6)")
+    run.add_argument("--max-connections", dest="max_connections", type=int)
+    run.add_argument("--gossip-heartbeat", dest="gossip_heartbeat", type=float,
+                     help="seconds between GossipSub heartbeats (default 1)")
+    run.add_argument("--gossip-degree", dest="gossip_degree", type=int, help="GossipSub mesh degree D (default 6)")
     run.add_argument("--log-level", dest="log_level")
     run.add_argument("--backend", choices=["torch", "exllamav2", "openai-upstream", "synthetic"])
     run.add_argument("--model")

@@ -37,6 +37,11 @@ class NodeSection:
     admin_port: int = 0
     max_connections: int = 200
     target_peers: int = 6
+    # GossipSub: seconds between heartbeats (mesh upkeep, IHAVE gossip, scoring) and the mesh degree D (kept
+    # between 2/3 D and 2 D). Larger heartbeats and a smaller D trade repair speed for CPU: netsim host pools
+    # running dozens of nodes per process lower them; a real node keeps the defaults.
+    gossip_heartbeat: float = 1.0
+    gossip_degree: int = 6
     local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
     log_level: str = "INFO"
     # NETSIM-ONLY link shaping, never used on a real network: the JSON link table cocoon-netsim writes.
@@ -200,6 +205,12 @@ def validate_config(config: Config) -> list[str]:
             out.append(f"{key}: {port} is not a TCP port")
     if node.max_connections < 1:
         out.append("node.max_connections: must be at least 1")
+    if not 1 <= node.target_peers <= node.max_connections:
+        out.append("node.target_peers: must be between 1 and node.max_connections")
+    if not 0 < node.gossip_heartbeat <= 60:
+        out.append("node.gossip_heartbeat: must be between 0 and 60 seconds")
+    if not 1 <= node.gossip_degree <= 32:
+        out.append("node.gossip_degree: must be between 1 and 32")
     if worker.backend not in BACKENDS:
         out.append(f"worker.backend: must be one of {', '.join(BACKENDS)} (got {worker.backend!r})")
     if worker.tee not in TEE_KINDS:

@@ -82,6 +82,8 @@ class Node:
         n = self.config.node
         return MeshSettings(listen_addrs=n.listen, bootstrap=n.bootstrap, max_connections=n.max_connections,
                             target_peers=n.target_peers, local_cluster=n.local_cluster, topics=(WORKERS_TOPIC,),
+                            heartbeat_interval=n.gossip_heartbeat, gossip_degree=n.gossip_degree,
+                            gossip_degree_low=max(1, n.gossip_degree * 2 // 3), gossip_degree_high=2 * n.gossip_degree,
                             peer_cache=self.config.data_dir / "peers.json",
                             link_shaping=self.config.netsim_link_table_path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,9 @@ class WorkerRole:
             except Exception as exc:
                 log.warning("announcement not published: %s", exc)
             self._load_changed = trio.Event()
-            with trio.move_on_after(w.announce_interval):
+            # +-10 % jitter: workers started together (a restarted host, a netsim pool) would otherwise keep
+            # announcing in lockstep, and every node would verify a whole round of announcements at once.
+            with trio.move_on_after(w.announce_interval * random.uniform(0.9, 1.1)):
                 await self._load_changed.wait()
                 await trio.sleep(0.2)
 
