@@ -508,7 +508,7 @@ class InferenceCall:
         if self._meter is not None:
             with trio.move_on_after(2):
                 try:
-                    await self._settle(final=False)  # tokens already handed on are owed, cancelled or not
+                    await self._settle(final=True)  # tokens already handed on are owed, cancelled or not
                 except Exception as exc:
                     log.info("could not charge the tokens of a cancelled request: %r", exc)
         await _send_quietly(self._frames, {"t": "cancel", "id": self.request_id})
