@@ -157,6 +157,15 @@ class InferenceServer:
         prompt_tokens = self.backend.count_tokens(chat)
         self.stats.in_flight += 1
         self._load_changed()
+        held = True
+
+        def release_slot() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.stats.in_flight -= 1
+                self._load_changed()
+
         try:
             if self.meter is not None:
                 try:
@@ -172,18 +181,20 @@ class InferenceServer:
                     "credit_window": self.meter.credit_window if self.meter else 0,
                 }
             )
-            await self._generate(frames, request_id, chat, prompt_tokens)
+            await self._generate(frames, request_id, chat, prompt_tokens, release_slot)
         finally:
-            self.stats.in_flight -= 1
-            self._load_changed()
+            release_slot()
 
     async def _generate(
-        self, frames: FrameStream, request_id: str, chat: ChatRequest, prompt_tokens: int
+        self, frames: FrameStream, request_id: str, chat: ChatRequest, prompt_tokens: int,
+        release_slot: Callable[[], None],
     ) -> None:
         """Stream one completion while a listener handles cancel and voucher frames.
 
         The listener runs until the requester closes the stream, also after ``final``, so the voucher that
-        pays the tail still arrives; it is never cancelled mid-read (that could lose buffered bytes).
+        pays the tail still arrives; it is never cancelled mid-read (that could lose buffered bytes). The
+        slot is released once generation is over: waiting for the tail voucher costs the backend nothing,
+        and a requester starting its next request at once would otherwise find every slot "busy".
         """
         started = time.monotonic()
         first_token_at: float | None = None
@@ -263,7 +274,8 @@ class InferenceServer:
                         "generation_ms": float((ended - started) * 1000),
                         "tokens_per_second": float(completion_tokens / gen_s) if completion_tokens else 0.0,
                     })
-            # Let the requester pay the tail and hang up; bounded so a silent peer cannot hold the slot.
+            release_slot()
+            # Let the requester pay the tail and hang up; bounded so a silent peer cannot hold the stream.
             with trio.move_on_after(5 if self.meter is not None else 1):
                 await peer_gone.wait()
             nursery.cancel_scope.cancel()

@@ -108,3 +108,26 @@ async def test_worker_vanishing_mid_stream_gives_clean_error() -> None:
         assert got >= 3
         assert not err.value.before_first_token
         assert err.value.code in ("worker_gone", "timeout", "protocol")
+
+
+async def test_slot_is_free_once_final_is_sent() -> None:
+    """The worker frees a slot when generation ends, not when the requester hangs up after paying the tail:
+    a one-slot worker accepts the next request while the previous stream is still open."""
+    one_slot = WorkerTerms(model="synthetic-echo", price_prompt=1, price_completion=1, max_concurrent=1,
+                           max_tokens_cap=512)
+    async with AsyncExitStack() as stack:
+        worker, client = await two_hosts(stack)
+        server = InferenceServer(SyntheticBackend(tokens_per_second=0), one_slot)
+        worker.set_stream_handler(PROTOCOL_ID, server.handle)
+        with trio.fail_after(30):
+            first = await client.new_stream(worker.peer_id, PROTOCOL_ID)
+            async with call_worker(first, chat(words=5), price_prompt=1, price_completion=1) as call:
+                async for _ in call.deltas():
+                    pass
+                assert call.final is not None
+                # The first stream is still open: its tail may still be paid on it.
+                second = await client.new_stream(worker.peer_id, PROTOCOL_ID)
+                async with call_worker(second, chat(words=3), price_prompt=1, price_completion=1) as again:
+                    text = [d.text async for d in again.deltas()]
+                assert again.final is not None and len(text) > 0
+        assert server.stats.served == 2 and server.stats.rejected == 0
