@@ -114,3 +114,28 @@ async def test_worker_outside_policy_never_gets_a_prompt(tmp_path: Path) -> None
         assert summary[cluster.nodes["bad"].peer_id]["verified"] is False
         assert summary[cluster.nodes["good1"].peer_id]["verified"] is True
         assert summary[cluster.nodes["good1"].peer_id]["dev_insecure"] is True
+
+
+async def test_report_is_stored_again_after_start(tmp_path: Path, autojump_clock: trio.abc.Clock,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first put reaches only the peers a joining node knows; early re-puts reach the key's neighbourhood."""
+    kp = create_new_key_pair()
+    puts: list[float] = []
+
+    async def inline(fn, *args):  # type: ignore[no-untyped-def]
+        return fn(*args)  # a worker thread would let the mock clock jump past the schedule meanwhile
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", inline)
+
+    async def put_record(key: str, value: bytes) -> None:
+        puts.append(trio.current_time())
+
+    mesh = SimpleNamespace(peer_id=ID.from_pubkey(kp.public_key), put_record=put_record)
+    pub = ReportPublisher(mesh, kp, tee="dev-INSECURE", model_name="m", model_hash=b"\x07" * 32,  # type: ignore[arg-type]
+                          data_dir=tmp_path, lifetime=3600)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pub.run)
+        await trio.sleep(1800 + 10)
+        nursery.cancel_scope.cancel()
+    start = puts[0]
+    assert [round(t - start) for t in puts] == [0, 15, 75, 1800]
