@@ -8,6 +8,7 @@ started, signalled and reaped by PID through the cluster, never by name.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,19 @@ from typing import Any
 import trio
 
 from cocoon_node.cluster import Cluster, NodeProcess, _drain
+
+
+def process_usage(pid: int) -> tuple[float, int] | None:
+    """CPU seconds (user + system) and resident memory in bytes of a live process, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/statm") as fh:
+            rss_pages = int(fh.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, rss_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 class SimCluster(Cluster):
@@ -77,6 +91,22 @@ class SimCluster(Cluster):
         elif sig == signal.SIGCONT:
             self.stopped.discard(name)
         return True
+
+    def usage(self) -> dict[str, dict[str, Any]]:
+        """Per running process (a host pool or a single node): pid, nodes in it, CPU seconds so far, RSS."""
+        owner = {name: pool for pool, names in self.pools.items() for name in names}
+        out: dict[str, dict[str, Any]] = {}
+        for name, node in self.nodes.items():
+            if node.process is None or node.process.returncode is not None:
+                continue
+            key = owner.get(name, name)
+            if key in out:
+                out[key]["nodes"] += 1
+                continue
+            used = process_usage(node.process.pid)
+            if used is not None:
+                out[key] = {"pid": node.process.pid, "nodes": 1, "cpu_s": used[0], "rss_bytes": used[1]}
+        return out
 
     def running_node(self, name: str) -> bool:
         node = self.nodes.get(name)

@@ -396,6 +396,7 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "shaping": data.shaping,
         "links": asdict(s.links) if s.links is not None else None,
         "on_chain_transactions": data.chain_transactions if data.chain_transactions is not None else "no chain",
+        "processes": data.resources,
         "allowed_model_hashes": data.allowed_hashes,
         "discovery": {"initial_convergence_s": data.initial_convergence_s,
                       "initial_convergence_definition": "max over requesters of (first poll listing every live "
@@ -481,6 +482,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{lat['total']['p99']} ms",
         f"shaping: {r['shaping']}; on-chain transactions: {r['on_chain_transactions']}",
     ]
+    for name, p in sorted((r.get("processes") or {}).items()):
+        if p["nodes"] > 1:
+            lines.append(f"process {name}: {p['nodes']} nodes, CPU {p['cpu_pct_discovery']}% of a core while "
+                         f"converging, {p['cpu_pct_workload']}% under the workload; RSS {p['rss_mb']} MB "
+                         f"({p['rss_mb_per_node']} MB per node)")
     for adv in r.get("adversaries") or []:
         lines.append(f"adversary {adv['adversary']}: {adv['verdict']}")
     for inv in r["invariants"]:

@@ -86,6 +86,8 @@ class SimData:
     # The shared EMULATED chain at the end of the run: total supply view and transaction count.
     chain_supply: dict[str, int] | None = None
     chain_transactions: int | None = None
+    # Per process (host pool or single node): CPU use in the discovery and workload phases, RSS at the end.
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Which layer shaped the links and why (the report's ``shaping`` line).
     shaping: str = 'none (not requested: scenario shaping = "none")'
     # Requests played through the non-paying requesters (kept apart from the honest workload's results).
@@ -615,6 +617,7 @@ class Simulation:
             try:
                 await self.setup(nursery)
                 self.t0 = trio.current_time()
+                usage = [(time.monotonic(), self.cluster.usage())]
                 self.event("cluster_up", "-", nodes=len(self.data.nodes), setup_s=self.data.setup_s)
                 self.data.converged_after_setup_s = await self.wait_converged(s.invariants.convergence_bound)
                 if self.data.converged_after_setup_s is not None:
@@ -622,6 +625,7 @@ class Simulation:
                 self.event("converged" if self.data.initial_convergence_s is not None else "not_converged", "-",
                            after_s=self.data.initial_convergence_s)
                 self.t0 = trio.current_time()
+                usage.append((time.monotonic(), self.cluster.usage()))
                 nursery.start_soon(self.poller)
                 async with trio.open_nursery() as timeline:
                     timeline.start_soon(self.workload, planned)
@@ -636,6 +640,8 @@ class Simulation:
                     if self.stale_closers():
                         nursery.start_soon(self.settle_stale_closes)
                 self.data.workload_duration = self.now()
+                usage.append((time.monotonic(), self.cluster.usage()))
+                self.data.resources = resource_use(usage)
                 self.event("workload_done", "-")
                 if self.stale_closers():
                     await self.wait_stale_settled()
@@ -684,6 +690,24 @@ async def _settlement(observer: Any, address: str) -> dict[str, Any]:
             elif m["op"] == REFUND:
                 payouts["payer_refund"] += int(m["value"])
     return {"status": st.status.value, **payouts}
+
+
+def resource_use(samples: list[tuple[float, dict[str, dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """CPU (% of one core) per process over the discovery phase (cluster up -> converged) and the workload
+    phase, from three usage snapshots; RSS from the last one, also per node for host pools."""
+    (t0, u0), (t1, u1), (t2, u2) = samples
+    out: dict[str, dict[str, Any]] = {}
+    def pct(name: str, a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], dt: float) -> float | None:
+        if name not in a or name not in b or a[name]["pid"] != b[name]["pid"] or dt <= 0:
+            return None  # not running in both snapshots (or restarted in between)
+        return round(100 * (b[name]["cpu_s"] - a[name]["cpu_s"]) / dt, 1)
+
+    for name, last in u2.items():
+        rss_mb = last["rss_bytes"] / 2**20
+        out[name] = {"nodes": last["nodes"], "cpu_pct_discovery": pct(name, u0, u1, t1 - t0),
+                     "cpu_pct_workload": pct(name, u1, u2, t2 - t1), "rss_mb": round(rss_mb, 1),
+                     "rss_mb_per_node": round(rss_mb / last["nodes"], 1)}
+    return out
 
 
 def peer_id_bytes(peer_id: str) -> bytes:
