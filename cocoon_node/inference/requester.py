@@ -75,6 +75,9 @@ class Attestor(Protocol):
     async def is_attested(self, announcement: Announcement) -> bool: ...
 
 
+_PARALLEL_CHECKS = 8  # attestation checks a request may wait on at once when no verdict is known yet
+
+
 StreamOpener = Callable[[Announcement], Awaitable[Any]]
 
 
@@ -182,7 +185,29 @@ class Requester:
             self.max_price_completion,
             allow_synthetic=self._allow_synthetic,
         )
-        attested = [w for w in eligible if await self._attestor.is_attested(w)]
+        # Workers with a fresh verdict are used without waiting; the gate's prefetcher checks the others in
+        # the background. Only when no eligible worker is known good yet does the request wait, on the best
+        # ranked unknowns checked side by side until one passes (one at a time, a slow DHT lookup held everything).
+        known = getattr(self._attestor, "known", None)
+        attested, unknown = [], []
+        for w in eligible:
+            verdict = known(w) if known is not None else None
+            if verdict is True:
+                attested.append(w)
+            elif verdict is None:
+                unknown.append(w)
+        if not attested and unknown:
+            passed: set[bytes] = set()
+
+            async def check(w: Announcement, done: trio.CancelScope) -> None:
+                if await self._attestor.is_attested(w):
+                    passed.add(w.peer_id)
+                    done.cancel()  # one verified worker is enough to start; the rest are checked later
+
+            async with trio.open_nursery() as nursery:
+                for w in self.selector.rank(unknown)[:_PARALLEL_CHECKS]:
+                    nursery.start_soon(check, w, nursery.cancel_scope)
+            attested = [w for w in unknown if w.peer_id in passed]
         return self.selector.rank(attested)
 
     @asynccontextmanager

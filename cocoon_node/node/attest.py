@@ -212,11 +212,18 @@ class AttestationGate:
                 if self._fresh(peer_id) is None and peer_id not in self._inflight:
                     nursery.start_soon(one, peer_id)
 
+    def known(self, announcement: Announcement) -> bool | None:
+        """The fresh verdict for this worker if there is one (never waits): None means "not checked yet"."""
+        verdict = self._fresh(announcement.peer_id)
+        if verdict is None:
+            return None
+        return verdict.ok and _binds(verdict, announcement)
+
     async def is_attested(self, announcement: Announcement) -> bool:
         verdict = await self.check(announcement.peer_id)
         if not verdict.ok:
             return False
-        if verdict.model_hash != announcement.model_hash.hex() or verdict.tee_kind != announcement.tee_kind:
+        if not _binds(verdict, announcement):
             log.warning("worker %s announces a model or TEE its attestation does not bind", announcement.peer)
             return False
         return True
@@ -269,3 +276,8 @@ class AttestationGate:
 
     def summary(self) -> dict[str, Any]:
         return {ID(pid).to_base58(): asdict(c.verdict) for pid, c in self._cache.items()}
+
+
+def _binds(verdict: Verdict, announcement: Announcement) -> bool:
+    """The announcement claims the model and TEE the verified report binds."""
+    return verdict.model_hash == announcement.model_hash.hex() and verdict.tee_kind == announcement.tee_kind

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 
-from cocoon_node.inference.requester import WorkerSelector
+import trio
+import trio.testing
+
+from cocoon_node.inference.requester import Requester, WorkerSelector
 from cocoon_node.inference.stream import PROTOCOL_ID
 from cocoon_node.mesh.announce import Announcement
 
@@ -29,3 +33,46 @@ def test_a_worker_that_only_failed_ranks_below_one_that_answers_slowly() -> None
     assert sel.rank([cheat, honest]) == [honest, cheat]
     # a worker never tried still ranks by price among untried ones
     assert sel.rank([worker(3, 2000), worker(4, 1)])[0].price_prompt == 1
+
+
+class GateDouble:
+    """Known verdicts answer at once; unknown workers take ``slow`` seconds to check (or forever)."""
+
+    def __init__(self, known: dict[bytes, bool], passes: set[bytes], slow: dict[bytes, float]) -> None:
+        self._known, self._passes, self._slow = known, passes, slow
+        self.checked: list[bytes] = []
+
+    def known(self, a: Announcement) -> bool | None:
+        return self._known.get(a.peer_id)
+
+    async def is_attested(self, a: Announcement) -> bool:
+        self.checked.append(a.peer_id)
+        await trio.sleep(self._slow.get(a.peer_id, 0.0))
+        return a.peer_id in self._passes
+
+
+def requester_over(workers: list[Announcement], gate: GateDouble) -> Requester:
+    async def never_opened(_: Announcement) -> object:
+        raise AssertionError("not reached")
+
+    return Requester(lambda: workers, never_opened, gate, max_price_prompt=10_000, max_price_completion=10_000)
+
+
+async def test_known_good_workers_are_used_without_waiting_on_unchecked_ones(
+        autojump_clock: trio.testing.MockClock) -> None:
+    good, unchecked, bad = worker(1, 5), worker(2, 1), worker(3, 1)
+    gate = GateDouble({good.peer_id: True, bad.peer_id: False}, passes={unchecked.peer_id},
+                      slow={unchecked.peer_id: math.inf})
+    with trio.fail_after(1):
+        assert await requester_over([good, unchecked, bad], gate).candidates("synthetic-echo") == [good]
+    assert gate.checked == []  # the unchecked worker is left to the gate's background prefetch
+
+
+async def test_unknown_workers_are_checked_side_by_side_until_one_passes(
+        autojump_clock: trio.testing.MockClock) -> None:
+    stuck, fine, failing = worker(1, 1), worker(2, 2), worker(3, 3)
+    gate = GateDouble({}, passes={fine.peer_id, stuck.peer_id},
+                      slow={stuck.peer_id: math.inf, fine.peer_id: 0.5, failing.peer_id: 0.1})
+    with trio.fail_after(5):  # virtual time: a sequential check would hang on the stuck worker forever
+        assert await requester_over([stuck, fine, failing], gate).candidates("synthetic-echo") == [fine]
+    assert set(gate.checked) == {stuck.peer_id, fine.peer_id, failing.peer_id}
