@@ -3,7 +3,8 @@
 Same run, same machine: first the backend is driven directly (``backend.generate``), then through a real
 two-process cluster (one requester, one worker, started with ``cocoon_node.cluster.Cluster``) with streaming
 HTTP requests from this process. For each concurrency: time to first token (TTFT) and per-stream tokens/s
-(completion tokens / time from request start to last token), medians and p95, and mesh/direct ratios.
+(completion tokens / time from request start to last token), medians and p95, and mesh/direct ratios. Each
+concurrency gets one uncounted warm-up round at that concurrency (steady state, as a busy requester sees it).
 
 Synthetic backend at 200 tok/s per stream (a fair, paced comparison) and at rate 0 (as fast as possible),
 1 / 8 / 32 concurrent streams; ``--torch`` adds the SmolLM2 CPU model at 1 and 4 streams (slow).
@@ -128,7 +129,7 @@ async def run_case(kind: str, rate: float, concurrencies: list[int], rounds: int
     await backend.load()
     direct: dict[int, list[tuple[float, float, int]]] = {}
     for c in concurrencies:
-        await direct_round(backend, model, tokens, 1)  # warm-up
+        await direct_round(backend, model, tokens, c)  # warm-up at the same concurrency, not counted
         direct[c] = [s for _ in range(rounds) for s in await direct_round(backend, model, tokens, c)]
     await backend.aclose()
 
@@ -144,7 +145,9 @@ async def run_case(kind: str, rate: float, concurrencies: list[int], rounds: int
         limits = httpx.Limits(max_connections=max_c * 2, max_keepalive_connections=max_c * 2)
         async with httpx.AsyncClient(timeout=600, limits=limits) as client:
             for c in concurrencies:
-                await mesh_round(client, api, model, tokens, 1)  # warm-up (attestation fetch, connection)
+                # Warm-up at the same concurrency, not counted: HTTP connections, the payment channel, the
+                # attestation verdict and the requester's warm streams are set up once, not per request.
+                await mesh_round(client, api, model, tokens, c)
                 mesh = [s for _ in range(rounds) for s in await mesh_round(client, api, model, tokens, c)]
                 d, m = summarize(direct[c]), summarize(mesh)
                 results.append({
