@@ -47,6 +47,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from cocoon_node.mesh.dht_lookup import RecordLookup
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ class MeshSettings:
     # Where to remember peers we were connected to, so a restarted node finds the mesh again even when its
     # configured bootstrap peers are gone (or it was itself the bootstrap). None: no cache.
     peer_cache: Path | None = None
+    # DHT reads (see cocoon_node/mesh/dht_lookup.py): most RPCs in flight per lookup, the limit per RPC (it
+    # includes the dial when we are not connected to the peer, hence dial_timeout's 5 s), and how long a record
+    # fetched from the network is reused (it is re-validated on every use either way).
+    dht_alpha: int = 3
+    dht_rpc_timeout: float = 5.0
+    dht_cache_ttl: float = 30.0
     # NETSIM-ONLY link shaping, never used on a real network: a link table (cocoon_node/mesh/shaping.py) that
     # delays, throttles or blocks every TCP connection this node dials. TCP-only; refused with QUIC.
     link_shaping: Path | None = None
@@ -125,6 +132,8 @@ class Mesh:
         self.pubsub: Pubsub | None = None
         self.gossipsub: GossipSub | None = None
         self.dht: KadDHT | None = None
+        self.lookup: RecordLookup | None = None
+        self.refreshes_skipped = 0  # start-up routing-table refreshes skipped for being well connected
 
     # ----- lifecycle -----------------------------------------------------------------------------------
     @asynccontextmanager
@@ -183,6 +192,8 @@ class Mesh:
             strict_validation=True,
         )
         self.host, self.pubsub, self.gossipsub, self.dht = host, pubsub, gossipsub, dht
+        self.lookup = RecordLookup(host, dht, validator, alpha=settings.dht_alpha,
+                                   rpc_timeout=settings.dht_rpc_timeout, cache_ttl=settings.dht_cache_ttl)
         listen = [multiaddr.Multiaddr(a) for a in settings.listen_addrs]
         try:
             async with shaping, self._run_services(host, pubsub, gossipsub, dht, listen):
@@ -292,8 +303,13 @@ class Mesh:
         await self.dht.put_value(key, value)
 
     async def get_record(self, key: str) -> bytes | None:
-        assert self.dht is not None
-        return await self.dht.get_value(key)
+        """The newest valid record for ``key`` (local store, recent lookups, then the network), or None.
+
+        Only records that pass the key's namespace validator are ever returned; see :class:`RecordLookup`
+        for why this is not py-libp2p's ``KadDHT.get_value``.
+        """
+        assert self.lookup is not None
+        return await self.lookup.get(key)
 
     # ----- direct streams ------------------------------------------------------------------------------
     def set_stream_handler(self, protocol: str, handler: Callable[[INetStream], Awaitable[None]]) -> None:
@@ -418,11 +434,20 @@ class Mesh:
         """Refresh the routing table a few times right after start, so the peerstore fills with candidates
         that py-libp2p's auto-connector dials (keeping us between the connection watermarks); after that,
         KadDHT's own 10-minute refresh takes over. Each refresh is a network-wide lookup, so refreshing often
-        forever would be most of an idle node's CPU (measured with py-spy)."""
-        assert self.dht is not None
-        dht = self.dht
+        forever would be most of an idle node's CPU (measured with py-spy).
+
+        A refresh is skipped while we already hold ``target_peers`` connections: it would only dial more
+        peers (one FIND_NODE walk per routing-table bucket, each dialling whoever it finds), and at 50 nodes
+        in one process those start-up refreshes and their Noise handshakes kept the core saturated for
+        minutes, which is what DHT lookups queued behind (bench/RESULTS.md, mesh). KadDHT's own refresh at
+        start still fills the routing table."""
+        assert self.dht is not None and self.host is not None
+        dht, host = self.dht, self.host
         for delay in (0.5, 2.0, 8.0, 30.0, 120.0):
             await trio.sleep(delay + random.random() * 0.5)
+            if len(host.get_connected_peers()) >= self.settings.target_peers:
+                self.refreshes_skipped += 1
+                continue
             # py-libp2p can raise from inside its own nurseries (e.g. PeerStoreError for a peer that just
             # left), mixed with cancellations: except* takes the errors and lets cancellation through, so
             # a failed refresh never takes the node down.
