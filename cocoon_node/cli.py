@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "payment_timeout": ("payments", "payment_timeout"),
         "registry_address": ("policy", "registry_address"),
         "netsim_link_table": ("node", "netsim_link_table"),
+        "netsim_clock_skew": ("node", "netsim_clock_skew"),
         "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
         "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
     }
@@ -105,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--netsim-link-table", dest="netsim_link_table", metavar="PATH",
                      help="NETSIM-ONLY link shaping; never used on a real network: delay, throttle or block the "
                           "TCP connections this node dials as the JSON link table (written by cocoon-netsim) says")
+    run.add_argument("--netsim-clock-skew", dest="netsim_clock_skew", type=float, metavar="SECONDS",
+                     help="NETSIM-ONLY; refused outside the local network: run this node's wall clock SECONDS "
+                          "ahead (negative: behind), as a skewed system clock would")
 
     ident = sub.add_parser("id", help="print the peer id (and addresses of the running node)")
     _add_common(ident)
@@ -156,12 +161,26 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(handler(config, args))
 
 
+def skew_wall_clock(seconds: float) -> None:
+    """NETSIM-ONLY: shift this process's wall clock (``time.time``/``time_ns``) as a skewed system clock
+    would; monotonic time, which only measures intervals, is left alone, as the kernel would leave it."""
+    real_time, real_time_ns = time.time, time.time_ns
+    offset_ns = int(seconds * 1e9)
+    time.time = lambda: real_time() + seconds  # type: ignore[assignment]
+    time.time_ns = lambda: real_time_ns() + offset_ns  # type: ignore[assignment]
+
+
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
     from cocoon_node.mesh import IdentityError
     from cocoon_node.node import Node
 
     if not (config.worker.enabled or config.requester.enabled):
         logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip) only")
+    if config.node.netsim_clock_skew:
+        skew_wall_clock(config.node.netsim_clock_skew)
+        logging.getLogger("cocoon_node").warning(
+            "NETSIM-ONLY clock skew: this node's wall clock runs %+.0f s off (local network only)",
+            config.node.netsim_clock_skew)
     try:
         node = Node(config)
     except IdentityError as exc:

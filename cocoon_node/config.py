@@ -46,6 +46,9 @@ class NodeSection:
     log_level: str = "INFO"
     # NETSIM-ONLY link shaping, never used on a real network: the JSON link table cocoon-netsim writes.
     netsim_link_table: str = ""
+    # NETSIM-ONLY clock skew in seconds (the node's wall clock runs this far ahead, or behind if negative):
+    # netsim's "skew" fault. Refused outside the local network.
+    netsim_clock_skew: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,8 @@ def validate_config(config: Config) -> list[str]:
                 out.append(f"node.bootstrap: {addr!r} lacks the /p2p/PEER_ID part")
     if not node.listen:
         out.append("node.listen: at least one listen address is required")
+    if node.netsim_clock_skew and node.network != "local":  # NETSIM-ONLY clock skew
+        out.append("node.netsim_clock_skew: netsim-only clock skew is refused outside the local network")
     if node.netsim_link_table:  # NETSIM-ONLY link shaping
         if node.network != "local":
             out.append("node.netsim_link_table: netsim-only link shaping is refused outside the local network")

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import trio
 
+from cocoon_node.config import WorkerSection
+from cocoon_node.mesh.announce import MAX_CLOCK_SKEW as ANNOUNCE_CLOCK_SKEW
 from netsim.adversary import FakeUpstream, JunkFlooder
 from netsim.links import LinkPlan, probe_netem, shaping_note
 from netsim.procs import SimCluster
@@ -326,6 +328,8 @@ class Simulation:
                         nursery.start_soon(self.restart, name)
         elif f.action == "partition":
             await self.partition(f)
+        elif f.action == "skew":
+            await self.skew(f)
         else:
             for name in f.targets:
                 if self.cluster.signal(name, signal.SIGSTOP):
@@ -339,6 +343,48 @@ class Simulation:
                     self.data.nodes[name].state = "up"
                     self.expect(name, True, "resume")
                     self.event("resume", name, signal="SIGCONT")
+
+    async def skew(self, f: Fault) -> None:
+        """Restart the targets with a skewed wall clock; with a duration, restart them with a true one after it.
+
+        Announcements carry issue and expiry times, and validators allow 30 s of clock skew: a worker more
+        than 30 s ahead is rejected as "issued in the future", one behind by its TTL or more as "expired".
+        Either way requesters must stop listing it (detected and contained); a smaller skew must change nothing.
+        """
+        assert f.seconds is not None
+        ttl = WorkerSection().announce_ttl
+        dropped = f.seconds > ANNOUNCE_CLOCK_SKEW or f.seconds <= -ttl
+        for skewed in (True, False) if f.duration is not None else (True,):
+            async with trio.open_nursery() as nursery:
+                for name in f.targets:
+                    nursery.start_soon(self._restart_with_clock, name, f.seconds if skewed else 0.0,
+                                       dropped and skewed)
+            if skewed and f.duration is not None:
+                await trio.sleep(f.duration)
+
+    async def _restart_with_clock(self, name: str, seconds: float, expect_dropped: bool) -> None:
+        node = self.data.nodes[name]
+        if node.pooled or node.role != "worker":
+            self.data.errors.append(f"skew fault on {name} ignored (only separate worker processes)")
+            return
+        await self._take_down(name, signal.SIGKILL, "dead", "skew")  # a clock change is a restart; be quick
+        proc = self.cluster.nodes[name]
+        dropped_flags = ("--bootstrap", "--netsim-clock-skew")  # replaced below
+        args = [a for a, prev in zip(proc.args, ["", *proc.args], strict=False)
+                if a not in dropped_flags and prev not in dropped_flags]
+        if seconds:
+            args += ["--netsim-clock-skew", str(seconds)]
+        try:
+            await self.cluster.start_node(name, [*args, *self.bootstrap_args(exclude=name)],
+                                          timeout=self.s.start_timeout)
+        except Exception as exc:
+            self.data.errors.append(f"restart of {name} with a skewed clock failed: {exc}")
+            return
+        node.state = "up"
+        self.register_link_ends(name)
+        self.event("clock", name, skew_s=seconds,
+                   expected="dropped by requesters" if expect_dropped else "listed as usual")
+        self.expect(name, not expect_dropped, f"clock skew {seconds:+.0f}s" if seconds else "clock restored")
 
     async def partition(self, f: Fault) -> None:
         """Block every link between the targets and the rest (processes keep running), heal after ``duration``.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-FAULT_ACTIONS = ("kill", "term", "stop", "partition")
+FAULT_ACTIONS = ("kill", "term", "stop", "partition", "skew")
 ARRIVALS = ("poisson", "bursts")
 # "auto": shape links (netsim picks the layer: today always the transport layer, see netsim/links.py).
 SHAPING = ("none", "auto")
@@ -102,6 +102,9 @@ class Fault:
     # stop: SIGCONT after this delay; partition: heal after it. A partition blocks every link between the
     # targets and everyone else (shaped links, so the processes keep running); stop freezes the targets.
     duration: float | None = None
+    # skew: restart the targets with their wall clock this many seconds off (NETSIM-ONLY --netsim-clock-skew);
+    # with a duration, restart them again with a true clock after it.
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,8 @@ def _check(s: Scenario) -> None:
             problems.append(f"faults at {f.at}: no target")
         if f.action in ("stop", "partition") and f.duration is None:
             problems.append(f"faults at {f.at}: {f.action} needs a duration")
+        if (f.action == "skew") != (f.seconds is not None):
+            problems.append(f"faults at {f.at}: 'seconds' goes with (and only with) action skew")
     if s.churn is not None and s.churn.template not in names:
         problems.append(f"churn.template: no worker group named {s.churn.template!r}")
     if s.shaping not in SHAPING:

@@ -32,6 +32,7 @@ from cocoon_node.wire import (
 _PROTO = load_protocol("announce")
 TOPIC: str = _PROTO.meta["topic"]
 DOMAIN: str = _PROTO.meta["domain"]
+MAX_CLOCK_SKEW = 30  # seconds an announcement's issue time may lie ahead of the validator's clock
 MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
 RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
 ANNOUNCEMENT_VERSION = 1
@@ -116,9 +117,9 @@ class AnnouncementValidator:
     one-minute window of acceptance times (rate limit). Counters by reason feed ``cocoon-node status``.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, rate_limit_per_minute: int = RATE_LIMIT_PER_MINUTE,
-                 clock_skew: int = 30) -> None:
-        self._clock = clock
+    def __init__(self, *, clock: Callable[[], float] | None = None, rate_limit_per_minute: int = RATE_LIMIT_PER_MINUTE,
+                 clock_skew: int = MAX_CLOCK_SKEW) -> None:
+        self._clock = clock or (lambda: time.time())  # looked up per call: a (netsim-)skewed clock applies
         self._rate_limit = rate_limit_per_minute
         self._skew = clock_skew
         self._last_seqno: dict[bytes, int] = {}
