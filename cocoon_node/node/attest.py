@@ -39,6 +39,7 @@ from cocoon_node.attestation import (
 )
 from cocoon_node.config import Config
 from cocoon_node.mesh import Announcement, Mesh, RecordRejected
+from cocoon_node.mesh.announce import MAX_CLOCK_SKEW
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ class AttestationNamespace:
 
     namespace = NAMESPACE
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or (lambda: time.time())
 
     def validate(self, key: str, value: bytes) -> None:
         try:
@@ -65,8 +66,13 @@ class AttestationNamespace:
         expected = key.removeprefix(f"/{NAMESPACE}/")
         if ID(report.claims.peer_id).to_base58() != expected:
             raise RecordRejected("attestation record is for another peer than its key names")
-        if report.claims.expires_at <= self._clock():
+        now = self._clock()
+        if report.claims.expires_at <= now:
             raise RecordRejected("attestation record has expired")
+        # The newest report wins selection, so one dated in the future (a fast clock) would shadow every
+        # honest report its worker puts after fixing its clock, until it expired: refuse it at the door.
+        if report.claims.issued_at > now + MAX_CLOCK_SKEW:
+            raise RecordRejected("attestation record is issued in the future")
 
     def select(self, key: str, values: list[bytes]) -> int:
         def issued(value: bytes) -> int:

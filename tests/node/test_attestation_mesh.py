@@ -41,6 +41,9 @@ def test_dht_namespace_accepts_own_report_rejects_others(tmp_path: Path) -> None
     expired = publisher(tmp_path, kp, lifetime=10).make_report(now=int(time.time()) - 100)
     with pytest.raises(RecordRejected, match="expired"):
         ns.validate(report_key(ID.from_pubkey(kp.public_key)), expired)
+    from_the_future = publisher(tmp_path, kp).make_report(now=int(time.time()) + 120)  # a fast clock
+    with pytest.raises(RecordRejected, match="future"):
+        ns.validate(report_key(ID.from_pubkey(kp.public_key)), from_the_future)
     newer = publisher(tmp_path, kp).make_report(now=int(time.time()) + 5)
     assert ns.select("k", [record, newer]) == 1 and ns.select("k", [newer, record]) == 0
 
