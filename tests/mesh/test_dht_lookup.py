@@ -1,8 +1,8 @@
 """DHT reads through RecordLookup, on real py-libp2p hosts over loopback TCP.
 
-The lookup answers from the first peer holding a valid record, never returns or caches a record its
-namespace rejects, resets the streams of RPCs it abandons, and falls back to KadDHT's own lookup only when
-it has nobody to ask. Every wait is bounded; no assertion depends on how long anything took.
+The lookup answers from the first peer holding a valid record (the peer a key names first), never returns or
+caches a record its namespace rejects, resets the streams of RPCs it abandons, and falls back to KadDHT's
+own lookup only when it has nobody to ask. Every wait is bounded; no assertion depends on how long anything took.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
+from libp2p.peer.id import ID
 
 from cocoon_node.mesh import Mesh, MeshSettings, RecordRejected
 from cocoon_node.mesh.dht_lookup import _distance
@@ -166,6 +167,28 @@ async def test_an_abandoned_rpc_resets_its_stream_so_the_responder_is_not_left_w
         release.set()
         # KadDHT's handler serves a stream until the client closes it: without the reset it would wait forever.
         await wait_until(lambda: active == 0, timeout=10)
+
+
+async def test_a_key_naming_a_peer_is_asked_of_that_peer_first() -> None:
+    async with AsyncExitStack() as stack:
+        (asker, other), _ = await start_meshes(stack, 2)
+        # A named peer farther from its key than `other`, so distance alone would ask `other` first.
+        while True:
+            key_pair = create_new_key_pair()
+            named_id = ID.from_pubkey(key_pair.public_key)
+            key = f"/cocoon-test/{named_id.to_base58()}"
+            target = hashlib.sha256(key.encode()).digest()
+            if _distance(target, named_id) > _distance(target, other.peer_id):
+                break
+        named = Mesh(key_pair, MeshSettings(bootstrap=(asker.listen_addrs()[0], other.listen_addrs()[0]),
+                                            local_cluster=True), namespaces=[SwitchNamespace()])
+        await stack.enter_async_context(named.start())
+        await wait_until(lambda: named.peer_id in asker.connected_peers(), timeout=10)
+        # Only the named peer holds its record (its put never reached anyone else).
+        plant(named, key, named_id.to_base58().encode() + b"-v1")
+        with trio.fail_after(20):
+            assert await asker.get_record(key) == named_id.to_base58().encode() + b"-v1"
+        assert asker.lookup is not None and asker.lookup.stats.rpcs == 1
 
 
 async def test_lookup_with_nobody_to_ask_falls_back_to_kaddht_and_finds_nothing() -> None:
