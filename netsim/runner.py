@@ -109,6 +109,7 @@ class Simulation:
         self.s = scenario
         self.data = SimData(scenario, seed)
         self.base_dir = base_dir
+        self.clock_skewed: set[str] = set()  # workers restarted with a clock their peers must reject
         self.cluster = SimCluster(base_dir)
         self.rng = random.Random(seed)
         self.t0 = 0.0                       # trio.current_time() at workload start (trio's clock, not time's)
@@ -127,8 +128,10 @@ class Simulation:
         log.info("t=%.1f %s %s %s", self.now(), kind, target, detail or "")
 
     def live_workers(self) -> dict[str, str]:
-        """name -> peer id of workers that are running and not frozen (those that should be listed)."""
-        return {n.name: n.peer_id for n in self.data.nodes.values() if n.role == "worker" and n.state == "up"}
+        """name -> peer id of workers that are running, not frozen and not clock-skewed (those that should be
+        listed)."""
+        return {n.name: n.peer_id for n in self.data.nodes.values()
+                if n.role == "worker" and n.state == "up" and n.name not in self.clock_skewed}
 
     def live_requesters(self) -> list[str]:
         return [n.name for n in self.data.nodes.values() if n.role == "requester" and n.state == "up"]
@@ -384,6 +387,10 @@ class Simulation:
         self.register_link_ends(name)
         self.event("clock", name, skew_s=seconds,
                    expected="dropped by requesters" if expect_dropped else "listed as usual")
+        if expect_dropped:
+            self.clock_skewed.add(name)
+        else:
+            self.clock_skewed.discard(name)
         self.expect(name, not expect_dropped, f"clock skew {seconds:+.0f}s" if seconds else "clock restored")
 
     async def partition(self, f: Fault) -> None:
@@ -404,7 +411,7 @@ class Simulation:
         affected = []
         for name in sorted(self.live_workers()):
             across = tuple(r for r in requesters if (r in side) != (name in side))
-            if not across:
+            if not across or name in self.clock_skewed:  # a skewed worker is expected unlisted throughout
                 continue
             affected.append(name)
             if f.duration > self.announce_ttl(name) + self.s.poll_interval:
