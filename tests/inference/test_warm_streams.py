@@ -91,7 +91,6 @@ async def test_spares_are_opened_after_use_and_taken_by_the_next_request() -> No
             # A spare is a negotiated stream the worker waits on: no request, no slot, no prompt.
             await wait_until(lambda: len(worker_side) >= 2, timeout=10)
             await wait_until(lambda: server.stats.in_flight == 0, timeout=10)  # the first request's slot
-            await trio.sleep(0.2)
             assert server.stats.in_flight == 0 and len(server.request_log) == 1
             text, start, final = await ask(requester, words=3)
             assert text.split() == ["w"] * 3 and start.attempts == 1
