@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,16 @@ async def test_heartbeat_is_kept_and_deliveries_are_drained(caplog: pytest.LogCa
         await wait_until(lambda: second.topic_peers(WORKERS_TOPIC) > 0, timeout=20)
         with trio.fail_after(30):
             seqno = 1
+            def delivered_after(count: int) -> bool:
+                return receiver.accepted > count
+
             while receiver.accepted < MESSAGES:
+                before = receiver.accepted
                 await second.publish(WORKERS_TOPIC, make_announcement(second, seqno).seal(
                     second._key_pair.private_key))
                 seqno += 1
-                await trio.sleep(0.02)
+                with trio.move_on_after(1):  # not delivered (mesh still grafting): publish the next one
+                    await wait_until(partial(delivered_after, before), timeout=2)
         assert gossipsub.heartbeat_interval == 0.5
     assert not [r for r in caplog.records if "fail to deliver" in r.getMessage()]
 

@@ -219,9 +219,8 @@ async def test_a_blocked_link_holds_data_until_it_heals(autojump_clock: trio.tes
         assert received == [] and read_back == []
         healed_at = trio.current_time()
         table.replace({"default": {"latency_ms": 5}})
-        with trio.fail_after(1):
-            while len(b"".join(received)) < len(b"held in order") or not read_back:
-                await trio.sleep(0.001)
+        await wait_until(lambda: len(b"".join(received)) >= len(b"held in order") and read_back,
+                         timeout=1, interval=0.001)
         assert b"".join(received) == b"held in order" and read_back == [b"reply"]
         assert trio.current_time() - healed_at >= 0.005  # released after the heal, plus the latency
         nursery.cancel_scope.cancel()
