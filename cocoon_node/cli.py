@@ -187,23 +187,25 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2
 
-    async def main_task() -> None:
-        async with trio.open_nursery() as nursery:
-            async def stop_on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        logging.getLogger("cocoon_node").info("received %s: shutting down", signal.Signals(signum).name)
-                        await node.shutdown_gracefully()
-                        nursery.cancel_scope.cancel()
-                        return
-
-            nursery.start_soon(stop_on_signal)
-            info = await nursery.start(node.run)
-            print(json.dumps({"event": "ready", "peer_id": info.peer_id, "addrs": info.addrs,
-                              "api_url": info.api_url, "admin_url": info.admin_url}), flush=True)
-
-    trio.run(main_task)
+    trio.run(serve_until_signalled, node)
     return 0
+
+
+async def serve_until_signalled(node: Any, ready_extra: dict[str, Any] | None = None) -> None:
+    """Run ``node``, print its ready line on stdout, and on SIGINT/SIGTERM shut it down gracefully."""
+    async with trio.open_nursery() as nursery:
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    logging.getLogger("cocoon_node").info("received %s: shutting down", signal.Signals(signum).name)
+                    await node.shutdown_gracefully()
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(stop_on_signal)
+        info = await nursery.start(node.run)
+        print(json.dumps({"event": "ready", "peer_id": info.peer_id, "addrs": info.addrs,
+                          "api_url": info.api_url, "admin_url": info.admin_url, **(ready_extra or {})}), flush=True)
 
 
 def cmd_id(config: Config, args: argparse.Namespace) -> int:

@@ -27,9 +27,7 @@ as ``cocoon-node run`` and adds an ``adversary`` object to the node's admin stat
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +36,7 @@ from typing import Any
 
 import trio
 
-from cocoon_node.cli import build_parser, overrides_from_args
+from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
 from cocoon_node.inference.stream import MAX_FRAME, PROTOCOL_ID, WIRE, InferenceServer
 from cocoon_node.mesh import Announcement
@@ -421,21 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     node = RogueNode(config, args.kind, overclaim_tokens=args.overclaim_tokens, stale_after=args.stale_after)
 
-    async def main_task() -> None:
-        async with trio.open_nursery() as nursery:
-            async def stop_on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        await node.shutdown_gracefully()
-                        nursery.cancel_scope.cancel()
-                        return
-
-            nursery.start_soon(stop_on_signal)
-            info = await nursery.start(node.run)
-            print(json.dumps({"event": "ready", "peer_id": info.peer_id, "addrs": info.addrs,
-                              "api_url": info.api_url, "admin_url": info.admin_url, "rogue": args.kind}), flush=True)
-
-    trio.run(main_task)
+    trio.run(serve_until_signalled, node, {"rogue": args.kind})
 
 
 if __name__ == "__main__":
