@@ -13,6 +13,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -329,6 +330,7 @@ class Requester:
             price_completion=worker.price_completion,
             meter=meter,
             first_token_timeout=self._first_token_timeout,
+            on_reusable=partial(self._warm.give_back, worker) if self._warm is not None else None,
         ) as call:
             await send.send(StreamStart(worker, call.prompt_tokens, attempt))
             async for delta in call.deltas():

@@ -1,8 +1,10 @@
 """The direct inference stream ``/cocoon/inference/1.0.0``: worker handler and requester client.
 
-One request per stream. The worker reads the request, validates it like the OpenAI API would, answers
-accept or reject, then streams deltas while a second task listens for ``cancel`` and ``voucher`` frames;
-a cancel frame or the stream closing cancels generation, which the backend honours within one token step.
+Requests in sequence on one stream. The worker reads a request, validates it like the OpenAI API would,
+answers accept or reject, then streams deltas while a second task listens for ``cancel`` and ``voucher``
+frames; a cancel frame or the stream closing cancels generation, which the backend honours within one token
+step. After a clean ``final`` the worker (which says ``keep_open`` in its accept) waits for the requester's
+next request on the same stream, so a busy requester does not pay for a new stream per request.
 Both sides bound every wait. Payments plug in through :class:`WorkerMeter` / :class:`RequesterMeter`, so
 this module carries frames and never decides what a token costs.
 """
@@ -30,8 +32,9 @@ PROTOCOL_ID: str = _PROTO.meta["id"]
 MAX_FRAME: int = int(_PROTO.meta["max_frame_bytes"])
 WIRE = "inference"
 _DELTA_QUEUE = 64  # deltas a worker may have generated but not yet written
-_LINGER_PER_STREAM = 0.001  # seconds a delta writer waits after a frame, per other stream in flight
-_MAX_LINGER = 0.025
+_LINGER_PER_STREAM = 0.002  # seconds a delta writer waits after a frame, per other stream in flight
+_MAX_LINGER = 0.05
+_IDLE_STREAM_TIMEOUT = 30.0  # how long a worker waits for a request on a new or finished stream
 
 
 # ----- worker side ---------------------------------------------------------------------------------------
@@ -126,15 +129,22 @@ class InferenceServer:
                     pass
 
     async def _serve(self, frames: FrameStream, remote_key: bytes | None = None) -> None:
-        with trio.fail_after(30):
-            first = await frames.receive()
-        if first is None:
-            return
-        if first["t"] != "request":
-            raise FrameError(f"expected a request frame, got {first['t']!r}")
+        """Serve requests one after another until the requester closes the stream or leaves it idle."""
+        with trio.fail_after(_IDLE_STREAM_TIMEOUT):
+            frame = await frames.receive()
+        while frame is not None:
+            if frame["t"] != "request":
+                raise FrameError(f"expected a request frame, got {frame['t']!r}")
+            frame = await self._serve_request(frames, frame, remote_key)
+
+    async def _serve_request(
+        self, frames: FrameStream, first: dict[str, Any], remote_key: bytes | None
+    ) -> dict[str, Any] | None:
+        """One request; returns the next request frame when the requester sent one on this stream."""
         request_id = first["id"]
 
         async def reject(code: str, message: str, field: str | None = None) -> None:
+            """A rejected request ends the stream (the requester tries elsewhere or gives up)."""
             self.stats.rejected += 1
             frame: dict[str, Any] = {"t": "reject", "id": request_id, "code": code, "message": message[:1000]}
             if field is not None:
@@ -144,16 +154,20 @@ class InferenceServer:
         try:
             chat = ChatRequest.from_wire(first["chat"], max_tokens_limit=self.terms.max_tokens_cap)
         except RequestValidationError as exc:
-            return await reject("invalid_request", exc.message, exc.field)
+            await reject("invalid_request", exc.message, exc.field)
+            return None
         if chat.model != self.terms.model:
-            return await reject("model_mismatch", f"this worker serves {self.terms.model!r}", "model")
+            await reject("model_mismatch", f"this worker serves {self.terms.model!r}", "model")
+            return None
         if (
             first["price_prompt"] < self.terms.price_prompt
             or first["price_completion"] < self.terms.price_completion
         ):
-            return await reject("price_mismatch", "offered prices are below the announced prices")
+            await reject("price_mismatch", "offered prices are below the announced prices")
+            return None
         if self.stats.in_flight >= self.terms.max_concurrent:
-            return await reject("overloaded", f"all {self.terms.max_concurrent} slots are busy")
+            await reject("overloaded", f"all {self.terms.max_concurrent} slots are busy")
+            return None
         prompt_tokens = self.backend.count_tokens(chat)
         self.stats.in_flight += 1
         self._load_changed()
@@ -171,37 +185,47 @@ class InferenceServer:
                 try:
                     await self.meter.admit(request_id, first.get("payment"), prompt_tokens, remote_key)
                 except PaymentRequired as exc:
-                    return await reject("payment_required", str(exc))
+                    await reject("payment_required", str(exc))
+                    return None
             self.request_log.append(chat)
-            await frames.send(
-                {
-                    "t": "accept",
-                    "id": request_id,
-                    "prompt_tokens": prompt_tokens,
-                    "credit_window": self.meter.credit_window if self.meter else 0,
-                }
-            )
-            await self._generate(frames, request_id, chat, prompt_tokens, release_slot)
+            accept = {
+                "t": "accept",
+                "id": request_id,
+                "prompt_tokens": prompt_tokens,
+                "credit_window": self.meter.credit_window if self.meter else 0,
+                "keep_open": True,
+            }
+            return await self._generate(frames, accept, chat, release_slot)
         finally:
             release_slot()
 
     async def _generate(
-        self, frames: FrameStream, request_id: str, chat: ChatRequest, prompt_tokens: int,
-        release_slot: Callable[[], None],
-    ) -> None:
-        """Stream one completion while a listener handles cancel and voucher frames.
+        self, frames: FrameStream, accept: dict[str, Any], chat: ChatRequest, release_slot: Callable[[], None],
+    ) -> dict[str, Any] | None:
+        """Accept and stream one completion while a listener handles cancel and voucher frames; returns the
+        requester's next request on this stream, if it sent one.
 
-        The listener runs until the requester closes the stream, also after ``final``, so the voucher that
-        pays the tail still arrives; it is never cancelled mid-read (that could lose buffered bytes). The
-        slot is released once generation is over: waiting for the tail voucher costs the backend nothing,
-        and a requester starting its next request at once would otherwise find every slot "busy".
+        The backend starts before the accept frame is written (the writer task sends it ahead of the first
+        delta), so writing it overlaps the model's time to first token instead of adding to it.
+
+        The listener runs until the requester closes the stream or sends its next request, also after
+        ``final``, so the voucher that pays the tail still arrives; it is never cancelled mid-read (that
+        could lose buffered bytes) unless the stream is about to be closed. The slot is released once
+        generation is over: waiting for the tail voucher costs the backend nothing, and a requester starting
+        its next request at once would otherwise find every slot "busy".
         """
+        request_id: str = accept["id"]
+        prompt_tokens: int = accept["prompt_tokens"]
+        accepted = trio.Event()
         started = time.monotonic()
         first_token_at: float | None = None
         completion_tokens = 0
         finish_reason = "cancelled"
-        peer_gone = trio.Event()
+        peer_done = trio.Event()  # the requester closed the stream or sent its next request
+        final_sent = False
+        next_request: list[dict[str, Any]] = []
         payment_error: list[str] = []
+        protocol_error: list[str] = []
         generation = trio.CancelScope()
 
         async def listen() -> None:
@@ -212,7 +236,7 @@ class InferenceServer:
                     log.info("bad frame during generation: %s", exc)
                     frame = None
                 if frame is None:
-                    peer_gone.set()
+                    peer_done.set()
                     generation.cancel()
                     return
                 if frame["t"] == "cancel":
@@ -223,16 +247,30 @@ class InferenceServer:
                     except PaymentRequired as exc:  # forged, replayed or cross-channel voucher
                         payment_error.append(str(exc))
                         generation.cancel()
+                elif frame["t"] == "request":
+                    if not final_sent:  # requests on one stream are sequential
+                        protocol_error.append("a new request arrived before this one finished")
+                        generation.cancel()
+                        peer_done.set()
+                        return
+                    next_request.append(frame)
+                    peer_done.set()
+                    return
 
-        error: dict[str, Any] | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(listen)
+        async def run_backend() -> None:
+            """Feed the backend's deltas to the writer. A backend error ends the feed, lets the writer send
+            (and finish) what came before it, then is raised: a writer cancelled mid-write would leave half a
+            frame on the stream and the error frame would never be readable."""
+            nonlocal completion_tokens, first_token_at, finish_reason
+            failed: list[BackendError] = []
             try:
-                with generation, trio.fail_after(self.terms.request_timeout):
-                    async with trio.open_nursery() as senders, self.backend.generate(chat) as deltas:
-                        out_send, out_recv = trio.open_memory_channel[tuple[str, int]](_DELTA_QUEUE)
-                        senders.start_soon(self._send_deltas, frames, request_id, out_recv, generation)
-                        async with out_send:
+                async with trio.open_nursery() as senders, self.backend.generate(chat) as deltas:
+                    out_send, out_recv = trio.open_memory_channel[tuple[str, int, bool]](_DELTA_QUEUE)
+                    generation_over = trio.Event()
+                    senders.start_soon(self._send_deltas, frames, accept, accepted, out_recv, generation,
+                                       generation_over)
+                    async with out_send:
+                        try:
                             async for delta in deltas:
                                 if delta.token_count and self.meter is not None:
                                     try:
@@ -243,10 +281,26 @@ class InferenceServer:
                                 completion_tokens += delta.token_count
                                 if first_token_at is None and delta.token_count:
                                     first_token_at = time.monotonic()
-                                if delta.text or delta.token_count:
-                                    await out_send.send((delta.text, delta.token_count))
+                                last = delta.finish_reason is not None
+                                if delta.text or delta.token_count or last:
+                                    await out_send.send((delta.text, delta.token_count, last))
                                 if delta.finish_reason is not None:
                                     finish_reason = delta.finish_reason
+                        except BackendError as exc:
+                            failed.append(exc)
+                        finally:
+                            generation_over.set()  # the writer stops lingering
+            except BaseExceptionGroup as group:  # e.g. a BackendError from the backend's start, wrapped
+                raise sole_exception(group) from None
+            if failed:
+                raise failed[0]
+
+        error: dict[str, Any] | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listen)
+            try:
+                with generation, trio.fail_after(self.terms.request_timeout):
+                    await run_backend()
             except BackendError as exc:  # ContextLengthError included
                 error = {"t": "error", "id": request_id, "code": "backend", "message": str(exc)[:1000]}
             finally:
@@ -254,19 +308,24 @@ class InferenceServer:
                     with trio.CancelScope(shield=True):
                         await self.meter.finish(request_id, prompt_tokens, completion_tokens)
             ended = time.monotonic()
+            if error is None and protocol_error:
+                error = {"t": "error", "id": request_id, "code": "protocol", "message": protocol_error[0]}
             if error is None and payment_error:
                 error = {"t": "error", "id": request_id, "code": "payment", "message": payment_error[0][:1000]}
             if error is not None:
                 self.stats.failed += 1
+                if not accepted.is_set():  # the backend failed before the writer sent the accept
+                    await _send_quietly(frames, accept)
                 await _send_quietly(frames, error)
             else:
                 if finish_reason == "cancelled":
                     self.stats.cancelled += 1
                 else:
                     self.stats.served += 1
-                if not peer_gone.is_set():
+                if not peer_done.is_set():
                     ttft = ((first_token_at or ended) - started) * 1000
                     gen_s = max(ended - (first_token_at or started), 1e-9)
+                    final_sent = True  # set before the write: the listener may see the next request at once
                     await _send_quietly(frames, {
                         "t": "final", "id": request_id, "finish_reason": finish_reason,
                         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -275,39 +334,59 @@ class InferenceServer:
                         "tokens_per_second": float(completion_tokens / gen_s) if completion_tokens else 0.0,
                     })
             release_slot()
-            # Let the requester pay the tail and hang up; bounded so a silent peer cannot hold the stream.
-            with trio.move_on_after(5 if self.meter is not None else 1):
-                await peer_gone.wait()
+            # After a clean final the stream stays open for the requester's next request (it pays the tail
+            # first); otherwise it only waits for the tail voucher and the hang-up. Bounded either way.
+            idle = _IDLE_STREAM_TIMEOUT if final_sent and finish_reason != "cancelled" else 5.0
+            with trio.move_on_after(idle if self.meter is not None or final_sent else 1.0):
+                await peer_done.wait()
             nursery.cancel_scope.cancel()
+        return next_request[0] if next_request and error is None else None
 
-    async def _send_deltas(self, frames: FrameStream, request_id: str,
-                           queue: trio.MemoryReceiveChannel[tuple[str, int]], generation: trio.CancelScope) -> None:
-        """Write queued deltas, coalescing whatever piled up while the previous write was in flight.
+    async def _send_deltas(self, frames: FrameStream, accept: dict[str, Any], accepted: trio.Event,
+                           queue: trio.MemoryReceiveChannel[tuple[str, int, bool]],
+                           generation: trio.CancelScope, generation_over: trio.Event) -> None:
+        """Write the accept, then the queued deltas, coalescing whatever piled up while the previous write
+        was in flight.
 
         An idle stream sends each token as soon as it exists; a busy one sends several per frame, so the
         per-frame cost (encryption, muxing, syscalls: ~0.3 ms in py-libp2p) stops capping tokens per second.
-        With other streams in flight the writer also lingers a little after each frame (1 ms per other
-        stream, at most 25 ms) so that paced tokens share frames too; the first token never waits. The queue
-        is bounded: a slow reader slows the generator.
+        With other streams in flight the writer also lingers a little after each frame (2 ms per other
+        stream, at most 50 ms) so that paced tokens share frames too; the first token never waits, and the
+        last one (the delta that finishes generation) is sent at once. The queue is bounded: a slow reader
+        slows the generator.
         """
+        request_id = accept["id"]
+        last_sent: float | None = None
         async with queue:
-            async for text, tokens in queue:
+            try:
+                await frames.send(accept)
+            except Exception:  # the requester is gone: stop generating
+                generation.cancel()
+                return
+            accepted.set()
+            async for text, tokens, last in queue:
+                linger = min(_MAX_LINGER, _LINGER_PER_STREAM * (self.stats.in_flight - 1))
+                if not last and last_sent is not None and linger > 0:
+                    # One timer per frame, not per token; the last token cuts the wait short.
+                    with trio.move_on_at(last_sent + linger):
+                        await generation_over.wait()
                 parts = [text]
-                while True:
+                while not last:
                     try:
-                        more_text, more_tokens = queue.receive_nowait()
+                        more_text, more_tokens, last = queue.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     parts.append(more_text)
                     tokens += more_tokens
+                text = "".join(parts)
+                if not text and not tokens:
+                    continue  # a bare finish marker with nothing queued before it
                 try:
-                    await frames.send({"t": "delta", "id": request_id, "text": "".join(parts), "tokens": tokens})
+                    await frames.send({"t": "delta", "id": request_id, "text": text, "tokens": tokens})
                 except Exception:  # the requester is gone: stop generating
                     generation.cancel()
                     return
-                linger = min(_MAX_LINGER, _LINGER_PER_STREAM * (self.stats.in_flight - 1))
-                if linger > 0:
-                    await trio.sleep(linger)
+                last_sent = trio.current_time()
 
     def _load_changed(self) -> None:
         if self._on_load_change is not None:
@@ -415,6 +494,11 @@ class InferenceCall:
         self.prompt_paid = trio.Event()
         self._tokens_counted = trio.Event()
         self._pay_lock = trio.Lock()  # one meter call (sign, store, send) at a time, in order
+
+    @property
+    def paying(self) -> bool:
+        """A voucher is being signed, stored or written right now."""
+        return self._pay_lock.locked()
 
     async def _send_voucher(self, voucher: bytes | None) -> None:
         if voucher is not None:
@@ -537,9 +621,16 @@ async def call_worker(
     accept_timeout: float = 10.0,
     first_token_timeout: float = 60.0,
     token_timeout: float = 30.0,
+    on_reusable: Callable[[Any], None] | None = None,
 ) -> AsyncIterator[InferenceCall]:
-    """Send one request on an open stream and yield the call once the worker accepted it."""
+    """Send one request on an open stream and yield the call once the worker accepted it.
+
+    The stream is closed afterwards, unless the call ended cleanly (``final`` read, tail paid, nothing
+    unread, no voucher being written) on a worker that keeps streams open: then ``on_reusable`` gets it
+    for the next request to that worker.
+    """
     frames = FrameStream(stream, WIRE, max_frame=MAX_FRAME)
+    reusable = False
     request_id = uuid.uuid4().hex
     started = time.monotonic()
     request: dict[str, Any] = {
@@ -603,12 +694,21 @@ async def call_worker(
                     if call.final is None:
                         with trio.CancelScope(shield=True):
                             await call.cancel()
+                    else:
+                        # No checkpoint between this check and the cancel: the pay task is parked (waiting
+                        # for tokens or the lock), never inside a write, so the stream stays frame-aligned.
+                        reusable = (on_reusable is not None and answer.get("keep_open", False)
+                                    and not call.paying and frames.buffered == 0)
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise sole_exception(group) from None
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            try:
-                await stream.close()
-            except Exception:
-                pass
+        if reusable:
+            assert on_reusable is not None
+            on_reusable(stream)
+        else:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await stream.close()
+                except Exception:
+                    pass

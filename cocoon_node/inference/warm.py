@@ -1,12 +1,13 @@
 """Warm inference streams: a few negotiated, idle streams kept open to the workers a requester uses.
 
 Why: opening a libp2p stream costs a multistream-select negotiation that py-libp2p runs in Python on both
-ends; on loopback it was ~5 ms of the ~12 ms a request spent in the mesh before its first token. The
-protocol is one request per stream, and a worker holds no slot for a stream until a request frame arrives
-on it (it only waits, and hangs up after 30 s of silence), so a requester can open the next streams ahead of
-time. Spares are kept only for workers used recently, at most as many as were recently in flight there,
-and each is replaced well before the worker's idle timeout. No prompt byte is written to a spare before a
-request takes it, and a spare is opened through the same attested opener as any other stream.
+ends; on loopback it was ~5 ms of the ~12 ms a request spent in the mesh before its first token. A worker
+holds no slot for a stream until a request frame arrives on it (it only waits, and hangs up after 30 s of
+silence), so a requester can open the next streams ahead of time; and a stream whose request finished
+cleanly comes back here (:meth:`give_back`) for the next one, so a busy requester opens almost none. Spares
+are kept only for workers used recently, at most as many as were recently in flight there, and each is
+dropped well before the worker's idle timeout. No prompt byte is written to a spare before a request takes
+it, and a spare is opened through the same attested opener as any other stream.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class WarmStreams:
         self.hits = 0
         self.misses = 0
         self.dead = 0  # spares found closed by the worker when a request took them
+        self.reused = 0  # streams given back after a finished request
 
     def take(self, worker: Announcement) -> Any | None:
         """A fresh spare stream to ``worker`` or None; either way the worker counts as in use now."""
@@ -80,11 +82,21 @@ class WarmStreams:
         self.misses += 1
         return None
 
+    def give_back(self, worker: Announcement, stream: Any) -> None:
+        """A stream whose request ended cleanly; the worker now waits for the next request on it."""
+        spares = self._workers.get(worker.peer_id)
+        if spares is None or len(spares.streams) >= min(self.max_spares, spares.worker.max_concurrent):
+            self._discard(stream)
+            return
+        self.reused += 1
+        spares.streams.append((time.monotonic(), stream))
+
     def release(self, worker: Announcement) -> None:
-        """The request that took a stream to ``worker`` (warm or not) has ended."""
+        """The request that took a stream to ``worker`` (warm or not) has ended (after any give_back)."""
         spares = self._workers.get(worker.peer_id)
         if spares is not None and spares.in_flight > 0:
             spares.in_flight -= 1
+            self._wake.set()  # a stream that did not come back is replaced now, not at the next tick
 
     def spare_was_dead(self, worker: Announcement) -> None:
         """A taken spare had been closed by the worker; its other spares are suspect too."""
@@ -136,7 +148,9 @@ class WarmStreams:
             if spares.in_flight == 0 and now - spares.last_used > self.max_idle:
                 spares.recent_peak = max(1, spares.recent_peak // 2)  # demand has eased
             target = min(self.max_spares, spares.recent_peak, spares.worker.max_concurrent)
-            missing = target - len(spares.streams)
+            # Requests in flight usually give their stream back when they end: count them as spares to
+            # come, or a burst would open a second set of streams that the first set then displaces.
+            missing = target - len(spares.streams) - spares.in_flight
             if missing <= 0 or now < spares.retry_at:
                 continue
             async with trio.open_nursery() as openers:

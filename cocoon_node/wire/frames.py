@@ -69,6 +69,11 @@ class FrameStream:
         self._max_frame = max_frame
         self._buffer = bytearray()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the stream but not yet returned as a frame (a stream handed on must have none)."""
+        return len(self._buffer)
+
     async def send(self, frame: dict[str, Any]) -> None:
         await self._stream.write(encode_frame(self._protocol, frame, max_frame=self._max_frame))
 

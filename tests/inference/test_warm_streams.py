@@ -1,5 +1,6 @@
-"""Warm inference streams between two real libp2p hosts: spares are opened after use and taken by the next
-request, carry nothing until taken, and a spare the worker hung up on costs the request nothing."""
+"""Warm inference streams between two real libp2p hosts: a finished stream comes back for the next request,
+spares are opened when one does not, carry nothing until taken, and a spare the worker hung up on costs the
+request nothing."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
+import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from cocoon_node.inference.chat import parse_chat_request
 from cocoon_node.inference.requester import Requester, StreamStart
-from cocoon_node.inference.stream import PROTOCOL_ID, Delta, Final, InferenceServer, WorkerTerms
+from cocoon_node.inference.stream import PROTOCOL_ID, Delta, Final, InferenceServer, WorkerFailure, WorkerTerms
 from cocoon_node.inference.synthetic import SyntheticBackend
 from cocoon_node.inference.warm import WarmStreams
 from cocoon_node.mesh import Announcement, Mesh, MeshSettings
@@ -80,22 +82,43 @@ async def setup(stack: AsyncExitStack) -> tuple[InferenceServer, list[Any], Requ
     return server, worker_side, requester, warm, target
 
 
-async def test_spares_are_opened_after_use_and_taken_by_the_next_request() -> None:
+async def test_a_finished_stream_comes_back_and_carries_the_next_request() -> None:
     async with AsyncExitStack() as stack:
         server, worker_side, requester, warm, target = await setup(stack)
         with trio.fail_after(30):
             text, start, final = await ask(requester)
             assert text.split() == ["w"] * 5 and final.completion_tokens == 5
-            assert (warm.hits, warm.misses) == (0, 1)
-            await wait_until(lambda: warm.spare_count(target.peer_id) >= 1, timeout=10)
-            # A spare is a negotiated stream the worker waits on: no request, no slot, no prompt.
-            await wait_until(lambda: len(worker_side) >= 2, timeout=10)
-            await wait_until(lambda: server.stats.in_flight == 0, timeout=10)  # the first request's slot
-            assert server.stats.in_flight == 0 and len(server.request_log) == 1
+            assert (warm.hits, warm.misses, warm.reused) == (0, 1, 1)
+            assert warm.spare_count(target.peer_id) == 1
+            # The spare is the finished stream, which the worker keeps open: no request, no slot.
+            await wait_until(lambda: server.stats.in_flight == 0, timeout=10)
+            assert len(worker_side) == 1 and len(server.request_log) == 1
             text, start, final = await ask(requester, words=3)
             assert text.split() == ["w"] * 3 and start.attempts == 1
-            assert warm.hits == 1
+            assert (warm.hits, warm.reused) == (1, 2) and len(worker_side) == 1
             assert len(server.request_log) == 2
+
+
+async def test_spares_are_opened_when_a_stream_does_not_come_back() -> None:
+    """A request that ends without a clean final (here: refused as invalid) closes its stream; the pool
+    opens a spare in its place, which carries nothing until the next request takes it."""
+    async with AsyncExitStack() as stack:
+        server, worker_side, requester, warm, target = await setup(stack)
+        with trio.fail_after(30):
+            bad = parse_chat_request({"model": "synthetic-echo", "max_tokens": 1000,
+                                      "messages": [{"role": "user", "content": "w"}]})
+            with pytest.raises(WorkerFailure) as err:
+                async with requester.stream(bad) as events:
+                    async for _ in events:
+                        pass
+            assert err.value.code == "invalid_request"
+            assert warm.reused == 0
+            await wait_until(lambda: warm.spare_count(target.peer_id) >= 1, timeout=10)
+            await wait_until(lambda: len(worker_side) >= 2, timeout=10)
+            assert server.stats.in_flight == 0 and len(server.request_log) == 0
+            text, start, _ = await ask(requester, words=3)
+            assert text.split() == ["w"] * 3 and start.attempts == 1 and warm.hits == 1
+            assert len(server.request_log) == 1
 
 
 async def test_a_spare_the_worker_hung_up_on_is_replaced_without_blame() -> None:
@@ -103,9 +126,8 @@ async def test_a_spare_the_worker_hung_up_on_is_replaced_without_blame() -> None
         _, worker_side, requester, warm, target = await setup(stack)
         with trio.fail_after(30):
             await ask(requester)
-            await wait_until(lambda: warm.spare_count(target.peer_id) >= 1, timeout=10)
-            await wait_until(lambda: len(worker_side) >= 2, timeout=10)
-            for stream in worker_side[1:]:  # the worker resets every idle spare (as on a restart)
+            assert warm.spare_count(target.peer_id) == 1 and len(worker_side) == 1  # the finished stream
+            for stream in worker_side:  # the worker resets every idle stream (as on a restart)
                 await stream.reset()
             text, start, final = await ask(requester, words=4)
             assert text.split() == ["w"] * 4 and final.completion_tokens == 4

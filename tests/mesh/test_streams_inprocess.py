@@ -4,13 +4,16 @@ and a worker that vanishes mid-stream gives the requester a clean error."""
 from __future__ import annotations
 
 import struct
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import msgpack
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
+from cocoon_node.inference.backend import BackendError
 from cocoon_node.inference.chat import parse_chat_request
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerFailure, WorkerTerms, call_worker
 from cocoon_node.inference.synthetic import SyntheticBackend
@@ -131,3 +134,100 @@ async def test_slot_is_free_once_final_is_sent() -> None:
                     text = [d.text async for d in again.deltas()]
                 assert again.final is not None and len(text) > 0
         assert server.stats.served == 2 and server.stats.rejected == 0
+
+
+async def test_a_finished_stream_carries_the_next_request() -> None:
+    """Keep-open: after a clean final the worker waits for the next request on the same stream, and the
+    requester hands the stream on instead of closing it."""
+    async with AsyncExitStack() as stack:
+        worker, client = await two_hosts(stack)
+        server = InferenceServer(SyntheticBackend(tokens_per_second=0), TERMS)
+        opened: list[object] = []
+
+        async def handle(stream: object) -> None:
+            opened.append(stream)
+            await server.handle(stream)
+
+        worker.set_stream_handler(PROTOCOL_ID, handle)
+        with trio.fail_after(30):
+            handed_on: list[object] = []
+            stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
+            for words in (5, 3, 4):
+                async with call_worker(stream, chat(words=words), price_prompt=1, price_completion=1,
+                                       on_reusable=handed_on.append) as call:
+                    text = "".join([d.text async for d in call.deltas()])
+                assert text.split() == ["w"] * words and call.final is not None
+                assert handed_on == [stream]  # handed on, not closed
+                handed_on.clear()
+            # Without a taker the stream is closed as before, and the worker's handler ends.
+            async with call_worker(stream, chat(words=2), price_prompt=1, price_completion=1) as call:
+                [d async for d in call.deltas()]
+            await wait_until(lambda: server.stats.served == 4 and server.stats.in_flight == 0, timeout=10)
+        assert len(opened) == 1 and len(server.request_log) == 4
+
+
+async def test_a_request_before_final_is_a_protocol_error() -> None:
+    """Requests on one stream are sequential: a second request while the first is generating ends both
+    with a protocol error and the stream is closed."""
+    async with AsyncExitStack() as stack:
+        worker, client = await two_hosts(stack)
+        server = InferenceServer(SyntheticBackend(tokens_per_second=50), TERMS)
+        worker.set_stream_handler(PROTOCOL_ID, server.handle)
+        with trio.fail_after(30):
+            stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
+            frames = FrameStream(Raw(stream), "inference")
+            request = {"t": "request", "v": 1, "id": "a", "chat": chat(words=50, max_tokens=50).to_wire(),
+                       "price_prompt": 1, "price_completion": 1}
+            await frames.send(request)
+            accept = await frames.receive()
+            assert accept is not None and accept["t"] == "accept" and accept["keep_open"] is True
+            await frames.send({**request, "id": "b"})
+            seen = []
+            while (frame := await frames.receive()) is not None:
+                seen.append(frame)
+            assert seen[-1]["t"] == "error" and seen[-1]["code"] == "protocol"
+            assert all(f["id"] == "a" for f in seen)  # request b was never served
+        await wait_until(lambda: server.stats.in_flight == 0, timeout=10)
+        assert server.stats.failed == 1 and server.stats.served == 0 and len(server.request_log) == 1
+
+
+class FailingBackend(SyntheticBackend):
+    """Fails at once (``after`` = 0) or after ``after`` tokens, like a model that runs out of context."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__(tokens_per_second=0)
+        self.after = after
+
+    @asynccontextmanager
+    async def generate(self, req: Any) -> AsyncIterator[AsyncIterator[Any]]:
+        if self.after == 0:
+            raise BackendError("prompt does not fit the context")
+        async with super().generate(req) as deltas:
+            yield self._fail_after(deltas)
+
+    async def _fail_after(self, deltas: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        n = 0
+        async for d in deltas:
+            yield d
+            n += 1
+            if n == self.after:
+                raise BackendError("model crashed")
+
+
+@pytest.mark.parametrize("after", [0, 3])
+async def test_a_backend_failure_reaches_the_requester_as_a_backend_error(after: int) -> None:
+    """The worker starts the backend before writing its accept; a backend that fails even before that
+    still gives the requester an accept and then a clean ``backend`` error, never a protocol error."""
+    async with AsyncExitStack() as stack:
+        worker, client = await two_hosts(stack)
+        server = InferenceServer(FailingBackend(after), TERMS)
+        worker.set_stream_handler(PROTOCOL_ID, server.handle)
+        with trio.fail_after(30):
+            stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
+            got = []
+            with pytest.raises(WorkerFailure) as err:
+                async with call_worker(stream, chat(words=10), price_prompt=1, price_completion=1) as call:
+                    got = [d async for d in call.deltas()]
+        assert err.value.code == "backend" and err.value.before_first_token == (after == 0)
+        assert sum(d.tokens for d in got) <= after
+        await wait_until(lambda: server.stats.failed == 1 and server.stats.in_flight == 0, timeout=10)

@@ -61,6 +61,7 @@ def frames() -> list[dict[str, Any]]:
         {"t": "request", "v": 1, "id": "r2", "chat": chat, "price_prompt": 1000, "price_completion": 2000,
          "payment": {"channel": "0:" + "11" * 32, "channel_id": bytes(range(32))}},
         {"t": "accept", "id": "r1", "prompt_tokens": 31, "credit_window": 200000},
+        {"t": "accept", "id": "r2", "prompt_tokens": 31, "credit_window": 200000, "keep_open": True},
         {"t": "reject", "id": "r1", "code": "invalid_request", "field": "temperature", "message": "must be <= 2"},
         {"t": "delta", "id": "r1", "text": "Hello", "tokens": 1},
         {"t": "usage", "id": "r1", "prompt_tokens": 31, "completion_tokens": 5},
@@ -70,6 +71,10 @@ def frames() -> list[dict[str, Any]]:
         {"t": "cancel", "id": "r1"},
         {"t": "voucher", "id": "r1", "voucher": b"\x01\x02\x03"},
     ]
+
+
+def vector_name(frame: dict[str, Any]) -> str:
+    return frame["t"] + ("-with-payment" if "payment" in frame else "") + ("-keep-open" if "keep_open" in frame else "")
 
 
 def channel_frames() -> list[dict[str, Any]]:
@@ -92,7 +97,7 @@ def build() -> dict[str, list[dict[str, Any]]]:
                                         "value": to_json_value(ann.to_wire())}],
         "envelope/envelope.json": [{"name": "announcement-envelope", "hex": sealed.hex(),
                                     "value": to_json_value(cbor2.loads(sealed))}],
-        "inference/frames.json": [{"name": f["t"] + ("-with-payment" if "payment" in f else ""),
+        "inference/frames.json": [{"name": vector_name(f),
                                    "hex": encode_frame("inference", f).hex(), "value": to_json_value(f)}
                                   for f in frames()],
         "channel/frames.json": [{"name": f["t"], "hex": encode_frame("channel", f).hex(), "value": to_json_value(f)}
