@@ -211,3 +211,71 @@ def test_stop_text_buffer_flush_and_no_stops() -> None:
     assert buf.update("ab") == ("ab", False)
     assert buf.update("abc\ufffd") == ("c", False)
     assert buf.flush("abc\ufffd") == "\ufffd"
+
+
+# ----- pacing: one decode-step clock for every stream (virtual time, trio's autojump clock) --------------
+
+
+async def timed_tokens(backend: SyntheticBackend, req: ChatRequest, out: list[float],
+                       cancel_after: int | None = None) -> None:
+    async with backend.generate(req) as stream:
+        async for _ in stream:
+            out.append(trio.current_time())
+            if cancel_after is not None and len(out) >= cancel_after:
+                return
+
+
+async def test_a_lone_stream_gets_tokens_at_the_configured_rate(autojump_clock: trio.testing.MockClock) -> None:
+    backend = SyntheticBackend(tokens_per_second=100)  # a step every 10 ms
+    times: list[float] = []
+    await trio.sleep(1.234)  # the clock starts with the stream, wherever trio's clock is
+    start = trio.current_time()
+    await timed_tokens(backend, chat("a b c d"), times)
+    assert [round(t - start, 6) for t in times] == [0.01, 0.02, 0.03, 0.04]
+
+
+async def test_streams_in_flight_share_decode_steps(autojump_clock: trio.testing.MockClock) -> None:
+    backend = SyntheticBackend(tokens_per_second=100)
+    first: list[float] = []
+    second: list[float] = []
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timed_tokens, backend, chat("a b c d"), first)
+        await trio.sleep(0.003)
+        nursery.start_soon(timed_tokens, backend, chat("a b c"), second)
+    assert [round(t - start, 6) for t in first] == [0.01, 0.02, 0.03, 0.04]
+    # joined 3 ms into step 0: its first token comes at the first step at least one interval later (step 2)
+    assert [round(t - start, 6) for t in second] == [0.02, 0.03, 0.04]
+
+
+async def test_a_stream_leaving_does_not_stall_the_others(autojump_clock: trio.testing.MockClock) -> None:
+    """The first stream to need a step keeps its timer; when it leaves, the others still get their tokens
+    on time (never early)."""
+    backend = SyntheticBackend(tokens_per_second=100)
+    leaver: list[float] = []
+    stayer: list[float] = []
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timed_tokens, backend, chat("a b c d e"), leaver, 2)
+        nursery.start_soon(timed_tokens, backend, chat("a b c d e"), stayer)
+    assert len(leaver) == 2
+    assert [round(t - start, 6) for t in stayer] == [0.01, 0.02, 0.03, 0.04, 0.05]
+
+    cancelled: list[float] = []
+    survivor: list[float] = []
+    scopes: list[trio.CancelScope] = []
+
+    async def cancellable() -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            await timed_tokens(backend, chat("a b c"), cancelled)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancellable)  # first in: it keeps the timer of every step
+        await trio.lowlevel.checkpoint()  # let it register for step 1 before the survivor does
+        nursery.start_soon(timed_tokens, backend, chat("a b c"), survivor)
+        await trio.sleep(0.015)  # the timer's owner is cancelled while both wait for step 2
+        scopes[0].cancel()
+    assert [round(t - start, 6) for t in cancelled] == [0.01]
+    assert [round(t - start, 6) for t in survivor] == [0.01, 0.02, 0.03]
