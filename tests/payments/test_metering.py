@@ -26,7 +26,7 @@ from cocoon_node.inference.synthetic import SyntheticBackend
 from cocoon_node.mesh import Mesh, MeshSettings
 from cocoon_node.payments.chain.base import ChannelStatus
 from cocoon_node.payments.channels import ChannelManager, Settlement
-from cocoon_node.payments.meter import RequesterPaymentMeter, VoucherRejected, WorkerPaymentMeter
+from cocoon_node.payments.meter import PayerChannel, RequesterPaymentMeter, VoucherRejected, WorkerPaymentMeter
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import ChannelParams, public_key_bytes, sign_voucher
 from tests.payments.conftest import TON, Parties, party_key
@@ -470,3 +470,33 @@ async def test_requester_pays_within_the_workers_smaller_window(parties: Parties
             assert completion == 120
             assert meter.credit_window == WINDOW
             assert w.meter.stats.payment_timeouts == 0
+
+
+async def test_periodic_vouchers_are_paced_per_channel(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """Streams of one channel share its vouchers (they are cumulative): a stream due for a periodic voucher
+    skips it when another signed within the interval, unless half the credit window is used; the tail of each
+    request is always paid."""
+    payer, payee = party_key("payer"), party_key("payee")
+    params = ChannelParams(payer_key=public_key_bytes(payer), payee_key=public_key_bytes(payee), payer="0:" + "11" * 32,
+                           payee="0:" + "22" * 32, channel_id=7, challenge_period=60)
+    store = PaymentStore.open(tmp_path / "payer.db")
+    store.upsert_channel("addr", "payer", "worker", params, TON)
+    channel = PayerChannel(store, payer, "addr", params, deposit=TON, newest=None)
+
+    def meter() -> RequesterPaymentMeter:
+        return RequesterPaymentMeter(channel, price_prompt=1, price_completion=10, credit_window=10_000,
+                                     voucher_every=4, voucher_interval=0.05)
+
+    a, b = meter(), meter()
+    assert await a.on_accept(3) is not None  # the channel's first voucher
+    assert await b.on_accept(3) is None  # a signed a moment ago: b's prompt rides on the next voucher
+    await trio.sleep(0.01)
+    assert await a.on_tokens(4) is None and await b.on_tokens(4) is None  # due by count, but paced
+    await trio.sleep(0.05)
+    paid = await b.on_tokens(5)
+    assert paid is not None and channel.paid == channel.charged == 6 + 90  # everything so far, both streams
+    assert await a.on_tokens(8) is None  # a's count is due, the pace is not
+    assert await a.on_tokens(600) is not None  # half the window (5 000) is used: paid at once, pace or not
+    assert await b.on_final(6) is not None  # the tail is always paid
+    assert channel.unpaid == 0 and channel.vouchers_signed == 4
+    store.close()
