@@ -2,9 +2,13 @@
 
 Same run, same machine: first the backend is driven directly (``backend.generate``), then through a real
 two-process cluster (one requester, one worker, started with ``cocoon_node.cluster.Cluster``) with streaming
-HTTP requests from this process. For each concurrency: time to first token (TTFT) and per-stream tokens/s
+HTTP requests from this process (``sse_client.SSEClient``: h11 over trio sockets, a keep-alive connection per
+stream; lighter than httpx, so the load generator takes less of the 2 cores from the nodes). For each
+concurrency: time to first token (TTFT) and per-stream tokens/s
 (completion tokens / time from request start to last token), medians and p95, and mesh/direct ratios. Each
 concurrency gets one uncounted warm-up round at that concurrency (steady state, as a busy requester sees it).
+Also the CPU each node process spent per request, and the decode rate (tokens after the first / time from
+first to last token), which leaves TTFT out; the ratio targets use the stricter per-stream tokens/s above.
 
 Synthetic backend at 200 tok/s per stream (a fair, paced comparison) and at rate 0 (as fast as possible),
 1 / 8 / 32 concurrent streams; ``--torch`` adds the SmolLM2 CPU model at 1 and 4 streams (slow).
@@ -26,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
+from sse_client import SSEClient  # bench/sse_client.py (the script directory is on sys.path)
 
 from cocoon_node.cluster import Cluster, wait_for_workers
 from cocoon_node.inference import make_backend, parse_chat_request
@@ -48,17 +52,25 @@ def body(model: str, tokens: int, stream: bool = True) -> dict[str, Any]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summarize(samples: list[tuple[float, float, int]]) -> dict[str, float]:
     """samples: (ttft_s, total_s, tokens) per stream."""
     ttft = sorted(s[0] for s in samples)
     tps = sorted(s[2] / s[1] for s in samples if s[1] > 0)
+    decode = sorted((s[2] - 1) / (s[1] - s[0]) for s in samples if s[1] > s[0] and s[2] > 1)
 
     def p(xs: list[float], q: float) -> float:
         return xs[min(len(xs) - 1, round((len(xs) - 1) * q))]
 
     return {"streams": len(samples), "ttft_ms_p50": round(p(ttft, 0.5) * 1000, 2),
             "ttft_ms_p95": round(p(ttft, 0.95) * 1000, 2), "tok_s_p50": round(statistics.median(tps), 1),
-            "tok_s_p5": round(p(tps, 0.05), 1), "tokens_per_stream": statistics.median(s[2] for s in samples)}
+            "tok_s_p5": round(p(tps, 0.05), 1), "tokens_per_stream": statistics.median(s[2] for s in samples),
+            "decode_tok_s_p50": round(statistics.median(decode), 1) if decode else None}
 
 
 async def direct_round(backend: Any, model: str, tokens: int, conc: int) -> list[tuple[float, float, int]]:
@@ -84,8 +96,7 @@ async def direct_round(backend: Any, model: str, tokens: int, conc: int) -> list
     return out
 
 
-async def mesh_round(client: httpx.AsyncClient, api: str, model: str, tokens: int,
-                     conc: int) -> list[tuple[float, float, int]]:
+async def mesh_round(client: SSEClient, model: str, tokens: int, conc: int) -> list[tuple[float, float, int]]:
     out: list[tuple[float, float, int]] = []
 
     async def one() -> None:
@@ -93,12 +104,11 @@ async def mesh_round(client: httpx.AsyncClient, api: str, model: str, tokens: in
         first = None
         last = t0
         n = 0
-        async with client.stream("POST", api + "/v1/chat/completions", json=body(model, tokens)) as resp:
-            resp.raise_for_status()
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:") or line.endswith("[DONE]"):
+        async with client.post_events("/v1/chat/completions", body(model, tokens)) as events:
+            async for data in events:
+                if data == b"[DONE]":
                     continue
-                chunk = json.loads(line[5:])
+                chunk = json.loads(data)
                 if chunk.get("usage"):
                     n = chunk["usage"]["completion_tokens"]
                 for c in chunk.get("choices") or []:
@@ -142,19 +152,28 @@ async def run_case(kind: str, rate: float, concurrencies: list[int], rounds: int
                                                      "--api-port", "0", "--bootstrap", worker.addr])
         await wait_for_workers(cluster, "requester", 1, timeout=60, model=model)
         api = req.ready["api_url"]
-        limits = httpx.Limits(max_connections=max_c * 2, max_keepalive_connections=max_c * 2)
-        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        client = SSEClient(api)
+        try:
             for c in concurrencies:
                 # Warm-up at the same concurrency, not counted: HTTP connections, the payment channel, the
                 # attestation verdict and the requester's warm streams are set up once, not per request.
-                await mesh_round(client, api, model, tokens, c)
-                mesh = [s for _ in range(rounds) for s in await mesh_round(client, api, model, tokens, c)]
+                await mesh_round(client, model, tokens, c)
+                pids = {"worker": worker.process.pid, "requester": req.process.pid}  # type: ignore[union-attr]
+                cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
+                mesh = [s for _ in range(rounds) for s in await mesh_round(client, model, tokens, c)]
                 d, m = summarize(direct[c]), summarize(mesh)
+                # CPU per request in each node process (both ends of the mesh path, payments included).
+                m["cpu_ms_per_request"] = {k: round((cpu_seconds(v) - cpu0[k]) * 1000 / len(mesh), 2)
+                                           for k, v in pids.items()}
                 results.append({
                     "backend": kind, "rate_tok_s": rate, "concurrency": c, "direct": d, "mesh": m,
                     "ttft_overhead_ms_p50": round(m["ttft_ms_p50"] - d["ttft_ms_p50"], 2),
                     "tok_s_ratio_p50": round(m["tok_s_p50"] / d["tok_s_p50"], 3) if d["tok_s_p50"] else None,
+                    "decode_ratio_p50": (round(m["decode_tok_s_p50"] / d["decode_tok_s_p50"], 3)
+                                         if d["decode_tok_s_p50"] and m["decode_tok_s_p50"] else None),
                 })
+        finally:
+            await client.aclose()
     return results
 
 
@@ -188,7 +207,8 @@ def main() -> None:
         print(f"{r['backend']} rate {r['rate_tok_s'] or 'max'} x{r['concurrency']}: TTFT p50 direct "
               f"{r['direct']['ttft_ms_p50']} ms, mesh {r['mesh']['ttft_ms_p50']} ms (+{r['ttft_overhead_ms_p50']} ms); "
               f"tok/s/stream p50 direct {r['direct']['tok_s_p50']}, mesh {r['mesh']['tok_s_p50']} "
-              f"(ratio {r['tok_s_ratio_p50']})", file=sys.stdout)
+              f"(ratio {r['tok_s_ratio_p50']}; decode-rate ratio {r['decode_ratio_p50']}); "
+              f"CPU ms/request {r['mesh']['cpu_ms_per_request']}", file=sys.stdout)
 
 
 if __name__ == "__main__":
