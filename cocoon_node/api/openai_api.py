@@ -97,9 +97,10 @@ class ChatStreamResponse(Response):
             nursery.cancel_scope.cancel()
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Headers go out with the first token, not at the worker's accept: a worker that fails between its
-        accept and its first token is retried elsewhere, and the client then sees only the worker that
-        answered (and one write less stands between the first token and the client)."""
+        """Headers (and the role chunk) go out once a worker has accepted, while the model works on its first
+        token, so the first token's write is one send. Failures before any worker accepted are plain HTTP
+        errors; a worker that fails after its accept but before its first token is still retried elsewhere
+        (the chunks' ``system_fingerprint`` then names the worker that answered; the header names the first)."""
         chat = self._chat
         cid, created = _completion_id(), int(time.time())
         started = finished = False
@@ -115,16 +116,20 @@ class ChatStreamResponse(Response):
                     "system_fingerprint": worker,
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        async def write(body: bytes) -> None:
+        async def start() -> None:
             nonlocal started
+            started = True
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream"),
+                                    (b"cache-control", b"no-cache"),
+                                    (b"x-cocoon-worker", worker.encode()),
+                                    (b"x-cocoon-attempts", str(attempts).encode())]})
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": sse(chunk({"role": "assistant", "content": ""}, None))})
+
+        async def write(body: bytes) -> None:
             if not started:
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"text/event-stream"),
-                                        (b"cache-control", b"no-cache"),
-                                        (b"x-cocoon-worker", worker.encode()),
-                                        (b"x-cocoon-attempts", str(attempts).encode())]})
-                body = sse(chunk({"role": "assistant", "content": ""}, None)) + body
-                started = True
+                await start()
             await send({"type": "http.response.body", "body": body, "more_body": True})
 
         try:
@@ -132,6 +137,8 @@ class ChatStreamResponse(Response):
                 async for ev in events:
                     if isinstance(ev, StreamStart):
                         worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
+                        if not started:
+                            await start()
                         continue
                     if isinstance(ev, Delta):
                         text, follow = _coalesce(ev, events)
