@@ -90,7 +90,10 @@ class SyntheticBackend:
     async def generate(self, req: ChatRequest) -> AsyncIterator[AsyncIterator[TokenDelta]]:
         async with (
             self._slots.slot(),
-            stream_from_producer(partial(self._produce, req), buffer_size=self.buffer_size) as stream,
+            # The model's clock starts at the call, not when the producer task first runs: a caller that writes
+            # something before iterating (the worker's accept) must not delay the first token.
+            stream_from_producer(partial(self._produce, req, trio.current_time()),
+                                 buffer_size=self.buffer_size) as stream,
         ):
             yield stream
 
@@ -117,12 +120,12 @@ class SyntheticBackend:
                 del self._steps[step]
             event.set()
 
-    async def _produce(self, req: ChatRequest, send: trio.MemorySendChannel[TokenDelta]) -> None:
+    async def _produce(self, req: ChatRequest, start: float, send: trio.MemorySendChannel[TokenDelta]) -> None:
         words = self.reply_words(req)
         limit = req.max_tokens if req.max_tokens is not None else self.default_max_tokens
         prompt_tokens = self.count_tokens(req)
         interval = 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
-        step = self._first_step(trio.current_time(), interval) if interval else 0
+        step = self._first_step(start, interval) if interval else 0
         text = ""
         buffer = StopTextBuffer(req.stop)
         for i in range(min(limit, len(words))):
