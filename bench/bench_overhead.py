@@ -183,7 +183,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         for rate in args.rates:
             results += await run_case("synthetic", rate, args.concurrency, args.rounds, args.tokens, Path(tmp))
         if args.torch:
-            results += await run_case("torch", 0.0, [1, 4], max(1, args.rounds // 2), 32, Path(tmp))
+            results += await run_case("torch", 0.0, [1, 4], max(2, args.rounds), 32, Path(tmp))
     return results
 
 
