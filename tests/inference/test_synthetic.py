@@ -241,7 +241,7 @@ async def test_streams_in_flight_share_decode_steps(autojump_clock: trio.testing
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(timed_tokens, backend, chat("a b c d"), first)
-        await trio.sleep(0.003)
+        await trio.sleep(0.003)  # virtual time: the autojump clock
         nursery.start_soon(timed_tokens, backend, chat("a b c"), second)
     assert [round(t - start, 6) for t in first] == [0.01, 0.02, 0.03, 0.04]
     # joined 3 ms into step 0: its first token comes at the first step at least one interval later (step 2)

@@ -490,9 +490,9 @@ async def test_periodic_vouchers_are_paced_per_channel(tmp_path: Path, autojump_
     a, b = meter(), meter()
     assert await a.on_accept(3) is not None  # the channel's first voucher
     assert await b.on_accept(3) is None  # a signed a moment ago: b's prompt rides on the next voucher
-    await trio.sleep(0.01)
+    await trio.sleep(0.01)  # virtual time: the autojump clock
     assert await a.on_tokens(4) is None and await b.on_tokens(4) is None  # due by count, but paced
-    await trio.sleep(0.05)
+    await trio.sleep(0.05)  # virtual time: the autojump clock
     paid = await b.on_tokens(5)
     assert paid is not None and channel.paid == channel.charged == 6 + 90  # everything so far, both streams
     assert await a.on_tokens(8) is None  # a's count is due, the pace is not
