@@ -32,7 +32,7 @@ from cocoon_node.attestation import (
     verify_tdx_quote,
 )
 
-QUOTE = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata" / "tdx-quote-v4.dat"
+QUOTE = Path(__file__).resolve().parents[1] / "tests" / "data" / "tdx-quote-v4.dat"
 
 
 def rate(fn: Callable[[], object], seconds: float) -> tuple[float, int]:

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from cocoon_node.attestation import TdxQuote, parse_tdx_quote
 
-TESTDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "testdata"
+# Real evidence copied into the repository (provenance and SHA-256 in tests/data/README.md).
+TESTDATA = Path(__file__).resolve().parents[1] / "data"
 QUOTE_PATH = TESTDATA / "tdx-quote-v4.dat"
 
 # Inside every certificate's validity window of the real quote's chain (leaf from 2025-07-20).
