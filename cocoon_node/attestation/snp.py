@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -92,12 +93,13 @@ class SnpPolicy:
     measurements: frozenset[bytes] | _Any = frozenset()
     products: frozenset[str] = frozenset(PRODUCTS)
     vmpls: frozenset[int] = frozenset({0})
-    min_tcb: Mapping[str, TcbVersion] = field(default_factory=dict)
+    min_tcb: Mapping[str, TcbVersion] = field(default_factory=dict, hash=False)
     allow_debug: bool = False
     allow_migration_agent: bool = False
     allow_vlek: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "min_tcb", MappingProxyType(dict(self.min_tcb)))  # frozen means frozen
         unknown = (set(self.products) | set(self.min_tcb)) - set(PRODUCTS)
         if unknown:
             raise ValueError(f"unknown SEV-SNP products {sorted(unknown)}; known: {PRODUCTS}")

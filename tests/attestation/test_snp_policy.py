@@ -149,6 +149,12 @@ def test_policy_validation() -> None:
         SnpPolicy(min_tcb={"Rome": TcbVersion(0, 0, 0, 0)})
     with pytest.raises(ValueError, match="48 bytes"):
         SnpPolicy(measurements=frozenset({bytes(32)}))
+    floors = {"Milan": REAL_TCB}
+    p = SnpPolicy(min_tcb=floors)
+    floors["Milan"] = TcbVersion(99, 99, 99, 99)  # the caller's dict changing later changes nothing
+    assert p.min_tcb["Milan"] == REAL_TCB and hash(p) == hash(SnpPolicy())
+    with pytest.raises(TypeError):
+        p.min_tcb["Genoa"] = REAL_TCB  # type: ignore[index]
 
 
 # --- signing key: VCEK, VLEK, none ----------------------------------------------------------------------
