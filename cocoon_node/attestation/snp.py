@@ -170,7 +170,8 @@ def _verify(
 ) -> SnpVerification:
     """:func:`verify_snp_report` with the trust anchors as a parameter, so tests can build a whole fake AMD
     PKI; production code must go through :func:`verify_snp_report` (pinned roots)."""
-    rep = report if isinstance(report, SnpReport) else parse_snp_report(report)
+    # Always from the raw bytes: fields of a caller-built SnpReport could disagree with what was signed.
+    rep = parse_snp_report(report.raw if isinstance(report, SnpReport) else report)
     when = _as_datetime(now)
     if rep.signature_algo != SIG_ALGO_ECDSA_P384_SHA384:
         raise AttestationError("signature_algo", f"signature algorithm {rep.signature_algo}, want 1 (ECDSA P-384)")

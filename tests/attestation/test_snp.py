@@ -201,6 +201,19 @@ def test_real_report_verifies_to_pinned_milan_ark() -> None:
     assert verify(RAW, now=int(NOW.timestamp())).product == "Milan"  # type: ignore[attr-defined]
 
 
+def test_fields_of_a_parsed_report_cannot_disagree_with_its_signed_bytes() -> None:
+    from dataclasses import replace
+
+    lying = replace(REP, measurement=bytes(48), vmpl=0, policy=0)
+    res = verify_snp_report(lying, VCEK, expected_report_data=RD, policy=ANY_MEAS, now=NOW)
+    assert res.measurement == MEAS  # the signed value, not the edited field
+    with pytest.raises(AttestationError) as ei:
+        verify_snp_report(
+            lying, VCEK, expected_report_data=RD, policy=SnpPolicy(measurements=frozenset({bytes(48)})), now=NOW
+        )
+    assert ei.value.check == "measurement"
+
+
 def test_validity_windows() -> None:
     assert verify(RAW, now=datetime(2023, 4, 4, tzinfo=UTC))
     assert verify(RAW, now=datetime(2030, 4, 2, tzinfo=UTC))
