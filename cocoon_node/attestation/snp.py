@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from ._snp_certtable import SnpCertTable, parse_snp_cert_table
 from ._snp_chain import AMD_SNP_ROOTS, SnpRoot, SnpVcek, verify_vcek_chain
 from ._snp_report import (
     GENOA,
@@ -71,11 +72,13 @@ __all__ = [
     "PRODUCTS",
     "REPORT_LEN",
     "TURIN",
+    "SnpCertTable",
     "SnpPolicy",
     "SnpReport",
     "SnpVcek",
     "SnpVerification",
     "TcbVersion",
+    "parse_snp_cert_table",
     "parse_snp_report",
     "verify_snp_report",
     "verify_vcek_chain",
