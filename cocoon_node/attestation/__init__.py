@@ -21,6 +21,7 @@ from .report import (
     raw_from_libp2p_pubkey,
     sign_report,
 )
+from .snp import SnpPolicy, SnpReport, SnpVerification, TcbVersion, parse_snp_report, verify_snp_report
 from .tdx import (
     INTEL_SGX_ROOT_CA_PEM,
     TdReport,
@@ -48,6 +49,10 @@ __all__ = [
     "Policy",
     "QuoteFormatError",
     "Report",
+    "SnpPolicy",
+    "SnpReport",
+    "SnpVerification",
+    "TcbVersion",
     "TdReport",
     "TdxQuote",
     "TdxVerification",
@@ -59,11 +64,13 @@ __all__ = [
     "get_tdx_quote",
     "libp2p_pubkey_protobuf",
     "model_hash",
+    "parse_snp_report",
     "parse_tdx_quote",
     "peer_id_from_pubkey",
     "raw_from_libp2p_pubkey",
     "sign_report",
     "verify_dev_evidence",
     "verify_report",
+    "verify_snp_report",
     "verify_tdx_quote",
 ]
