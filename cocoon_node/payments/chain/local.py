@@ -39,6 +39,7 @@ from cocoon_node.payments.voucher import (
     ChannelParams,
     SignedClose,
     SignedVoucher,
+    check_channel_terms,
     contracts_dir,
     finish_body,
     start_close_body,
@@ -273,6 +274,7 @@ class LocalChain:
         return parse_channel_state(address, await self.call("channel_state", {"address": address}))
 
     async def open_channel(self, params: ChannelParams, deposit: int, *, gas: int = DEFAULT_DEPLOY_GAS) -> str:
+        check_channel_terms(params, deposit, gas)  # what the contract would refuse never leaves the node
         r = await self.call(
             "deploy_channel", {"from": self.wallet, **params.to_json(), "deposit": str(deposit), "gas": str(gas)}
         )
