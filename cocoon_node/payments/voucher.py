@@ -67,6 +67,7 @@ EXIT_CODES: dict[int, str] = {
     201: "NOT_OWNER",
     202: "ALREADY_SET",
     203: "NOT_FOUND",
+    204: "BAD_PARAMS",
     0xFFFF: "UNKNOWN_OP",
     -14: "OUT_OF_GAS",
     13: "OUT_OF_GAS",
@@ -76,7 +77,7 @@ EXIT_CODES: dict[int, str] = {
 #: Code hashes of the committed contracts/build/*.boc; a test keeps them in step with the build.
 CODE_HASHES: dict[str, str] = {
     "payment_channel": "58d6a05b3742cc0d0144589424b72b233a898c777de66f51cc9f99e7cd15d11d",
-    "registry": "365a952bc37fe89e6f1e7c6bf26999b6dbc092809300971f99c42dc2d83e2ddc",
+    "registry": "76af38dd819a21e7830c269b65f8368d3d7d32b2b1c29f8f3c4efa6a67afb946",
 }
 
 #: Vouchers travel as uint64 on our wire; all TON ever minted fits far below this.
@@ -382,9 +383,10 @@ def registry_body(
     min_challenge_period: int | None = None,
     new_owner: str | None = None,
     query_id: int = 0,
+    max_challenge_period: int = MAX_CHALLENGE_PERIOD,
 ) -> Cell:
     """Registry update body (owner only). ``action``: add_image, remove_image, add_model,
-    remove_model, set_params, transfer_ownership."""
+    remove_model, set_params, transfer_ownership. ``max_challenge_period`` goes with set_params."""
     ops = {
         "add_image": OP_REGISTRY_ADD_IMAGE,
         "remove_image": OP_REGISTRY_REMOVE_IMAGE,
@@ -404,6 +406,7 @@ def registry_body(
             .store_uint(query_id, 64)
             .store_coins(min_deposit)
             .store_uint(min_challenge_period, 32)
+            .store_uint(max_challenge_period, 32)
             .end_cell()
         )
     if action == "transfer_ownership":

@@ -50,6 +50,7 @@ export const ERR = {
   NOT_OWNER: 201,
   ALREADY_SET: 202,
   NOT_FOUND: 203,
+  BAD_PARAMS: 204,
   UNKNOWN_OP: 0xffff,
 };
 
@@ -169,12 +170,16 @@ export function finishBody(queryId = 0) {
 
 // ---- registry ------------------------------------------------------------------------------
 
+/** The payment channel's own bound on challenge periods (MAX_CHALLENGE_PERIOD, 30 days). */
+export const MAX_CHALLENGE_PERIOD = 2592000;
+
 export function registryInitData(p) {
   return beginCell()
     .storeAddress(addr(p.owner))
     .storeUint(0, 32) // version
     .storeCoins(big(p.minDeposit ?? 0))
     .storeUint(p.minChallengePeriod ?? 0, 32)
+    .storeUint(p.maxChallengePeriod ?? MAX_CHALLENGE_PERIOD, 32)
     .storeUint(0, 32) // imageCount
     .storeUint(0, 32) // modelCount
     .storeDict(null)
@@ -205,6 +210,7 @@ export function registryBody(action, args = {}, queryId = 0) {
       .storeUint(queryId, 64)
       .storeCoins(big(args.minDeposit))
       .storeUint(args.minChallengePeriod, 32)
+      .storeUint(args.maxChallengePeriod ?? MAX_CHALLENGE_PERIOD, 32)
       .endCell();
   }
   if (action === 'transfer_ownership') {

@@ -21,6 +21,7 @@ from cocoon_node.payments.voucher import (
     channel_address,
     check_next_voucher,
     public_key_bytes,
+    registry_body,
     sign_cell,
     sign_close,
     sign_voucher,
@@ -223,13 +224,23 @@ async def test_registry_policy(parties: Parties) -> None:
         img = int("ab" * 32, 16)
         assert (await p.payer.registry_update(reg, "add_image", hash=img)).success
         assert (
-            await p.payer.registry_update(reg, "set_params", min_deposit=2 * TON, min_challenge_period=7200)
+            await p.payer.registry_update(reg, "set_params", min_deposit=2 * TON, min_challenge_period=7200,
+                                          max_challenge_period=86_400)
         ).success
+        bad = await p.payer.registry_update(reg, "set_params", min_deposit=0, min_challenge_period=7200,
+                                            max_challenge_period=3600)
+        assert bad.error_name == "BAD_PARAMS"
         r = await p.stranger.registry_update(reg, "add_model", hash=1)
         assert r.error_name == "NOT_OWNER"
         st = await p.payer.registry_state(reg)
         assert st["version"] == 2 and st["images"] == ["ab" * 32] and st["models"] == []
         assert int(st["min_deposit"]) == 2 * TON and st["min_challenge_period"] == 7200
+        assert st["max_challenge_period"] == 86_400
+        # the Python-built set_params body (registry_body) is the one the contract parses
+        body = registry_body("set_params", min_deposit=TON, min_challenge_period=600, max_challenge_period=3600)
+        assert (await p.payer.send_body(reg, body.to_boc(), OP_VALUE)).success
+        st = await p.payer.registry_state(reg)
+        assert (int(st["min_deposit"]), st["min_challenge_period"], st["max_challenge_period"]) == (TON, 600, 3600)
         g = await p.payer.run_get_method(reg, "is_image_allowed", [{"type": "int", "value": str(img)}])
         assert g["stack"] == [{"type": "int", "value": "-1"}]
 
