@@ -238,13 +238,16 @@ export function summarizeTx(tx) {
   for (const m of tx.outMessages.values()) {
     if (m.info.type !== 'internal') continue;
     const body = m.body.beginParse();
+    const op = body.remainingBits >= 32 ? body.preloadUint(32) : null;
     out.push({
       to: m.info.dest.toString(),
       value: m.info.value.coins.toString(),
       forwardFee: m.info.forwardFee.toString(),
       bounce: m.info.bounce,
       bounced: m.info.bounced,
-      op: body.remainingBits >= 32 ? body.preloadUint(32) : null,
+      op,
+      // payouts state what they pay (a claim payout's value also carries the claim's unused gas back)
+      amount: (op === OP.CLAIM_PAYOUT || op === OP.CLOSE_PAYOUT) && !m.info.bounced ? payoutAmount(body) : null,
     });
   }
   let inOp = null;
@@ -274,6 +277,16 @@ export function summarizeTx(tx) {
     outMessages: out,
     endStatus: tx.endStatus,
   };
+}
+
+function payoutAmount(body) {
+  try {
+    const s = body.clone();
+    s.skip(32 + 64);
+    return s.loadCoins().toString();
+  } catch {
+    return null;
+  }
 }
 
 function addressFromTx(tx) {

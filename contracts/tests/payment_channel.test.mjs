@@ -104,6 +104,7 @@ describe('claim (payee, channel stays open)', () => {
       const out = s.outMessages[0];
       assert.equal(out.to, ctx.payee.address.toString());
       assert.equal(out.op, OP.CLAIM_PAYOUT);
+      assert.equal(BigInt(out.amount), delta, 'the payout states the delta');
       assert.equal(out.bounce, false, 'non-bounceable: the value always stays at the payee address');
       // delta + attached value - gas - forward fees (mode 64), exactly
       assert.equal(BigInt(out.value), delta + OP_VALUE - BigInt(s.computeFee) - BigInt(s.totalFwdFees));
@@ -253,6 +254,7 @@ describe('cooperative close', () => {
     const toPayer = s.outMessages.find((m) => m.to === ctx.payer.address.toString());
     assert.equal(BigInt(toPayee.value), toNano('3'));
     assert.equal(toPayee.op, OP.CLOSE_PAYOUT);
+    assert.equal(BigInt(toPayee.amount), toNano('3'));
     // everything else goes to the payer: balance + attached - payee share - fees
     assert.equal(BigInt(toPayer.value) + BigInt(toPayer.forwardFee),
       chBefore + OP_VALUE - toNano('3') - BigInt(s.totalFees) - BigInt(toPayee.forwardFee));
