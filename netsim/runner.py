@@ -753,8 +753,8 @@ async def _settlement(observer: Any, address: str) -> dict[str, Any]:
     payouts = {"payee": 0, "payer_refund": 0}
     for t in await observer.transactions(address, limit=2000):
         for m in t["outMessages"]:
-            if m["op"] in (CLAIM_PAYOUT, CLOSE_PAYOUT):
-                payouts["payee"] += int(m["value"])
+            if m["op"] in (CLAIM_PAYOUT, CLOSE_PAYOUT):  # the amount paid, not the payee's gas coming back
+                payouts["payee"] += int(m["amount"] if m.get("amount") is not None else m["value"])
             elif m["op"] == REFUND:
                 payouts["payer_refund"] += int(m["value"])
     return {"status": st.status.value, **payouts}

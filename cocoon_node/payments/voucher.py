@@ -38,6 +38,7 @@ OP_FINISH = 0x5C0C0006
 OP_CLAIM_PAYOUT = 0x5C0C0010
 OP_CLOSE_PAYOUT = 0x5C0C0011
 OP_REFUND = 0x5C0C0012
+OP_EXCESS = 0x5C0C0013
 
 OP_REGISTRY_ADD_IMAGE = 0x5C0C0101
 OP_REGISTRY_REMOVE_IMAGE = 0x5C0C0102
@@ -76,7 +77,7 @@ EXIT_CODES: dict[int, str] = {
 
 #: Code hashes of the committed contracts/build/*.boc; a test keeps them in step with the build.
 CODE_HASHES: dict[str, str] = {
-    "payment_channel": "58d6a05b3742cc0d0144589424b72b233a898c777de66f51cc9f99e7cd15d11d",
+    "payment_channel": "0282b9749a3b61bdb6371aab1d9764a2d812757ff937425346025550421b4037",
     "registry": "76af38dd819a21e7830c269b65f8368d3d7d32b2b1c29f8f3c4efa6a67afb946",
 }
 

@@ -19,6 +19,7 @@ export const OP = {
   CLAIM_PAYOUT: 0x5c0c0010,
   CLOSE_PAYOUT: 0x5c0c0011,
   REFUND: 0x5c0c0012,
+  EXCESS: 0x5c0c0013,
   // registry
   ADD_IMAGE: 0x5c0c0101,
   REMOVE_IMAGE: 0x5c0c0102,

@@ -79,6 +79,13 @@ async function measure(code) {
     ctx.chain.now = T0 + 600;
     fees.finish = burned(ok(await send(ctx, ctx.payer, finishBody()), ctx.address, 'finish'));
   }
+  // the same close finished by the payee
+  {
+    const { ctx } = await freshChannel(code, 3n);
+    ok(await send(ctx, ctx.payer, startCloseBody(voucher(ctx, 1, toNano('1')))), ctx.address, 'start_close');
+    ctx.chain.now = T0 + 600;
+    fees.finish_by_payee = burned(ok(await send(ctx, ctx.payee, finishBody()), ctx.address, 'finish by payee'));
+  }
   return fees;
 }
 

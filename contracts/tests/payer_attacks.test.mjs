@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { contractAddress, toNano } from '@ton/core';
 import { internal, createEmptyShardAccount } from '@ton/sandbox';
 import {
-  ERR, STATE,
+  ERR, STATE, OP,
   signedVoucher, closeCell, signCell, channelStateInit,
   claimBody, challengeBody, startCloseBody, cooperativeCloseBody, finishBody, topUpBody,
   summarizeTx,
@@ -43,7 +43,7 @@ async function assertNoDeposit(chain, addr) {
   }
 }
 
-/** Finish after the deadline; returns the close payout to the payee (0n when none was sent). */
+/** Finish after the deadline; returns the amount the close payout pays the payee (0n when none was sent). */
 async function finishAndPayout(ctx, from) {
   const st = await channelState(ctx);
   ctx.chain.now = st.closeDeadline;
@@ -51,7 +51,10 @@ async function finishAndPayout(ctx, from) {
   assertOk(f, 'finish');
   const toPayee = f.txSummary.outMessages.find((m) => m.to === ctx.payee.address.toString());
   assert.equal(await channelState(ctx), null, 'channel destroyed');
-  return toPayee ? BigInt(toPayee.value) : 0n;
+  if (!toPayee) return 0n;
+  if (from === ctx.payer) assert.equal(BigInt(toPayee.value), BigInt(toPayee.amount), 'exactly owed');
+  else assert.ok(BigInt(toPayee.value) > BigInt(toPayee.amount), 'owed plus the finisher\'s unused value');
+  return BigInt(toPayee.amount);
 }
 
 describe('vouchers rank by amount: the payee\'s best evidence wins, whoever starts the close', () => {
@@ -126,6 +129,27 @@ describe('vouchers rank by amount: the payee\'s best evidence wins, whoever star
     assertOk(await send(ctx, ctx.payer, startCloseBody(null)), 'payer start_close');
     assertRejected(await send(ctx, ctx.payee, challengeBody(voucher(ctx, 1, toNano('3') + 1n))), ERR.OVERDRAW, 'challenge');
     assertOk(await send(ctx, ctx.payee, challengeBody(voucher(ctx, 1, toNano('3')))), 'challenge with the whole deposit');
+  });
+});
+
+describe('a payee defending itself pays only gas', () => {
+  it('start_close and challenge return the unused attached value; the payer does not pocket it at close', async () => {
+    const ctx = await setup({ challengePeriod: 600 });
+    assertOk(await send(ctx, ctx.payer, startCloseBody(voucher(ctx, 2, toNano('1')))), 'payer close');
+    const chBefore = await balance(ctx, ctx.address);
+    const r = await send(ctx, ctx.payee, challengeBody(voucher(ctx, 3, toNano('6'))), toNano('0.5'));
+    assertOk(r, 'payee challenge');
+    const s = r.txSummary;
+    const back = s.outMessages.find((m) => m.to === ctx.payee.address.toString());
+    assert.ok(back, 'the excess goes back to the challenger');
+    assert.equal(back.op, OP.EXCESS);
+    assert.equal(BigInt(back.value), toNano('0.5') - BigInt(s.computeFee) - BigInt(s.totalFwdFees));
+    assert.equal(await balance(ctx, ctx.address), chBefore - BigInt(s.storageFee), 'nothing of it stays in the channel');
+    // the same for a payee's own start_close
+    const ctx2 = await setup({ challengePeriod: 600 });
+    const r2 = await send(ctx2, ctx2.payee, startCloseBody(voucher(ctx2, 1, toNano('1'))), toNano('0.5'));
+    assertOk(r2, 'payee start_close');
+    assert.equal(r2.txSummary.outMessages.filter((m) => m.op === OP.EXCESS && m.to === ctx2.payee.address.toString()).length, 1);
   });
 });
 

@@ -27,6 +27,24 @@ function assertRejected(r, code, ctx) {
   if (ctx) assert.ok(true);
 }
 
+/**
+ * A close the payee sent: its payout is `owed` plus its attached value minus the gas and the payout's forward
+ * fee (like a claim), the refund takes everything else; neither pays for the other. Checks that exactly.
+ */
+function assertPayeeClose(s, chBefore, owed, payee, payer) {
+  const toPayee = s.outMessages.find((m) => m.to === payee.toString());
+  const toPayer = s.outMessages.find((m) => m.to === payer.toString());
+  assert.equal(BigInt(toPayee.amount), owed);
+  // both messages together: the channel's balance and the attached value, less gas and both forward fees
+  assert.equal(BigInt(toPayee.value) + BigInt(toPayer.value),
+    chBefore - BigInt(s.storageFee) + BigInt(s.inValue) - BigInt(s.computeFee) - BigInt(s.totalFwdFees));
+  // and the payee's part carries its own unused value back (less than a forward fee short of all of it)
+  const excess = BigInt(s.inValue) - BigInt(s.computeFee);
+  assert.ok(BigInt(toPayee.value) <= owed + excess && BigInt(toPayee.value) > owed + excess - 1_000_000n,
+    `payee got ${toPayee.value}, owed ${owed} + excess ${excess}`);
+  return toPayee;
+}
+
 async function snapshotState(ctx) {
   return JSON.stringify(await channelState(ctx), (_, v) => (typeof v === 'bigint' ? v.toString() : v));
 }
@@ -250,14 +268,9 @@ describe('cooperative close', () => {
     const s = r.txSummary;
     assert.equal(s.success, true);
     assert.equal(s.endStatus, 'non-existing');
-    const toPayee = s.outMessages.find((m) => m.to === ctx.payee.address.toString());
-    const toPayer = s.outMessages.find((m) => m.to === ctx.payer.address.toString());
-    assert.equal(BigInt(toPayee.value), toNano('3'));
+    // the payee sent the close: it gets its 3 TON share and what its attached value did not spend
+    const toPayee = assertPayeeClose(s, chBefore, toNano('3'), ctx.payee.address, ctx.payer.address);
     assert.equal(toPayee.op, OP.CLOSE_PAYOUT);
-    assert.equal(BigInt(toPayee.amount), toNano('3'));
-    // everything else goes to the payer: balance + attached - payee share - fees
-    assert.equal(BigInt(toPayer.value) + BigInt(toPayer.forwardFee),
-      chBefore + OP_VALUE - toNano('3') - BigInt(s.totalFees) - BigInt(toPayee.forwardFee));
     assert.equal(await channelState(ctx), null);
     assert.equal(await balance(ctx, ctx.address), 0n);
     assert.equal(await sumBalances(ctx), total0 - burned(r.transactions));
@@ -343,10 +356,10 @@ describe('unilateral close, challenge, finish', () => {
     assertRejected(await send(ctx, ctx.payee, challengeBody(voucher(ctx, 8, toNano('50')))), ERR.OVERDRAW);
     ctx.chain.now = T0 + 300;
     assertRejected(await send(ctx, ctx.payee, challengeBody(voucher(ctx, 9, toNano('5')))), ERR.TOO_LATE);
+    const chBefore = await balance(ctx, ctx.address);
     const f = await send(ctx, ctx.payee, finishBody());
     assert.equal(f.txSummary.success, true);
-    const toPayee = f.txSummary.outMessages.find((m) => m.to === ctx.payee.address.toString());
-    assert.equal(BigInt(toPayee.value), toNano('3'));
+    assertPayeeClose(f.txSummary, chBefore, toNano('3'), ctx.payee.address, ctx.payer.address);
     st = null;
   });
 
@@ -357,10 +370,10 @@ describe('unilateral close, challenge, finish', () => {
     ctx.chain.now = T0 + 60;
     assertRejected(await send(ctx, ctx.stranger, finishBody()), ERR.NOT_PARTY);
     const payerBefore = await balance(ctx, ctx.payer.address);
+    const chBefore = await balance(ctx, ctx.address);
     const f = await send(ctx, ctx.payee, finishBody());
     assert.equal(f.txSummary.success, true);
-    const toPayee = f.txSummary.outMessages.find((m) => m.to === ctx.payee.address.toString());
-    assert.equal(BigInt(toPayee.value), toNano('0.7'));
+    assertPayeeClose(f.txSummary, chBefore, toNano('0.7'), ctx.payee.address, ctx.payer.address);
     assert.ok((await balance(ctx, ctx.payer.address)) > payerBefore + toNano('9.2'));
     // second finish hits a destroyed account: nothing runs, the value bounces back
     const again = await send(ctx, ctx.payer, finishBody());
