@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from netsim.lowball import invariant as lowball_invariant
 from netsim.runner import SimData
 
 
@@ -201,6 +202,8 @@ def _rogue_invariants(data: SimData, add: Any) -> None:
     nonpayers = [n for n in data.nodes.values() if n.adversary == "nonpayer"]
     for node in nonpayers:
         _nonpayer(data, node, add)
+    for node in [n for n in data.nodes.values() if n.adversary == "lowball_close"]:
+        lowball_invariant(data, node, add)
 
 
 def overclaim_detections(results: list[Any], worker_peer: str) -> list[Any]:
@@ -350,10 +353,9 @@ def adversary_lines(report: dict[str, Any]) -> list[dict[str, str]]:
             out.append({"adversary": "gossip_flooder", "verdict": "detected" if inv["verdict"] == "PASS"
                         else "NOT detected", "how": "the topic validators rejected its junk: " + inv["detail"]})
         elif "[" in name and name.split("[")[0] in ("overclaim_contained", "stale_close_contained",
-                                                     "nonpayer_contained"):
+                                                     "nonpayer_contained", "lowball_close_contained"):
             kind = name.split("[")[0].removesuffix("_contained")
-            verdict = {"overclaim": "detected and contained", "stale_close": "detected and contained",
-                       "nonpayer": "detected and contained"}[kind]
+            verdict = "detected and contained"
             out.append({"adversary": f"{kind} ({name.split('[')[1].rstrip(']')})",
                         "verdict": verdict if inv["verdict"] == "PASS" else "NOT contained", "how": inv["detail"]})
     return out
@@ -418,6 +420,9 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "nonpayer_requests": {"total": len(data.nonpayer_results),
                               "by_cause": dict(Counter(r.cause for r in data.nonpayer_results))},
         "stale_settlements": data.stale_settlements,
+        "lowball_requests": {"total": len(data.lowball_results),
+                             "by_cause": dict(Counter(r.cause for r in data.lowball_results))},
+        "lowball_settlements": data.lowball_settlements,
         "fake_upstream_prompts": data.fake_upstream_requests,
         "harness_errors": data.errors,
         "invariants": invariants(data),

@@ -25,6 +25,7 @@ from cocoon_node.config import WorkerSection
 from cocoon_node.mesh.announce import MAX_CLOCK_SKEW as ANNOUNCE_CLOCK_SKEW
 from netsim.adversary import FakeUpstream, JunkFlooder
 from netsim.links import LinkPlan, probe_netem, shaping_note
+from netsim.lowball import LowballWatch
 from netsim.procs import SimCluster
 from netsim.scenario import ALL_REQUESTERS, Fault, Links, NonPayer, Scenario, WorkerGroup
 from netsim.workload import PlannedRequest, RequestResult, plan, run_request
@@ -42,7 +43,7 @@ class SimNode:
     peer_id: str = ""
     state: str = "down"            # up | stopped | dead | left
     api_url: str | None = None
-    # Which adversary (bad_model_hash, overclaim, stale_close, nonpayer), None for honest nodes.
+    # Which adversary (bad_model_hash, overclaim, stale_close, nonpayer, lowball_close), None for honest nodes.
     adversary: str | None = None
 
 
@@ -96,6 +97,9 @@ class SimData:
     nonpayer_results: list[RequestResult] = field(default_factory=list)
     # Stale closes by rogue workers: channel address -> what the chain says at the end (status, payouts).
     stale_settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Lowball payers (netsim/lowball.py): their own requests, and per attacked channel what the chain paid.
+    lowball_results: list[RequestResult] = field(default_factory=list)
+    lowball_settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -118,6 +122,7 @@ class Simulation:
         self.links: LinkPlan | None = None
         if scenario.shaping == "auto":
             self.links = LinkPlan(base_dir / "links.json", scenario.links or Links(), seed)
+        self.lowball = LowballWatch(self, scenario.lowball) if scenario.lowball is not None else None
 
     # ----- helpers ---------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -224,6 +229,8 @@ class Simulation:
                 starters.start_soon(self.start_requester, f"requester{i}")
             for i in range(1, (s.nonpayer.count if s.nonpayer else 0) + 1):
                 starters.start_soon(partial(self.start_requester, f"nonpayer{i}", nonpayer=True))
+            for name, command in self.lowball.commands() if self.lowball is not None else []:
+                starters.start_soon(partial(self.start_requester, name, rogue=command, adversary="lowball_close"))
         self.data.setup_s = round(time.monotonic() - started, 2)
 
     async def _start_pool(self, g: WorkerGroup, p: int, first: int, count: int) -> None:
@@ -234,17 +241,18 @@ class Simulation:
             self.data.nodes[n.name] = SimNode(n.name, "worker", g.name, False, True, n.peer_id, "up")
             self.register_link_ends(n.name)
 
-    async def start_requester(self, name: str, port: int | None = None, *, nonpayer: bool = False) -> None:
+    async def start_requester(self, name: str, port: int | None = None, *, nonpayer: bool = False,
+                              rogue: list[str] | None = None, adversary: str | None = None) -> None:
         port = port or _free_port()
         args = ["--requester", "--local-cluster", "--allow-dev-tee", "--api-port", str(port),
                 *[x for h in self.data.allowed_hashes for x in ("--allowed-model-hash", h)],
                 *self.s.requester_args, *self.shaping_args(), *self.bootstrap_args()]
         # NETSIM-ONLY rogue requester: pays prompts, withholds every completion voucher (netsim/rogue.py).
-        command = [sys.executable, "-m", "netsim.rogue", "--kind", "nonpayer"] if nonpayer else None
+        command = [sys.executable, "-m", "netsim.rogue", "--kind", "nonpayer"] if nonpayer else rogue
         node = await self.cluster.start_node(name, args, timeout=self.s.start_timeout, command=command)
-        self.data.nodes[name] = SimNode(name, "requester", None, adversarial=nonpayer, peer_id=node.peer_id,
-                                        state="up", api_url=node.ready["api_url"],
-                                        adversary="nonpayer" if nonpayer else None)
+        self.data.nodes[name] = SimNode(name, "requester", None, adversarial=nonpayer or rogue is not None,
+                                        peer_id=node.peer_id, state="up", api_url=node.ready["api_url"],
+                                        adversary="nonpayer" if nonpayer else adversary)
         self.register_link_ends(name)
         self.data.requester_ready[name] = trio.current_time()
 
@@ -576,6 +584,8 @@ class Simulation:
         return None
 
     async def _advance_chain(self, observer: Any, deadline: int, why: str) -> None:
+        if self.lowball is not None:
+            await self.lowball.hold_clock()  # never jump past a lowball close its worker has not answered yet
         now = await observer.now()
         if now < deadline:
             await observer.advance_time(deadline - now + 1)
@@ -692,12 +702,17 @@ class Simulation:
                         timeline.start_soon(self.nonpayer_workload, s.nonpayer)
                     if self.stale_closers():
                         nursery.start_soon(self.settle_stale_closes)
+                    if self.lowball is not None:
+                        timeline.start_soon(self.lowball.workload)
+                        nursery.start_soon(self.lowball.settle)
                 self.data.workload_duration = self.now()
                 usage.append((time.monotonic(), self.cluster.usage()))
                 self.data.resources = resource_use(usage)
                 self.event("workload_done", "-")
                 if self.stale_closers():
                     await self.wait_stale_settled()
+                if self.lowball is not None:
+                    await self.lowball.wait_settled()
                 self.data.final_convergence_s = await self.wait_converged(s.invariants.convergence_bound)
                 self.event("final_check", "-", converged_after_s=self.data.final_convergence_s)
                 await self.collect_final()
@@ -738,8 +753,8 @@ async def _settlement(observer: Any, address: str) -> dict[str, Any]:
     payouts = {"payee": 0, "payer_refund": 0}
     for t in await observer.transactions(address, limit=2000):
         for m in t["outMessages"]:
-            if m["op"] in (CLAIM_PAYOUT, CLOSE_PAYOUT):
-                payouts["payee"] += int(m["value"])
+            if m["op"] in (CLAIM_PAYOUT, CLOSE_PAYOUT):  # the amount paid, not the payee's gas coming back
+                payouts["payee"] += int(m["amount"] if m.get("amount") is not None else m["value"])
             elif m["op"] == REFUND:
                 payouts["payer_refund"] += int(m["value"])
     return {"status": st.status.value, **payouts}

@@ -22,6 +22,7 @@ import trio
 
 from cocoon_node.attestation import Policy
 from cocoon_node.payments.chain.base import ChainError
+from cocoon_node.payments.voucher import MAX_CHALLENGE_PERIOD
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class RegistryPolicy:
     min_deposit: int
     min_challenge_period: int
     owner: str = ""
+    #: The network's longest acceptable challenge period (the channel contract's own cap is the default).
+    max_challenge_period: int = MAX_CHALLENGE_PERIOD
 
 
 class PolicyGate(Protocol):
@@ -74,6 +77,7 @@ def registry_policy_from_state(state: dict[str, Any]) -> RegistryPolicy:
             min_deposit=int(state["min_deposit"]),
             min_challenge_period=int(state["min_challenge_period"]),
             owner=str(state.get("owner", "")),
+            max_challenge_period=int(state["max_challenge_period"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ChainError(f"malformed registry state: {exc!r}") from exc
@@ -97,7 +101,7 @@ def registry_policy_from_stacks(params: list[Any], images: list[Any], models: li
     """Decode pytoniq ``get_params`` / ``get_images`` / ``get_models`` results (offline-testable)."""
     from cocoon_node.payments.chain.ton import _stack_address, _stack_int
 
-    if len(params) != 4 or len(images) != 1 or len(models) != 1:
+    if len(params) != 5 or len(images) != 1 or len(models) != 1:
         raise ChainError("unexpected registry get-method result shape")
     return RegistryPolicy(
         version=_stack_int(params[0]),
@@ -106,6 +110,7 @@ def registry_policy_from_stacks(params: list[Any], images: list[Any], models: li
         min_deposit=_stack_int(params[1]),
         min_challenge_period=_stack_int(params[2]),
         owner=_stack_address(params[3]),
+        max_challenge_period=_stack_int(params[4]),
     )
 
 
@@ -202,8 +207,9 @@ class RegistryPolicyRefresher:
             return False
         if prev is None or reg.version != prev.version:
             log.info("registry %s policy version %s -> %d: %d image(s), %d model(s), min deposit %d, "
-                     "min challenge period %ds", self.address, prev.version if prev else "none", reg.version,
-                     len(reg.image_hashes), len(reg.model_hashes), reg.min_deposit, reg.min_challenge_period)
+                     "challenge period %d..%ds", self.address, prev.version if prev else "none", reg.version,
+                     len(reg.image_hashes), len(reg.model_hashes), reg.min_deposit, reg.min_challenge_period,
+                     reg.max_challenge_period)
         self.current = reg
         merged = merge_policy(self._base, reg)
         changed = merged != self._gate.policy
@@ -230,4 +236,5 @@ class RegistryPolicyRefresher:
                 "images": sorted(h.hex() for h in reg.image_hashes) if reg else [],
                 "models": sorted(h.hex() for h in reg.model_hashes) if reg else [],
                 "min_deposit": reg.min_deposit if reg else None,
-                "min_challenge_period": reg.min_challenge_period if reg else None}
+                "min_challenge_period": reg.min_challenge_period if reg else None,
+                "max_challenge_period": reg.max_challenge_period if reg else None}

@@ -172,8 +172,8 @@ class ChannelManager:
         """Watch our channels for closes we did not make, and collect the refund once they can finish.
 
         A worker may start a unilateral close at any time, with any voucher we signed. The contract keeps it
-        honest towards us: it only accepts our signature, never more than the deposit, and a close can only
-        commit a voucher newer than anything it saw. So a close on an *older* voucher than our newest only
+        honest towards us: it only accepts our signature, never more than the deposit, and a close commits the
+        highest amount we ever signed that anyone presented. So a close on an *older* voucher than our newest only
         costs the worker (it settles at the older amount unless the worker itself challenges with a newer
         one); we never challenge on its behalf. What we must do: stop drawing on the channel (the next request
         to that worker opens a fresh one), and after the challenge period call ``finish``, which refunds the
@@ -371,7 +371,8 @@ class Settlement:
                 newest = await self.store.run(self.store.newest_voucher, rec.address)
                 now = await self.chain.now()
                 if now < st.close_deadline:
-                    if newest is not None and newest.seqno > st.seqno and newest.cumulative > st.committed:
+                    # by amount only: a payer may close with a higher seqno for less (the contract ranks by amount)
+                    if newest is not None and newest.cumulative > st.committed:
                         r = await self.chain.challenge(rec.address, newest)
                         if r.success:
                             self.stats.challenges += 1

@@ -19,6 +19,7 @@ export const OP = {
   CLAIM_PAYOUT: 0x5c0c0010,
   CLOSE_PAYOUT: 0x5c0c0011,
   REFUND: 0x5c0c0012,
+  EXCESS: 0x5c0c0013,
   // registry
   ADD_IMAGE: 0x5c0c0101,
   REMOVE_IMAGE: 0x5c0c0102,
@@ -46,9 +47,11 @@ export const ERR = {
   LOW_VALUE: 113,
   NOTHING_TO_CLAIM: 114,
   BAD_VOUCHER: 115,
+  BAD_PERIOD: 116,
   NOT_OWNER: 201,
   ALREADY_SET: 202,
   NOT_FOUND: 203,
+  BAD_PARAMS: 204,
   UNKNOWN_OP: 0xffff,
 };
 
@@ -168,12 +171,16 @@ export function finishBody(queryId = 0) {
 
 // ---- registry ------------------------------------------------------------------------------
 
+/** The payment channel's own bound on challenge periods (MAX_CHALLENGE_PERIOD, 30 days). */
+export const MAX_CHALLENGE_PERIOD = 2592000;
+
 export function registryInitData(p) {
   return beginCell()
     .storeAddress(addr(p.owner))
     .storeUint(0, 32) // version
     .storeCoins(big(p.minDeposit ?? 0))
     .storeUint(p.minChallengePeriod ?? 0, 32)
+    .storeUint(p.maxChallengePeriod ?? MAX_CHALLENGE_PERIOD, 32)
     .storeUint(0, 32) // imageCount
     .storeUint(0, 32) // modelCount
     .storeDict(null)
@@ -204,6 +211,7 @@ export function registryBody(action, args = {}, queryId = 0) {
       .storeUint(queryId, 64)
       .storeCoins(big(args.minDeposit))
       .storeUint(args.minChallengePeriod, 32)
+      .storeUint(args.maxChallengePeriod ?? MAX_CHALLENGE_PERIOD, 32)
       .endCell();
   }
   if (action === 'transfer_ownership') {
@@ -231,13 +239,16 @@ export function summarizeTx(tx) {
   for (const m of tx.outMessages.values()) {
     if (m.info.type !== 'internal') continue;
     const body = m.body.beginParse();
+    const op = body.remainingBits >= 32 ? body.preloadUint(32) : null;
     out.push({
       to: m.info.dest.toString(),
       value: m.info.value.coins.toString(),
       forwardFee: m.info.forwardFee.toString(),
       bounce: m.info.bounce,
       bounced: m.info.bounced,
-      op: body.remainingBits >= 32 ? body.preloadUint(32) : null,
+      op,
+      // payouts state what they pay (a claim payout's value also carries the claim's unused gas back)
+      amount: (op === OP.CLAIM_PAYOUT || op === OP.CLOSE_PAYOUT) && !m.info.bounced ? payoutAmount(body) : null,
     });
   }
   let inOp = null;
@@ -267,6 +278,16 @@ export function summarizeTx(tx) {
     outMessages: out,
     endStatus: tx.endStatus,
   };
+}
+
+function payoutAmount(body) {
+  try {
+    const s = body.clone();
+    s.skip(32 + 64);
+    return s.loadCoins().toString();
+  } catch {
+    return null;
+  }
 }
 
 function addressFromTx(tx) {

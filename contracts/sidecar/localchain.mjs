@@ -353,7 +353,7 @@ const METHODS = {
     return { transactions: list.slice(-limit) };
   },
 
-  /** {from, owner?, min_deposit, min_challenge_period, value?} */
+  /** {from, owner?, min_deposit, min_challenge_period, max_challenge_period?, value?} */
   async deploy_registry(p) {
     const w = wallet(need(p, 'from'));
     const owner = p.owner ? parseAddr(p.owner, 'owner') : w.address;
@@ -361,6 +361,7 @@ const METHODS = {
       owner,
       minDeposit: parseBig(p.min_deposit ?? 0, 'min_deposit'),
       minChallengePeriod: Number(p.min_challenge_period ?? 0),
+      maxChallengePeriod: p.max_challenge_period !== undefined ? Number(p.max_challenge_period) : undefined,
     }, CODE.registry);
     const address = contractAddress(0, init);
     const r = await sendFrom(w, address, parseBig(p.value ?? toNano('0.5'), 'value'), undefined, false, init);
@@ -368,7 +369,7 @@ const METHODS = {
     return { address: fmtAddr(address), ...r };
   },
 
-  /** {from, address, action, hash? | min_deposit+min_challenge_period | new_owner, value?} */
+  /** {from, address, action, hash? | min_deposit+min_challenge_period(+max_challenge_period) | new_owner, value?} */
   async registry_update(p) {
     const w = wallet(need(p, 'from'));
     const a = parseAddr(need(p, 'address'));
@@ -377,6 +378,7 @@ const METHODS = {
       hash: p.hash !== undefined ? parseBig(p.hash, 'hash') : undefined,
       minDeposit: p.min_deposit !== undefined ? parseBig(p.min_deposit, 'min_deposit') : undefined,
       minChallengePeriod: p.min_challenge_period !== undefined ? Number(p.min_challenge_period) : undefined,
+      maxChallengePeriod: p.max_challenge_period !== undefined ? Number(p.max_challenge_period) : undefined,
       newOwner: p.new_owner ? parseAddr(p.new_owner, 'new_owner') : undefined,
     };
     let body;
@@ -394,6 +396,7 @@ const METHODS = {
     const g = (m) => chain.runGetMethod(a, m).then((r) => r.stackReader);
     const s = await g('get_params');
     const out = { version: s.readNumber(), min_deposit: s.readBigNumber().toString(), min_challenge_period: s.readNumber(), owner: fmtAddr(s.readAddress()) };
+    out.max_challenge_period = s.readNumber();
     out.images = registryDictKeys((await g('get_images')).readCellOpt()).map((k) => k.toString(16).padStart(64, '0'));
     out.models = registryDictKeys((await g('get_models')).readCellOpt()).map((k) => k.toString(16).padStart(64, '0'));
     return out;

@@ -3,7 +3,7 @@ import { describe, it, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { Blockchain } from '@ton/sandbox';
 import { beginCell, contractAddress, toNano } from '@ton/core';
-import { ERR, registryStateInit, registryBody, registryDictKeys, summarizeTx } from '../lib/cocoon.mjs';
+import { ERR, MAX_CHALLENGE_PERIOD, registryStateInit, registryBody, registryDictKeys, summarizeTx } from '../lib/cocoon.mjs';
 
 const IMG = 0xaa00000000000000000000000000000000000000000000000000000000000001n;
 const IMG2 = 0xaa00000000000000000000000000000000000000000000000000000000000002n;
@@ -30,11 +30,13 @@ describe('registry', () => {
   const allowed = async (kind, h) => (await get(`is_${kind}_allowed`, [{ type: 'int', value: h }])).readBoolean();
   async function params() {
     const s = await get('get_params');
-    return { version: s.readNumber(), minDeposit: s.readBigNumber(), minChallengePeriod: s.readNumber(), owner: s.readAddress().toString() };
+    return { version: s.readNumber(), minDeposit: s.readBigNumber(), minChallengePeriod: s.readNumber(), owner: s.readAddress().toString(),
+      maxChallengePeriod: s.readNumber() };
   }
 
   it('starts empty with the deploy params', async () => {
-    assert.deepEqual(await params(), { version: 0, minDeposit: toNano('1'), minChallengePeriod: 3600, owner: owner.address.toString() });
+    assert.deepEqual(await params(), { version: 0, minDeposit: toNano('1'), minChallengePeriod: 3600, owner: owner.address.toString(),
+      maxChallengePeriod: MAX_CHALLENGE_PERIOD });
     assert.equal(await allowed('image', IMG), false);
     const c = await get('get_counts');
     assert.deepEqual([c.readNumber(), c.readNumber()], [0, 0]);
@@ -73,7 +75,19 @@ describe('registry', () => {
     const p = await params();
     assert.equal(p.minDeposit, toNano('2.5'));
     assert.equal(p.minChallengePeriod, 86400);
+    assert.equal(p.maxChallengePeriod, MAX_CHALLENGE_PERIOD);
     assert.equal(p.version, 1);
+    assert.equal((await update(owner, 'set_params', { minDeposit: 1n, minChallengePeriod: 600, maxChallengePeriod: 7 * 86400 })).success, true);
+    assert.equal((await params()).maxChallengePeriod, 7 * 86400);
+  });
+
+  it('set_params refuses a maximum challenge period below the minimum or above what channels accept', async () => {
+    for (const [min, max] of [[7200, 3600], [0, MAX_CHALLENGE_PERIOD + 1], [0, 0xffffffff]]) {
+      const s = await update(owner, 'set_params', { minDeposit: 1n, minChallengePeriod: min, maxChallengePeriod: max });
+      assert.equal(s.exitCode, ERR.BAD_PARAMS, `${min}..${max}`);
+    }
+    assert.equal((await update(owner, 'set_params', { minDeposit: 1n, minChallengePeriod: 3600, maxChallengePeriod: 3600 })).success, true);
+    assert.equal((await params()).version, 1);
   });
 
   it('rejects every update from a non-owner and bounces the value', async () => {

@@ -54,7 +54,7 @@ async def test_stale_close_settles_at_the_stale_amount_and_every_replay_is_refus
             close = rogue.closes[meter.channel.address]
             assert close.success and (close.stale_seqno, close.stale_cumulative) == (1, 10 * PP)
             assert close.newest_cumulative == newest.cumulative
-            assert [a.error_name for a in close.attempts] == ["STALE_SEQNO", "BAD_SIGNATURE", "WRONG_STATE"]
+            assert [a.error_name for a in close.attempts] == ["AMOUNT_BACKWARDS", "BAD_SIGNATURE", "WRONG_STATE"]
             assert await rogue.stale_close_due() == []  # one close per payer
             # the payer notices; the rogue never challenges its own close
             assert await w.manager.check_closes() == [meter.channel.address]

@@ -183,7 +183,8 @@ class FlakyChain:
 
 
 def state(version: int, models: list[bytes]) -> dict[str, Any]:
-    return {"version": version, "min_deposit": "1", "min_challenge_period": 60, "owner": "",
+    return {"version": version, "min_deposit": "1", "min_challenge_period": 60, "max_challenge_period": 600,
+            "owner": "",
             "images": [dev_image_hash(__version__).hex()], "models": [m.hex() for m in models]}
 
 
@@ -236,7 +237,7 @@ class FakeLiteClient:
         self.calls.append((address.to_str(), method))
         owner = begin_cell().store_address(Address(OWNER_ADDR)).end_cell().begin_parse()
         return {
-            "get_params": [self.version, 5 * TON, 600, owner],
+            "get_params": [self.version, 5 * TON, 600, owner, 86_400],
             "get_images": [registry_dict([dev_image_hash(__version__)])],
             "get_models": [registry_dict([GOOD_MODEL, OTHER_MODEL])],
             "get_version": [self.version],
@@ -250,9 +251,9 @@ async def test_ton_chain_reads_the_registry_get_methods() -> None:
         reg = await read_registry_policy(chain, OWNER_ADDR)
     assert reg == RegistryPolicy(version=4, image_hashes=frozenset({dev_image_hash(__version__)}),
                                  model_hashes=frozenset({GOOD_MODEL, OTHER_MODEL}), min_deposit=5 * TON,
-                                 min_challenge_period=600, owner=OWNER_ADDR)
+                                 min_challenge_period=600, owner=OWNER_ADDR, max_challenge_period=86_400)
     assert [m for _, m in lite.calls] == ["get_params", "get_images", "get_models", "get_version"]
-    empty = registry_policy_from_stacks([0, 0, 0, begin_cell().store_address(Address(OWNER_ADDR)).end_cell()],
+    empty = registry_policy_from_stacks([0, 0, 0, begin_cell().store_address(Address(OWNER_ADDR)).end_cell(), 0],
                                         [None], [None])
     assert empty.image_hashes == frozenset() and empty.model_hashes == frozenset()
     with pytest.raises(ChainError):

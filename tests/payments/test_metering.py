@@ -431,7 +431,7 @@ async def test_payer_watch_sees_a_stale_close_by_the_worker_and_collects_the_ref
             first = sign_voucher(w.p.payer_key, ch.params.channel_id, 1, 30 * PP)
             assert (await w.p.payee.unilateral_close(ch.address, first)).success
             # replaying a voucher or claiming on a closing channel is refused by the contract
-            assert (await w.p.payee.challenge(ch.address, first)).error_name == "STALE_SEQNO"
+            assert (await w.p.payee.challenge(ch.address, first)).error_name == "AMOUNT_BACKWARDS"
             assert (await w.p.payee.claim(ch.address, newest)).error_name == "WRONG_STATE"
             assert await w.manager.check_closes() == [ch.address]
             seen = w.manager.closes_seen[ch.address]
