@@ -7,7 +7,18 @@ via :func:`get_tdx_quote`, or INSECURE dev evidence via :class:`DevPlatform`), t
 
 from .dev import DevEvidence, DevPlatform, dev_image_hash, verify_dev_evidence
 from .errors import AttestationError, QuoteFormatError
-from .policy import ANY, Policy
+from .policy import (
+    ANY,
+    TCB_STATUSES,
+    UPSTREAM_ANYWHERE,
+    UPSTREAM_IN_TD,
+    UPSTREAM_NONE,
+    UPSTREAM_RULES,
+    Policy,
+    rtmr_set_digest,
+    upstream_in_td,
+    upstream_origin,
+)
 from .report import (
     MAX_ENVELOPE_BYTES,
     REPORT_VERSION,
@@ -38,6 +49,7 @@ __all__ = [
     "INTEL_SGX_ROOT_CA_PEM",
     "MAX_ENVELOPE_BYTES",
     "REPORT_VERSION",
+    "TCB_STATUSES",
     "TEE_DEV",
     "TEE_TDX",
     "AttestationError",
@@ -52,6 +64,10 @@ __all__ = [
     "TdxQuote",
     "TdxVerification",
     "TsmError",
+    "UPSTREAM_ANYWHERE",
+    "UPSTREAM_IN_TD",
+    "UPSTREAM_NONE",
+    "UPSTREAM_RULES",
     "Verdict",
     "check_report",
     "decode_and_verify_envelope",
@@ -62,7 +78,10 @@ __all__ = [
     "parse_tdx_quote",
     "peer_id_from_pubkey",
     "raw_from_libp2p_pubkey",
+    "rtmr_set_digest",
     "sign_report",
+    "upstream_in_td",
+    "upstream_origin",
     "verify_dev_evidence",
     "verify_report",
     "verify_tdx_quote",

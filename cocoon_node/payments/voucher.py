@@ -43,6 +43,11 @@ OP_REGISTRY_ADD_MODEL = 0x5C0C0103
 OP_REGISTRY_REMOVE_MODEL = 0x5C0C0104
 OP_REGISTRY_SET_PARAMS = 0x5C0C0105
 OP_REGISTRY_TRANSFER_OWNERSHIP = 0x5C0C0106
+OP_REGISTRY_ADD_MRTD = 0x5C0C0111
+OP_REGISTRY_REMOVE_MRTD = 0x5C0C0112
+OP_REGISTRY_ADD_RTMR_SET = 0x5C0C0113
+OP_REGISTRY_REMOVE_RTMR_SET = 0x5C0C0114
+OP_REGISTRY_SET_TCB_RULE = 0x5C0C0115
 
 #: Contract exit codes -> names (documented in contracts/README.md).
 EXIT_CODES: dict[int, str] = {
@@ -73,7 +78,7 @@ EXIT_CODES: dict[int, str] = {
 #: Code hashes of the committed contracts/build/*.boc; a test keeps them in step with the build.
 CODE_HASHES: dict[str, str] = {
     "payment_channel": "ef381609dc219c8e814699fb5abc46cc9f322a4fcd473e1e625e8044c5549780",
-    "registry": "365a952bc37fe89e6f1e7c6bf26999b6dbc092809300971f99c42dc2d83e2ddc",
+    "registry": "49465937b113844d030aeb44db29c462ef6c2952162af707d58c28928644c18b",
 }
 
 #: Vouchers travel as uint64 on our wire; all TON ever minted fits far below this.
@@ -367,24 +372,48 @@ def registry_body(
     action: str,
     *,
     hash_: int | None = None,
+    name: str | None = None,
+    mrtd: bytes | None = None,
+    require_tcb_check: bool = False,
+    tcb_statuses: int | None = None,
+    max_report_age: int = 0,
     min_deposit: int | None = None,
     min_challenge_period: int | None = None,
     new_owner: str | None = None,
     query_id: int = 0,
 ) -> Cell:
-    """Registry update body (owner only). ``action``: add_image, remove_image, add_model,
-    remove_model, set_params, transfer_ownership."""
+    """Registry update body (owner only). ``action``: add_image, remove_image, add_model (hash_ + name),
+    remove_model, add_mrtd / remove_mrtd (mrtd), add_rtmr_set / remove_rtmr_set (hash_: the set's SHA-256),
+    set_tcb_rule (require_tcb_check, tcb_statuses bitmask, max_report_age), set_params, transfer_ownership."""
     ops = {
         "add_image": OP_REGISTRY_ADD_IMAGE,
         "remove_image": OP_REGISTRY_REMOVE_IMAGE,
         "add_model": OP_REGISTRY_ADD_MODEL,
         "remove_model": OP_REGISTRY_REMOVE_MODEL,
+        "add_rtmr_set": OP_REGISTRY_ADD_RTMR_SET,
+        "remove_rtmr_set": OP_REGISTRY_REMOVE_RTMR_SET,
     }
     b = begin_cell()
     if action in ops:
         if hash_ is None:
             raise ValueError(f"{action} needs hash_")
-        return b.store_uint(ops[action], 32).store_uint(query_id, 64).store_uint(hash_, 256).end_cell()
+        b = b.store_uint(ops[action], 32).store_uint(query_id, 64).store_uint(hash_, 256)
+        if action == "add_model":
+            raw = (name or "").encode()
+            if not 1 <= len(raw) <= 127:
+                raise ValueError("add_model needs a name of 1..127 UTF-8 bytes")
+            b = b.store_ref(begin_cell().store_bytes(raw).end_cell())
+        return b.end_cell()
+    if action in ("add_mrtd", "remove_mrtd"):
+        if mrtd is None or len(mrtd) != 48:
+            raise ValueError(f"{action} needs a 48-byte mrtd")
+        op = OP_REGISTRY_ADD_MRTD if action == "add_mrtd" else OP_REGISTRY_REMOVE_MRTD
+        return b.store_uint(op, 32).store_uint(query_id, 64).store_bytes(mrtd).end_cell()
+    if action == "set_tcb_rule":
+        if tcb_statuses is None:
+            raise ValueError("set_tcb_rule needs tcb_statuses")
+        return (b.store_uint(OP_REGISTRY_SET_TCB_RULE, 32).store_uint(query_id, 64).store_bit(require_tcb_check)
+                .store_uint(tcb_statuses, 16).store_uint(max_report_age, 32).end_cell())
     if action == "set_params":
         if min_deposit is None or min_challenge_period is None:
             raise ValueError("set_params needs min_deposit and min_challenge_period")

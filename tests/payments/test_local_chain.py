@@ -218,7 +218,7 @@ async def test_registry_policy(parties: Parties) -> None:
         assert (
             await p.payer.registry_update(reg, "set_params", min_deposit=2 * TON, min_challenge_period=7200)
         ).success
-        r = await p.stranger.registry_update(reg, "add_model", hash=1)
+        r = await p.stranger.registry_update(reg, "add_model", hash=1, name="m")
         assert r.error_name == "NOT_OWNER"
         st = await p.payer.registry_state(reg)
         assert st["version"] == 2 and st["images"] == ["ab" * 32] and st["models"] == []
