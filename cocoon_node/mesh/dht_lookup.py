@@ -168,7 +168,8 @@ class RecordLookup:
         return found
 
     async def _newest(self, key: str) -> bytes | None:
-        found = [v for v in (self._from_local_store(key), self._from_cache(key)) if v is not None]
+        local = self._from_local_store(key)
+        found = [v for v in (local, self._from_cache(key)) if v is not None]
         walked, _ = await self._walk(key, newest=True)
         if walked is not None:
             found.append(walked)
@@ -176,6 +177,8 @@ class RecordLookup:
             self.stats.misses += 1
             return None
         best = found[self._validator.select(key, found)] if len(found) > 1 else found[0]
+        if local is not None and best != local:  # our store held an older copy: keep the newest instead
+            self._dht.value_store.put(key.encode(), best)
         self._remember(key, best)
         return best
 
