@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from netsim.misnamed import invariant as misnamed_invariant
 from netsim.runner import SimData
 
 
@@ -117,6 +118,7 @@ def invariants(data: SimData) -> list[dict[str, str]]:
 
     _payment_invariants(data, ok, add)
     _rogue_invariants(data, add)
+    misnamed_invariant(data, add)
     if data.errors:
         add("harness_errors", "FAIL", "; ".join(data.errors[:10]))
     return out
@@ -398,6 +400,7 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "on_chain_transactions": data.chain_transactions if data.chain_transactions is not None else "no chain",
         "processes": data.resources,
         "allowed_model_hashes": data.allowed_hashes,
+        "allowed_models": data.allowed_models,
         "discovery": {"initial_convergence_s": data.initial_convergence_s,
                       "initial_convergence_definition": "max over requesters of (first poll listing every live "
                                                         "worker - that requester's ready line); polled every 0.1 s",
