@@ -14,6 +14,7 @@ import trio
 from libp2p.crypto.keys import KeyPair
 
 from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash, upstream_origin
+from cocoon_node.attestation.measure import measurements_of_report
 from cocoon_node.config import Config
 from cocoon_node.inference.backend import Backend
 from cocoon_node.inference.factory import make_backend
@@ -151,6 +152,9 @@ class WorkerRole:
                                              if self.config.worker.tee == "dev" else ""),
             "model_hash": a.model_hash.hex() if a else None,
             "upstream": upstream_of(self.backend) or None,
+            # what an operator lists to approve this image (TDX only): see `python -m cocoon_node.attestation.measure`
+            "measurements": (measurements_of_report(self.publisher.current)
+                             if self.publisher is not None and self.publisher.current else None),
             "price_prompt": self.config.worker.price_prompt,
             "price_completion": self.config.worker.price_completion,
             "max_concurrent": self.config.worker.max_concurrent,
