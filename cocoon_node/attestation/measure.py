@@ -61,16 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = args.file.read_bytes()
     try:
-        m: dict[str, Any] | None = measurements(data)
+        m = measurements(data)
     except AttestationError:
         try:
-            m = measurements_of_report(data)
+            from_report = measurements_of_report(data)
         except AttestationError as exc:
             print(f"{args.file}: neither a TDX quote nor a cocoon attestation report ({exc})", file=sys.stderr)
             return 2
-        if m is None:
+        if from_report is None:
             print(f"{args.file}: a dev-INSECURE report has no measurements", file=sys.stderr)
             return 2
+        m = from_report
     if m["debug_td"]:
         print("WARNING: this is a DEBUG TD (the host can read its memory); requesters refuse it", file=sys.stderr)
     print(json.dumps(m, indent=2) if args.json else "\n".join(["[policy]", *policy_lines(m)]))
