@@ -4,6 +4,7 @@ policy that changes meanwhile (the registry's owner removing the model) must sto
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from cocoon_node.inference.chat import parse_chat_request
 from cocoon_node.inference.requester import Requester
 from cocoon_node.inference.stream import WorkerFailure
 from cocoon_node.mesh import Announcement
-from tests.node.gate_helpers import T0, Clock, FakeDht, Worker, gate_over, local_dev_policy
+from tests.node.gate_helpers import T0, Clock, FakeDht, Worker, gate_over
 
 
 class RecordingStream:
@@ -52,7 +53,8 @@ async def test_no_prompt_is_written_when_the_verdict_no_longer_holds(tmp_path: P
             clock.now = T0 + 120
             del dht.records[w.key]
         else:
-            gate.set_policy(local_dev_policy(allowed_models=[f"synthetic-echo={'00' * 32}"]))
+            # the registry's owner removed these weights: the gate's policy no longer allows them
+            gate.set_policy(replace(gate.policy, model_hashes=frozenset({bytes(32)})))
         return None
 
     async def open_stream(_: Announcement) -> RecordingStream:

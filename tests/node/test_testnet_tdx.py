@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from libp2p.peer.id import ID
 
 from cocoon_node import __version__
-from cocoon_node.attestation import TEE_TDX, Claims, Policy, check_report, rtmr_set_digest, sign_report
+from cocoon_node.attestation import TEE_TDX, Claims, Policy, check_report, sign_report
 from cocoon_node.attestation import tdx as tdx_mod
 from cocoon_node.config import ConfigError, load_config
 from cocoon_node.inference.factory import make_backend
@@ -59,7 +59,7 @@ class TdxWorker:
         self.key = fixed_ed25519(label)
         raw = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.claims = Claims.for_key(raw, model_name="qwen3-8b", model_hash=MODEL, node_version=__version__,
-                                     issued_at=NOW - 60, expires_at=NOW + 3600, tee_kind=TEE_TDX, backend="torch")
+                                     issued_at=NOW - 60, expires_at=NOW + 3600, tee_kind=TEE_TDX)
 
     @property
     def peer_id(self) -> bytes:
@@ -169,6 +169,8 @@ async def owner() -> AsyncIterator[LocalChain]:
 
 async def test_the_registry_carries_measurements_names_and_tcb_rules(owner: LocalChain, pinned_pki: Any) -> None:
     """A real network approves its image through the registry: image, MRTD, RTMR set, model name -> hash."""
+    from cocoon_node.attestation import rtmr_set_digest
+
     worker = TdxWorker(pinned_pki)
     record = worker.report()
     with trio.fail_after(30):
