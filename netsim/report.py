@@ -358,6 +358,10 @@ def adversary_lines(report: dict[str, Any]) -> list[dict[str, str]]:
                        "nonpayer": "detected and contained"}[kind]
             out.append({"adversary": f"{kind} ({name.split('[')[1].rstrip(']')})",
                         "verdict": verdict if inv["verdict"] == "PASS" else "NOT contained", "how": inv["detail"]})
+        elif name.startswith("misnamed_never_prompted["):
+            out.append({"adversary": f"misnamed ({name.split('[')[1].rstrip(']')})",
+                        "verdict": "detected and contained" if inv["verdict"] == "PASS" else "NOT contained",
+                        "how": inv["detail"]})
     return out
 
 

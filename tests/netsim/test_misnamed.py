@@ -15,7 +15,7 @@ from cocoon_node.inference.chat import parse_chat_request
 from cocoon_node.inference.requester import StreamStart
 from cocoon_node.node import Node
 from netsim.misnamed import KIND, MisnamedNode, config_for
-from netsim.report import invariants
+from netsim.report import adversary_lines, invariants
 from netsim.runner import SimData, SimNode
 from netsim.scenario import parse_scenario
 from netsim.workload import RequestResult
@@ -125,5 +125,8 @@ def _world(adversary: dict[str, Any], gate: dict[str, Any], answered_by_liar: bo
 def test_the_invariant_passes_only_when_it_was_never_prompted(adversary: dict[str, Any], gate: dict[str, Any],
                                                              answered: bool, verdict: str) -> None:
     adversary = {**adversary, "offered_model": "synthetic-echo", "attested_model": "tiny-model"} if adversary else {}
-    out = {i["name"]: i for i in invariants(_world(adversary, gate, answered))}
+    found = invariants(_world(adversary, gate, answered))
+    out = {i["name"]: i for i in found}
     assert out["misnamed_never_prompted[misnamed1]"]["verdict"] == verdict, out["misnamed_never_prompted[misnamed1]"]
+    (line,) = [x for x in adversary_lines({"invariants": found}) if x["adversary"] == "misnamed (misnamed1)"]
+    assert line["verdict"] == ("detected and contained" if verdict == "PASS" else "NOT contained")
