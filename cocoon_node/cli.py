@@ -32,6 +32,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "requester": ("requester", "enabled"), "api_port": ("requester", "api_port"),
         "api_host": ("requester", "api_host"), "api_key": ("requester", "api_key"),
         "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
+        "allowed_model": ("policy", "allowed_models"),
         "chain_url": ("payments", "chain_url"), "payments": ("payments", "enabled"),
         "credit_window": ("payments", "credit_window"),
         "payment_timeout": ("payments", "payment_timeout"),
@@ -95,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-dev-tee", dest="allow_dev_tee", action="store_true", default=None,
                      help="accept dev-INSECURE attestation (local networks only)")
     run.add_argument("--allowed-model-hash", dest="allowed_model_hash", action="append",
-                     help="allow only these model weight hashes (hex, repeatable)")
+                     help="allow these weight hashes under any model name (hex, repeatable; local network only)")
+    run.add_argument("--allowed-model", dest="allowed_model", action="append", metavar="NAME=HASH",
+                     help="allow the weights HASH (hex) for requests for model NAME (repeatable)")
     run.add_argument("--registry-address", dest="registry_address",
-                     help="policy registry contract: its image/model hashes replace the configured ones")
+                     help="policy registry contract: its images, TD measurements, TCB rule and model names "
+                          "replace the configured ones")
     run.add_argument("--chain-url", dest="chain_url", help="shared EMULATED local chain, tcp://127.0.0.1:PORT")
     run.add_argument("--no-payments", dest="payments", action="store_false", default=None,
                      help="serve/buy without payment channels")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from netsim.lowball import invariant as lowball_invariant
+from netsim.misnamed import invariant as misnamed_invariant
 from netsim.runner import SimData
 
 
@@ -118,6 +119,7 @@ def invariants(data: SimData) -> list[dict[str, str]]:
 
     _payment_invariants(data, ok, add)
     _rogue_invariants(data, add)
+    misnamed_invariant(data, add)
     if data.errors:
         add("harness_errors", "FAIL", "; ".join(data.errors[:10]))
     return out
@@ -358,6 +360,10 @@ def adversary_lines(report: dict[str, Any]) -> list[dict[str, str]]:
             verdict = "detected and contained"
             out.append({"adversary": f"{kind} ({name.split('[')[1].rstrip(']')})",
                         "verdict": verdict if inv["verdict"] == "PASS" else "NOT contained", "how": inv["detail"]})
+        elif name.startswith("misnamed_never_prompted["):
+            out.append({"adversary": f"misnamed ({name.split('[')[1].rstrip(']')})",
+                        "verdict": "detected and contained" if inv["verdict"] == "PASS" else "NOT contained",
+                        "how": inv["detail"]})
     return out
 
 
@@ -400,6 +406,7 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "on_chain_transactions": data.chain_transactions if data.chain_transactions is not None else "no chain",
         "processes": data.resources,
         "allowed_model_hashes": data.allowed_hashes,
+        "allowed_models": data.allowed_models,
         "discovery": {"initial_convergence_s": data.initial_convergence_s,
                       "initial_convergence_definition": "max over requesters of (first poll listing every live "
                                                         "worker - that requester's ready line); polled every 0.1 s",

@@ -80,6 +80,7 @@ class SimData:
     flooder: dict[str, Any] | None = None
     fake_upstream_requests: int | None = None
     allowed_hashes: list[str] = field(default_factory=list)
+    allowed_models: list[str] = field(default_factory=list)   # NAME=HASH pairs requesters also allow
     errors: list[str] = field(default_factory=list)
     workload_duration: float = 0.0
     requester_ready: dict[str, float] = field(default_factory=dict)
@@ -180,6 +181,8 @@ class Simulation:
         if kind in ("overclaim", "stale_close"):  # NETSIM-ONLY rogue worker: real node code, one behaviour changed
             command = [sys.executable, "-m", "netsim.rogue", "--kind", kind,
                        "--overclaim-tokens", str(g.overclaim_tokens), "--stale-after", str(g.stale_after)]
+        elif kind == "misnamed":  # NETSIM-ONLY: announces g.model, its report attests another model
+            command = [sys.executable, "-m", "netsim.misnamed"]
         node = await self.cluster.start_node(name, [*self.worker_args(g), *self.bootstrap_args()],
                                              timeout=self.s.start_timeout, command=command)
         self.data.nodes[name] = SimNode(name, "worker", g.name, kind is not None, False, node.peer_id, "up",
@@ -224,6 +227,12 @@ class Simulation:
         if not hashes:
             raise RuntimeError("could not read any good worker's model hash from its status")
         self.data.allowed_hashes = sorted(hashes)
+        # Misnamed workers attest a model the network does allow, under its own name (netsim/misnamed.py).
+        for n in [n for n in self.data.nodes.values() if n.adversary == "misnamed"]:
+            st = await self.cluster.try_status(n.name, timeout=10) or {}
+            adv, w = st.get("adversary") or {}, st.get("worker") or {}
+            if adv.get("attested_model") and w.get("model_hash"):
+                self.data.allowed_models.append(f"{adv['attested_model']}={w['model_hash']}")
         async with trio.open_nursery() as starters:
             for i in range(1, s.requesters + 1):
                 starters.start_soon(self.start_requester, f"requester{i}")
@@ -246,6 +255,7 @@ class Simulation:
         port = port or _free_port()
         args = ["--requester", "--local-cluster", "--allow-dev-tee", "--api-port", str(port),
                 *[x for h in self.data.allowed_hashes for x in ("--allowed-model-hash", h)],
+                *[x for m in self.data.allowed_models for x in ("--allowed-model", m)],
                 *self.s.requester_args, *self.shaping_args(), *self.bootstrap_args()]
         # NETSIM-ONLY rogue requester: pays prompts, withholds every completion voucher (netsim/rogue.py).
         command = [sys.executable, "-m", "netsim.rogue", "--kind", "nonpayer"] if nonpayer else rogue

@@ -17,8 +17,9 @@ ARRIVALS = ("poisson", "bursts")
 SHAPING = ("none", "auto")
 # Worker adversaries (``adversary`` in a worker group; ``adversarial = true`` is short for "bad_model_hash"):
 # "bad_model_hash": the good model name served from weights outside the requesters' policy; "overclaim" and
-# "stale_close": NETSIM-ONLY rogue workers (netsim/rogue.py) that cheat on payment.
-WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close")
+# "stale_close": NETSIM-ONLY rogue workers (netsim/rogue.py) that cheat on payment; "misnamed": a NETSIM-ONLY
+# worker (netsim/misnamed.py) announcing the group's model while its attestation report names another.
+WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close", "misnamed")
 # How a NETSIM-ONLY lowball payer (netsim/lowball.py) closes a channel: start_close with a voucher of a higher seqno
 # and a lower amount, or start_close without one and then challenge with (2^64-1, 0).
 LOWBALL_MODES = ("lower_voucher", "max_seqno")
@@ -340,7 +341,7 @@ def _check(s: Scenario) -> None:
         if g.adversarial and g.adversary not in ("", "bad_model_hash"):
             problems.append(f"cluster.workers.{g.name}: adversarial = true means bad_model_hash; drop it "
                             f"for adversary = {g.adversary!r}")
-        if g.adversary_kind in ("overclaim", "stale_close") and g.backend != "synthetic":
+        if g.adversary_kind in ("overclaim", "stale_close", "misnamed") and g.backend != "synthetic":
             problems.append(f"cluster.workers.{g.name}: rogue workers run the synthetic backend")
         if g.overclaim_tokens < 1 or g.stale_after < 2 or g.settle_after < 0:
             problems.append(f"cluster.workers.{g.name}: overclaim_tokens >= 1, stale_after >= 2 (a stale voucher "

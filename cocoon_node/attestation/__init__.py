@@ -7,7 +7,18 @@ via :func:`get_tdx_quote`, or INSECURE dev evidence via :class:`DevPlatform`), t
 
 from .dev import DevEvidence, DevPlatform, dev_image_hash, verify_dev_evidence
 from .errors import AttestationError, QuoteFormatError
-from .policy import ANY, Policy
+from .policy import (
+    ANY,
+    TCB_STATUSES,
+    UPSTREAM_ANYWHERE,
+    UPSTREAM_IN_TD,
+    UPSTREAM_NONE,
+    UPSTREAM_RULES,
+    Policy,
+    rtmr_set_digest,
+    upstream_in_td,
+    upstream_origin,
+)
 from .report import (
     MAX_ENVELOPE_BYTES,
     REPORT_VERSION,
@@ -39,8 +50,13 @@ __all__ = [
     "INTEL_SGX_ROOT_CA_PEM",
     "MAX_ENVELOPE_BYTES",
     "REPORT_VERSION",
+    "TCB_STATUSES",
     "TEE_DEV",
     "TEE_TDX",
+    "UPSTREAM_ANYWHERE",
+    "UPSTREAM_IN_TD",
+    "UPSTREAM_NONE",
+    "UPSTREAM_RULES",
     "AttestationError",
     "Claims",
     "ConfigfsTsm",
@@ -68,7 +84,10 @@ __all__ = [
     "parse_tdx_quote",
     "peer_id_from_pubkey",
     "raw_from_libp2p_pubkey",
+    "rtmr_set_digest",
     "sign_report",
+    "upstream_in_td",
+    "upstream_origin",
     "verify_dev_evidence",
     "verify_report",
     "verify_snp_report",

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import AttestationError
 
-REPORT_VERSION = 1
+# v2 added ``backend`` and ``upstream`` (where prompts go); v1 reports are refused.
+REPORT_VERSION = 2
 MAX_ENVELOPE_BYTES = 16384
 MAX_EVIDENCE_BYTES = 12288
 ENVELOPE_DOMAIN = b"cocoon/attestation-report/v1"
@@ -47,6 +48,8 @@ _CLAIM_FIELDS: dict[str, tuple[type, int | None, int | None]] = {
     "issued_at": (int, None, None),
     "expires_at": (int, None, None),
     "tee_kind": (str, 16, None),
+    "backend": (str, 32, None),
+    "upstream": (str, 256, None),
 }
 _RECORD_FIELDS = {**_CLAIM_FIELDS, "evidence": (bytes, MAX_EVIDENCE_BYTES, None)}
 _ENVELOPE_FIELDS: dict[str, tuple[type, int | None, int | None]] = {
@@ -142,6 +145,10 @@ class Claims:
     issued_at: int
     expires_at: int
     tee_kind: str
+    # The backend kind and where it sends prompts: "" when the model runs in this process, else the
+    # upstream's origin (``scheme://host:port``). Requesters refuse an upstream outside the TD by default.
+    backend: str = ""
+    upstream: str = ""
     version: int = REPORT_VERSION
 
     def to_map(self) -> dict[str, Any]:
@@ -169,6 +176,8 @@ class Claims:
         issued_at: int,
         expires_at: int,
         tee_kind: str,
+        backend: str = "",
+        upstream: str = "",
     ) -> Claims:
         """Claims with ``public_key``/``peer_id`` derived from a raw Ed25519 key, so they cannot disagree."""
         pb = libp2p_pubkey_protobuf(public_key_raw)
@@ -181,6 +190,8 @@ class Claims:
             issued_at=issued_at,
             expires_at=expires_at,
             tee_kind=tee_kind,
+            backend=backend,
+            upstream=upstream,
         )
 
 

@@ -309,14 +309,15 @@ class Mesh:
         assert self.dht is not None
         await self.dht.put_value(key, value)
 
-    async def get_record(self, key: str) -> bytes | None:
-        """The newest valid record for ``key`` (local store, recent lookups, then the network), or None.
+    async def get_record(self, key: str, *, newest: bool = False) -> bytes | None:
+        """A valid record for ``key`` (local store, recent lookups, then the network), or None.
 
         Only records that pass the key's namespace validator are ever returned; see :class:`RecordLookup`
-        for why this is not py-libp2p's ``KadDHT.get_value``.
+        for why this is not py-libp2p's ``KadDHT.get_value``. ``newest`` compares our copies with the
+        network's and waits for the peer the key names, for when a stale copy must not win.
         """
         assert self.lookup is not None
-        return await self.lookup.get(key)
+        return await self.lookup.get(key, newest=newest)
 
     # ----- direct streams ------------------------------------------------------------------------------
     def set_stream_handler(self, protocol: str, handler: Callable[[INetStream], Awaitable[None]]) -> None:

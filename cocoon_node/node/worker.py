@@ -13,7 +13,8 @@ from typing import Any
 import trio
 from libp2p.crypto.keys import KeyPair
 
-from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash
+from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash, upstream_origin
+from cocoon_node.attestation.measure import measurements_of_report
 from cocoon_node.config import Config
 from cocoon_node.inference.backend import Backend
 from cocoon_node.inference.factory import make_backend
@@ -43,11 +44,18 @@ def build_backend(config: Config) -> Backend:
     return make_backend(w.backend, **options)
 
 
+def upstream_of(backend: Backend) -> str:
+    """Where the backend sends prompts: its upstream's origin, or "" when the model runs in this process."""
+    base_url = getattr(backend, "base_url", None)
+    return upstream_origin(base_url) if backend.kind == "openai-upstream" and base_url else ""
+
+
 def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") -> bytes:
     """SHA-256 naming the served weights (blocking: reads every weight file once, then a size/mtime cache).
 
     A synthetic backend has no weights; ``stand_in`` (its ``worker.model_path``) names a file hashed in their
-    place, so test clusters can run workers that differ in "weights" without loading a real model.
+    place, so test clusters can run workers that differ in "weights" without loading a real model. An
+    upstream backend's hash also names where prompts go, so approving it approves that upstream only.
     """
     files = backend.model_files() or ([Path(stand_in)] if stand_in and backend.synthetic else [])
     if files:
@@ -57,7 +65,10 @@ def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") ->
         return model_hash(Path("/"), files=[str(Path(f).resolve()).lstrip("/") for f in files],
                           cache_path=cache_dir / "model-hash-cache.json")
     # Upstream and synthetic backends: the node cannot see weights, so it names its configuration.
-    config = json.dumps({"kind": backend.kind, "model": backend.model_name}, sort_keys=True)
+    named: dict[str, str] = {"kind": backend.kind, "model": backend.model_name}
+    if upstream_of(backend):
+        named["upstream"] = upstream_of(backend)
+    config = json.dumps(named, sort_keys=True)
     return hashlib.sha256(config.encode()).digest()
 
 
@@ -89,8 +100,12 @@ class WorkerRole:
         self.server = InferenceServer(self.backend, terms, meter=self.meter,
                                       on_load_change=lambda _load: self._load_changed.set())
         tee_kind = TEE_DEV if w.tee == "dev" else TEE_TDX
+        upstream = upstream_of(self.backend)
+        if upstream:
+            log.warning("prompts are forwarded to the upstream %s; the attestation report says so", upstream)
         self.publisher = ReportPublisher(self.mesh, self.key_pair, tee=tee_kind, model_name=w.model,
-                                         model_hash=weights, data_dir=self.config.data_dir)
+                                         model_hash=weights, data_dir=self.config.data_dir,
+                                         backend=self.backend.kind, upstream=upstream)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
         now = int(time.time())
         self.announcement = Announcement(
@@ -136,6 +151,10 @@ class WorkerRole:
             "tee": self.config.worker.tee + (" (dev-INSECURE: proves nothing about hardware)"
                                              if self.config.worker.tee == "dev" else ""),
             "model_hash": a.model_hash.hex() if a else None,
+            "upstream": upstream_of(self.backend) or None,
+            # what an operator lists to approve this image (TDX only): see `python -m cocoon_node.attestation.measure`
+            "measurements": (measurements_of_report(self.publisher.current)
+                             if self.publisher is not None and self.publisher.current else None),
             "price_prompt": self.config.worker.price_prompt,
             "price_completion": self.config.worker.price_completion,
             "max_concurrent": self.config.worker.max_concurrent,

@@ -46,6 +46,11 @@ OP_REGISTRY_ADD_MODEL = 0x5C0C0103
 OP_REGISTRY_REMOVE_MODEL = 0x5C0C0104
 OP_REGISTRY_SET_PARAMS = 0x5C0C0105
 OP_REGISTRY_TRANSFER_OWNERSHIP = 0x5C0C0106
+OP_REGISTRY_ADD_MRTD = 0x5C0C0111
+OP_REGISTRY_REMOVE_MRTD = 0x5C0C0112
+OP_REGISTRY_ADD_RTMR_SET = 0x5C0C0113
+OP_REGISTRY_REMOVE_RTMR_SET = 0x5C0C0114
+OP_REGISTRY_SET_TCB_RULE = 0x5C0C0115
 
 #: Contract exit codes -> names (documented in contracts/README.md).
 EXIT_CODES: dict[int, str] = {
@@ -69,6 +74,7 @@ EXIT_CODES: dict[int, str] = {
     202: "ALREADY_SET",
     203: "NOT_FOUND",
     204: "BAD_PARAMS",
+    205: "BAD_NAME",
     0xFFFF: "UNKNOWN_OP",
     -14: "OUT_OF_GAS",
     13: "OUT_OF_GAS",
@@ -78,7 +84,7 @@ EXIT_CODES: dict[int, str] = {
 #: Code hashes of the committed contracts/build/*.boc; a test keeps them in step with the build.
 CODE_HASHES: dict[str, str] = {
     "payment_channel": "0282b9749a3b61bdb6371aab1d9764a2d812757ff937425346025550421b4037",
-    "registry": "76af38dd819a21e7830c269b65f8368d3d7d32b2b1c29f8f3c4efa6a67afb946",
+    "registry": "b6b206889574e380a423e563c9bbfb1095a2f242b9e79e8a93e6fbad05a918bc",
 }
 
 #: Vouchers travel as uint64 on our wire; all TON ever minted fits far below this.
@@ -380,25 +386,50 @@ def registry_body(
     action: str,
     *,
     hash_: int | None = None,
+    name: str | None = None,
+    mrtd: bytes | None = None,
+    require_tcb_check: bool = False,
+    tcb_statuses: int | None = None,
+    max_report_age: int = 0,
     min_deposit: int | None = None,
     min_challenge_period: int | None = None,
     new_owner: str | None = None,
     query_id: int = 0,
     max_challenge_period: int = MAX_CHALLENGE_PERIOD,
 ) -> Cell:
-    """Registry update body (owner only). ``action``: add_image, remove_image, add_model,
-    remove_model, set_params, transfer_ownership. ``max_challenge_period`` goes with set_params."""
+    """Registry update body (owner only). ``action``: add_image, remove_image, add_model (hash_ + name),
+    remove_model, add_mrtd / remove_mrtd (mrtd), add_rtmr_set / remove_rtmr_set (hash_: the set's SHA-256),
+    set_tcb_rule (require_tcb_check, tcb_statuses bitmask, max_report_age), set_params (with
+    ``max_challenge_period``), transfer_ownership."""
     ops = {
         "add_image": OP_REGISTRY_ADD_IMAGE,
         "remove_image": OP_REGISTRY_REMOVE_IMAGE,
         "add_model": OP_REGISTRY_ADD_MODEL,
         "remove_model": OP_REGISTRY_REMOVE_MODEL,
+        "add_rtmr_set": OP_REGISTRY_ADD_RTMR_SET,
+        "remove_rtmr_set": OP_REGISTRY_REMOVE_RTMR_SET,
     }
     b = begin_cell()
     if action in ops:
         if hash_ is None:
             raise ValueError(f"{action} needs hash_")
-        return b.store_uint(ops[action], 32).store_uint(query_id, 64).store_uint(hash_, 256).end_cell()
+        b = b.store_uint(ops[action], 32).store_uint(query_id, 64).store_uint(hash_, 256)
+        if action == "add_model":
+            raw = (name or "").encode()
+            if not 1 <= len(raw) <= 127:
+                raise ValueError("add_model needs a name of 1..127 UTF-8 bytes")
+            b = b.store_ref(begin_cell().store_bytes(raw).end_cell())
+        return b.end_cell()
+    if action in ("add_mrtd", "remove_mrtd"):
+        if mrtd is None or len(mrtd) != 48:
+            raise ValueError(f"{action} needs a 48-byte mrtd")
+        op = OP_REGISTRY_ADD_MRTD if action == "add_mrtd" else OP_REGISTRY_REMOVE_MRTD
+        return b.store_uint(op, 32).store_uint(query_id, 64).store_bytes(mrtd).end_cell()
+    if action == "set_tcb_rule":
+        if tcb_statuses is None:
+            raise ValueError("set_tcb_rule needs tcb_statuses")
+        return (b.store_uint(OP_REGISTRY_SET_TCB_RULE, 32).store_uint(query_id, 64).store_bit(require_tcb_check)
+                .store_uint(tcb_statuses, 16).store_uint(max_report_age, 32).end_cell())
     if action == "set_params":
         if min_deposit is None or min_challenge_period is None:
             raise ValueError("set_params needs min_deposit and min_challenge_period")

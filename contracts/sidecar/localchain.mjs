@@ -25,7 +25,8 @@ import { existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { Blockchain, internal, snapshotToSerializable, snapshotFromSerializable } from '@ton/sandbox';
 import { Address, Cell, beginCell, contractAddress, toNano } from '@ton/core';
 import {
-  channelStateInit, registryStateInit, registryBody, registryDictKeys, topUpBody, summarizeTx, burned,
+  channelStateInit, registryStateInit, registryBody, registryDictKeys, registryModels, registryMrtds, TCB_STATUSES,
+  topUpBody, summarizeTx, burned,
   loadCode, loadMeta,
 } from '../lib/cocoon.mjs';
 
@@ -369,13 +370,23 @@ const METHODS = {
     return { address: fmtAddr(address), ...r };
   },
 
-  /** {from, address, action, hash? | min_deposit+min_challenge_period(+max_challenge_period) | new_owner, value?} */
+  /** {from, address, action, hash? (+ name for add_model) | mrtd (hex) | require_tcb_check+tcb_statuses
+   *  (names)+max_report_age | min_deposit+min_challenge_period(+max_challenge_period) | new_owner, value?} */
   async registry_update(p) {
     const w = wallet(need(p, 'from'));
     const a = parseAddr(need(p, 'address'));
     const action = String(need(p, 'action'));
+    const statuses = p.tcb_statuses !== undefined ? [...p.tcb_statuses] : undefined;
+    for (const st of statuses ?? []) {
+      if (!TCB_STATUSES.includes(st)) throw invalid(`unknown TCB status ${st}`);
+    }
     const args = {
       hash: p.hash !== undefined ? parseBig(p.hash, 'hash') : undefined,
+      name: p.name,
+      mrtd: p.mrtd,
+      requireTcbCheck: Boolean(p.require_tcb_check),
+      tcbStatuses: statuses?.reduce((mask, st) => mask | (1 << TCB_STATUSES.indexOf(st)), 0),
+      maxReportAge: p.max_report_age !== undefined ? Number(p.max_report_age) : undefined,
       minDeposit: p.min_deposit !== undefined ? parseBig(p.min_deposit, 'min_deposit') : undefined,
       minChallengePeriod: p.min_challenge_period !== undefined ? Number(p.min_challenge_period) : undefined,
       maxChallengePeriod: p.max_challenge_period !== undefined ? Number(p.max_challenge_period) : undefined,
@@ -397,8 +408,16 @@ const METHODS = {
     const s = await g('get_params');
     const out = { version: s.readNumber(), min_deposit: s.readBigNumber().toString(), min_challenge_period: s.readNumber(), owner: fmtAddr(s.readAddress()) };
     out.max_challenge_period = s.readNumber();
-    out.images = registryDictKeys((await g('get_images')).readCellOpt()).map((k) => k.toString(16).padStart(64, '0'));
-    out.models = registryDictKeys((await g('get_models')).readCellOpt()).map((k) => k.toString(16).padStart(64, '0'));
+    const hex = (k) => k.toString(16).padStart(64, '0');
+    out.images = registryDictKeys((await g('get_images')).readCellOpt()).map(hex);
+    out.models = registryModels((await g('get_models')).readCellOpt()).map((m) => ({ hash: hex(m.hash), name: m.name }));
+    const m = await g('get_measurements');
+    out.mrtds = registryMrtds(m.readCellOpt());
+    out.rtmr_sets = registryDictKeys(m.readCellOpt()).map(hex);
+    const require = m.readBoolean();
+    const mask = m.readNumber();
+    out.tcb = { require_tcb_check: require, tcb_statuses: TCB_STATUSES.filter((_, i) => mask & (1 << i)),
+      max_report_age: m.readNumber() };
     return out;
   },
 

@@ -108,7 +108,11 @@ def test_resign_helper_is_sound() -> None:
         {**_record(), "extra": 1},  # unknown
         {**_record(), **{7: 1}},  # non-text key
         _record(version=True),  # bool is not uint
-        _record(version=2),  # unsupported version
+        _record(version=1),  # unsupported version (v1 lacks backend/upstream)
+        _record(version=3),  # unsupported version
+        {k: v for k, v in _record().items() if k != "upstream"},  # v2 requires where prompts go
+        _record(upstream="h" * 257),
+        _record(backend="b" * 33),
         _record(issued_at=-1),
         _record(issued_at=1.5),
         _record(model_hash=bytes(31)),

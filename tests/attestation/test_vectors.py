@@ -82,7 +82,7 @@ def test_schema_matches_code() -> None:
         "name": "attestation",
         "dht_namespace": "/cocoon-att/",
         "encoding": "cbor-canonical",
-        "version": 1,
+        "version": 2,
     }
     msgs = schema["messages"]
     assert _schema_spec(msgs["attestation_claims"]["fields"]) == report_mod._CLAIM_FIELDS

@@ -230,7 +230,7 @@ async def test_registry_policy(parties: Parties) -> None:
         bad = await p.payer.registry_update(reg, "set_params", min_deposit=0, min_challenge_period=7200,
                                             max_challenge_period=3600)
         assert bad.error_name == "BAD_PARAMS"
-        r = await p.stranger.registry_update(reg, "add_model", hash=1)
+        r = await p.stranger.registry_update(reg, "add_model", hash=1, name="m")
         assert r.error_name == "NOT_OWNER"
         st = await p.payer.registry_state(reg)
         assert st["version"] == 2 and st["images"] == ["ab" * 32] and st["models"] == []

@@ -362,10 +362,19 @@ class LocalChain:
         return str(r["address"])
 
     async def registry_update(self, address: str, action: str, **args: Any) -> TxResult:
-        """Owner update: add_image/remove_image/add_model/remove_model (hash=int), set_params, transfer_ownership."""
+        """Owner update: add_image/remove_image/remove_model/add_rtmr_set/remove_rtmr_set (hash=int), add_model
+        (hash=int, name=str), add_mrtd/remove_mrtd (mrtd=bytes), set_tcb_rule (require_tcb_check=bool,
+        tcb_statuses=[names], max_report_age=int), set_params, transfer_ownership."""
         p: dict[str, Any] = {"from": self.wallet, "address": address, "action": action}
         if "hash" in args:
             p["hash"] = str(args["hash"])
+        for key in ("name", "require_tcb_check", "max_report_age"):
+            if key in args:
+                p[key] = args[key]
+        if "mrtd" in args:
+            p["mrtd"] = bytes(args["mrtd"]).hex()
+        if "tcb_statuses" in args:
+            p["tcb_statuses"] = list(args["tcb_statuses"])
         if "min_deposit" in args:
             p["min_deposit"] = str(args["min_deposit"])
         if "min_challenge_period" in args:
@@ -377,7 +386,8 @@ class LocalChain:
         return _tx_result(await self.call("registry_update", p))
 
     async def registry_state(self, address: str) -> dict[str, Any]:
-        """Decoded policy: version, min_deposit, min/max_challenge_period, owner, images, models (hex)."""
+        """Decoded policy: version, min_deposit, min/max_challenge_period, owner, images (hex), models
+        ({hash, name}), mrtds and rtmr_sets (hex), tcb ({require_tcb_check, tcb_statuses, max_report_age})."""
         return dict(await self.call("registry_state", {"address": address}))
 
     async def save_state(self, path: Path | None = None) -> None:
