@@ -10,11 +10,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from cocoon_node.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from cocoon_node.mesh import TransportFactory
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -37,7 +40,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "credit_window": ("payments", "credit_window"),
         "payment_timeout": ("payments", "payment_timeout"),
         "registry_address": ("policy", "registry_address"),
-        "netsim_link_table": ("node", "netsim_link_table"),
         "netsim_clock_skew": ("node", "netsim_clock_skew"),
         "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
         "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
@@ -108,9 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
     run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
                      help="seconds a worker waits for a voucher before stopping a stream")
-    run.add_argument("--netsim-link-table", dest="netsim_link_table", metavar="PATH",
-                     help="NETSIM-ONLY link shaping; never used on a real network: delay, throttle or block the "
-                          "TCP connections this node dials as the JSON link table (written by cocoon-netsim) says")
     run.add_argument("--netsim-clock-skew", dest="netsim_clock_skew", type=float, metavar="SECONDS",
                      help="NETSIM-ONLY; refused outside the local network: run this node's wall clock SECONDS "
                           "ahead (negative: behind), as a skewed system clock would")
@@ -157,12 +156,17 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(run_main_job(args))
     config = _load(args)
+    setup_logging(config)
+    handler = {"run": cmd_run, "id": cmd_id, "keygen": cmd_keygen, "status": cmd_status, "chat": cmd_chat}[args.command]
+    raise SystemExit(handler(config, args))
+
+
+def setup_logging(config: Config) -> None:
+    """Log to stderr at the configured level; py-libp2p and the HTTP stack only from warnings up."""
     logging.basicConfig(level=getattr(logging, config.node.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = {"run": cmd_run, "id": cmd_id, "keygen": cmd_keygen, "status": cmd_status, "chat": cmd_chat}[args.command]
-    raise SystemExit(handler(config, args))
 
 
 def skew_wall_clock(seconds: float) -> None:
@@ -174,7 +178,9 @@ def skew_wall_clock(seconds: float) -> None:
     time.time_ns = lambda: real_time_ns() + offset_ns  # type: ignore[assignment]
 
 
-def cmd_run(config: Config, args: argparse.Namespace) -> int:
+def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: TransportFactory | None = None) -> int:
+    """Run the node until signalled. ``transport_factory`` replaces py-libp2p's transports (netsim's entry point
+    injects its NETSIM-ONLY shaped TCP this way; ``cocoon-node run`` never sets it)."""
     from cocoon_node.mesh import IdentityError
     from cocoon_node.node import Node
 
@@ -186,7 +192,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             "NETSIM-ONLY clock skew: this node's wall clock runs %+.0f s off (local network only)",
             config.node.netsim_clock_skew)
     try:
-        node = Node(config)
+        node = Node(config, transport_factory=transport_factory)
     except IdentityError as exc:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2

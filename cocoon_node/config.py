@@ -44,8 +44,6 @@ class NodeSection:
     gossip_degree: int = 6
     local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
     log_level: str = "INFO"
-    # NETSIM-ONLY link shaping, never used on a real network: the JSON link table cocoon-netsim writes.
-    netsim_link_table: str = ""
     # NETSIM-ONLY clock skew in seconds (the node's wall clock runs this far ahead, or behind if negative):
     # netsim's "skew" fault. Refused outside the local network.
     netsim_clock_skew: float = 0.0
@@ -143,10 +141,6 @@ class Config:
     def data_dir(self) -> Path:
         return Path(self.node.data_dir).expanduser()
 
-    @property
-    def netsim_link_table_path(self) -> Path | None:
-        return Path(self.node.netsim_link_table) if self.node.netsim_link_table else None
-
 
 _SECTIONS = {f.name: f.type for f in fields(Config)}
 
@@ -216,13 +210,6 @@ def validate_config(config: Config) -> list[str]:
         out.append("node.listen: at least one listen address is required")
     if node.netsim_clock_skew and node.network != "local":  # NETSIM-ONLY clock skew
         out.append("node.netsim_clock_skew: netsim-only clock skew is refused outside the local network")
-    if node.netsim_link_table:  # NETSIM-ONLY link shaping
-        if node.network != "local":
-            out.append("node.netsim_link_table: netsim-only link shaping is refused outside the local network")
-        if any("/quic" in a for a in node.listen):
-            out.append("node.netsim_link_table: link shaping is TCP-only; remove the /quic-v1 listen address")
-        if not Path(node.netsim_link_table).is_file():
-            out.append(f"node.netsim_link_table: {node.netsim_link_table} is not a file")
     for key, port in (("node.admin_port", node.admin_port), ("requester.api_port", requester.api_port)):
         if not 0 <= port <= 65535:
             out.append(f"{key}: {port} is not a TCP port")

@@ -39,16 +39,18 @@ import trio
 
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
+from cocoon_node.mesh import TransportFactory
 from cocoon_node.node import Node
 from cocoon_node.payments.chain.base import ChannelStatus
 from cocoon_node.payments.channels import CHAIN_OP_TIMEOUT, ChannelManager
 from cocoon_node.payments.meter import PayerChannel
 from cocoon_node.payments.voucher import MAX_SEQNO, sign_voucher
+from netsim.node import add_link_table_option, link_shaping
 from netsim.scenario import LOWBALL_MODES, LowballPayer
 from netsim.workload import PlannedRequest, run_request
 
 if TYPE_CHECKING:
-    from netsim.runner import Simulation
+    from netsim.context import SimContext
 
 log = logging.getLogger("netsim.lowball")
 
@@ -156,8 +158,9 @@ class LowballCloser:
 class LowballNode(Node):
     """A requester node whose payments role carries a :class:`LowballCloser`."""
 
-    def __init__(self, config: Config, *, targets: frozenset[str], trigger: Path, modes: tuple[str, ...]) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, *, targets: frozenset[str], trigger: Path, modes: tuple[str, ...],
+                 transport_factory: TransportFactory | None = None) -> None:
+        super().__init__(config, transport_factory=transport_factory)
         self._closer_args = {"targets": targets, "trigger": trigger, "modes": modes}
         self.closer: LowballCloser | None = None
 
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trigger", type=Path, required=True, help="attack once this file exists")
     parser.add_argument("--target-peer", action="append", default=[], help="worker peer id whose channel to attack")
     parser.add_argument("--mode", action="append", choices=LOWBALL_MODES, help="attack modes to cycle through")
+    add_link_table_option(parser)
     parser.add_argument("node_args", nargs=argparse.REMAINDER, help="run <cocoon-node run flags>")
     args = parser.parse_args(argv)
     node_args = build_parser().parse_args(args.node_args)
@@ -196,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     node = LowballNode(config, targets=frozenset(args.target_peer), trigger=args.trigger,
-                       modes=tuple(args.mode or LOWBALL_MODES))
+                       modes=tuple(args.mode or LOWBALL_MODES),
+                       transport_factory=link_shaping(config, args.link_table, "netsim.lowball"))
     trio.run(serve_until_signalled, node, {"rogue": KIND})
 
 
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
 class LowballWatch:
     """What netsim does around the lowball payers of one run."""
 
-    def __init__(self, sim: Simulation, cfg: LowballPayer) -> None:
+    def __init__(self, sim: SimContext, cfg: LowballPayer) -> None:
         self.sim = sim
         self.cfg = cfg
         self.triggered_at: float | None = None

@@ -12,7 +12,7 @@ Nothing here is reachable from the node's own code: it builds the public :class:
 and changes its announcement and server terms from outside, and it refuses anything but the ``local``
 network with the EMULATED chain.
 
-Usage: ``python -m netsim.misnamed [--attested-model NAME] run <cocoon-node run flags>``.
+Usage: ``python -m netsim.misnamed [--attested-model NAME] [--link-table PATH] run <cocoon-node run flags>``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import trio
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
 from cocoon_node.inference.stream import PROTOCOL_ID
+from cocoon_node.mesh import TransportFactory
 from cocoon_node.node import Node
+from netsim.node import add_link_table_option, link_shaping
 
 log = logging.getLogger("netsim.misnamed")
 
@@ -50,8 +52,8 @@ class _OnStarted:
 class MisnamedNode(Node):
     """A worker whose config (and so its report and weights) is ``attested_model``, announcing ``offered``."""
 
-    def __init__(self, config: Config, *, offered: str) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, *, offered: str, transport_factory: TransportFactory | None = None) -> None:
+        super().__init__(config, transport_factory=transport_factory)
         self.offered = offered
         self.streams_opened = 0     # inference streams any requester opened to us: each could carry a prompt
         self.requests_seen = 0
@@ -135,6 +137,7 @@ def config_for(node_args: list[str], attested_model: str) -> tuple[Config, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="netsim.misnamed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--attested-model", default=DEFAULT_ATTESTED_MODEL)
+    add_link_table_option(parser)
     parser.add_argument("node_args", nargs=argparse.REMAINDER, help="run <cocoon-node run flags>")
     args = parser.parse_args(argv)
     try:
@@ -146,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    trio.run(serve_until_signalled, MisnamedNode(config, offered=offered), {"adversary": KIND})
+    node = MisnamedNode(config, offered=offered,
+                        transport_factory=link_shaping(config, args.link_table, "netsim.misnamed"))
+    trio.run(serve_until_signalled, node, {"adversary": KIND})
 
 
 if __name__ == "__main__":

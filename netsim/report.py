@@ -10,7 +10,7 @@ from typing import Any
 
 from netsim.lowball import invariant as lowball_invariant
 from netsim.misnamed import invariant as misnamed_invariant
-from netsim.runner import SimData
+from netsim.simdata import SimData
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:

@@ -20,8 +20,8 @@ Kinds (``--kind``):
     A requester that pays each prompt and never a completion token: tokens are counted as they arrive but never
     charged to the channel, so no voucher (they are cumulative over what was charged) ever covers them.
 
-Usage: ``python -m netsim.rogue --kind KIND [options] run <cocoon-node run flags>``; prints the same ready line
-as ``cocoon-node run`` and adds an ``adversary`` object to the node's admin status.
+Usage: ``python -m netsim.rogue --kind KIND [options] [--link-table PATH] run <cocoon-node run flags>``; prints
+the same ready line as ``cocoon-node run`` and adds an ``adversary`` object to the node's admin status.
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ import trio
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
 from cocoon_node.inference.stream import MAX_FRAME, PROTOCOL_ID, WIRE, InferenceServer
-from cocoon_node.mesh import Announcement
+from cocoon_node.mesh import Announcement, TransportFactory
 from cocoon_node.node import Node
 from cocoon_node.payments.chain.base import ChannelStatus
 from cocoon_node.payments.channels import CHAIN_OP_TIMEOUT, Settlement
 from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.payments.voucher import SignedVoucher, sign_voucher
 from cocoon_node.wire import FrameError, FrameStream
+from netsim.node import add_link_table_option, link_shaping
 
 log = logging.getLogger("netsim.rogue")
 
@@ -322,10 +323,11 @@ class _StartedHook:
 
 
 class RogueNode(Node):
-    def __init__(self, config: Config, kind: str, *, overclaim_tokens: int = 5, stale_after: int = 3) -> None:
+    def __init__(self, config: Config, kind: str, *, overclaim_tokens: int = 5, stale_after: int = 3,
+                 transport_factory: TransportFactory | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown rogue kind {kind!r}")
-        super().__init__(config)
+        super().__init__(config, transport_factory=transport_factory)
         self.kind = kind
         self.overclaim_tokens = overclaim_tokens
         self.stale_after = stale_after
@@ -406,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--overclaim-tokens", type=int, default=5)
     parser.add_argument("--stale-after", type=int, default=3)
+    add_link_table_option(parser)
     parser.add_argument("node_args", nargs=argparse.REMAINDER, help="run <cocoon-node run flags>")
     args = parser.parse_args(argv)
     try:
@@ -417,7 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    node = RogueNode(config, args.kind, overclaim_tokens=args.overclaim_tokens, stale_after=args.stale_after)
+    node = RogueNode(config, args.kind, overclaim_tokens=args.overclaim_tokens, stale_after=args.stale_after,
+                     transport_factory=link_shaping(config, args.link_table, "netsim.rogue"))
 
     trio.run(serve_until_signalled, node, {"rogue": args.kind})
 

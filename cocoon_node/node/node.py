@@ -32,6 +32,7 @@ from cocoon_node.mesh import (
     AnnouncementValidator,
     Mesh,
     MeshSettings,
+    TransportFactory,
     WorkerTable,
     load_or_create_identity,
 )
@@ -62,8 +63,10 @@ class NodeInfo:
 
 
 class Node:
-    def __init__(self, config: Config, key_pair: KeyPair | None = None) -> None:
+    def __init__(self, config: Config, key_pair: KeyPair | None = None, *,
+                 transport_factory: TransportFactory | None = None) -> None:
         self.config = config
+        self._transport_factory = transport_factory  # None in production; netsim injects its shaped TCP
         self.key_pair = key_pair or load_or_create_identity(config.data_dir)
         self.validator = AnnouncementValidator()
         self.table = WorkerTable()
@@ -85,7 +88,7 @@ class Node:
                             heartbeat_interval=n.gossip_heartbeat, gossip_degree=n.gossip_degree,
                             gossip_degree_low=max(1, n.gossip_degree * 2 // 3), gossip_degree_high=2 * n.gossip_degree,
                             peer_cache=self.config.data_dir / "peers.json",
-                            link_shaping=self.config.netsim_link_table_path)
+                            transport_factory=self._transport_factory)
 
     def _on_announcement(self, announcement: Announcement) -> None:
         if self.table.update(announcement) and self.gate is not None:
