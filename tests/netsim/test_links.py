@@ -180,3 +180,20 @@ def test_host_pool_takes_the_link_table(tmp_path: Path, capsys: pytest.CaptureFi
               "--worker", "--no-payments"])
     assert exit_.value.code == 2
     assert f"netsim.pool: --link-table: {missing} is not a file" in capsys.readouterr().err
+
+
+def test_a_shaped_run_starts_every_node_through_a_netsim_entry_point(tmp_path: Path) -> None:
+    """Honest nodes start as ``netsim.node``, rogue ones as themselves, each with --link-table; unshaped runs
+    start plain ``cocoon-node`` (the cluster's default) and the rogue command as it is."""
+    import sys
+
+    from netsim.context import SimContext
+    from netsim.lifecycle import Lifecycle
+
+    rogue = [sys.executable, "-m", "netsim.rogue", "--kind", "nonpayer"]
+    shaped = Lifecycle(SimContext(scenario(), seed=1, base_dir=tmp_path))
+    table = ["--link-table", str(tmp_path / "links.json")]
+    assert shaped.command() == [sys.executable, "-m", "netsim.node", *table]
+    assert shaped.command(rogue) == [*rogue, *table]
+    plain = Lifecycle(SimContext(scenario(shaping="none"), seed=1, base_dir=tmp_path))
+    assert plain.command() is None and plain.command(rogue) == rogue
