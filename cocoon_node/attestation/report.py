@@ -202,9 +202,10 @@ def decode_record(payload: bytes) -> AttestationReport:
 
 def sign_report(claims: Claims, evidence: bytes, private_key: Ed25519PrivateKey) -> bytes:
     """Build and sign the envelope; ``private_key`` must match ``claims.public_key``."""
-    if libp2p_pubkey_protobuf(_raw_public(private_key)) != claims.public_key:
+    public = Ed25519PublicKey.from_bytes(_raw_public(private_key))
+    if public.serialize() != claims.public_key:
         raise ValueError("private key does not match claims.public_key")
-    if peer_id_from_pubkey(claims.public_key) != claims.peer_id:
+    if ID.from_pubkey(public).to_bytes() != claims.peer_id:
         raise ValueError("claims.peer_id is not derived from claims.public_key")
     if claims.tee_kind not in TEE_KINDS:
         raise ValueError(f"tee_kind must be one of {TEE_KINDS}")
