@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -66,7 +67,7 @@ class TdxWorker:
         return self.claims.peer_id
 
     def report(self, **claims: Any) -> bytes:
-        c = replace(self.claims, **claims)
+        c = msgspec.structs.replace(self.claims, **claims)  # Claims is a wire Struct
         return sign_report(c, forge_quote(self.pki, report_data=c.report_data()), self.key)
 
     def announcement(self, **changes: Any) -> Announcement:
