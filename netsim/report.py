@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from netsim import paycheats
 from netsim.runner import SimData
 
 
@@ -201,6 +202,7 @@ def _rogue_invariants(data: SimData, add: Any) -> None:
     nonpayers = [n for n in data.nodes.values() if n.adversary == "nonpayer"]
     for node in nonpayers:
         _nonpayer(data, node, add)
+    paycheats.invariants(data, add)  # inflate, voucherless, bad_close_sig
 
 
 def overclaim_detections(results: list[Any], worker_peer: str) -> list[Any]:
@@ -349,11 +351,10 @@ def adversary_lines(report: dict[str, Any]) -> list[dict[str, str]]:
         elif name == "junk_gossip_rejected":
             out.append({"adversary": "gossip_flooder", "verdict": "detected" if inv["verdict"] == "PASS"
                         else "NOT detected", "how": "the topic validators rejected its junk: " + inv["detail"]})
-        elif "[" in name and name.split("[")[0] in ("overclaim_contained", "stale_close_contained",
-                                                     "nonpayer_contained"):
+        elif "[" in name and name.split("[")[0].removesuffix("_contained") in (
+                "overclaim", "stale_close", "nonpayer", "inflate", "voucherless", "bad_close"):
             kind = name.split("[")[0].removesuffix("_contained")
-            verdict = {"overclaim": "detected and contained", "stale_close": "detected and contained",
-                       "nonpayer": "detected and contained"}[kind]
+            verdict = "detected and contained"
             out.append({"adversary": f"{kind} ({name.split('[')[1].rstrip(']')})",
                         "verdict": verdict if inv["verdict"] == "PASS" else "NOT contained", "how": inv["detail"]})
     return out

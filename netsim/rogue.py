@@ -46,10 +46,11 @@ from cocoon_node.payments.channels import CHAIN_OP_TIMEOUT, Settlement
 from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.payments.voucher import SignedVoucher, sign_voucher
 from cocoon_node.wire import FrameError, FrameStream
+from netsim import paycheats
 
 log = logging.getLogger("netsim.rogue")
 
-KINDS = ("overclaim", "stale_close", "nonpayer")
+KINDS = ("overclaim", "stale_close", "nonpayer", *paycheats.KINDS)  # the latter: netsim/paycheats.py
 
 
 # ----- over-claiming worker ------------------------------------------------------------------------------
@@ -353,9 +354,13 @@ class RogueNode(Node):
                 return WithholdingMeter(meter, book)
 
             pay.meter_for = withholding_meter_for  # type: ignore[method-assign]
+        elif self.kind in paycheats.KINDS:
+            paycheats.before_roles(self)
         await super()._run_roles(nursery, _StartedHook(task_status, self._after_roles))
 
     def _after_roles(self) -> None:
+        if self.kind in paycheats.KINDS:
+            paycheats.after_roles(self)
         if self.kind != "overclaim":
             return
         assert self.worker is not None and self.worker.server is not None, "an over-claimer is a worker"
@@ -383,6 +388,8 @@ class RogueNode(Node):
                 by_worker[peer] = {**asdict(book), "channels": sorted(book.channels), "paid": paid,
                                    "unpaid": book.received_amount - paid}
             out["by_worker"] = by_worker
+        if self.kind in paycheats.KINDS:
+            out.update(await paycheats.status(self))
         return out
 
     async def status(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import trio
 
 from cocoon_node.config import WorkerSection
 from cocoon_node.mesh.announce import MAX_CLOCK_SKEW as ANNOUNCE_CLOCK_SKEW
+from netsim import paycheats
 from netsim.adversary import FakeUpstream, JunkFlooder
 from netsim.links import LinkPlan, probe_netem, shaping_note
 from netsim.procs import SimCluster
@@ -96,6 +97,8 @@ class SimData:
     nonpayer_results: list[RequestResult] = field(default_factory=list)
     # Stale closes by rogue workers: channel address -> what the chain says at the end (status, payouts).
     stale_settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # netsim/paycheats.py: its requests' results and what it saw on chain.
+    paycheats: dict[str, Any] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -172,7 +175,7 @@ class Simulation:
     async def start_worker(self, name: str, g: WorkerGroup) -> None:
         kind = g.adversary_kind
         command = None
-        if kind in ("overclaim", "stale_close"):  # NETSIM-ONLY rogue worker: real node code, one behaviour changed
+        if kind in ("overclaim", "stale_close", *paycheats.WORKER_KINDS):  # NETSIM-ONLY rogue worker (netsim/rogue.py)
             command = [sys.executable, "-m", "netsim.rogue", "--kind", kind,
                        "--overclaim-tokens", str(g.overclaim_tokens), "--stale-after", str(g.stale_after)]
         node = await self.cluster.start_node(name, [*self.worker_args(g), *self.bootstrap_args()],
@@ -224,6 +227,7 @@ class Simulation:
                 starters.start_soon(self.start_requester, f"requester{i}")
             for i in range(1, (s.nonpayer.count if s.nonpayer else 0) + 1):
                 starters.start_soon(partial(self.start_requester, f"nonpayer{i}", nonpayer=True))
+        await paycheats.setup(self)
         self.data.setup_s = round(time.monotonic() - started, 2)
 
     async def _start_pool(self, g: WorkerGroup, p: int, first: int, count: int) -> None:
@@ -234,17 +238,19 @@ class Simulation:
             self.data.nodes[n.name] = SimNode(n.name, "worker", g.name, False, True, n.peer_id, "up")
             self.register_link_ends(n.name)
 
-    async def start_requester(self, name: str, port: int | None = None, *, nonpayer: bool = False) -> None:
+    async def start_requester(self, name: str, port: int | None = None, *, nonpayer: bool = False,
+                              kind: str = "nonpayer", extra_args: list[str] | tuple[str, ...] = ()) -> None:
         port = port or _free_port()
         args = ["--requester", "--local-cluster", "--allow-dev-tee", "--api-port", str(port),
                 *[x for h in self.data.allowed_hashes for x in ("--allowed-model-hash", h)],
-                *self.s.requester_args, *self.shaping_args(), *self.bootstrap_args()]
-        # NETSIM-ONLY rogue requester: pays prompts, withholds every completion voucher (netsim/rogue.py).
-        command = [sys.executable, "-m", "netsim.rogue", "--kind", "nonpayer"] if nonpayer else None
+                *self.s.requester_args, *extra_args, *self.shaping_args(), *self.bootstrap_args()]
+        # NETSIM-ONLY rogue requester (netsim/rogue.py): a non-payer pays prompts, withholds every completion
+        # voucher; a "voucherless" one (netsim/paycheats.py) signs none at all.
+        command = [sys.executable, "-m", "netsim.rogue", "--kind", kind] if nonpayer else None
         node = await self.cluster.start_node(name, args, timeout=self.s.start_timeout, command=command)
         self.data.nodes[name] = SimNode(name, "requester", None, adversarial=nonpayer, peer_id=node.peer_id,
                                         state="up", api_url=node.ready["api_url"],
-                                        adversary="nonpayer" if nonpayer else None)
+                                        adversary=kind if nonpayer else None)
         self.register_link_ends(name)
         self.data.requester_ready[name] = trio.current_time()
 
@@ -690,6 +696,7 @@ class Simulation:
                         timeline.start_soon(self.flood)
                     if s.nonpayer is not None:
                         timeline.start_soon(self.nonpayer_workload, s.nonpayer)
+                    timeline.start_soon(paycheats.timeline, self)
                     if self.stale_closers():
                         nursery.start_soon(self.settle_stale_closes)
                 self.data.workload_duration = self.now()

@@ -18,7 +18,7 @@ SHAPING = ("none", "auto")
 # Worker adversaries (``adversary`` in a worker group; ``adversarial = true`` is short for "bad_model_hash"):
 # "bad_model_hash": the good model name served from weights outside the requesters' policy; "overclaim" and
 # "stale_close": NETSIM-ONLY rogue workers (netsim/rogue.py) that cheat on payment.
-WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close")
+WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close", "inflate", "bad_close_sig")  # + netsim/paycheats
 # Selectors in [[links.pairs]] besides node names and worker group names.
 ALL_NODES, ALL_REQUESTERS = "*", "requesters"
 
@@ -173,6 +173,7 @@ class Scenario:
     churn: Churn | None = None
     flooder: Flooder | None = None
     nonpayer: NonPayer | None = None
+    voucherless: NonPayer | None = None   # [voucherless]: like [nonpayer], but they sign no voucher at all
     invariants: Invariants = field(default_factory=Invariants)
     shaping: str = "none"
     links: Links | None = None
@@ -239,6 +240,7 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
         "churn": _build(Churn, raw.pop("churn"), "churn") if "churn" in raw else None,
         "flooder": _build(Flooder, raw.pop("flooder"), "flooder") if "flooder" in raw else None,
         "nonpayer": _build(NonPayer, raw.pop("nonpayer"), "nonpayer") if "nonpayer" in raw else None,
+        "voucherless": _build(NonPayer, raw.pop("voucherless"), "voucherless") if "voucherless" in raw else None,
         "invariants": _build(Invariants, raw.pop("invariants", {}), "invariants"),
         "links": _links(raw.pop("links")) if "links" in raw else None,
         "path": path,
@@ -311,7 +313,7 @@ def _check(s: Scenario) -> None:
         if g.adversarial and g.adversary not in ("", "bad_model_hash"):
             problems.append(f"cluster.workers.{g.name}: adversarial = true means bad_model_hash; drop it "
                             f"for adversary = {g.adversary!r}")
-        if g.adversary_kind in ("overclaim", "stale_close") and g.backend != "synthetic":
+        if g.adversary_kind in ("overclaim", "stale_close", "inflate", "bad_close_sig") and g.backend != "synthetic":
             problems.append(f"cluster.workers.{g.name}: rogue workers run the synthetic backend")
         if g.overclaim_tokens < 1 or g.stale_after < 2 or g.settle_after < 0:
             problems.append(f"cluster.workers.{g.name}: overclaim_tokens >= 1, stale_after >= 2 (a stale voucher "
