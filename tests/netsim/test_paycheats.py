@@ -63,7 +63,8 @@ def test_contained_cheats_pass_and_say_how() -> None:
     data = world()
     assert verdicts(data) == {"inflate_contained[inflate1]": "PASS", "voucherless_contained[voucherless1]": "PASS",
                               "bad_close_contained[badsig1]": "PASS"}
-    lines = {a["adversary"]: a for a in adversary_lines({"invariants": invariants(data), "fake_upstream_prompts": None})}
+    report = {"invariants": invariants(data), "fake_upstream_prompts": None}
+    lines = {a["adversary"]: a for a in adversary_lines(report)}
     assert lines["inflate (inflate1)"]["verdict"] == "detected and contained"
     assert "closed alone" in lines["bad_close (badsig1)"]["how"]
 
