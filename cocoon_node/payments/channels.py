@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cocoon_node.inference.tokencount import TokenCounter
 from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus, TxResult
-from cocoon_node.payments.meter import PayerChannel, RequesterPaymentMeter, norm_address
+from cocoon_node.payments.meter import PayerChannel, PaymentStoreFailed, RequesterPaymentMeter, norm_address
 from cocoon_node.payments.settlement import CHAIN_OP_TIMEOUT, Settlement, SettlementStats
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import (
@@ -109,18 +109,18 @@ class ChannelManager:
             challenge_period=self.challenge_period,
         )
         address = norm_address(channel_address(params))
-        self._in_flight.add(address)
+        self._in_flight.add(address)  # until the row says "open": the watcher must not take it for a leftover
         try:
             await self.store.run(partial(self.store.upsert_channel, address, "payer", peer, params, 0,
                                          status="opening"))
             with trio.fail_after(CHAIN_OP_TIMEOUT):
                 got = await self.chain.open_channel(params, self.deposit)
+            if norm_address(got) != address:
+                raise ChainError(f"chain deployed {got}, expected {address}")
+            self.onchain_ops["open"] += 1
+            await self.store.run(partial(self.store.upsert_channel, address, "payer", peer, params, self.deposit))
         finally:
             self._in_flight.discard(address)
-        if norm_address(got) != address:
-            raise ChainError(f"chain deployed {got}, expected {address}")
-        self.onchain_ops["open"] += 1
-        await self.store.run(partial(self.store.upsert_channel, address, "payer", peer, params, self.deposit))
         return PayerChannel(self.store, self.payer_key, address, params, self.deposit, None)
 
     async def ensure_funds(self, ch: PayerChannel, need: int = 0) -> None:
@@ -273,8 +273,15 @@ class ChannelManager:
     async def _close_unfinished(self, address: str) -> bool:
         """A channel we meant to close (``closing``) or never finished opening (``opening``, from an earlier
         run) is still OPEN on chain: nothing draws on it, so close it alone with our newest voucher; the
-        deposit comes back after the challenge period. True when the close went through."""
+        deposit comes back after the challenge period. True when the close went through.
+
+        The row is read again here, after the caller's chain query: an open or a close of this process may
+        have finished (or begun) meanwhile, and a channel in use is never closed from under its requests."""
+        rec = await self.store.run(self.store.channel, address)
         newest = await self.store.run(self.store.newest_voucher, address)
+        if (rec is None or rec.status in ("open", "closed") or address in self._in_flight
+                or any(ch.address == address for ch in self.channels.values())):
+            return False
         with trio.fail_after(CHAIN_OP_TIMEOUT):
             r = await self.chain.unilateral_close(address, newest)
         if r.success:
@@ -303,7 +310,7 @@ class ChannelManager:
         for peer in list(self.channels):
             try:
                 await self.close(peer, (cosigners or {}).get(peer))
-            except (ChainError, trio.TooSlowError, VoucherError, StoreError) as e:
+            except (ChainError, trio.TooSlowError, VoucherError, StoreError, PaymentStoreFailed) as e:
                 log.warning("closing channel to %s failed: %r", peer, e)
 
 

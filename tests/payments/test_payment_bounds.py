@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerFailure, call_worker
 from cocoon_node.payments.chain.base import ChannelStatus
@@ -294,3 +295,41 @@ async def test_watcher_of_a_restarted_requester_closes_what_was_left_closing(par
             await w.p.payer.advance_time(3601)
             await restarted.check_closes()
             assert (await w.p.payer.get_channel_state(ch.address)).status is ChannelStatus.CLOSED
+
+
+class SlowDeploy:
+    """A chain whose next channel deploy waits until released (the watcher runs meanwhile)."""
+
+    def __init__(self, chain: Any) -> None:
+        self._chain = chain
+        self.deploying = trio.Event()
+        self.release = trio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+    async def open_channel(self, *args: Any, **kw: Any) -> str:
+        self.deploying.set()
+        await self.release.wait()
+        return await self._chain.open_channel(*args, **kw)
+
+
+async def test_the_watcher_never_closes_a_channel_being_opened(parties: Parties, tmp_path: Path) -> None:
+    """Regression (netsim adversarial): a watcher round during an open took the new channel for a leftover
+    ("opening" row, OPEN on chain) and closed it under the requester's first request."""
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(60):
+            slow = SlowDeploy(w.manager.chain)
+            w.manager.chain = slow
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(w.meter_for)
+                await slow.deploying.wait()
+                assert await w.manager.check_closes() == []  # deploy in flight: left alone
+                slow.release.set()
+                while WORKER_PEER not in w.manager.channels:
+                    assert await w.manager.check_closes() == []  # and while the row turns "open"
+                    await trio.lowlevel.checkpoint()
+            ch = w.manager.channels[WORKER_PEER]
+            assert await w.manager.check_closes() == []
+            assert (await w.p.payer.get_channel_state(ch.address)).status is ChannelStatus.OPEN
+            await w.run(chat(5), await w.meter_for())
