@@ -157,6 +157,23 @@ async def test_no_service_once_the_payer_starts_closing(parties: Parties, tmp_pa
             assert err.value.code == "payment_required" and "closing" in str(err.value)
 
 
+async def test_a_cached_channel_is_checked_on_chain_again(parties: Parties, tmp_path: Path) -> None:
+    """Without a watcher event, the worker re-reads a cached channel's state on chain before admitting on it
+    (every ``chain_recheck`` seconds; 0 here): a close it never heard of ends service too."""
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(90):
+            meter = await w.meter_for()
+            await w.run(chat(12), meter)
+            ch = meter.channel
+            w.meter.chain_recheck = 0.0
+            assert (await w.p.payer.unilateral_close(ch.address, ch.newest)).success  # no watcher runs here
+            with pytest.raises(WorkerFailure) as err:
+                await w.run(chat(5), RequesterPaymentMeter(ch, price_prompt=PP, price_completion=PC,
+                                                           credit_window=WINDOW))
+            assert err.value.code == "payment_required" and "closing" in str(err.value)
+            assert w.worker_store.ended(ch.address)  # remembered: no chain query needed next time
+
+
 # ----- 3. forgiveness only for payers that pay -------------------------------------------------------------
 
 
