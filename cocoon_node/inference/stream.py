@@ -578,15 +578,15 @@ class InferenceCall:
                 )
             kind = frame["t"]
             if kind == "delta":
-                first = self._first_token_at is None
-                if first:
+                fresh = self._first_token_at is None  # nothing reached the client yet
+                if fresh:
                     self._first_token_at = time.monotonic()
                 try:
                     self.completion_tokens = self._audit.add_delta(frame["text"], frame["tokens"])
                 except Overcount as exc:  # charge what we can account for, then drop the worker
                     self.completion_tokens = self._audit.completion_tokens
                     self._tokens_counted.set()
-                    raise WorkerFailure(str(exc), code="overcount", before_first_token=first) from None
+                    raise WorkerFailure(str(exc), code="overcount", before_first_token=fresh) from None
                 if frame["tokens"]:
                     self._tokens_counted.set()  # the pay task charges them (see pay)
                 yield Delta(frame["text"], frame["tokens"])
