@@ -254,7 +254,7 @@ def _overclaim(data: SimData, node: Any, requesters: dict[str, str], add: Any) -
     add(f"overclaim_contained[{node.name}]", "FAIL" if problems else "PASS",
         "; ".join(problems) if problems else
         f"detected {len(detected)} times (requester: 'worker claims N completion tokens but streamed M', "
-        f"WorkerFailure protocol, answer failed, reputation lowered); contained: vouchers cover only streamed "
+        f"WorkerFailure overcount, answer failed, worker dropped); contained: vouchers cover only streamed "
         f"tokens; " + "; ".join(parts) + ("; " + "; ".join(avoid) if avoid else ""))
 
 

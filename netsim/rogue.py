@@ -284,7 +284,8 @@ class WithholdingMeter(RequesterPaymentMeter):
 
     def __init__(self, base: RequesterPaymentMeter, book: UnpaidBook) -> None:
         super().__init__(base.channel, price_prompt=base.price_prompt, price_completion=base.price_completion,
-                         credit_window=base.credit_window, voucher_every=base.voucher_every)
+                         credit_window=base.credit_window, voucher_every=base.voucher_every,
+                         token_counter=base.token_counter)
         self.book = book
         book.channels.add(base.channel.address)
 

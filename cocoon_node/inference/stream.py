@@ -593,16 +593,17 @@ class InferenceCall:
             elif kind == "usage":
                 continue
             elif kind == "final":
-                if frame["completion_tokens"] != self.completion_tokens:
+                if frame["completion_tokens"] != self.completion_tokens:  # claiming more is an over-count: dropped
                     raise WorkerFailure(
                         f"worker claims {frame['completion_tokens']} completion tokens but streamed "
                         f"{self.completion_tokens}",
-                        code="protocol",
+                        code="overcount" if frame["completion_tokens"] > self.completion_tokens else "protocol",
                         before_first_token=False,
                     )
                 if frame["prompt_tokens"] != self.prompt_tokens:
                     raise WorkerFailure(f"worker's final claims {frame['prompt_tokens']} prompt tokens, its accept "
-                                        f"{self.prompt_tokens}", code="protocol", before_first_token=False)
+                                        f"{self.prompt_tokens}", before_first_token=False,
+                                        code="overcount" if frame["prompt_tokens"] > self.prompt_tokens else "protocol")
                 if self._meter is not None:
                     await self._settle(final=True)
                 end = time.monotonic()

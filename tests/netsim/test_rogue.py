@@ -29,7 +29,7 @@ async def test_overclaiming_worker_is_caught_and_paid_only_for_what_it_streamed(
             meter = await w.meter_for()
             with pytest.raises(WorkerFailure) as err:
                 await w.run(chat(12), meter)
-            assert err.value.code == "protocol" and "claims 17 completion tokens but streamed 12" in str(err.value)
+            assert err.value.code == "overcount" and "claims 17 completion tokens but streamed 12" in str(err.value)
             await wait_until(lambda: rogue.books, timeout=10)
             (book,) = rogue.books.values()
             assert (book.overclaims, book.claimed_extra_tokens, book.streamed_tokens) == (1, 5, 12)
