@@ -335,7 +335,9 @@ def _inflate(data: SimData, node: Any, add: Any) -> None:
     books: dict[str, dict[str, Any]] = (_status(data, node.name).get("adversary") or {}).get("by_peer") or {}
     requesters = {n.peer_id: n.name for n in data.nodes.values() if n.role == "requester" and not n.adversary}
     pc = next((g.price_completion for g in data.scenario.workers if g.name == node.group), 0)
-    caught = [r for r in data.results if "overcount" in r.cause or "completion tokens for" in r.detail]
+    # The audit's own words ("... completion tokens for N bytes of text ..."), from this worker (a failed
+    # non-streamed answer names no worker); the over-claimer's detections say "... but streamed ...".
+    caught = [r for r in data.results if "completion tokens for" in r.detail and r.worker in (None, "", node.peer_id)]
     problems, parts = [], []
     if not any(p in requesters for p in books):
         problems.append("the inflater served no honest requester (nothing was tested)")

@@ -24,7 +24,7 @@ def scenario() -> Any:
 
 
 def world(*, paid_inflated: int = 10_000, unpaid: int = 90_000, settled: str = "closed",
-          refund: int = 10**9 - 3000) -> SimData:
+          refund: int = 10**9 - 3000, later_to_inflater: bool = False) -> SimData:
     data = SimData(scenario(), 1)
     for name, role, peer, adv, group in (("worker1", "worker", W, None, "worker"),
                                          ("requester1", "requester", R, None, None),
@@ -44,6 +44,12 @@ def world(*, paid_inflated: int = 10_000, unpaid: int = 90_000, settled: str = "
     }
     data.results.append(RequestResult(0, 0.0, "requester1", True, 8, ended=1.0, cause="stream_error_overcount",
                                       detail="worker claims 15 completion tokens for 14 bytes of text", worker=INF))
+    # Another worker's over-claim, caught earlier, must not count as catching the inflater.
+    data.results.append(RequestResult(1, 0.0, "requester1", True, 8, ended=0.5, cause="stream_error_overcount",
+                                      detail="worker claims 17 completion tokens but streamed 12", worker=W))
+    if later_to_inflater:  # a request started after the inflater was caught, answered by it anyway
+        data.results.append(RequestResult(2, 2.0, "requester1", True, 8, started=2.0, ended=3.0, ok=True,
+                                          cause="ok", worker=INF))
     data.paycheats = {
         "voucherless_results": [{"requester": "voucherless1", "ok": False}],
         "closer": {"channels": {"ch-b": {"deposit": 10**9, "newest": 3000, "initiator": 1, "committed": 3000,
@@ -71,6 +77,7 @@ def test_contained_cheats_pass_and_say_how() -> None:
 
 @pytest.mark.parametrize("change, failing", [
     ({"paid_inflated": 20_000}, "inflate_contained[inflate1]"),          # signed for the claimed tokens
+    ({"later_to_inflater": True}, "inflate_contained[inflate1]"),        # not dropped after being caught
     ({"unpaid": 360_000}, "voucherless_contained[voucherless1]"),        # forgiven 6x the window, as reviewed
     ({"settled": "open"}, "bad_close_contained[badsig1]"),               # the deposit stayed locked
     ({"refund": 10}, "bad_close_contained[badsig1]"),                    # closed, but the refund never came
