@@ -13,8 +13,9 @@ closed (a cooperative close we co-signed, the watcher, a failed claim, the chain
 re-check) is refused at once, in flight too.
 
 Forgiveness: at most ``tail_slack_tokens`` of a finished request's unpaid tail (tokens in flight when a
-requester cancels) is excused from the window, only when a voucher arrived on the channel during that
-request and it did not end while the worker waited for payment (timed out or cancelled), and at most
+requester cancels) is excused from the window, only when a voucher during that request paid for some of its
+completion (a payer that pays only prompts, or nothing, never qualifies) and it did not end while the worker
+waited for payment (timed out or cancelled), and at most
 ``forgive_cap`` (default: one credit window) per payer in all; a later voucher that pays the tail takes the
 excuse back. So a payer costs the worker at most ``credit_window + forgive_cap`` however many channels or
 requests it opens; a new payer key needs a new on-chain channel (a deploy and its fees).
@@ -133,7 +134,9 @@ class _Req:
     prompt_tokens: int
     completion_tokens: int = 0
     amount: int = 0
-    vouchers_at_admit: int = 0
+    # What the channel had served when this request's first completion token was charged: a voucher beyond it
+    # paid for this request's completion, the mark of a payer that pays (prompt-only payers never pass it).
+    completion_mark: int | None = None
     payment_timed_out: bool = False  # ended while waiting for a voucher (timed out or cancelled)
 
 
@@ -318,7 +321,7 @@ class WorkerPaymentMeter:
             self.stats.refused += 1
             raise
         self._charge(acct, cost)  # no checkpoint since the room check: nobody else took the room meanwhile
-        self._requests[request_id] = _Req(acct, prompt_tokens, 0, cost, vouchers_at_admit=acct.vouchers)
+        self._requests[request_id] = _Req(acct, prompt_tokens, 0, cost)
         self.stats.admitted += 1
 
     async def before_tokens(self, request_id: str, completion_tokens: int) -> None:
@@ -344,6 +347,8 @@ class WorkerPaymentMeter:
             raise
         except StoreError as e:
             raise PaymentRequired(f"worker's payment store is unavailable: {e}") from e
+        if req.completion_mark is None:
+            req.completion_mark = acct.served
         self._charge(acct, cost)
         req.completion_tokens += completion_tokens
         req.amount += cost
@@ -401,7 +406,8 @@ class WorkerPaymentMeter:
 
     async def finish(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Persist the request's usage; excuse at most ``tail_slack_tokens`` of its unpaid tail from the window,
-        only for a payer that paid during the request and did not leave us waiting (see the module doc)."""
+        only when a voucher during the request paid for some of its completion (an honest requester that
+        cancels pays what it received before its cancel frame) and it did not leave us waiting."""
         req = self._requests.pop(request_id, None)
         if req is None:
             return
@@ -409,7 +415,7 @@ class WorkerPaymentMeter:
         self._finished[request_id] = acct
         while len(self._finished) > FINISHED_MEMORY:
             del self._finished[next(iter(self._finished))]
-        if not req.payment_timed_out and acct.vouchers > req.vouchers_at_admit:
+        if not req.payment_timed_out and req.completion_mark is not None and acct.paid > req.completion_mark:
             room = max(self.forgive_cap - acct.payer.forgiven, 0)
             acct.forgiven += min(max(acct.debt - acct.forgiven, 0), self.tail_slack, room)
             acct.notify()

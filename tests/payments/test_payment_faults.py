@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from cocoon_node.inference.stream import WorkerFailure
+from cocoon_node.inference.stream import PROTOCOL_ID, WorkerFailure, call_worker
 from cocoon_node.payments.chain.base import ChannelStatus
 from cocoon_node.payments.voucher import public_key_bytes, sign_voucher
 from tests.payments.conftest import Parties
@@ -153,3 +153,34 @@ async def test_an_honest_requester_is_forgiven_nothing_it_paid(parties: Parties,
             assert acct.forgiven == 0 and acct.served == acct.paid == ch.charged
 
 
+
+
+async def test_tail_slack_only_for_a_payer_that_paid_for_the_completion(parties: Parties, tmp_path: Path) -> None:
+    """A payer that pays each prompt but no completion token, with requests short enough to finish within the
+    window, once got 8 tokens excused per request (netsim adversarial: a worker lost 108 000 against a
+    100 000 window). An honest requester that cancels pays what it received before its cancel frame, so it
+    still qualifies and only its tail in flight is excused."""
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(60):
+            ch = (await w.meter_for()).channel
+            w.backend.tokens_per_second = 50  # 0.1 s a request: each prompt voucher lands while it runs
+            for _ in range(3):
+                await w.run(chat(5), PromptOnly(ch, price_prompt=PP, price_completion=PC, credit_window=WINDOW))
+            w.backend.tokens_per_second = 2000
+            acct = w.meter.account(ch.address)
+            assert acct is not None and acct.forgiven == 0 and acct.debt == 3 * 5 * PC
+
+    async with world(parties, tmp_path / "honest") as w:
+        with trio.fail_after(60):
+            meter = await w.meter_for()
+            stream = await w.req_mesh.new_stream(w.worker_mesh.peer_id, PROTOCOL_ID)
+            async with call_worker(stream, chat(50), price_prompt=PP, price_completion=PC, meter=meter) as call:
+                async for _ in call.deltas():
+                    if call.completion_tokens >= 5:
+                        break  # cancel: the requester pays what it counted, then says cancel
+            await wait_until(lambda: w.server.stats.cancelled + w.server.stats.served == 1, timeout=20)
+            acct = w.meter.account(meter.channel.address)
+            assert acct is not None
+            await wait_until(lambda: acct.paid == meter.channel.paid, timeout=10)
+            assert acct.paid == meter.channel.charged  # everything the requester received is paid
+            assert acct.forgiven == min(acct.debt, 8 * PC)  # only the tail it never received is excused
