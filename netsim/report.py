@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from netsim import paycheats
 from netsim.lowball import invariant as lowball_invariant
 from netsim.misnamed import invariant as misnamed_invariant
 from netsim.simdata import SimData
@@ -206,6 +207,7 @@ def _rogue_invariants(data: SimData, add: Any) -> None:
         _nonpayer(data, node, add)
     for node in [n for n in data.nodes.values() if n.adversary == "lowball_close"]:
         lowball_invariant(data, node, add)
+    paycheats.invariants(data, add)  # inflate, voucherless, bad_close_sig
 
 
 def overclaim_detections(results: list[Any], worker_peer: str) -> list[Any]:
@@ -257,7 +259,7 @@ def _overclaim(data: SimData, node: Any, requesters: dict[str, str], add: Any) -
     add(f"overclaim_contained[{node.name}]", "FAIL" if problems else "PASS",
         "; ".join(problems) if problems else
         f"detected {len(detected)} times (requester: 'worker claims N completion tokens but streamed M', "
-        f"WorkerFailure protocol, answer failed, reputation lowered); contained: vouchers cover only streamed "
+        f"WorkerFailure overcount, answer failed, worker dropped); contained: vouchers cover only streamed "
         f"tokens; " + "; ".join(parts) + ("; " + "; ".join(avoid) if avoid else ""))
 
 
@@ -354,8 +356,8 @@ def adversary_lines(report: dict[str, Any]) -> list[dict[str, str]]:
         elif name == "junk_gossip_rejected":
             out.append({"adversary": "gossip_flooder", "verdict": "detected" if inv["verdict"] == "PASS"
                         else "NOT detected", "how": "the topic validators rejected its junk: " + inv["detail"]})
-        elif "[" in name and name.split("[")[0] in ("overclaim_contained", "stale_close_contained",
-                                                     "nonpayer_contained", "lowball_close_contained"):
+        elif "[" in name and name.split("[")[0].removesuffix("_contained") in (
+                "overclaim", "stale_close", "nonpayer", "lowball_close", "inflate", "voucherless", "bad_close"):
             kind = name.split("[")[0].removesuffix("_contained")
             verdict = "detected and contained"
             out.append({"adversary": f"{kind} ({name.split('[')[1].rstrip(']')})",

@@ -46,11 +46,12 @@ from cocoon_node.payments.channels import CHAIN_OP_TIMEOUT, Settlement
 from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.payments.voucher import SignedVoucher, sign_voucher
 from cocoon_node.wire import FrameError, FrameStream
+from netsim import paycheats
 from netsim.node import add_link_table_option, link_shaping
 
 log = logging.getLogger("netsim.rogue")
 
-KINDS = ("overclaim", "stale_close", "nonpayer")
+KINDS = ("overclaim", "stale_close", "nonpayer", *paycheats.KINDS)  # the latter: netsim/paycheats.py
 
 
 # ----- over-claiming worker ------------------------------------------------------------------------------
@@ -284,7 +285,8 @@ class WithholdingMeter(RequesterPaymentMeter):
 
     def __init__(self, base: RequesterPaymentMeter, book: UnpaidBook) -> None:
         super().__init__(base.channel, price_prompt=base.price_prompt, price_completion=base.price_completion,
-                         credit_window=base.credit_window, voucher_every=base.voucher_every)
+                         credit_window=base.credit_window, voucher_every=base.voucher_every,
+                         token_counter=base.token_counter)
         self.book = book
         book.channels.add(base.channel.address)
 
@@ -355,9 +357,13 @@ class RogueNode(Node):
                 return WithholdingMeter(meter, book)
 
             pay.meter_for = withholding_meter_for  # type: ignore[method-assign]
+        elif self.kind in paycheats.KINDS:
+            paycheats.before_roles(self)
         await super()._run_roles(nursery, _StartedHook(task_status, self._after_roles))
 
     def _after_roles(self) -> None:
+        if self.kind in paycheats.KINDS:
+            paycheats.after_roles(self)
         if self.kind != "overclaim":
             return
         assert self.worker is not None and self.worker.server is not None, "an over-claimer is a worker"
@@ -385,6 +391,8 @@ class RogueNode(Node):
                 by_worker[peer] = {**asdict(book), "channels": sorted(book.channels), "paid": paid,
                                    "unpaid": book.received_amount - paid}
             out["by_worker"] = by_worker
+        if self.kind in paycheats.KINDS:
+            out.update(await paycheats.status(self))
         return out
 
     async def status(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import trio
 
+from netsim import paycheats
 from netsim.context import SimContext
 from netsim.faults import Faults
 from netsim.lifecycle import Lifecycle
@@ -114,6 +115,7 @@ class Simulation:
         if self.ctx.lowball is not None:
             timeline.start_soon(self.ctx.lowball.workload)
             background.start_soon(self.ctx.lowball.settle)
+        timeline.start_soon(paycheats.timeline, paycheats.Simulation(self.ctx, self.lifecycle))
 
     async def wind_down(self) -> None:
         """After the workload: let open settlements finish on chain, then measure convergence once more."""

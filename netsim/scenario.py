@@ -18,8 +18,9 @@ SHAPING = ("none", "auto")
 # Worker adversaries (``adversary`` in a worker group; ``adversarial = true`` is short for "bad_model_hash"):
 # "bad_model_hash": the good model name served from weights outside the requesters' policy; "overclaim" and
 # "stale_close": NETSIM-ONLY rogue workers (netsim/rogue.py) that cheat on payment; "misnamed": a NETSIM-ONLY
-# worker (netsim/misnamed.py) announcing the group's model while its attestation report names another.
-WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close", "misnamed")
+# worker (netsim/misnamed.py) announcing the group's model while its attestation report names another;
+# "inflate", "bad_close_sig": NETSIM-ONLY payment cheats (netsim/paycheats.py).
+WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close", "misnamed", "inflate", "bad_close_sig")
 # How a NETSIM-ONLY lowball payer (netsim/lowball.py) closes a channel: start_close with a voucher of a higher seqno
 # and a lower amount, or start_close without one and then challenge with (2^64-1, 0).
 LOWBALL_MODES = ("lower_voucher", "max_seqno")
@@ -202,6 +203,7 @@ class Scenario:
     flooder: Flooder | None = None
     nonpayer: NonPayer | None = None
     lowball: LowballPayer | None = None
+    voucherless: NonPayer | None = None   # [voucherless]: like [nonpayer], but they sign no voucher at all
     invariants: Invariants = field(default_factory=Invariants)
     shaping: str = "none"
     links: Links | None = None
@@ -269,6 +271,7 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
         "flooder": _build(Flooder, raw.pop("flooder"), "flooder") if "flooder" in raw else None,
         "nonpayer": _build(NonPayer, raw.pop("nonpayer"), "nonpayer") if "nonpayer" in raw else None,
         "lowball": _build(LowballPayer, raw.pop("lowball"), "lowball") if "lowball" in raw else None,
+        "voucherless": _build(NonPayer, raw.pop("voucherless"), "voucherless") if "voucherless" in raw else None,
         "invariants": _build(Invariants, raw.pop("invariants", {}), "invariants"),
         "links": _links(raw.pop("links")) if "links" in raw else None,
         "path": path,
@@ -341,7 +344,8 @@ def _check(s: Scenario) -> None:
         if g.adversarial and g.adversary not in ("", "bad_model_hash"):
             problems.append(f"cluster.workers.{g.name}: adversarial = true means bad_model_hash; drop it "
                             f"for adversary = {g.adversary!r}")
-        if g.adversary_kind in ("overclaim", "stale_close", "misnamed") and g.backend != "synthetic":
+        if g.adversary_kind in ("overclaim", "stale_close", "misnamed", "inflate", "bad_close_sig") \
+                and g.backend != "synthetic":
             problems.append(f"cluster.workers.{g.name}: rogue workers run the synthetic backend")
         if g.overclaim_tokens < 1 or g.stale_after < 2 or g.settle_after < 0:
             problems.append(f"cluster.workers.{g.name}: overclaim_tokens >= 1, stale_after >= 2 (a stale voucher "

@@ -77,6 +77,8 @@ class SimData:
     nonpayer_results: list[RequestResult] = field(default_factory=list)
     # Stale closes by rogue workers: channel address -> what the chain says at the end (status, payouts).
     stale_settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # netsim/paycheats.py: its requests' results and what it saw on chain.
+    paycheats: dict[str, Any] = field(default_factory=dict)
     # Lowball payers (netsim/lowball.py): their own requests, and per attacked channel what the chain paid.
     lowball_results: list[RequestResult] = field(default_factory=list)
     lowball_settlements: dict[str, dict[str, Any]] = field(default_factory=dict)

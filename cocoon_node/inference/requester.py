@@ -99,6 +99,8 @@ class WorkerSelector:
 
     reputations: dict[bytes, Reputation] = field(default_factory=dict)
     in_flight: dict[bytes, int] = field(default_factory=dict)
+    # Workers caught claiming more tokens than we could count (code "overcount"): never chosen again.
+    dropped: dict[bytes, str] = field(default_factory=dict)
 
     def reputation(self, peer_id: bytes) -> Reputation:
         return self.reputations.setdefault(peer_id, Reputation())
@@ -114,7 +116,7 @@ class WorkerSelector:
     ) -> list[Announcement]:
         out = []
         for w in workers:
-            if w.model != model or (w.synthetic and not allow_synthetic):
+            if w.model != model or (w.synthetic and not allow_synthetic) or w.peer_id in self.dropped:
                 continue
             if w.price_prompt > max_price_prompt or w.price_completion > max_price_completion:
                 continue
@@ -269,12 +271,17 @@ class Requester:
                 return
             except WorkerFailure as exc:
                 timeout = exc.code == "timeout"
-                if self._warm is not None and exc.code in ("timeout", "unreachable", "worker_gone", "attestation"):
+                if self._warm is not None and exc.code in ("timeout", "unreachable", "worker_gone", "attestation",
+                                                           "overcount"):
                     self._warm.forget(worker.peer_id)
-                if exc.code not in ("invalid_request", "overloaded", "attestation"):
+                if exc.code == "overcount":
+                    log.warning("dropping worker %s: %s", worker.peer, exc)
+                    self.selector.dropped[worker.peer_id] = str(exc)
+                # not the worker's fault: the client's request, a full worker, our own gate or our own store
+                if exc.code not in ("invalid_request", "overloaded", "attestation", "local_payment"):
                     self.selector.reputation(worker.peer_id).record_failure(timeout=timeout)
                 last_error = exc
-                if not exc.before_first_token or exc.code == "invalid_request":
+                if not exc.before_first_token or exc.code in ("invalid_request", "local_payment"):
                     self.failed += 1
                     raise
                 log.info("worker %s failed before the first token (%s); trying another", worker.peer, exc)

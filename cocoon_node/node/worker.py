@@ -20,6 +20,7 @@ from cocoon_node.inference.backend import Backend
 from cocoon_node.inference.factory import make_backend
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerMeter, WorkerTerms
 from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh
+from cocoon_node.mesh.announce import TOKENIZER_VERSION
 from cocoon_node.node.attest import ReportPublisher
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,12 @@ def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") ->
     return hashlib.sha256(config.encode()).digest()
 
 
+def _tokenizer_fields(backend: Backend) -> dict[str, Any]:
+    """Announce the backend's tokenizer (v2) when it names one, so requesters can count our tokens."""
+    tokenizer = getattr(backend, "tokenizer_hash", b"")
+    return {"tokenizer": tokenizer, "v": TOKENIZER_VERSION} if tokenizer else {}
+
+
 class WorkerRole:
     """Everything a serving node does beyond the mesh itself."""
 
@@ -114,6 +121,7 @@ class WorkerRole:
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
             issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
+            **_tokenizer_fields(self.backend),
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.publisher.run)
