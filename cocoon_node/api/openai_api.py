@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError, parse_chat_request
+from cocoon_node.inference.extras import ToolCallAccumulator, merge_tool_calls
 from cocoon_node.inference.requester import Event, NoWorkerAvailable, Requester, StreamStart
 from cocoon_node.inference.stream import Delta, Final, WorkerFailure
 
@@ -47,18 +48,31 @@ def failure_response(exc: Exception) -> JSONResponse:
     return error_response(500, "internal error", type_="server_error")
 
 
-def _coalesce(first: Delta, events: Any) -> tuple[str, Event | None]:
-    """Merge deltas already queued behind ``first`` into one SSE chunk; returns the text and the first
-    non-delta event taken from the queue, if any (the caller handles it next)."""
-    parts = [first.text]
+def _coalesce(first: Delta, events: Any) -> tuple[Delta, Event | None]:
+    """Merge deltas already queued behind ``first`` into one SSE chunk; returns the merged delta and the
+    first non-delta event taken from the queue, if any (the caller handles it next)."""
+    parts, calls, logprobs = [first.text], list(first.tool_calls), list(first.logprobs)
+    follow: Event | None = None
     while True:
         try:
             nxt = events.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
-            return "".join(parts), None
+            break
         if not isinstance(nxt, Delta):
-            return "".join(parts), nxt
+            follow = nxt
+            break
         parts.append(nxt.text)
+        calls += nxt.tool_calls
+        logprobs += nxt.logprobs
+    return Delta("".join(parts), 0, tuple(merge_tool_calls(calls)), tuple(logprobs)), follow
+
+
+def _finish(reason: str) -> str:
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def _logprobs(entries: Any) -> dict[str, Any]:
+    return {"content": [e.to_openai() for e in entries], "refusal": None}
 
 
 def _completion_id() -> str:
@@ -111,10 +125,10 @@ class ChatStreamResponse(Response):
         def sse(obj: Any) -> bytes:
             return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> dict[str, Any]:
             return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.model,
                     "system_fingerprint": worker,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
         async def start() -> None:
             nonlocal started
@@ -141,13 +155,17 @@ class ChatStreamResponse(Response):
                             await start()
                         continue
                     if isinstance(ev, Delta):
-                        text, follow = _coalesce(ev, events)
-                        if text:
-                            await write(sse(chunk({"content": text}, None)))
+                        merged, follow = _coalesce(ev, events)
+                        delta: dict[str, Any] = {"content": merged.text} if merged.text else {}
+                        if merged.tool_calls:
+                            delta["tool_calls"] = [c.to_openai() for c in merged.tool_calls]
+                        if delta or merged.logprobs:
+                            await write(sse(chunk(delta, None, _logprobs(merged.logprobs) if merged.logprobs
+                                                  else None)))
                         if follow is not None:
                             ev = follow
                     if isinstance(ev, Final):
-                        finish = "length" if ev.finish_reason == "length" else "stop"
+                        finish = _finish(ev.finish_reason)
                         tail = sse(chunk({}, finish))
                         if chat.include_usage:
                             tail += sse({"id": cid, "object": "chat.completion.chunk", "created": created,
@@ -225,6 +243,8 @@ def openai_app(requester: Requester, *, api_key: str = "",
 
 async def _complete(requester: Requester, chat: ChatRequest) -> Response:
     text: list[str] = []
+    calls = ToolCallAccumulator()
+    logprobs: list[Any] = []
     worker = ""
     attempts = 0
     prompt_tokens = 0
@@ -236,17 +256,24 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
                     worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
                 elif isinstance(ev, Delta):
                     text.append(ev.text)
+                    calls.add(ev.tool_calls)
+                    logprobs += ev.logprobs
                 elif isinstance(ev, Final):
                     final = ev
     except (NoWorkerAvailable, WorkerFailure) as exc:
         return failure_response(exc)
     assert final is not None
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+    if calls:  # OpenAI's shape: content null when the turn only called tools
+        message["content"] = "".join(text) or None
+        message["tool_calls"] = calls.result()
     return JSONResponse(
         {
             "id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": chat.model,
             "system_fingerprint": worker,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                         "logprobs": None, "finish_reason": "length" if final.finish_reason == "length" else "stop"}],
+            "choices": [{"index": 0, "message": message,
+                         "logprobs": _logprobs(logprobs) if chat.features.logprobs else None,
+                         "finish_reason": _finish(final.finish_reason)}],
             "usage": _usage(prompt_tokens, final.completion_tokens),
         },
         headers={"x-cocoon-worker": worker, "x-cocoon-attempts": str(attempts)},

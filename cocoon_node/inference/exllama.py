@@ -40,6 +40,7 @@ from cocoon_node.inference.backend import (
     TokenDelta,
 )
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.features import SEED
 from cocoon_node.inference.torch_cpu import chat_template_messages
 
 _WEIGHT_SUFFIXES = (".safetensors",)
@@ -101,6 +102,7 @@ class ExLlamaV2Backend:
 
     kind = "exllamav2"
     synthetic = False
+    capabilities = frozenset({SEED})  # the sampler takes the seed
 
     def __init__(
         self,

@@ -24,6 +24,15 @@ import trio
 from cocoon_node.inference.audit import Overcount, TokenAudit
 from cocoon_node.inference.backend import Backend, BackendError
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError
+from cocoon_node.inference.extras import (
+    COALESCE_BYTES,
+    TokenLogprob,
+    ToolCallDelta,
+    extras_bytes,
+    frame_fields,
+    from_frame,
+)
+from cocoon_node.inference.features import unsupported
 from cocoon_node.inference.tokencount import TokenCounter
 from cocoon_node.wire import FrameError, FrameStream, load_protocol
 
@@ -161,6 +170,12 @@ class InferenceServer:
         if chat.model != self.terms.model:
             await reject("model_mismatch", f"this worker serves {self.terms.model!r}", "model")
             return None
+        # issue 13: a feature this backend lacks is the client's request, refused before anything is counted
+        lacking = unsupported(chat.capabilities_used(), getattr(self.backend, "capabilities", frozenset()))
+        if lacking is not None:
+            await reject("invalid_request", f"this worker's {self.backend.kind} backend does not support "
+                         f"{lacking[0]} (requested by {lacking[1]})", lacking[1])
+            return None
         if (
             first["price_prompt"] < self.terms.price_prompt
             or first["price_completion"] < self.terms.price_completion
@@ -267,7 +282,7 @@ class InferenceServer:
             failed: list[BackendError] = []
             try:
                 async with trio.open_nursery() as senders, self.backend.generate(chat) as deltas:
-                    out_send, out_recv = trio.open_memory_channel[tuple[str, int, bool]](_DELTA_QUEUE)
+                    out_send, out_recv = trio.open_memory_channel[_Queued](_DELTA_QUEUE)
                     generation_over = trio.Event()
                     senders.start_soon(self._send_deltas, frames, accept, accepted, out_recv, generation,
                                        generation_over)
@@ -284,8 +299,9 @@ class InferenceServer:
                                 if first_token_at is None and delta.token_count:
                                     first_token_at = time.monotonic()
                                 last = delta.finish_reason is not None
-                                if delta.text or delta.token_count or last:
-                                    await out_send.send((delta.text, delta.token_count, last))
+                                if delta.text or delta.token_count or last or delta.tool_calls or delta.logprobs:
+                                    await out_send.send((delta.text, delta.token_count, last, delta.tool_calls,
+                                                         delta.logprobs))
                                 if delta.finish_reason is not None:
                                     finish_reason = delta.finish_reason
                         except BackendError as exc:
@@ -345,7 +361,7 @@ class InferenceServer:
         return next_request[0] if next_request and error is None else None
 
     async def _send_deltas(self, frames: FrameStream, accept: dict[str, Any], accepted: trio.Event,
-                           queue: trio.MemoryReceiveChannel[tuple[str, int, bool]],
+                           queue: trio.MemoryReceiveChannel[_Queued],
                            generation: trio.CancelScope, generation_over: trio.Event) -> None:
         """Write the accept, then the queued deltas, coalescing whatever piled up while the previous write
         was in flight.
@@ -366,25 +382,32 @@ class InferenceServer:
                 generation.cancel()
                 return
             accepted.set()
-            async for text, tokens, last in queue:
+            async for text, tokens, last, calls, logprobs in queue:
                 linger = min(_MAX_LINGER, _LINGER_PER_STREAM * (self.stats.in_flight - 1))
                 if not last and last_sent is not None and linger > 0:
                     # One timer per frame, not per token; the last token cuts the wait short.
                     with trio.move_on_at(last_sent + linger):
                         await generation_over.wait()
                 parts = [text]
-                while not last:
+                tool_calls, token_logprobs = list(calls), list(logprobs)
+                size = len(text) + extras_bytes(calls, logprobs)
+                # Coalesce up to a byte budget (tool-call and logprobs extras make deltas big).
+                while not last and size < COALESCE_BYTES:
                     try:
-                        more_text, more_tokens, last = queue.receive_nowait()
+                        more_text, more_tokens, last, calls, logprobs = queue.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     parts.append(more_text)
                     tokens += more_tokens
+                    tool_calls += calls
+                    token_logprobs += logprobs
+                    size += len(more_text) + extras_bytes(calls, logprobs)
                 text = "".join(parts)
-                if not text and not tokens:
+                if not text and not tokens and not tool_calls:
                     continue  # a bare finish marker with nothing queued before it
                 try:
-                    await frames.send({"t": "delta", "id": request_id, "text": text, "tokens": tokens})
+                    await frames.send({"t": "delta", "id": request_id, "text": text, "tokens": tokens,
+                                       **frame_fields(tool_calls, token_logprobs)})
                 except Exception:  # the requester is gone: stop generating
                     generation.cancel()
                     return
@@ -393,6 +416,10 @@ class InferenceServer:
     def _load_changed(self) -> None:
         if self._on_load_change is not None:
             self._on_load_change(self.stats.in_flight)
+
+
+# A generated delta waiting for the writer: text, tokens, is it the last, tool-call pieces, logprobs.
+_Queued = tuple[str, int, bool, tuple[ToolCallDelta, ...], tuple[TokenLogprob, ...]]
 
 
 def sole_exception(group: BaseExceptionGroup) -> BaseException:
@@ -466,6 +493,8 @@ class RequesterMeter(Protocol):
 class Delta:
     text: str
     tokens: int
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -581,15 +610,20 @@ class InferenceCall:
                 fresh = self._first_token_at is None  # nothing reached the client yet
                 if fresh:
                     self._first_token_at = time.monotonic()
+                calls, logprobs = from_frame(frame)
+                asked = self._audit.chat.features
+                if (calls and not asked.tools) or (logprobs and not asked.logprobs):
+                    raise WorkerFailure("worker sent tool calls or logprobs the request did not ask for",
+                                        code="protocol", before_first_token=fresh)
                 try:
-                    self.completion_tokens = self._audit.add_delta(frame["text"], frame["tokens"])
+                    self.completion_tokens = self._audit.add_delta(frame["text"], frame["tokens"], tool_calls=calls)
                 except Overcount as exc:  # charge what we can account for, then drop the worker
                     self.completion_tokens = self._audit.completion_tokens
                     self._tokens_counted.set()
                     raise WorkerFailure(str(exc), code="overcount", before_first_token=fresh) from None
                 if frame["tokens"]:
                     self._tokens_counted.set()  # the pay task charges them (see pay)
-                yield Delta(frame["text"], frame["tokens"])
+                yield Delta(frame["text"], frame["tokens"], calls, logprobs)
             elif kind == "usage":
                 continue
             elif kind == "final":

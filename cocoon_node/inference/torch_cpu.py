@@ -36,6 +36,7 @@ from cocoon_node.inference.backend import (
     stream_from_producer,
 )
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.features import LOGPROBS, SEED
 
 if TYPE_CHECKING:
     import torch
@@ -70,6 +71,7 @@ class TorchBackend:
 
     kind = "torch"
     synthetic = False
+    capabilities = frozenset({LOGPROBS, SEED})
 
     def __init__(
         self,
