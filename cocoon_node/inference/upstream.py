@@ -152,6 +152,7 @@ class OpenAIUpstreamBackend:
                     if payload == "[DONE]":
                         state.done = True
                         break
+                    state.chunks += 1
                     for delta in state.take(json.loads(payload)):
                         self.tokens_generated += delta.token_count
                         await send.send(delta)
@@ -159,6 +160,8 @@ class OpenAIUpstreamBackend:
             raise BackendError(f"upstream request failed: {exc}") from exc
         except (ValueError, AttributeError, TypeError, KeyError) as exc:
             raise BackendError(f"upstream sent a malformed stream: {exc}") from exc
+        if state.finish is None and not state.chunks and not state.done:
+            await self._explain_empty_stream(client, req)
         if state.finish is None:
             raise BackendError("upstream stream ended before the completion finished"
                                + (" ([DONE] without a finish_reason: interrupted)" if state.done else ""))
@@ -167,6 +170,19 @@ class OpenAIUpstreamBackend:
         extra = max(0, completion - state.counted) if completion is not None else 0
         self.tokens_generated += extra
         await send.send(TokenDelta("", extra, state.finish, prompt if prompt is not None else self.count_tokens(req)))
+
+    async def _explain_empty_stream(self, client: httpx.AsyncClient, req: ChatRequest) -> None:
+        """An empty 200 stream: llama-cpp-python's server fails a too-long prompt only after its SSE headers
+        are out, so ask again without streaming and one token to learn whether the prompt fits (a prefill at
+        most; the server refuses too-long prompts before generating)."""
+        body = {**self._body(req), "stream": False, "max_tokens": 1}
+        body.pop("stream_options", None)
+        try:
+            resp = await client.post("chat/completions", json=body)
+        except httpx.HTTPError:
+            return
+        if resp.status_code != 200:
+            _raise_http_error(resp.status_code, resp.content[:2000])
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -184,6 +200,7 @@ class _StreamState:
         self.finish: FinishReason | None = None
         self.usage: dict[str, Any] | None = None
         self.done = False
+        self.chunks = 0
         self._named: set[int] = set()  # tool calls whose id and name were passed on
 
     def take(self, chunk: Any) -> list[TokenDelta]:

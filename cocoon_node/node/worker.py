@@ -39,7 +39,8 @@ def build_backend(config: Config) -> Backend:
         options = {"tokens_per_second": w.synthetic_tokens_per_second, "model_name": w.model,
                    "max_batch": w.max_concurrent}
     elif w.backend == "openai-upstream":
-        options = {"base_url": w.upstream_url, "model": w.model, "max_batch": w.max_concurrent}
+        options = {"base_url": w.upstream_url, "model": w.model, "max_batch": w.max_concurrent,
+                   "capabilities": w.upstream_capabilities}
     else:
         options = {"model_dir": w.model_path, "model_name": w.model, "max_batch": w.max_concurrent}
     return make_backend(w.backend, **options)
