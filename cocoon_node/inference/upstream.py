@@ -177,12 +177,16 @@ class OpenAIUpstreamBackend:
         most; the server refuses too-long prompts before generating)."""
         body = {**self._body(req), "stream": False, "max_tokens": 1}
         body.pop("stream_options", None)
-        try:
-            resp = await client.post("chat/completions", json=body)
-        except httpx.HTTPError:
+        for _ in range(2):  # the pooled connection the failed stream left may have been reset
+            try:
+                resp = await client.post("chat/completions", json=body)
+            except httpx.TransportError:
+                continue
+            except httpx.HTTPError:
+                return
+            if resp.status_code != 200:
+                _raise_http_error(resp.status_code, resp.content[:2000])
             return
-        if resp.status_code != 200:
-            _raise_http_error(resp.status_code, resp.content[:2000])
 
     async def aclose(self) -> None:
         if self._client is not None:
