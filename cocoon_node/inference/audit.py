@@ -22,6 +22,7 @@ charged, and the requester drops the worker.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from cocoon_node.inference.chat import ChatRequest
 from cocoon_node.inference.extras import ToolCallDelta
@@ -38,6 +39,10 @@ HELD_BACK_TOKENS = 4
 #: Tokens a model may spend around one tool call beyond its name and arguments (a ``<tool_call>`` marker,
 #: braces, the ``"name"``/``"arguments"`` keys of its own JSON format).
 TOOL_CALL_TOKENS = 16
+
+
+def _tool_bytes(calls: Sequence[dict[str, Any]]) -> int:
+    return sum(len(c["function"]["name"]) + len(c["function"]["arguments"].encode()) + len(c["id"]) for c in calls)
 
 
 class Overcount(Exception):
@@ -72,8 +77,9 @@ class TokenAudit:
     def prompt_bound(self) -> int:
         if self.counter is not None:
             return self.counter.count_prompt(self.chat)
-        return TEMPLATE_TOKENS + sum(len(m.content.encode()) + len(m.role) + MESSAGE_TOKENS
-                                     for m in self.chat.messages)
+        # Tools, response schemas and earlier tool calls are rendered into the prompt too (issue 13).
+        return TEMPLATE_TOKENS + sum(len(m.content.encode()) + len(m.role) + MESSAGE_TOKENS + _tool_bytes(m.tool_calls)
+                                     for m in self.chat.messages) + self.chat.features.wire_bytes()
 
     def check_prompt(self, claimed: int) -> int:
         """Accept the worker's prompt count if it is within our bound; raise :class:`Overcount` otherwise."""

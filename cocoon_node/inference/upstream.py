@@ -43,7 +43,7 @@ from cocoon_node.inference.backend import (
     TokenDelta,
     stream_from_producer,
 )
-from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.chat import ChatMessage, ChatRequest
 from cocoon_node.inference.extras import TokenLogprob, ToolCallDelta, make_logprob
 from cocoon_node.inference.features import ALL_CAPABILITIES
 
@@ -115,7 +115,11 @@ class OpenAIUpstreamBackend:
 
     def count_tokens(self, req: ChatRequest) -> int:
         """Estimate only (see the module docstring); the usage on the final delta is authoritative."""
-        return sum(_TOKENS_PER_MESSAGE + math.ceil(len(m.content) / _CHARS_PER_TOKEN) for m in req.messages)
+        def chars(m: ChatMessage) -> int:
+            return len(m.content) + sum(len(c["function"]["arguments"]) for c in m.tool_calls)
+
+        per_message = sum(_TOKENS_PER_MESSAGE + math.ceil(chars(m) / _CHARS_PER_TOKEN) for m in req.messages)
+        return per_message + math.ceil(req.features.wire_bytes() / _CHARS_PER_TOKEN)  # tools, schemas: prompt too
 
     def _body(self, req: ChatRequest) -> dict[str, Any]:
         body = req.to_wire()

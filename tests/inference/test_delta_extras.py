@@ -157,3 +157,17 @@ async def test_coalescing_keeps_frames_under_the_delta_limit() -> None:
     assert sum(len(d.logprobs) for d in got) == 200 == sum(d.tokens for d in got)
     assert len(got) < 200  # coalesced...
     assert max(sizes) < DELTA_LIMIT  # ...but never past the frame limit
+
+
+def test_prompt_bound_and_upstream_estimate_count_the_tools() -> None:
+    """Tool definitions are rendered into the prompt: an honest worker counting them must stay within the
+    requester's bound (the upstream's estimate counts them as well)."""
+    from cocoon_node.inference import OpenAIUpstreamBackend
+
+    tool = {"type": "function", "function": {"name": "f", "description": "d" * 2000}}
+    plain = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    tooled = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]})
+    assert TokenAudit(tooled).prompt_bound() >= TokenAudit(plain).prompt_bound() + 2000
+    upstream = OpenAIUpstreamBackend("http://127.0.0.1:1/v1", "m")
+    assert upstream.count_tokens(tooled) >= upstream.count_tokens(plain) + 500
+    TokenAudit(tooled).check_prompt(upstream.count_tokens(tooled))
