@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+from msgspec.structs import replace
 
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerFailure, call_worker
 from cocoon_node.payments.chain.base import ChannelStatus
@@ -19,6 +20,7 @@ from cocoon_node.payments.channels import ChannelManager
 from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.payments.voucher import sign_close
 from cocoon_node.wire import FrameStream
+from cocoon_node.wire.messages.inference import CODEC, AcceptFrame, DeltaFrame, FinalFrame, InferenceFrame
 from tests.payments.conftest import TON, Parties, party_key
 from tests.payments.test_metering import PC, PP, WINDOW, WORKER_PEER, World, chat, world
 from tests.waiting import wait_until
@@ -26,27 +28,27 @@ from tests.waiting import wait_until
 HELD_BACK = 4  # inference.audit.HELD_BACK_TOKENS: completion tokens a requester allows beyond the text's bytes
 
 
-class _Inflating(FrameStream):
+class _Inflating(FrameStream[InferenceFrame]):
     """Rewrites the first request's claimed counts on the wire (the worker's own meter charges honestly) and
     keeps its final frame consistent with the lie, so only the counts themselves give it away."""
 
     def __init__(self, raw: Any, *, prompt: int | None, first_delta: int | None) -> None:
-        super().__init__(raw, "inference", max_frame=262144)
+        super().__init__(raw, CODEC)
         self.prompt, self.first_delta = prompt, first_delta
         self.extra = 0
 
-    async def send(self, frame: dict[str, Any]) -> None:
-        kind = frame["t"]
-        if kind == "accept" and self.prompt is not None:
-            frame = {**frame, "prompt_tokens": self.prompt}
-        elif kind == "delta" and self.first_delta is not None and not self.extra:
-            self.extra = self.first_delta - frame["tokens"]
-            frame = {**frame, "tokens": self.first_delta}
-        elif kind == "final":
-            prompt = self.prompt if self.prompt is not None else frame["prompt_tokens"]
-            completion = frame["completion_tokens"] + self.extra
-            frame = {**frame, "prompt_tokens": prompt, "completion_tokens": completion,
-                     "total_tokens": prompt + completion}
+    async def send(self, frame: InferenceFrame) -> None:
+        match frame:
+            case AcceptFrame() if self.prompt is not None:
+                frame = replace(frame, prompt_tokens=self.prompt)
+            case DeltaFrame() if self.first_delta is not None and not self.extra:
+                self.extra = self.first_delta - frame.tokens
+                frame = replace(frame, tokens=self.first_delta)
+            case FinalFrame():
+                prompt = self.prompt if self.prompt is not None else frame.prompt_tokens
+                completion = frame.completion_tokens + self.extra
+                frame = replace(frame, prompt_tokens=prompt, completion_tokens=completion,
+                                total_tokens=prompt + completion)
         await super().send(frame)
 
 
