@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from cocoon_node.inference.audit import HELD_BACK_TOKENS
-from cocoon_node.inference.tokencount import WhitespaceCounter
 from cocoon_node.inference.stream import PROTOCOL_ID, WorkerFailure
+from cocoon_node.inference.tokencount import WhitespaceCounter
 from cocoon_node.payments.chain.base import ChannelStatus
 from netsim.paycheats import INFLATE_FACTOR, InflatingServer
 from netsim.rogue import OverclaimingServer, StaleClosingSettlement, UnpaidBook, WithholdingMeter, _config
