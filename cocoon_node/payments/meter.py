@@ -290,7 +290,7 @@ class WorkerPaymentMeter:
         """
         cost = prompt_tokens * self.price_prompt
         try:
-            if not payment:
+            if payment is None:
                 raise PaymentRequired("this worker needs a payment channel")
             try:
                 address = norm_address(payment.channel)

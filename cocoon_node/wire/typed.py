@@ -202,6 +202,7 @@ class FrameCodec(Generic[F]):
 
     def __init__(self, frame_type: Any, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
+        self.frame_type = frame_type
         self._decoder: msgspec.msgpack.Decoder[F] = msgspec.msgpack.Decoder(frame_type)
         self._encoder = msgspec.msgpack.Encoder()
 
