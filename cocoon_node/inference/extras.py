@@ -11,9 +11,11 @@ upstream's oddities (a 10 KB "token", ``-inf``) cannot make the worker write a f
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from cocoon_node.wire.messages import inference as wire
 
 MAX_TOOL_CALL_INDEX = 127
 MAX_TOKEN_BYTES = 256  # a token's text (or bytes) in a logprobs entry; real tokens are far shorter
@@ -34,15 +36,9 @@ class ToolCallDelta:
     name: str | None = None
     arguments: str = ""
 
-    def to_frame(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"index": self.index}
-        if self.id is not None:
-            out["id"] = self.id
-        if self.name is not None:
-            out["name"] = self.name
-        if self.arguments:
-            out["arguments"] = self.arguments
-        return out
+    def to_frame(self) -> wire.ToolCallPiece:
+        return wire.ToolCallPiece(index=self.index, id=self.id or "", name=self.name or "",
+                                  arguments=self.arguments)
 
     def to_openai(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index}
@@ -76,24 +72,15 @@ class TokenLogprob:
     bytes: bytes | None = None
     top: tuple[TopLogprob, ...] = ()
 
-    def to_frame(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"token": self.token, "logprob": self.logprob}
-        if self.bytes is not None:
-            out["bytes"] = self.bytes
-        out["top"] = [_top_frame(t) for t in self.top]
-        return out
+    def to_frame(self) -> wire.TokenLogprob:
+        return wire.TokenLogprob(token=self.token, logprob=self.logprob, raw=self.bytes or b"",
+                                 top=[wire.TopLogprob(token=t.token, logprob=t.logprob, raw=t.bytes or b"")
+                                      for t in self.top])
 
     def to_openai(self) -> dict[str, Any]:
         return {"token": self.token, "logprob": self.logprob, "bytes": _byte_list(self.bytes, self.token),
                 "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": _byte_list(t.bytes, t.token)}
                                  for t in self.top]}
-
-
-def _top_frame(t: TopLogprob) -> dict[str, Any]:
-    out: dict[str, Any] = {"token": t.token, "logprob": t.logprob}
-    if t.bytes is not None:
-        out["bytes"] = t.bytes
-    return out
 
 
 def _byte_list(raw: bytes | None, token: str) -> list[int]:
@@ -139,7 +126,8 @@ def merge_tool_calls(calls: Sequence[ToolCallDelta]) -> list[ToolCallDelta]:
 
 
 def frame_fields(tool_calls: Sequence[ToolCallDelta], logprobs: Sequence[TokenLogprob]) -> dict[str, Any]:
-    """The optional ``delta`` frame fields for these extras (none when there are none)."""
+    """The optional :class:`~cocoon_node.wire.messages.inference.DeltaFrame` fields for these extras, as
+    keyword arguments (none when there are none, so the frame omits them)."""
     out: dict[str, Any] = {}
     if tool_calls:
         out["tool_calls"] = [c.to_frame() for c in merge_tool_calls(tool_calls)]
@@ -156,14 +144,13 @@ def extras_bytes(tool_calls: Sequence[ToolCallDelta], logprobs: Sequence[TokenLo
     return size
 
 
-def from_frame(frame: Mapping[str, Any]) -> tuple[tuple[ToolCallDelta, ...], tuple[TokenLogprob, ...]]:
-    """The extras of a received (schema-checked) ``delta`` frame."""
-    calls = tuple(ToolCallDelta(c["index"], c.get("id"), c.get("name"), c.get("arguments", ""))
-                  for c in frame.get("tool_calls", ()))
+def from_frame(frame: wire.DeltaFrame) -> tuple[tuple[ToolCallDelta, ...], tuple[TokenLogprob, ...]]:
+    """The extras of a received (validated) ``delta`` frame."""
+    calls = tuple(ToolCallDelta(c.index, c.id or None, c.name or None, c.arguments) for c in frame.tool_calls)
     logprobs = tuple(
-        TokenLogprob(e["token"], float(e["logprob"]), e.get("bytes"),
-                     tuple(TopLogprob(t["token"], float(t["logprob"]), t.get("bytes")) for t in e.get("top", ())))
-        for e in frame.get("logprobs", ()))
+        TokenLogprob(e.token, e.logprob, e.raw or None, tuple(TopLogprob(t.token, t.logprob, t.raw or None)
+                                                              for t in e.top))
+        for e in frame.logprobs)
     return calls, logprobs
 
 

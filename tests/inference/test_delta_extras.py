@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 import trio.testing
@@ -20,12 +21,14 @@ from cocoon_node.inference.extras import (
     MIN_LOGPROB,
     ToolCallAccumulator,
     ToolCallDelta,
+    from_frame,
     make_logprob,
     merge_tool_calls,
 )
 from cocoon_node.inference.features import ALL_CAPABILITIES
 from cocoon_node.inference.stream import InferenceServer, WorkerTerms, call_worker
 from cocoon_node.wire import FrameError, decode_frame, encode_frame
+from cocoon_node.wire.messages.inference import CODEC, DeltaFrame
 
 from .api_harness import Pipe
 
@@ -48,11 +51,13 @@ def delta(**extra: Any) -> dict[str, Any]:
 ], ids=["logprob-positive", "top-missing", "top-21", "token-long", "index-128", "unknown-key", "name-long",
         "too-many-pieces"])
 def test_bad_extras_are_refused_on_the_wire(frame: dict[str, Any]) -> None:
+    body = msgpack.packb(frame, use_bin_type=True)
     with pytest.raises(FrameError):
-        encode_frame("inference", frame)
-    import msgpack
+        CODEC.decode(body)  # the typed codec the stream uses
     with pytest.raises(FrameError):
-        decode_frame("inference", msgpack.packb(frame, use_bin_type=True))
+        encode_frame("inference", frame)  # the TOML's schema agrees
+    with pytest.raises(FrameError):
+        decode_frame("inference", body)
 
 
 def test_extras_are_clamped_where_they_are_made() -> None:
@@ -60,7 +65,8 @@ def test_extras_are_clamped_where_they_are_made() -> None:
     assert lp.logprob == MIN_LOGPROB and lp.top[0].logprob == MIN_LOGPROB and len(lp.top) == 20
     assert len(lp.token.encode()) <= MAX_TOKEN_BYTES and lp.bytes is not None and len(lp.bytes) == MAX_TOKEN_BYTES
     assert make_logprob("\ud800", -1.0, None, []).token == "?"  # a lone surrogate could not be encoded
-    encode_frame("inference", delta(logprobs=[lp.to_frame()]))
+    frame = DeltaFrame(id="r", text="", tokens=1, logprobs=[lp.to_frame()])
+    assert from_frame(CODEC.decode(CODEC.encode(frame)[4:]))[1] == (lp,)
 
 
 def test_tool_call_pieces_merge_and_accumulate() -> None:

@@ -5,5 +5,11 @@ Each module mirrors one TOML file and lists its types in ``MESSAGES`` (TOML mess
 package so that every package (attestation, mesh, inference, payments) can import them.
 
 - :mod:`.attestation`: the attestation report's envelope, record and claims, and dev-INSECURE evidence;
-- :mod:`.envelope`: the domain-bound signed envelope of every other signed record.
+- :mod:`.envelope`: the domain-bound signed envelope of every other signed record;
+- :mod:`.inference`: the frames of a direct inference stream (a tagged union on ``t``, with its ``CODEC``);
+- :mod:`.channel`: the frames of cooperative channel close (likewise).
 """
+
+#: Stream protocols whose frames are declared here: a FrameStream takes the module's ``CODEC``, never the
+#: protocol's name (which would give dicts checked by ``wire.schema``).
+TYPED_FRAME_PROTOCOLS = frozenset({"inference", "channel"})
