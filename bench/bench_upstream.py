@@ -29,7 +29,7 @@ from sse_client import SSEClient  # bench/sse_client.py (the script directory is
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.inference
 
 from cocoon_node.cluster import Cluster, wait_for_workers
-from tests.inference.llama_server import MODEL, llama_server
+from tests.inference.llama_server import MODEL, llama_server, missing_reason
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 
@@ -76,13 +76,22 @@ def summarize(samples: list[tuple[float, float, int, str]]) -> dict[str, Any]:
             "tokens_p50": statistics.median(s[2] for s in samples)}
 
 
+def progress(message: str) -> None:
+    print(f"bench_upstream: {message}", file=sys.stderr, flush=True)
+
+
 async def rounds(client: SSEClient, path: str, n: int, tokens: int) -> list[tuple[float, float, int, str]]:
     await one(client, path, tokens)  # warm-up, not counted (connections, caches, the worker's stream)
-    return [await one(client, path, tokens) for _ in range(n)]
+    out = []
+    for i in range(n):
+        out.append(await one(client, path, tokens))
+        progress(f"{path} round {i + 1}/{n}: {out[-1][2]} tokens in {out[-1][1]:.2f} s")
+    return out
 
 
 async def main_async(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     with llama_server(base / "llama-server.log") as srv:
+        progress(f"llama.cpp server ready at {srv.base_url}")
         upstream = srv.base_url  # http://127.0.0.1:PORT/v1
         direct_client = SSEClient(upstream.removesuffix("/v1"))
         try:
@@ -96,7 +105,9 @@ async def main_async(args: argparse.Namespace, base: Path) -> dict[str, Any]:
                 "--model", MODEL, "--tee", "dev", "--max-concurrent", "1"])
             req = await cluster.start_node("requester", ["--requester", "--local-cluster", "--allow-dev-tee",
                                                          "--api-port", "0", "--bootstrap", worker.addr])
+            progress("cluster started; waiting for the requester to see the worker")
             await wait_for_workers(cluster, "requester", 1, timeout=120, model=MODEL)
+            progress("worker seen; mesh rounds")
             mesh_client = SSEClient(req.ready["api_url"])
             try:
                 mesh = await rounds(mesh_client, "/v1/chat/completions", args.rounds, args.tokens)
@@ -115,6 +126,10 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64)
     args = p.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if (reason := missing_reason()) is not None:  # `just bench` goes on with the other benchmarks
+        print(json.dumps({"bench": "upstream", "skipped": reason}))
+        print(f"bench_upstream skipped: {reason}")
+        return
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-upstream-") as tmp:
         result = trio.run(main_async, args, Path(tmp))

@@ -21,20 +21,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_response, invalid, parse_json, read_body
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError, parse_chat_request
+from cocoon_node.inference.client import RequestTooLarge, check_sendable
 from cocoon_node.inference.extras import ToolCallAccumulator, merge_tool_calls
 from cocoon_node.inference.requester import Event, NoWorkerAvailable, Requester, StreamStart
 from cocoon_node.inference.stream import Delta, Final, WorkerFailure
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
-
-
-def error_response(status: int, message: str, *, type_: str, param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
-                        status_code=status)
+__all__ = ["MAX_BODY_BYTES", "error_response", "failure_response", "openai_app"]
 
 
 def failure_response(exc: Exception) -> JSONResponse:
@@ -100,6 +96,9 @@ class ChatStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Hypercorn drops writes after a disconnect rather than failing them, so watch for the disconnect
         # message itself and cancel the stream (and with it the request on the worker) when it comes.
+        # The response's last message is sent shielded (see _last): Hypercorn queues the disconnect while
+        # handling it, and a cancel landing inside its close left a Connection: close / HTTP/1.0 client
+        # waiting forever after [DONE] (issue 13).
         async with trio.open_nursery() as nursery:
             async def watch_disconnect() -> None:
                 while (await receive())["type"] != "http.disconnect":
@@ -177,13 +176,24 @@ class ChatStreamResponse(Response):
                     await write(sse(b"[DONE]"))
         except (NoWorkerAvailable, WorkerFailure) as exc:
             if not started:
-                await failure_response(exc)(scope, receive, send)
+                with _last_message():
+                    await failure_response(exc)(scope, receive, send)
                 return
             await write(sse({"error": {"message": f"worker failed mid-stream: {exc}", "type": "upstream_error",
                                        "param": None, "code": getattr(exc, "code", None)}}))
         except OSError:
             return  # client went away; leaving the block cancelled the request on the worker
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        with _last_message():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _last_message() -> trio.CancelScope:
+    """Shield for a response's last send, during which Hypercorn closes a connection that must close
+    (bounded: a client that stops reading cannot hold it)."""
+    return trio.CancelScope(shield=True, deadline=trio.current_time() + _LAST_SEND_TIMEOUT)
+
+
+_LAST_SEND_TIMEOUT = 10.0
 
 
 def openai_app(requester: Requester, *, api_key: str = "",
@@ -192,7 +202,7 @@ def openai_app(requester: Requester, *, api_key: str = "",
     """Build the ASGI app. ``models`` returns the model list entries (see the node)."""
 
     def unauthorized(request: Request) -> JSONResponse | None:
-        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+        if api_key and not bearer_ok(request.headers.get("authorization"), api_key):
             return error_response(401, "invalid or missing API key", type_="invalid_request_error",
                                   code="invalid_api_key")
         return None
@@ -205,24 +215,17 @@ def openai_app(requester: Requester, *, api_key: str = "",
     async def chat_completions(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
             return denied
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return error_response(413, f"request body over {MAX_BODY_BYTES} bytes", type_="invalid_request_error")
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > MAX_BODY_BYTES:
-                return error_response(413, f"request body over {MAX_BODY_BYTES} bytes",
-                                      type_="invalid_request_error")
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error_response(400, f"body is not valid JSON: {exc}", type_="invalid_request_error")
+            payload = parse_json(await read_body(request, MAX_BODY_BYTES))
+        except BadBody as exc:
+            return exc.response
         try:
             chat = parse_chat_request(payload)
+            check_sendable(chat)  # what the wire cannot carry is refused before anything leaves
+        except RequestTooLarge as exc:
+            return invalid(f"{exc.field}: {exc.message}", param=exc.field, code="request_too_large", status=413)
         except RequestValidationError as exc:
-            return error_response(400, f"{exc.field}: {exc.message}", type_="invalid_request_error",
-                                  param=exc.field, code="invalid_value")
+            return invalid(f"{exc.field}: {exc.message}", param=exc.field)
         if chat.stream:
             return ChatStreamResponse(requester, chat)
         return await _complete(requester, chat)

@@ -21,7 +21,7 @@ import msgspec
 import trio
 
 from cocoon_node.inference.audit import Overcount, TokenAudit
-from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.chat import ChatRequest, RequestValidationError
 from cocoon_node.inference.extras import TokenLogprob, ToolCallDelta, from_frame
 from cocoon_node.inference.port import (
     InferenceFrame,
@@ -38,11 +38,13 @@ from cocoon_node.wire.messages.inference import (
     DeltaFrame,
     ErrorFrame,
     FinalFrame,
+    PaymentRef,
     RejectFrame,
     RequestFrame,
     UsageFrame,
     VoucherFrame,
 )
+from cocoon_node.wire.typed import UINT64_MAX
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,27 @@ class WorkerFailure(Exception):
         self.before_first_token = before_first_token
         self.code = code
         self.field = field
+
+
+class RequestTooLarge(RequestValidationError):
+    """The request does not fit the wire's request frame: refused (413) before anything is sent."""
+
+
+def check_sendable(chat: ChatRequest) -> int:
+    """The size of ``chat``'s request frame, or :class:`RequestTooLarge` when it would not fit (leaving room
+    for the largest payment reference), :class:`RequestValidationError` when it cannot be encoded at all
+    (a lone surrogate). The client's fault either way: no worker sees the request, none is blamed."""
+    frame = RequestFrame(v=1, id="0" * 32, chat=chat.to_wire(), price_prompt=UINT64_MAX, price_completion=UINT64_MAX)
+    try:
+        size = len(msgspec.msgpack.encode(frame))
+    except UnicodeEncodeError:
+        raise RequestValidationError("messages", "contains text that is not valid Unicode (a lone surrogate?)") \
+            from None
+    limit = RequestFrame.MAX_BYTES - PaymentRef.MAX_BYTES
+    if size > limit:
+        raise RequestTooLarge("messages", f"the request encodes to {size} bytes; a request frame carries at most "
+                              f"{limit} (protocols/inference.toml)")
+    return size
 
 
 @dataclass(frozen=True)
@@ -236,8 +259,9 @@ async def _accepted(frames: FrameStream[InferenceFrame], request: RequestFrame, 
     before the first token, so the requester may try another worker)."""
     try:
         await frames.send(request)
-    except FrameError:
-        raise
+    except (FrameError, UnicodeError) as exc:  # we could not encode it: the request's fault, not the worker's
+        raise WorkerFailure(f"request cannot be sent: {exc}", code="invalid_request",
+                            before_first_token=True) from None
     except Exception as exc:  # reset or closed by the worker before it read anything
         raise WorkerFailure(f"worker closed the stream: {exc}", code="worker_gone", before_first_token=True) from None
     try:

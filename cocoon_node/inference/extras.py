@@ -125,14 +125,65 @@ def merge_tool_calls(calls: Sequence[ToolCallDelta]) -> list[ToolCallDelta]:
     return out
 
 
-def frame_fields(tool_calls: Sequence[ToolCallDelta], logprobs: Sequence[TokenLogprob]) -> dict[str, Any]:
-    """The optional :class:`~cocoon_node.wire.messages.inference.DeltaFrame` fields for these extras, as
-    keyword arguments (none when there are none, so the frame omits them)."""
-    out: dict[str, Any] = {}
-    if tool_calls:
-        out["tool_calls"] = [c.to_frame() for c in merge_tool_calls(tool_calls)]
-    if logprobs:
-        out["logprobs"] = [lp.to_frame() for lp in logprobs]
+MAX_DELTA_TEXT_BYTES = 60_000  # messages.delta.text max in protocols/inference.toml
+MAX_FRAME_TOOL_CALLS = 64
+MAX_FRAME_LOGPROBS = 256
+
+
+def delta_frames(request_id: str, text: str, tokens: int, tool_calls: Sequence[ToolCallDelta],
+                 logprobs: Sequence[TokenLogprob]) -> list[wire.DeltaFrame]:
+    """One (coalesced) delta as frames within the delta frame's limits.
+
+    A single token may be longer than a frame's text (a 70,000-character word echoed): the text is cut
+    into pieces of at most 60,000 UTF-8 bytes, never inside a character, and tool-call pieces and logprobs
+    go 64 / 256 at a time within :data:`COALESCE_BYTES`. The token count rides on the last frame, so the
+    requester's audit has seen all of their text before it is asked to believe the count.
+    """
+    texts = _utf8_pieces(text, MAX_DELTA_TEXT_BYTES)
+    frames = [wire.DeltaFrame(id=request_id, text=t, tokens=0) for t in texts[:-1]]
+    last_text = texts[-1]
+    calls: list[wire.ToolCallPiece] = []
+    lps: list[wire.TokenLogprob] = []
+    size = utf8_len(last_text)  # the extras share the frame of the last text piece while they fit
+
+    def flush() -> None:
+        nonlocal last_text, calls, lps, size
+        frames.append(wire.DeltaFrame(id=request_id, text=last_text, tokens=0, tool_calls=calls, logprobs=lps))
+        last_text, calls, lps, size = "", [], [], 0
+
+    for call in merge_tool_calls(tool_calls):
+        cost = extras_bytes((call,), ())
+        if (size + cost > COALESCE_BYTES and (size or calls)) or len(calls) == MAX_FRAME_TOOL_CALLS:
+            flush()
+        calls.append(call.to_frame())
+        size += cost
+    for entry in logprobs:
+        cost = extras_bytes((), (entry,))
+        if (size + cost > COALESCE_BYTES and (size or calls or lps)) or len(lps) == MAX_FRAME_LOGPROBS:
+            flush()
+        lps.append(entry.to_frame())
+        size += cost
+    frames.append(wire.DeltaFrame(id=request_id, text=last_text, tokens=tokens, tool_calls=calls, logprobs=lps))
+    return frames
+
+
+def utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _utf8_pieces(text: str, limit: int) -> list[str]:
+    """``text`` in pieces of at most ``limit`` UTF-8 bytes, cut between characters (at least one piece)."""
+    if utf8_len(text) <= limit:
+        return [text]
+    data = text.encode("utf-8")
+    out: list[str] = []
+    start = 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # a continuation byte: back up to a boundary
+            end -= 1
+        out.append(data[start:end].decode("utf-8"))
+        start = end
     return out
 
 

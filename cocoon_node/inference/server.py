@@ -20,7 +20,7 @@ import trio
 
 from cocoon_node.inference.backend import Backend, BackendError
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError
-from cocoon_node.inference.extras import COALESCE_BYTES, TokenLogprob, ToolCallDelta, extras_bytes, frame_fields
+from cocoon_node.inference.extras import COALESCE_BYTES, TokenLogprob, ToolCallDelta, delta_frames, extras_bytes
 from cocoon_node.inference.features import unsupported
 from cocoon_node.inference.port import (
     InferenceFrame,
@@ -34,7 +34,6 @@ from cocoon_node.wire import FrameError, FrameStream, frame_tag, utf8_clip
 from cocoon_node.wire.messages.inference import (
     AcceptFrame,
     CancelFrame,
-    DeltaFrame,
     ErrorFrame,
     FinalFrame,
     FinishReason,
@@ -400,8 +399,8 @@ class _Generation:
                 if not text and not tokens and not tool_calls:
                     continue  # a bare finish marker with nothing queued before it
                 try:
-                    await self.frames.send(DeltaFrame(id=self.request_id, text=text, tokens=tokens,
-                                                      **frame_fields(tool_calls, token_logprobs)))
+                    for frame in delta_frames(self.request_id, text, tokens, tool_calls, token_logprobs):
+                        await self.frames.send(frame)
                 except Exception:  # the requester is gone: stop generating
                     self.generation.cancel()
                     return

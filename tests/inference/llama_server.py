@@ -27,12 +27,24 @@ OPT_OUT = "COCOON_NO_LLAMA_SERVER"
 _PORT_LINE = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 
+FAILED_MARKER = ROOT / ".venv" / "llama-server.failed"  # written by `just llama-server` when its build fails
+
+
 def missing_reason() -> str | None:
-    """Why the server cannot run here, or None. Absent without an opt-out is a broken setup, not a skip."""
+    """Why the server cannot run here (a clear skip reason), or None.
+
+    ``just setup`` builds it and does not fail when the build does: the build's own reason (first line of
+    the marker it writes) is given, so a skipped run says what went wrong and how to retry."""
+    if os.environ.get(OPT_OUT) == "1":
+        return f"{OPT_OUT}=1: this machine opted out of llama.cpp's server"
     if SERVER_PYTHON.is_file():
         return None
-    return (f"llama.cpp's server is not installed ({SERVER_PYTHON} is missing): run `just setup` "
-            f"(or `just llama-server`); {OPT_OUT}=1 opts a developer machine out")
+    if FAILED_MARKER.is_file():
+        first = (FAILED_MARKER.read_text(errors="replace").splitlines() or ["(no reason recorded)"])[0]
+        return (f"llama.cpp's server could not be built by `just setup`: {first} (details in {FAILED_MARKER}; "
+                f"retry with `just llama-server`)")
+    return (f"llama.cpp's server is not installed ({SERVER_PYTHON} is missing): run `just llama-server` "
+            f"(`just setup` does it)")
 
 
 @dataclass
