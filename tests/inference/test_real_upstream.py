@@ -258,3 +258,23 @@ async def test_an_interrupted_stream_is_an_error_not_a_completion(tmp_path: Path
                                     got.append(delta2.text)
         await backend.aclose()
     assert len(got) >= 3
+
+
+def test_a_missing_or_failed_build_is_a_skip_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`just setup` does not fail when llama.cpp's build does; the tests then skip, giving the build's reason
+    (and without any marker, how to build it)."""
+    from . import llama_server as ls
+
+    monkeypatch.delenv(ls.OPT_OUT, raising=False)
+    monkeypatch.setattr(ls, "SERVER_PYTHON", tmp_path / "llama-server" / "bin" / "python")
+    monkeypatch.setattr(ls, "FAILED_MARKER", tmp_path / "llama-server.failed")
+    assert "just llama-server" in (ls.missing_reason() or "")
+    ls.FAILED_MARKER.write_text("building llama-cpp-python 0.3.36 from source failed\n--- last lines: ...\n")
+    reason = ls.missing_reason() or ""
+    assert "could not be built" in reason and "from source failed" in reason and "just llama-server" in reason
+    monkeypatch.setenv(ls.OPT_OUT, "1")
+    assert "opted out" in (ls.missing_reason() or "")
+    ls.SERVER_PYTHON.parent.mkdir(parents=True)
+    ls.SERVER_PYTHON.touch()
+    monkeypatch.delenv(ls.OPT_OUT)
+    assert ls.missing_reason() is None
