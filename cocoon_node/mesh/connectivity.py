@@ -56,6 +56,7 @@ class Connectivity:
         self.puncher: HolePuncher | None = None
         self.dialer: PathDialer | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._upgrades: list[Callable[[ID], None]] = []
 
     def install(self) -> None:
         self.mesh.address_filter = self._advertise
@@ -65,6 +66,10 @@ class Connectivity:
     def on_change(self, callback: Callable[[], None]) -> None:
         """``callback()`` runs whenever the advertised addresses change (workers re-announce at once)."""
         self._listeners.append(callback)
+
+    def on_upgrade(self, callback: Callable[[ID], None]) -> None:
+        """``callback(peer)`` runs when a hole punch gave ``peer`` a direct connection."""
+        self._upgrades.append(callback)
 
     def _changed(self) -> None:
         for callback in self._listeners:
@@ -105,6 +110,7 @@ class Connectivity:
         async with AsyncExitStack() as stack:
             if s.hole_punching:
                 self.puncher = HolePuncher(host)
+                self.puncher.on_punched = self._upgrades  # shared: roles register later
                 await stack.enter_async_context(background_trio_service(self.puncher))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.prober.run)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from libp2p.abc import IHost
@@ -59,6 +60,7 @@ class HolePuncher(DCUtRProtocol):
         super().__init__(_UnfilteredAddrs(host), dial_timeout=dial_timeout)  # type: ignore[arg-type]
         self.outcomes: Counter[str] = Counter()
         self.by_peer: dict[str, str] = {}
+        self.on_punched: list[Callable[[ID], None]] = []  # e.g. drop warm streams still on the relayed path
 
     def _direct_muxed(self, peer_id: ID) -> set[Any]:
         conns = self.host.get_network().get_connections(peer_id)
@@ -70,6 +72,9 @@ class HolePuncher(DCUtRProtocol):
         fresh = self._direct_muxed(peer_id) - before
         for muxed in fresh:
             mark_hole_punched(muxed)
+        if ok and fresh:
+            for callback in self.on_punched:
+                callback(peer_id)
         outcome = "punched" if ok and fresh else "direct_already" if ok else "failed"
         self.outcomes[outcome] += 1
         self.by_peer[peer_id.to_base58()] = outcome

@@ -153,6 +153,9 @@ class Node:
             if cfg.requester.warm_streams > 0:
                 warm = WarmStreams(self._open_attested_stream, max_spares=cfg.requester.warm_streams)
                 nursery.start_soon(warm.run)
+                # Spares opened over a relay would keep requests there after a hole punch: drop them then.
+                spares = warm
+                self.connectivity.on_upgrade(lambda peer: spares.forget(peer.to_bytes()))
             self.requester = Requester(
                 self.table.live, self._open_attested_stream, self.gate, warm=warm,
                 max_price_prompt=cfg.requester.max_price_prompt,
