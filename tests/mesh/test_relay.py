@@ -116,21 +116,27 @@ async def test_limits_no_reservation_full_relay_and_byte_budget() -> None:
         assert rc.hop is not None
         rc.hop.limits = limits
         boot = (relay.listen_addrs()[0],)
-        async with node(boot, reachability="private", relay_reservations=1) as (worker, _), \
-                node(boot, reachability="private", relay_reservations=1) as (second, sc), \
-                node(boot, reachability="private") as (requester, _):
-            await wait_until(lambda: circuit(worker), timeout=20)
-            assert requester.host is not None
-            await wait_until(lambda: rc.hop is not None and rc.hop.stats["reservation_refused_full"] >= 1, timeout=20)
-            assert circuit(second) == [] and sc.relays is not None and not sc.relays.held
-            # No reservation on this relay for `second`: the circuit is refused with NO_RESERVATION.
-            fake = f"{relay.listen_addrs()[0]}/p2p-circuit/p2p/{second.peer_id.to_base58()}"
-            with pytest.raises(RelayDialError, match="status 204"):
-                await dial_circuit(requester.host, fake)
-            # Over the byte budget the relay resets the circuit.
-            stream = await requester.new_stream(worker.peer_id, ECHO, circuit(worker))
-            with pytest.raises(Exception):  # noqa: B017 - a reset stream, whatever py-libp2p calls it
-                with trio.fail_after(20):
-                    for _ in range(40):
-                        await echo_once(stream, b"y" * 10_000)
-            await wait_until(lambda: rc.hop is not None and rc.hop.stats["circuit_bytes_exceeded"] >= 1, timeout=10)
+        async with node(boot, reachability="private", relay_reservations=1) as (worker, _):
+            await wait_until(lambda: circuit(worker), timeout=20)  # it holds the relay's only slot
+            async with node(boot, reachability="private", relay_reservations=1) as (second, sc), \
+                    node(boot, reachability="private") as (requester, _):
+                assert requester.host is not None
+                await wait_until(lambda: rc.hop is not None and rc.hop.stats["reservation_refused_full"] >= 1,
+                                 timeout=20)
+                assert circuit(second) == [] and sc.relays is not None and not sc.relays.held
+                await limits_hold(relay, worker, second, requester, rc)
+
+
+async def limits_hold(relay: Mesh, worker: Mesh, second: Mesh, requester: Mesh, rc: Connectivity) -> None:
+    assert requester.host is not None
+    # No reservation on this relay for `second`: the circuit is refused with NO_RESERVATION.
+    fake = f"{relay.listen_addrs()[0]}/p2p-circuit/p2p/{second.peer_id.to_base58()}"
+    with pytest.raises(RelayDialError, match="status 204"):
+        await dial_circuit(requester.host, fake)
+    # Over the byte budget the relay resets the circuit.
+    stream = await requester.new_stream(worker.peer_id, ECHO, circuit(worker))
+    with pytest.raises(Exception):  # noqa: B017 - a reset stream, whatever py-libp2p calls it
+        with trio.fail_after(20):
+            for _ in range(40):
+                await echo_once(stream, b"y" * 10_000)
+    await wait_until(lambda: rc.hop is not None and rc.hop.stats["circuit_bytes_exceeded"] >= 1, timeout=10)
