@@ -33,6 +33,8 @@ class NamespacedCluster(SimCluster):
     async def start_node(self, name: str, args: Sequence[str], *, timeout: float = 180.0,
                          command: Sequence[str] | None = None) -> NodeProcess:
         ns = self.network.namespace(name)
+        # Each node has its own IP here: IP-diversity rules (colocation scoring, eclipse protection) stay on.
+        args = [a for a in args if a != "--local-cluster"]
         if self.chain_url:
             await self.forwarder.reach_root(ns, int(self.chain_url.rsplit(":", 1)[1]))
         listen = [] if "--listen" in args else ["--listen", self.network.listen_addr(name)]

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from cocoon_node.config import WorkerSection
 from cocoon_node.mesh.announce import MAX_CLOCK_SKEW as ANNOUNCE_CLOCK_SKEW
 from netsim.adversary import FakeUpstream, JunkFlooder
 from netsim.links import LinkPlan, probe_netem, shaping_note
+from netsim.natsim import NatPlan
 from netsim.procs import SimCluster
 from netsim.scenario import ALL_REQUESTERS, Fault, Links, NonPayer, Scenario, WorkerGroup
 from netsim.workload import PlannedRequest, RequestResult, plan, run_request
@@ -96,6 +98,8 @@ class SimData:
     nonpayer_results: list[RequestResult] = field(default_factory=list)
     # Stale closes by rogue workers: channel address -> what the chain says at the end (status, payouts).
     stale_settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # [topology] runs: the namespace side (netsim/natsim.py), reported in the report's "nat" section.
+    nat: NatPlan | None = None
 
 
 def _free_port() -> int:
@@ -118,6 +122,7 @@ class Simulation:
         self.links: LinkPlan | None = None
         if scenario.shaping == "auto":
             self.links = LinkPlan(base_dir / "links.json", scenario.links or Links(), seed)
+        self.nat = NatPlan(scenario) if scenario.topology is not None else None  # nodes in namespaces
 
     # ----- helpers ---------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -138,6 +143,8 @@ class Simulation:
 
     def bootstrap_args(self, exclude: str = "") -> list[str]:
         ups = [n for n in self.data.nodes.values() if n.state == "up" and n.name != exclude and not n.adversarial]
+        if self.nat is not None:  # behind a NAT a node's listen address is private: bootstrap from public ones
+            ups = [n for n in ups if self.nat.is_public(n.name)]
         out: list[str] = []
         for n in ups[:3]:
             out += ["--bootstrap", self.cluster.nodes[n.name].addr]
@@ -185,6 +192,8 @@ class Simulation:
     async def setup(self, nursery: trio.Nursery) -> None:
         s = self.s
         started = time.monotonic()
+        if self.nat is not None:
+            await self.nat.start_relays(self)
         if any(g.adversary_kind == "bad_model_hash" for g in s.workers):
             self.fake = FakeUpstream(next(g.model for g in s.workers if g.adversary_kind == "bad_model_hash"))
             await nursery.start(self.fake.run)
@@ -319,6 +328,11 @@ class Simulation:
     # ----- faults, churn ---------------------------------------------------------------------------------
     async def apply_fault(self, f: Fault) -> None:
         await trio.sleep_until(self.t0 + f.at)
+        if self.nat is not None:  # namespaces: resolve relay:busiest etc.; partitions are nftables rules
+            f = await self.nat.resolve(self, f)
+            if f.action == "partition":
+                await self.nat.partition(self, f)
+                return
         if f.action in ("kill", "term"):
             sig = signal.SIGKILL if f.action == "kill" else signal.SIGTERM
             async with trio.open_nursery() as nursery:
@@ -666,13 +680,17 @@ class Simulation:
             self.data.shaping = shaping_note(await probe_netem())
             self.base_dir.mkdir(parents=True, exist_ok=True)
             self.links.write()  # before any node starts: each node reads it at start
-        async with self.cluster.running(), trio.open_nursery() as nursery:
+        self.data.nat = self.nat
+        async with self.nat.running(self) if self.nat else nullcontext(), self.cluster.running(), \
+                trio.open_nursery() as nursery:
             try:
                 await self.setup(nursery)
                 self.t0 = trio.current_time()
                 usage = [(time.monotonic(), self.cluster.usage())]
                 self.event("cluster_up", "-", nodes=len(self.data.nodes), setup_s=self.data.setup_s)
                 self.data.converged_after_setup_s = await self.wait_converged(s.invariants.convergence_bound)
+                if self.nat is not None:  # listed is not enough behind NATs: wait for relay circuits too
+                    await self.nat.wait_reachable(self, s.invariants.convergence_bound)
                 if self.data.converged_after_setup_s is not None:
                     self.data.initial_convergence_s = max(self.data.requester_converged.values(), default=None)
                 self.event("converged" if self.data.initial_convergence_s is not None else "not_converged", "-",
@@ -680,6 +698,8 @@ class Simulation:
                 self.t0 = trio.current_time()
                 usage.append((time.monotonic(), self.cluster.usage()))
                 nursery.start_soon(self.poller)
+                if self.nat is not None:
+                    nursery.start_soon(self.nat.watch, self)
                 async with trio.open_nursery() as timeline:
                     timeline.start_soon(self.workload, planned)
                     for f in s.faults:

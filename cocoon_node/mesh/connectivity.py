@@ -40,7 +40,7 @@ class ConnectivitySettings:
     hole_punching: bool = True
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     recheck_interval: float = 300.0
-    relay_ping_interval: float = 2.0
+    relay_ping_interval: float = 1.5
 
 
 class Connectivity:

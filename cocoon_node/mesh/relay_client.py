@@ -61,6 +61,12 @@ async def dial_circuit(host: IHost, addr: str, *, timeout: float = 10.0) -> INet
     """Open a connection to ``addr``'s destination through its relay; Noise checks the destination's key."""
     relay_addr, dest = circuit_parts(addr)
     info = info_from_p2p_addr(multiaddr.Multiaddr(relay_addr))
+    network = host.get_network()
+    if not network.get_connections(info.peer_id):
+        # py-libp2p refuses to dial a peer whose last dial failed for a while; a relay is worth another try.
+        unblock = getattr(network, "unblock_peer", None)
+        if unblock is not None:
+            unblock(info.peer_id)
     with trio.fail_after(timeout):
         await host.connect(info)
         stream = await host.new_stream(info.peer_id, [HOP_PROTOCOL])
@@ -100,8 +106,8 @@ class RelayEvents:
 class RelayClient:
     """Keeps up to ``slots`` reservations while ``wanted()`` says the node needs them."""
 
-    def __init__(self, host: IHost, *, wanted: Callable[[], bool], slots: int = 2, ping_interval: float = 2.0,
-                 ping_timeout: float = 3.0, ping_misses: int = 2, retry_after: float = 10.0) -> None:
+    def __init__(self, host: IHost, *, wanted: Callable[[], bool], slots: int = 2, ping_interval: float = 1.5,
+                 ping_timeout: float = 2.0, ping_misses: int = 2, retry_after: float = 5.0) -> None:
         self.host = host
         self.wanted = wanted
         self.slots = slots
@@ -112,6 +118,7 @@ class RelayClient:
         self.held: dict[ID, Held] = {}
         self.events = RelayEvents()
         self._failed: dict[ID, float] = {}
+        self._pinging: set[ID] = set()
         self._listeners: list[Callable[[], None]] = []
         self.circuits_accepted = 0
         self.circuits_refused = 0
@@ -196,7 +203,11 @@ class RelayClient:
     async def reserve(self, relay: ID) -> bool:
         try:
             with trio.fail_after(10):
-                if not self.host.get_network().get_connections(relay):
+                network = self.host.get_network()
+                if not network.get_connections(relay):
+                    unblock = getattr(network, "unblock_peer", None)
+                    if unblock is not None:  # a relay cut off for a while must get another chance at once
+                        unblock(relay)
                     await self.host.connect(PeerInfo(relay, self.host.get_peerstore().addrs(relay)))
                 stream = await self.host.new_stream(relay, [HOP_PROTOCOL])
                 try:
@@ -250,42 +261,65 @@ class RelayClient:
         except Exception:
             return False
 
-    async def _check(self, relay: ID) -> None:
+    async def _ping_in_background(self, relay: ID, done: trio.Event, result: list[bool]) -> None:
+        try:
+            result.append(await self._ping(relay))
+        finally:
+            self._pinging.discard(relay)
+            done.set()
+
+    async def _disconnect(self, relay: ID) -> None:
+        with trio.move_on_after(10):
+            try:
+                await self.host.disconnect(relay)
+            except Exception:
+                pass
+
+    async def _check(self, relay: ID, background: trio.Nursery) -> None:
+        """Ping ``relay``; a ping still pending from last time is a miss too. Pings run in ``background``:
+        on a connection cut without a FIN, py-libp2p can block far beyond any timeout in its (shielded) stream
+        cleanup while the TCP send buffer is full, and that must not stall the watch over the other relays."""
         held = self.held.get(relay)
         if held is None:
             return
         if not self.host.get_network().get_connections(relay):
             self._drop(relay, "connection closed")
             return
-        if await self._ping(relay):
-            held.misses = 0
-        else:
+        if relay in self._pinging:
             held.misses += 1
-            if held.misses >= self.ping_misses:
-                self._drop(relay, f"{held.misses} pings unanswered")
-                with trio.move_on_after(2):
-                    try:
-                        await self.host.disconnect(relay)
-                    except Exception:
-                        pass
-                return
+        else:
+            done = trio.Event()
+            result: list[bool] = []
+            self._pinging.add(relay)
+            background.start_soon(self._ping_in_background, relay, done, result)
+            with trio.move_on_after(self.ping_timeout):
+                await done.wait()
+            if result and result[0]:
+                held.misses = 0
+            else:
+                held.misses += 1
+        if held.misses >= self.ping_misses:
+            self._drop(relay, f"{held.misses} pings unanswered")
+            background.start_soon(self._disconnect, relay)
+            return
         if held.expires - time.time() < (held.expires - held.refreshed) / 2:
-            await self.reserve(relay)
+            background.start_soon(self.reserve, relay)
 
     async def run(self) -> None:
-        while True:
-            if not self.wanted():
-                for relay in list(self.held):
-                    self._drop(relay, "not needed (reachable directly)")
-            else:
-                async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as background:
+            while True:
+                if not self.wanted():
                     for relay in list(self.held):
-                        nursery.start_soon(self._check, relay)
-                for relay in self._candidates():
-                    if len(self.held) >= self.slots:
-                        break
-                    await self.reserve(relay)
-            await trio.sleep(self.ping_interval)
+                        self._drop(relay, "not needed (reachable directly)")
+                else:
+                    async with trio.open_nursery() as nursery:
+                        for relay in list(self.held):
+                            nursery.start_soon(self._check, relay, background)
+                    for relay in self._candidates():
+                        if len(self.held) >= self.slots:
+                            break
+                        await self.reserve(relay)
+                await trio.sleep(self.ping_interval)
 
     def summary(self) -> dict[str, Any]:
         now = time.time()

@@ -157,7 +157,7 @@ class Node:
                 spares = warm
                 self.connectivity.on_upgrade(lambda peer: spares.forget(peer.to_bytes()))
             self.requester = Requester(
-                self.table.live, self._open_attested_stream, self.gate, warm=warm,
+                self._reachable_workers, self._open_attested_stream, self.gate, warm=warm,
                 max_price_prompt=cfg.requester.max_price_prompt,
                 max_price_completion=cfg.requester.max_price_completion,
                 first_token_timeout=cfg.requester.first_token_timeout,
@@ -180,6 +180,12 @@ class Node:
             await trio.sleep_forever()
         finally:
             (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+
+    def _reachable_workers(self) -> list[Announcement]:
+        """Live workers we have a way to: an announced address (direct or relay circuit) or a connection.
+        A worker behind a NAT announces nothing dialable until it holds a relay reservation."""
+        connected = set(self.mesh.connected_peers()) if self.mesh.host else set()
+        return [a for a in self.table.live() if a.addrs or a.peer in connected]
 
     async def shutdown_gracefully(self) -> None:
         """Before cancelling everything: close our payment channels while the mesh is still up, so workers
