@@ -140,3 +140,33 @@ async def limits_hold(relay: Mesh, worker: Mesh, second: Mesh, requester: Mesh, 
             for _ in range(40):
                 await echo_once(stream, b"y" * 10_000)
     await wait_until(lambda: rc.hop is not None and rc.hop.stats["circuit_bytes_exceeded"] >= 1, timeout=10)
+
+
+async def test_bad_input_on_hop_and_stop_is_refused() -> None:
+    from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage, StopMessage
+    from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as PbPeerId
+    from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
+    from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
+
+    from cocoon_node.mesh.relay_hop import HOP_PROTOCOL, STOP_PROTOCOL
+
+    async with node(relay=True, reachability="public") as (relay, rc):
+        boot = (relay.listen_addrs()[0],)
+        async with node(boot, reachability="private", relay_reservations=1) as (worker, wc), \
+                node(boot, reachability="private") as (stranger, _):
+            await wait_until(lambda: circuit(worker), timeout=20)
+            assert stranger.host is not None and rc.hop is not None and wc.relays is not None
+            # Junk on HOP: a MALFORMED status back, the relay carries on.
+            hop = await stranger.host.new_stream(relay.peer_id, [HOP_PROTOCOL])
+            await hop.write(b"\x05junk!")
+            with trio.fail_after(10):
+                reply = await read_delimited_msg(hop, HopMessage)
+            assert reply.status == StatusCode.MALFORMED_MESSAGE and rc.hop.stats["malformed"] == 1
+            # A STOP from a peer the worker holds no reservation with (a would-be relay): refused.
+            await stranger.connect(worker.listen_addrs()[0])
+            stop = await stranger.host.new_stream(worker.peer_id, [STOP_PROTOCOL])
+            await write_delimited_msg(stop, StopMessage(type=StopMessage.CONNECT,
+                                                        peer=PbPeerId(id=stranger.peer_id.to_bytes())))
+            with trio.fail_after(10):
+                answer = await read_delimited_msg(stop, StopMessage)
+            assert answer.status == StatusCode.PERMISSION_DENIED and wc.relays.circuits_refused == 1

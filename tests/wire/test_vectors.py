@@ -43,7 +43,8 @@ def test_envelope_round_trip_and_verifies() -> None:
 
 @pytest.mark.parametrize(
     ("protocol", "vec"),
-    [("inference", v) for v in load("inference/frames.json")] + [("channel", v) for v in load("channel/frames.json")],
+    [("inference", v) for v in load("inference/frames.json")] + [("channel", v) for v in load("channel/frames.json")]
+    + [("dialback", v) for v in load("dialback/frames.json")],
     ids=lambda x: x["name"] if isinstance(x, dict) else x,
 )
 def test_stream_frames_round_trip(protocol: str, vec: dict) -> None:
