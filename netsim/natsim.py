@@ -139,10 +139,14 @@ class NatPlan:
         holders: Counter[str] = Counter()
         owner = target.removeprefix("relay:of:") if target.startswith("relay:of:") else None
         by_peer = {n.peer_id: n.name for n in relays}
-        for name, node in sim.data.nodes.items():
-            if node.role != "worker" or (owner and name != owner):
-                continue
-            st = await sim.cluster.try_status(name, timeout=5) or {}
+        workers = [name for name, node in sim.data.nodes.items()
+                   if node.role == "worker" and node.state == "up" and (owner is None or name == owner)]
+        statuses: dict[str, dict[str, Any]] = {}
+        with trio.move_on_after(3):  # the fault is due now: ask everyone at once, briefly
+            async with trio.open_nursery() as nursery:
+                for name in workers:
+                    nursery.start_soon(self._poll_one, sim, name, statuses)
+        for st in statuses.values():
             client = (st.get("connectivity") or {}).get("relay_client") or {}
             for r in client.get("reservations", []):
                 if r["relay"] in by_peer:
@@ -254,9 +258,17 @@ def report(plan: NatPlan, data: SimData) -> tuple[dict[str, Any], list[dict[str,
     def add(name: str, verdict: str, detail: str) -> None:
         out.append({"name": name, "verdict": verdict, "detail": detail})
 
-    failed = [r for r in data.results if not r.ok]
+    # A relayed answer already streaming when its relay is SIGKILLed dies with it: a requester never replays an
+    # answer that has started (the client has its first tokens). Those are reported, not hidden; every other
+    # request must be served.
+    kill_times = [t for t, _ in plan.kills]
+    cut_mid_stream = [r for r in data.results if not r.ok and r.extra.get("path") == "relayed"
+                      and r.ttft_s is not None and any(r.started <= t <= r.ended for t in kill_times)]
+    failed = [r for r in data.results if not r.ok and r not in cut_mid_stream]
     add("nat_every_request_served", "FAIL" if failed or not data.results else "PASS",
-        f"{len(data.results) - len(failed)}/{len(data.results)} served; paths {dict(paths)}"
+        f"{len(data.results) - len(failed) - len(cut_mid_stream)}/{len(data.results)} served; paths {dict(paths)}"
+        + (f"; {len(cut_mid_stream)} cut mid-stream by the relay kill (streaming over it at that moment): "
+           f"{[(r.index, r.cause) for r in cut_mid_stream]}" if cut_mid_stream else "")
         + (f"; failed: {[(r.index, r.cause) for r in failed[:10]]}" if failed else ""))
     add("nat_no_private_address_announced", "FAIL" if plan.leaks else "PASS",
         "; ".join(plan.leaks[:5]) or f"no requester ever listed a NAT'd worker at its private address "
@@ -295,6 +307,7 @@ def report(plan: NatPlan, data: SimData) -> tuple[dict[str, Any], list[dict[str,
                 f"reserved again {back}s after the heal (bound {bound}s)")
     section = {
         "reachable_after_convergence_s": plan.reachable_after_s,
+        "cut_by_relay_kill": [r.index for r in cut_mid_stream],
         "hosts": {h: {"ip": x.ip, "nat": x.nat, "nat_kind": kind[h], "seen_as": x.visible_ip}
                   for h, x in net.hosts.items()},
         "paths": dict(paths),

@@ -24,7 +24,7 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from cocoon_node.mesh.reach import is_relayed
+from cocoon_node.mesh.reach import forget_dead_connections, is_relayed, live_connections
 from cocoon_node.mesh.relay_client import dial_circuit
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def stream_path(stream: Any) -> str | None:
 
 def peer_path(host: IHost, peer: ID) -> str | None:
     """The path new streams to ``peer`` take now (py-libp2p prefers direct connections), None if unconnected."""
-    conns = host.get_network().get_connections(peer)
+    conns = live_connections(host, peer)
     if not conns:
         return None
     paths = {connection_path(c) for c in conns}
@@ -72,9 +72,9 @@ class PathDialer:
         self.dials: Counter[str] = Counter()
 
     async def connect(self, peer: ID, addrs: Sequence[str]) -> None:
-        conns = self.host.get_network().get_connections(peer)
-        if any(not getattr(c, "is_closed", False) for c in conns):
+        if live_connections(self.host, peer):
             return
+        forget_dead_connections(self.host, peer)
         direct = [a for a in addrs if "/p2p-circuit" not in a]
         circuits = [a for a in addrs if "/p2p-circuit" in a]
         errors: list[str] = []

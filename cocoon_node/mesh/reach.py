@@ -81,6 +81,25 @@ def is_relayed(conn: Any) -> bool:
     return False
 
 
+def live_connections(host: IHost, peer: ID) -> list[INetConn]:
+    """Connections to ``peer`` not closed yet. py-libp2p keeps a closing connection listed until its close has
+    finished, which on a connection cut without a FIN can take minutes."""
+    return [c for c in host.get_network().get_connections(peer) if not getattr(c, "is_closed", False)]
+
+
+def forget_dead_connections(host: IHost, peer: ID) -> None:
+    """Drop ``peer``'s closed-but-still-listed connections from the swarm's table (the close goes on in the
+    background). While one is listed, py-libp2p's ``connect`` and ``new_stream`` take the peer for connected and
+    never dial it again: a relay or worker cut off without a FIN would stay unreachable after the heal."""
+    network = host.get_network()
+    remove = getattr(network, "remove_conn", None)
+    if remove is None:
+        return
+    for conn in list(network.get_connections(peer)):
+        if getattr(conn, "is_closed", False):
+            remove(conn)
+
+
 async def open_stream_on(host: IHost, conn: INetConn, protocol: TProtocol, timeout: float) -> INetStream:
     """A stream negotiated on exactly ``conn`` (``host.new_stream`` may pick any connection to the peer)."""
     stream = await conn.new_stream()
@@ -327,10 +346,9 @@ class ReachabilityProber:
                     pass
 
     def _servers(self) -> list[ID]:
-        network = self.host.get_network()
         peers = []
         for peer in self.host.get_connected_peers():
-            conns = network.get_connections(peer)
+            conns = live_connections(self.host, peer)
             if conns and not all(is_relayed(c) for c in conns):
                 peers.append(peer)
         random.shuffle(peers)

@@ -34,7 +34,7 @@ from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as PbPeerId
 from libp2p.relay.circuit_v2.protocol_buffer import StatusCode, to_proto_status
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
-from cocoon_node.mesh.reach import addr_key, is_relayed
+from cocoon_node.mesh.reach import addr_key, forget_dead_connections, is_relayed, live_connections
 from cocoon_node.mesh.relay_hop import HOP_PROTOCOL
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ async def dial_circuit(host: IHost, addr: str, *, timeout: float = 10.0) -> INet
     relay_addr, dest = circuit_parts(addr)
     info = info_from_p2p_addr(multiaddr.Multiaddr(relay_addr))
     network = host.get_network()
-    if not network.get_connections(info.peer_id):
+    if not live_connections(host, info.peer_id):
+        forget_dead_connections(host, info.peer_id)
         # py-libp2p refuses to dial a peer whose last dial failed for a while; a relay is worth another try.
         unblock = getattr(network, "unblock_peer", None)
         if unblock is not None:
@@ -107,7 +108,7 @@ class RelayClient:
     """Keeps up to ``slots`` reservations while ``wanted()`` says the node needs them."""
 
     def __init__(self, host: IHost, *, wanted: Callable[[], bool], slots: int = 2, ping_interval: float = 1.5,
-                 ping_timeout: float = 2.0, ping_misses: int = 2, retry_after: float = 5.0) -> None:
+                 ping_timeout: float = 2.5, ping_misses: int = 3, retry_after: float = 5.0) -> None:
         self.host = host
         self.wanted = wanted
         self.slots = slots
@@ -119,6 +120,9 @@ class RelayClient:
         self.events = RelayEvents()
         self._failed: dict[ID, float] = {}
         self._pinging: set[ID] = set()
+        # Relays seen so far and where: py-libp2p's peerstore may forget a peer's protocols and addresses once
+        # its connection is gone, and a relay that was cut off must still be found again after the heal.
+        self._known: dict[ID, list[multiaddr.Multiaddr]] = {}
         self._listeners: list[Callable[[], None]] = []
         self.circuits_accepted = 0
         self.circuits_refused = 0
@@ -172,26 +176,27 @@ class RelayClient:
     # ----- reservations --------------------------------------------------------------------------------------
     def _candidates(self) -> list[ID]:
         store = self.host.get_peerstore()
-        network = self.host.get_network()
+        for peer in store.peer_ids():
+            try:
+                if peer != self.host.get_id() and store.supports_protocols(peer, [str(HOP_PROTOCOL)]):
+                    addrs = [a for a in store.addrs(peer) if "/p2p-circuit" not in str(a)]
+                    self._known[peer] = addrs or self._known.get(peer, [])
+            except Exception:
+                continue
         connected: list[ID] = []
         known: list[ID] = []
         now = time.monotonic()
-        for peer in store.peer_ids():
-            if peer == self.host.get_id() or peer in self.held or self._failed.get(peer, 0) > now:
+        for peer in self._known:
+            if peer in self.held or self._failed.get(peer, 0) > now:
                 continue
-            try:
-                if not store.supports_protocols(peer, [str(HOP_PROTOCOL)]):
-                    continue
-            except Exception:
-                continue
-            conns = network.get_connections(peer)
+            conns = live_connections(self.host, peer)
             (connected if conns and not all(is_relayed(c) for c in conns) else known).append(peer)
         random.shuffle(connected)
         random.shuffle(known)
         return connected + known
 
     def _relay_addr(self, relay: ID) -> str | None:
-        for conn in self.host.get_network().get_connections(relay):
+        for conn in live_connections(self.host, relay):
             if is_relayed(conn):
                 continue
             for addr in conn.get_transport_addresses():
@@ -204,11 +209,13 @@ class RelayClient:
         try:
             with trio.fail_after(10):
                 network = self.host.get_network()
-                if not network.get_connections(relay):
+                if not live_connections(self.host, relay):
+                    forget_dead_connections(self.host, relay)
                     unblock = getattr(network, "unblock_peer", None)
                     if unblock is not None:  # a relay cut off for a while must get another chance at once
                         unblock(relay)
-                    await self.host.connect(PeerInfo(relay, self.host.get_peerstore().addrs(relay)))
+                    addrs = self._known.get(relay) or self.host.get_peerstore().addrs(relay)
+                    await self.host.connect(PeerInfo(relay, addrs))
                 stream = await self.host.new_stream(relay, [HOP_PROTOCOL])
                 try:
                     await write_delimited_msg(stream, HopMessage(type=HopMessage.RESERVE))
@@ -216,7 +223,7 @@ class RelayClient:
                 finally:
                     await stream.close()
         except Exception as exc:
-            log.debug("reservation on %s failed: %s", relay, exc)
+            log.info("reservation on %s failed: %r", relay, exc)
             self._failed[relay] = time.monotonic() + self.retry_after
             return False
         addr = self._relay_addr(relay)
@@ -282,7 +289,7 @@ class RelayClient:
         held = self.held.get(relay)
         if held is None:
             return
-        if not self.host.get_network().get_connections(relay):
+        if not live_connections(self.host, relay):
             self._drop(relay, "connection closed")
             return
         if relay in self._pinging:

@@ -29,7 +29,7 @@ from libp2p.relay.circuit_v2.protocol_buffer import StatusCode, to_proto_status
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 
-from cocoon_node.mesh.reach import addr_key, is_relayed
+from cocoon_node.mesh.reach import addr_key, is_relayed, live_connections
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class HopServer:
         res = self.reservations.get(peer)
         if res is None:
             return None
-        if res.expires <= self._clock() or not self.host.get_network().get_connections(peer):
+        if res.expires <= self._clock() or not live_connections(self.host, peer):
             del self.reservations[peer]  # expired, or the peer left (a reservation lives with its connection)
             return None
         return res

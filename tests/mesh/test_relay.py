@@ -170,3 +170,26 @@ async def test_bad_input_on_hop_and_stop_is_refused() -> None:
             with trio.fail_after(10):
                 answer = await read_delimited_msg(stop, StopMessage)
             assert answer.status == StatusCode.PERMISSION_DENIED and wc.relays.circuits_refused == 1
+
+
+async def test_reservations_are_refreshed_and_circuits_end_at_their_duration() -> None:
+    async with node(relay=True, reachability="public") as (relay, rc):
+        assert rc.hop is not None
+        rc.hop.limits = RelayLimits(reservation_ttl=2, circuit_duration=1)
+        boot = (relay.listen_addrs()[0],)
+        async with node(boot, reachability="private", relay_reservations=1) as (worker, wc), \
+                node(boot, reachability="private") as (requester, _):
+            await wait_until(lambda: circuit(worker), timeout=20)
+            assert wc.relays is not None
+            [held] = wc.relays.held.values()
+            first = held.refreshed
+            # Refreshed at half its lifetime, so the relay never lets it lapse.
+            await wait_until(lambda: held.refreshed > first and rc.hop is not None
+                             and rc.hop.stats["reserved"] >= 2, timeout=20)
+            assert worker.peer_id in rc.hop.reservations
+            stream = await requester.new_stream(worker.peer_id, ECHO, circuit(worker))
+            assert await echo_once(stream, b"z" * 1000) == b"z" * 1000
+            # The circuit's duration is a deadline, idle or not: the relay ends it.
+            await wait_until(lambda: rc.hop is not None and rc.hop.stats["circuit_duration_exceeded"] >= 1,
+                             timeout=20)
+            assert not rc.hop.circuits
