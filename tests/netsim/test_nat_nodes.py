@@ -102,8 +102,8 @@ async def test_nat_worker_is_private_relayed_and_serves_a_paid_request(tmp_path:
             total += usage["prompt_tokens"] * PP + usage["completion_tokens"] * PC
         rs = await cluster.status("req")
         assert (await listed(cluster, "req", w.peer_id, path="relayed")) is not None
-        verdicts = rs["attestation"]
-        assert w.peer_id in str(verdicts), verdicts  # verified over the relayed path, before any prompt byte
+        verdict = rs["attestation"][w.peer_id]
+        assert verdict["ok"] and verdict["tee_kind"] == "dev-INSECURE", verdict  # checked before any prompt byte
 
         async def settled() -> bool:
             payer = [c for c in (await cluster.status("req"))["payments"]["channels"] if c["role"] == "payer"]
