@@ -118,3 +118,22 @@ async def test_server_refuses_what_it_must_not_dial() -> None:
                 except Exception:
                     pass  # reset by the server: also fine
         await wait_until(lambda: server.refused.get("bad_request", 0) >= 2, timeout=10)
+
+
+async def test_why_not_py_libp2p_autonat_it_vouches_for_an_address_nobody_listens_on() -> None:
+    """The reason protocols/dialback.toml exists: py-libp2p 0.8.1's AutoNAT server "dials" with host.connect(),
+    which returns the connection the client already has, so it answers OK for any address at the client's IP.
+    If py-libp2p fixes that, this test fails and the choice deserves another look."""
+    from libp2p.host.autonat import AutoNATService
+    from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID
+    from multiaddr import Multiaddr
+
+    async with node() as (server, _), node(bootstrap=()) as (client, cc):
+        assert server.host is not None and client.host is not None and cc.server is not None
+        await client.connect(server.listen_addrs()[0])
+        server.host.set_stream_handler(AUTONAT_PROTOCOL_ID, AutoNATService(server.host).handle_stream)
+        nobody = Multiaddr("/ip4/127.0.0.1/tcp/1")  # nothing listens on port 1
+        status, reached = await AutoNATService(client.host).query_server(server.peer_id, addrs=[nobody.to_bytes()])
+        assert status == 0 and reached == nobody.to_bytes()  # "OK", without any dial
+        # Ours dials for real: the same address is a dial error.
+        assert (await DialBackServer(server.host)._dial_back(client.peer_id, str(nobody), b"n" * 16))[0] == "dial_error"
