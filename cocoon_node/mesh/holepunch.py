@@ -26,8 +26,8 @@ from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from multiaddr import Multiaddr
 
+from cocoon_node.mesh.conns import is_relayed
 from cocoon_node.mesh.paths import mark_hole_punched
-from cocoon_node.mesh.reach import is_relayed
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from cocoon_node.mesh.reach import forget_dead_connections, is_relayed, live_connections
+from cocoon_node.mesh.conns import forget_dead_connections, is_relayed, live_connections
 from cocoon_node.mesh.relay_client import dial_circuit
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as PbPeerId
 from libp2p.relay.circuit_v2.protocol_buffer import StatusCode, to_proto_status
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
-from cocoon_node.mesh.reach import addr_key, forget_dead_connections, is_relayed, live_connections
+from cocoon_node.mesh.conns import addr_key, forget_dead_connections, is_relayed, live_connections
 from cocoon_node.mesh.relay_hop import HOP_PROTOCOL
 
 log = logging.getLogger(__name__)

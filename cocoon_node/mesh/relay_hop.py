@@ -29,7 +29,7 @@ from libp2p.relay.circuit_v2.protocol_buffer import StatusCode, to_proto_status
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 
-from cocoon_node.mesh.reach import addr_key, is_relayed, live_connections
+from cocoon_node.mesh.conns import addr_key, is_relayed, live_connections
 
 log = logging.getLogger(__name__)
 
