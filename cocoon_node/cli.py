@@ -10,11 +10,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from cocoon_node.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from cocoon_node.mesh import TransportFactory
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -32,11 +35,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "requester": ("requester", "enabled"), "api_port": ("requester", "api_port"),
         "api_host": ("requester", "api_host"), "api_key": ("requester", "api_key"),
         "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
+        "allowed_model": ("policy", "allowed_models"),
         "chain_url": ("payments", "chain_url"), "payments": ("payments", "enabled"),
         "credit_window": ("payments", "credit_window"),
         "payment_timeout": ("payments", "payment_timeout"),
         "registry_address": ("policy", "registry_address"),
-        "netsim_link_table": ("node", "netsim_link_table"),
         "netsim_clock_skew": ("node", "netsim_clock_skew"),
         "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
         "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
@@ -107,18 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-dev-tee", dest="allow_dev_tee", action="store_true", default=None,
                      help="accept dev-INSECURE attestation (local networks only)")
     run.add_argument("--allowed-model-hash", dest="allowed_model_hash", action="append",
-                     help="allow only these model weight hashes (hex, repeatable)")
+                     help="allow these weight hashes under any model name (hex, repeatable; local network only)")
+    run.add_argument("--allowed-model", dest="allowed_model", action="append", metavar="NAME=HASH",
+                     help="allow the weights HASH (hex) for requests for model NAME (repeatable)")
     run.add_argument("--registry-address", dest="registry_address",
-                     help="policy registry contract: its image/model hashes replace the configured ones")
+                     help="policy registry contract: its images, TD measurements, TCB rule and model names "
+                          "replace the configured ones")
     run.add_argument("--chain-url", dest="chain_url", help="shared EMULATED local chain, tcp://127.0.0.1:PORT")
     run.add_argument("--no-payments", dest="payments", action="store_false", default=None,
                      help="serve/buy without payment channels")
     run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
     run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
                      help="seconds a worker waits for a voucher before stopping a stream")
-    run.add_argument("--netsim-link-table", dest="netsim_link_table", metavar="PATH",
-                     help="NETSIM-ONLY link shaping; never used on a real network: delay, throttle or block the "
-                          "TCP connections this node dials as the JSON link table (written by cocoon-netsim) says")
     run.add_argument("--netsim-clock-skew", dest="netsim_clock_skew", type=float, metavar="SECONDS",
                      help="NETSIM-ONLY; refused outside the local network: run this node's wall clock SECONDS "
                           "ahead (negative: behind), as a skewed system clock would")
@@ -165,12 +168,17 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(run_main_job(args))
     config = _load(args)
+    setup_logging(config)
+    handler = {"run": cmd_run, "id": cmd_id, "keygen": cmd_keygen, "status": cmd_status, "chat": cmd_chat}[args.command]
+    raise SystemExit(handler(config, args))
+
+
+def setup_logging(config: Config) -> None:
+    """Log to stderr at the configured level; py-libp2p and the HTTP stack only from warnings up."""
     logging.basicConfig(level=getattr(logging, config.node.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = {"run": cmd_run, "id": cmd_id, "keygen": cmd_keygen, "status": cmd_status, "chat": cmd_chat}[args.command]
-    raise SystemExit(handler(config, args))
 
 
 def skew_wall_clock(seconds: float) -> None:
@@ -182,7 +190,9 @@ def skew_wall_clock(seconds: float) -> None:
     time.time_ns = lambda: real_time_ns() + offset_ns  # type: ignore[assignment]
 
 
-def cmd_run(config: Config, args: argparse.Namespace) -> int:
+def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: TransportFactory | None = None) -> int:
+    """Run the node until signalled. ``transport_factory`` replaces py-libp2p's transports (netsim's entry point
+    injects its NETSIM-ONLY shaped TCP this way; ``cocoon-node run`` never sets it)."""
     from cocoon_node.mesh import IdentityError
     from cocoon_node.node import Node
 
@@ -195,7 +205,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
             "NETSIM-ONLY clock skew: this node's wall clock runs %+.0f s off (local network only)",
             config.node.netsim_clock_skew)
     try:
-        node = Node(config)
+        node = Node(config, transport_factory=transport_factory)
     except IdentityError as exc:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2

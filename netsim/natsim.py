@@ -29,8 +29,10 @@ from netsim.nsforward import Forwarder
 from netsim.topology import PUBLIC, Network, Topology
 
 if TYPE_CHECKING:
-    from netsim.runner import SimData, Simulation
+    from netsim.context import SimContext
+    from netsim.lifecycle import Lifecycle
     from netsim.scenario import Fault, Scenario
+    from netsim.simdata import SimData
 
 
 def node_names(s: Scenario) -> list[str]:
@@ -49,8 +51,8 @@ def topology_problems(s: Scenario) -> list[str]:
     if s.shaping != "none":
         out.append('topology: latency shaping is not combined with namespaces (no sch_netem here, and the shaped '
                    'transport cannot hole-punch); use shaping = "none" and topology.loss for real loss')
-    if s.churn is not None or s.flooder is not None or s.nonpayer is not None:
-        out.append("topology: churn, flooder and nonpayer are not run on namespaces yet")
+    if any(x is not None for x in (s.churn, s.flooder, s.nonpayer, s.lowball, s.voucherless)):
+        out.append("topology: churn, flooder, nonpayer, lowball and voucherless are not run on namespaces yet")
     if any(g.pooled or g.adversary_kind for g in s.workers):
         out.append("topology: pooled and adversarial workers are not run on namespaces yet")
     names = set(node_names(s))
@@ -106,15 +108,18 @@ class NatPlan:
     reachable_after_s: float | None = None   # after discovery converged: every worker has a way in
 
     @asynccontextmanager
-    async def running(self, sim: Simulation) -> AsyncIterator[None]:
+    async def running(self, ctx: SimContext) -> AsyncIterator[None]:
+        """Namespaces, NAT gateways and forwarders for the whole run, torn down after it (crash included: the
+        run id names all of it, and the next run sweeps what a dead one left). Swaps in the cluster that starts
+        every node inside its namespace."""
         reason = unavailable_reason()
         if reason is not None:
             raise RuntimeError(f"scenario {self.scenario.name} needs network namespaces: {reason}")
         async with NetnsRun() as run, Forwarder().running() as forwarder:
             self.network = Network(run, self.scenario.topology)
             await self.network.build([(n, placement(self.scenario, n)) for n in node_names(self.scenario)])
-            sim.cluster = NamespacedCluster(sim.base_dir, self.network, forwarder)
-            sim.event("namespaces", "-", run_id=run.run_id, swept_dead_runs=run.swept,
+            ctx.cluster = NamespacedCluster(ctx.base_dir, self.network, forwarder)
+            ctx.event("namespaces", "-", run_id=run.run_id, swept_dead_runs=run.swept,
                       hosts={n: {"ip": h.ip, "nat": h.nat, "seen_as": h.visible_ip}
                              for n, h in self.network.hosts.items()})
             yield
@@ -122,30 +127,31 @@ class NatPlan:
     def is_public(self, name: str) -> bool:
         return self.network is None or self.network.hosts[name].nat is None
 
-    async def start_relays(self, sim: Simulation) -> None:
-        from netsim.runner import SimNode
+    async def start_relays(self, ctx: SimContext, lifecycle: Lifecycle) -> None:
+        """The public ``--relay`` nodes, first: everyone else bootstraps from them."""
+        from netsim.simdata import SimNode
 
         for i in range(1, self.scenario.relays + 1):
             name = f"relay{i}"
-            node = await sim.cluster.start_node(name, ["--relay", *sim.bootstrap_args()],
-                                                timeout=self.scenario.start_timeout)
-            sim.data.nodes[name] = SimNode(name, "relay", None, peer_id=node.peer_id, state="up")
+            node = await ctx.cluster.start_node(name, ["--relay", *lifecycle.bootstrap_args()],
+                                                timeout=self.scenario.start_timeout, command=lifecycle.command())
+            ctx.data.nodes[name] = SimNode(name, "relay", None, peer_id=node.peer_id, state="up")
 
     # ----- faults ------------------------------------------------------------------------------------------
-    async def _resolve(self, sim: Simulation, target: str) -> str:
-        relays = [n for n in sim.data.nodes.values() if n.role == "relay" and n.state == "up"]
+    async def _resolve(self, ctx: SimContext, target: str) -> str:
+        relays = [n for n in ctx.data.nodes.values() if n.role == "relay" and n.state == "up"]
         if not target.startswith("relay:") or not relays:
             return target
         holders: Counter[str] = Counter()
         owner = target.removeprefix("relay:of:") if target.startswith("relay:of:") else None
         by_peer = {n.peer_id: n.name for n in relays}
-        workers = [name for name, node in sim.data.nodes.items()
+        workers = [name for name, node in ctx.data.nodes.items()
                    if node.role == "worker" and node.state == "up" and (owner is None or name == owner)]
         statuses: dict[str, dict[str, Any]] = {}
         with trio.move_on_after(3):  # the fault is due now: ask everyone at once, briefly
             async with trio.open_nursery() as nursery:
                 for name in workers:
-                    nursery.start_soon(self._poll_one, sim, name, statuses)
+                    nursery.start_soon(self._poll_one, ctx, name, statuses)
         for st in statuses.values():
             client = (st.get("connectivity") or {}).get("relay_client") or {}
             for r in client.get("reservations", []):
@@ -153,73 +159,73 @@ class NatPlan:
                     holders[by_peer[r["relay"]]] += 1
         return holders.most_common(1)[0][0] if holders else relays[0].name
 
-    async def resolve(self, sim: Simulation, f: Fault) -> Fault:
-        targets = tuple([await self._resolve(sim, t) for t in f.targets])
-        against = tuple([await self._resolve(sim, t) for t in f.against])
+    async def resolve(self, ctx: SimContext, f: Fault) -> Fault:
+        targets = tuple([await self._resolve(ctx, t) for t in f.targets])
+        against = tuple([await self._resolve(ctx, t) for t in f.against])
         if f.action == "kill":
             for t in targets:
                 if t.startswith("relay"):
-                    self.kills.append((sim.now(), t))
+                    self.kills.append((ctx.now(), t))
         return replace(f, targets=targets, against=against)
 
-    async def partition(self, sim: Simulation, f: Fault) -> None:
+    async def partition(self, ctx: SimContext, f: Fault) -> None:
         assert self.network is not None and f.duration is not None
         members = set(self.network.hosts) | set(self.network.gateways)
         side_a = list(f.targets)
         side_b = list(f.against) or sorted(members - set(side_a))
         tag = await self.network.partition(side_a, side_b)
-        cut = Cut(sim.now(), None, side_a, side_b)
+        cut = Cut(ctx.now(), None, side_a, side_b)
         self.cuts.append(cut)
-        sim.event("partition", ",".join(side_a), side_a=side_a, side_b=side_b, duration=f.duration,
+        ctx.event("partition", ",".join(side_a), side_a=side_a, side_b=side_b, duration=f.duration,
                   layer="nftables drops in the namespaces (real packets lost, connections time out)")
         await trio.sleep(f.duration)
         await self.network.heal(tag)
-        cut.healed = sim.now()
-        sim.event("heal", ",".join(side_a))
+        cut.healed = ctx.now()
+        ctx.event("heal", ",".join(side_a))
 
-    async def wait_reachable(self, sim: Simulation, bound: float) -> None:
+    async def wait_reachable(self, ctx: SimContext, bound: float) -> None:
         """Before the workload: every requester lists every worker with a way in (an address or a path)."""
         started = trio.current_time()
-        workers = {n.peer_id for n in sim.data.nodes.values() if n.role == "worker" and n.state == "up"}
+        workers = {n.peer_id for n in ctx.data.nodes.values() if n.role == "worker" and n.state == "up"}
         with trio.move_on_after(bound):
             while True:
                 statuses: dict[str, dict[str, Any]] = {}
                 async with trio.open_nursery() as nursery:
-                    for name in sim.live_requesters():
-                        nursery.start_soon(self._poll_one, sim, name, statuses)
+                    for name in ctx.live_requesters():
+                        nursery.start_soon(self._poll_one, ctx, name, statuses)
                 ready = {name: {w["peer_id"] for w in st.get("workers", []) if w.get("addrs") or w.get("path")}
                          for name, st in statuses.items()}
-                if len(ready) == len(sim.live_requesters()) and all(workers <= r for r in ready.values()):
+                if len(ready) == len(ctx.live_requesters()) and all(workers <= r for r in ready.values()):
                     self.reachable_after_s = round(trio.current_time() - started, 2)
-                    sim.event("reachable", "-", after_s=self.reachable_after_s,
+                    ctx.event("reachable", "-", after_s=self.reachable_after_s,
                               note="every requester lists every worker with an address or a path")
                     return
                 await trio.sleep(0.25)
-        sim.event("not_reachable", "-", bound_s=bound)
+        ctx.event("not_reachable", "-", bound_s=bound)
 
     # ----- watching -------------------------------------------------------------------------------------------
     @staticmethod
-    async def _poll_one(sim: Simulation, name: str, into: dict[str, dict[str, Any]]) -> None:
-        st = await sim.cluster.try_status(name, timeout=3)
+    async def _poll_one(ctx: SimContext, name: str, into: dict[str, dict[str, Any]]) -> None:
+        st = await ctx.cluster.try_status(name, timeout=3)
         if st is not None:
             into[name] = st
 
-    async def watch(self, sim: Simulation, interval: float = 0.5) -> None:
+    async def watch(self, ctx: SimContext, interval: float = 0.5) -> None:
         """Poll NAT'd workers (reservations, reachability) and requesters (what they list) all run long."""
         assert self.network is not None
         private = {n: h.ip for n, h in self.network.hosts.items() if h.nat is not None}
         while True:
-            t = sim.now()
-            names = [n.name for n in sim.data.nodes.values() if n.state == "up" and n.role in ("worker", "requester")]
+            t = ctx.now()
+            names = [n.name for n in ctx.data.nodes.values() if n.state == "up" and n.role in ("worker", "requester")]
             statuses: dict[str, dict[str, Any]] = {}
 
             async with trio.open_nursery() as nursery:
                 for name in names:
-                    nursery.start_soon(self._poll_one, sim, name, statuses)
-            by_peer = {n.peer_id: n.name for n in sim.data.nodes.values()}
+                    nursery.start_soon(self._poll_one, ctx, name, statuses)
+            by_peer = {n.peer_id: n.name for n in ctx.data.nodes.values()}
             for name, st in statuses.items():
                 conn = st.get("connectivity") or {}
-                if sim.data.nodes[name].role == "worker":
+                if ctx.data.nodes[name].role == "worker":
                     client = conn.get("relay_client") or {}
                     self.polls.append({
                         "t": t, "worker": name, "status": (conn.get("reachability") or {}).get("status"),

@@ -8,7 +8,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from netsim.runner import SimData
+from netsim import paycheats
+from netsim.lowball import invariant as lowball_invariant
+from netsim.misnamed import invariant as misnamed_invariant
+from netsim.simdata import SimData
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -117,6 +120,7 @@ def invariants(data: SimData) -> list[dict[str, str]]:
 
     _payment_invariants(data, ok, add)
     _rogue_invariants(data, add)
+    misnamed_invariant(data, add)
     if data.errors:
         add("harness_errors", "FAIL", "; ".join(data.errors[:10]))
     return out
@@ -201,6 +205,9 @@ def _rogue_invariants(data: SimData, add: Any) -> None:
     nonpayers = [n for n in data.nodes.values() if n.adversary == "nonpayer"]
     for node in nonpayers:
         _nonpayer(data, node, add)
+    for node in [n for n in data.nodes.values() if n.adversary == "lowball_close"]:
+        lowball_invariant(data, node, add)
+    paycheats.invariants(data, add)  # inflate, voucherless, bad_close_sig
 
 
 def overclaim_detections(results: list[Any], worker_peer: str) -> list[Any]:
@@ -252,7 +259,7 @@ def _overclaim(data: SimData, node: Any, requesters: dict[str, str], add: Any) -
     add(f"overclaim_contained[{node.name}]", "FAIL" if problems else "PASS",
         "; ".join(problems) if problems else
         f"detected {len(detected)} times (requester: 'worker claims N completion tokens but streamed M', "
-        f"WorkerFailure protocol, answer failed, reputation lowered); contained: vouchers cover only streamed "
+        f"WorkerFailure overcount, answer failed, worker dropped); contained: vouchers cover only streamed "
         f"tokens; " + "; ".join(parts) + ("; " + "; ".join(avoid) if avoid else ""))
 
 
@@ -349,13 +356,16 @@ def adversary_lines(report: dict[str, Any]) -> list[dict[str, str]]:
         elif name == "junk_gossip_rejected":
             out.append({"adversary": "gossip_flooder", "verdict": "detected" if inv["verdict"] == "PASS"
                         else "NOT detected", "how": "the topic validators rejected its junk: " + inv["detail"]})
-        elif "[" in name and name.split("[")[0] in ("overclaim_contained", "stale_close_contained",
-                                                     "nonpayer_contained"):
+        elif "[" in name and name.split("[")[0].removesuffix("_contained") in (
+                "overclaim", "stale_close", "nonpayer", "lowball_close", "inflate", "voucherless", "bad_close"):
             kind = name.split("[")[0].removesuffix("_contained")
-            verdict = {"overclaim": "detected and contained", "stale_close": "detected and contained",
-                       "nonpayer": "detected and contained"}[kind]
+            verdict = "detected and contained"
             out.append({"adversary": f"{kind} ({name.split('[')[1].rstrip(']')})",
                         "verdict": verdict if inv["verdict"] == "PASS" else "NOT contained", "how": inv["detail"]})
+        elif name.startswith("misnamed_never_prompted["):
+            out.append({"adversary": f"misnamed ({name.split('[')[1].rstrip(']')})",
+                        "verdict": "detected and contained" if inv["verdict"] == "PASS" else "NOT contained",
+                        "how": inv["detail"]})
     return out
 
 
@@ -398,6 +408,7 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "on_chain_transactions": data.chain_transactions if data.chain_transactions is not None else "no chain",
         "processes": data.resources,
         "allowed_model_hashes": data.allowed_hashes,
+        "allowed_models": data.allowed_models,
         "discovery": {"initial_convergence_s": data.initial_convergence_s,
                       "initial_convergence_definition": "max over requesters of (first poll listing every live "
                                                         "worker - that requester's ready line); polled every 0.1 s",
@@ -418,6 +429,9 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "nonpayer_requests": {"total": len(data.nonpayer_results),
                               "by_cause": dict(Counter(r.cause for r in data.nonpayer_results))},
         "stale_settlements": data.stale_settlements,
+        "lowball_requests": {"total": len(data.lowball_results),
+                             "by_cause": dict(Counter(r.cause for r in data.lowball_results))},
+        "lowball_settlements": data.lowball_settlements,
         "fake_upstream_prompts": data.fake_upstream_requests,
         "harness_errors": data.errors,
         "invariants": (invs := invariants(data)),

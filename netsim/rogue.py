@@ -20,8 +20,8 @@ Kinds (``--kind``):
     A requester that pays each prompt and never a completion token: tokens are counted as they arrive but never
     charged to the channel, so no voucher (they are cumulative over what was charged) ever covers them.
 
-Usage: ``python -m netsim.rogue --kind KIND [options] run <cocoon-node run flags>``; prints the same ready line
-as ``cocoon-node run`` and adds an ``adversary`` object to the node's admin status.
+Usage: ``python -m netsim.rogue --kind KIND [options] [--link-table PATH] run <cocoon-node run flags>``; prints
+the same ready line as ``cocoon-node run`` and adds an ``adversary`` object to the node's admin status.
 """
 
 from __future__ import annotations
@@ -39,17 +39,19 @@ import trio
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
 from cocoon_node.inference.stream import MAX_FRAME, PROTOCOL_ID, WIRE, InferenceServer
-from cocoon_node.mesh import Announcement
+from cocoon_node.mesh import Announcement, TransportFactory
 from cocoon_node.node import Node
 from cocoon_node.payments.chain.base import ChannelStatus
 from cocoon_node.payments.channels import CHAIN_OP_TIMEOUT, Settlement
 from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.payments.voucher import SignedVoucher, sign_voucher
 from cocoon_node.wire import FrameError, FrameStream
+from netsim import paycheats
+from netsim.node import add_link_table_option, link_shaping
 
 log = logging.getLogger("netsim.rogue")
 
-KINDS = ("overclaim", "stale_close", "nonpayer")
+KINDS = ("overclaim", "stale_close", "nonpayer", *paycheats.KINDS)  # the latter: netsim/paycheats.py
 
 
 # ----- over-claiming worker ------------------------------------------------------------------------------
@@ -283,7 +285,8 @@ class WithholdingMeter(RequesterPaymentMeter):
 
     def __init__(self, base: RequesterPaymentMeter, book: UnpaidBook) -> None:
         super().__init__(base.channel, price_prompt=base.price_prompt, price_completion=base.price_completion,
-                         credit_window=base.credit_window, voucher_every=base.voucher_every)
+                         credit_window=base.credit_window, voucher_every=base.voucher_every,
+                         token_counter=base.token_counter)
         self.book = book
         book.channels.add(base.channel.address)
 
@@ -322,10 +325,11 @@ class _StartedHook:
 
 
 class RogueNode(Node):
-    def __init__(self, config: Config, kind: str, *, overclaim_tokens: int = 5, stale_after: int = 3) -> None:
+    def __init__(self, config: Config, kind: str, *, overclaim_tokens: int = 5, stale_after: int = 3,
+                 transport_factory: TransportFactory | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown rogue kind {kind!r}")
-        super().__init__(config)
+        super().__init__(config, transport_factory=transport_factory)
         self.kind = kind
         self.overclaim_tokens = overclaim_tokens
         self.stale_after = stale_after
@@ -353,9 +357,13 @@ class RogueNode(Node):
                 return WithholdingMeter(meter, book)
 
             pay.meter_for = withholding_meter_for  # type: ignore[method-assign]
+        elif self.kind in paycheats.KINDS:
+            paycheats.before_roles(self)
         await super()._run_roles(nursery, _StartedHook(task_status, self._after_roles))
 
     def _after_roles(self) -> None:
+        if self.kind in paycheats.KINDS:
+            paycheats.after_roles(self)
         if self.kind != "overclaim":
             return
         assert self.worker is not None and self.worker.server is not None, "an over-claimer is a worker"
@@ -383,6 +391,8 @@ class RogueNode(Node):
                 by_worker[peer] = {**asdict(book), "channels": sorted(book.channels), "paid": paid,
                                    "unpaid": book.received_amount - paid}
             out["by_worker"] = by_worker
+        if self.kind in paycheats.KINDS:
+            out.update(await paycheats.status(self))
         return out
 
     async def status(self) -> dict[str, Any]:
@@ -406,6 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--overclaim-tokens", type=int, default=5)
     parser.add_argument("--stale-after", type=int, default=3)
+    add_link_table_option(parser)
     parser.add_argument("node_args", nargs=argparse.REMAINDER, help="run <cocoon-node run flags>")
     args = parser.parse_args(argv)
     try:
@@ -417,7 +428,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    node = RogueNode(config, args.kind, overclaim_tokens=args.overclaim_tokens, stale_after=args.stale_after)
+    node = RogueNode(config, args.kind, overclaim_tokens=args.overclaim_tokens, stale_after=args.stale_after,
+                     transport_factory=link_shaping(config, args.link_table, "netsim.rogue"))
 
     trio.run(serve_until_signalled, node, {"rogue": args.kind})
 

@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
+from cocoon_node.inference.audit import Overcount, TokenAudit
 from cocoon_node.inference.backend import Backend, BackendError
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError
+from cocoon_node.inference.tokencount import TokenCounter
 from cocoon_node.wire import FrameError, FrameStream, load_protocol
 
 log = logging.getLogger(__name__)
@@ -434,8 +436,16 @@ class WorkerFailure(Exception):
         self.field = field
 
 
+class MeterError(Exception):
+    """The requester's own meter could not pay (its voucher store failed): the call ends, the worker is not
+    blamed (WorkerFailure code ``local_payment``)."""
+
+
 class RequesterMeter(Protocol):
     """Payment side of one request on the requester (see cocoon_node.payments)."""
+
+    #: The worker's tokenizer when we hold it: the stream then counts claimed tokens itself (inference.audit).
+    token_counter: TokenCounter | None
 
     def payment_ref(self) -> dict[str, Any] | None: ...
 
@@ -480,10 +490,12 @@ class InferenceCall:
         meter: RequesterMeter | None,
         first_token_timeout: float,
         token_timeout: float,
+        audit: TokenAudit,
     ) -> None:
         self._frames = frames
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
+        self._audit = audit
         self._started = started
         self._meter = meter
         self._first_token_timeout = first_token_timeout
@@ -521,13 +533,21 @@ class InferenceCall:
         """
         assert self._meter is not None
         async with self._pay_lock:
-            await self._send_voucher(await self._meter.on_accept(self.prompt_tokens))
+            await self._send_voucher(await self._local(self._meter.on_accept(self.prompt_tokens)))
         self.prompt_paid.set()
         while True:
             await self._tokens_counted.wait()
             self._tokens_counted = trio.Event()
             async with self._pay_lock:
-                await self._send_voucher(await self._meter.on_tokens(self.completion_tokens))
+                await self._send_voucher(await self._local(self._meter.on_tokens(self.completion_tokens)))
+
+    async def _local(self, pending: Awaitable[bytes | None]) -> bytes | None:
+        """A meter call; our own store failing is our fault, not the worker's."""
+        try:
+            return await pending
+        except MeterError as exc:
+            raise WorkerFailure(f"requester could not pay: {exc}", code="local_payment",
+                                before_first_token=self._first_token_at is None) from exc
 
     async def _settle(self, *, final: bool) -> None:
         """Charge every token counted (and, at the end of a completed call, pay the whole tail)."""
@@ -535,7 +555,7 @@ class InferenceCall:
         await self.prompt_paid.wait()
         async with self._pay_lock:
             counted = self.completion_tokens
-            voucher = await (self._meter.on_final(counted) if final else self._meter.on_tokens(counted))
+            voucher = await self._local(self._meter.on_final(counted) if final else self._meter.on_tokens(counted))
             await self._send_voucher(voucher)
 
     async def deltas(self) -> AsyncIterator[Delta]:
@@ -564,22 +584,32 @@ class InferenceCall:
                 )
             kind = frame["t"]
             if kind == "delta":
-                if self._first_token_at is None:
+                fresh = self._first_token_at is None  # nothing reached the client yet
+                if fresh:
                     self._first_token_at = time.monotonic()
-                self.completion_tokens += frame["tokens"]
+                try:
+                    self.completion_tokens = self._audit.add_delta(frame["text"], frame["tokens"])
+                except Overcount as exc:  # charge what we can account for, then drop the worker
+                    self.completion_tokens = self._audit.completion_tokens
+                    self._tokens_counted.set()
+                    raise WorkerFailure(str(exc), code="overcount", before_first_token=fresh) from None
                 if frame["tokens"]:
                     self._tokens_counted.set()  # the pay task charges them (see pay)
                 yield Delta(frame["text"], frame["tokens"])
             elif kind == "usage":
                 continue
             elif kind == "final":
-                if frame["completion_tokens"] != self.completion_tokens:
+                if frame["completion_tokens"] != self.completion_tokens:  # claiming more is an over-count: dropped
                     raise WorkerFailure(
                         f"worker claims {frame['completion_tokens']} completion tokens but streamed "
                         f"{self.completion_tokens}",
-                        code="protocol",
+                        code="overcount" if frame["completion_tokens"] > self.completion_tokens else "protocol",
                         before_first_token=False,
                     )
+                if frame["prompt_tokens"] != self.prompt_tokens:
+                    raise WorkerFailure(f"worker's final claims {frame['prompt_tokens']} prompt tokens, its accept "
+                                        f"{self.prompt_tokens}", before_first_token=False,
+                                        code="overcount" if frame["prompt_tokens"] > self.prompt_tokens else "protocol")
                 if self._meter is not None:
                     await self._settle(final=True)
                 end = time.monotonic()
@@ -680,10 +710,15 @@ async def call_worker(
             raise WorkerFailure(
                 f"expected accept, got {answer['t']!r}", code="protocol", before_first_token=True
             )
+        audit = TokenAudit(chat, meter.token_counter if meter is not None else None)
+        try:
+            prompt_tokens = audit.check_prompt(answer["prompt_tokens"])
+        except Overcount as exc:  # nothing is signed for this request: the worker is dropped
+            raise WorkerFailure(str(exc), code="overcount", before_first_token=True) from None
         if meter is not None and answer["credit_window"] > 0:
             meter.respect_credit_window(answer["credit_window"])
         call = InferenceCall(
-            frames, request_id, answer["prompt_tokens"], started, meter, first_token_timeout, token_timeout
+            frames, request_id, prompt_tokens, started, meter, first_token_timeout, token_timeout, audit
         )
         try:
             async with trio.open_nursery() as nursery:

@@ -10,7 +10,7 @@ from cocoon_node.mesh.announce import (
     decode_announcement,
 )
 from cocoon_node.mesh.connectivity import Connectivity, ConnectivitySettings
-from cocoon_node.mesh.host import Mesh, MeshSettings
+from cocoon_node.mesh.host import Mesh, MeshSettings, TransportFactory
 from cocoon_node.mesh.identity import IdentityError, generate_identity, load_identity, load_or_create_identity
 from cocoon_node.mesh.records import RecordNamespace, RecordRejected
 from cocoon_node.mesh.workers import WorkerTable
@@ -27,6 +27,7 @@ __all__ = [
     "MeshSettings",
     "RecordNamespace",
     "RecordRejected",
+    "TransportFactory",
     "WorkerTable",
     "decode_announcement",
     "generate_identity",

@@ -36,6 +36,8 @@ MAX_CLOCK_SKEW = 30  # seconds an announcement's issue time may lie ahead of the
 MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
 RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
 ANNOUNCEMENT_VERSION = 1
+#: Version 2 adds the optional ``tokenizer`` field; a worker that announces no tokenizer still sends version 1.
+TOKENIZER_VERSION = 2
 
 
 class AnnouncementError(ValueError):
@@ -67,6 +69,8 @@ class Announcement:
     expires_at: int
     payout: str = ""
     v: int = ANNOUNCEMENT_VERSION
+    # SHA-256 naming the tokenizer this worker counts tokens with (inference.tokencount); b"": not announced.
+    tokenizer: bytes = b""
 
     @property
     def peer(self) -> ID:
@@ -76,11 +80,16 @@ class Announcement:
         out = asdict(self)
         out["addrs"] = list(self.addrs)
         out["protocols"] = list(self.protocols)
+        if not self.tokenizer:
+            del out["tokenizer"]  # version 1 has no such field
         return out
 
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> Announcement:
         data = validate("announce", "announcement", fields)
+        if ("tokenizer" in data) != (data["v"] >= TOKENIZER_VERSION):
+            raise SchemaError("tokenizer", f"version {data['v']} announcements must "
+                              f"{'not ' if data['v'] < TOKENIZER_VERSION else ''}carry a tokenizer")
         return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"])})
 
     def seal(self, private_key: PrivateKey) -> bytes:

@@ -63,6 +63,9 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DHT_PROTOCOL_PREFIX = TProtocol("/cocoon")
 
 TopicValidator = Callable[[ID, rpc_pb2.Message], bool]
+# Called with the node's peer id; returns the transport and the context its background work runs in (entered
+# around the host, left after it).
+TransportFactory = Callable[[ID], tuple[ITransport, AbstractAsyncContextManager[object]]]
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,9 @@ class MeshSettings:
     dht_alpha: int = 3
     dht_rpc_timeout: float = 5.0
     dht_cache_ttl: float = 30.0
-    # NETSIM-ONLY link shaping, never used on a real network: a link table (cocoon_node/mesh/shaping.py) that
-    # delays, throttles or blocks every TCP connection this node dials. TCP-only; refused with QUIC.
-    link_shaping: Path | None = None
+    # A transport to use instead of py-libp2p's own choice; None (production) keeps py-libp2p's. netsim injects
+    # its NETSIM-ONLY shaped TCP (netsim/shaping/) this way, so the mesh never imports netsim.
+    transport_factory: TransportFactory | None = None
 
 
 def score_params(*, local_cluster: bool) -> ScoreParams:
@@ -152,7 +155,7 @@ class Mesh:
         """Bring the host up, join topics, dial bootstrap peers; tear everything down on exit."""
         settings = self.settings
         noise_key = create_x25519_key_pair()
-        shaped, shaping = self._link_shaping()
+        transport, transport_running = self._injected_transport()
         host = new_host(
             key_pair=self._key_pair,
             sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, noise_privkey=noise_key.private_key)},
@@ -168,7 +171,7 @@ class Mesh:
             listen_addrs=[multiaddr.Multiaddr(a) for a in settings.listen_addrs],
             # QUIC (libp2p TLS 1.3 + native streams) next to TCP when a /quic-v1 listen address is given.
             enable_quic=any("/quic" in a for a in settings.listen_addrs),
-            transports=[shaped] if shaped is not None else None,  # None: py-libp2p's own choice
+            transports=[transport] if transport is not None else None,  # None: py-libp2p's own choice
             addrs_factory=self._advertise,  # issue 14: only addresses that work (identify, announcements)
         )
         gossipsub = GossipSub(
@@ -208,7 +211,7 @@ class Mesh:
                                    rpc_timeout=settings.dht_rpc_timeout, cache_ttl=settings.dht_cache_ttl)
         listen = [multiaddr.Multiaddr(a) for a in settings.listen_addrs]
         try:
-            async with shaping, self._run_services(host, pubsub, gossipsub, dht, listen):
+            async with transport_running, self._run_services(host, pubsub, gossipsub, dht, listen):
                 yield self
         except BaseException as exc:
             # py-libp2p's service manager can raise "Nursery is closed to new arrivals" when a connection
@@ -218,16 +221,14 @@ class Mesh:
                 raise
             log.debug("ignored py-libp2p shutdown race: %r", exc)
 
-    def _link_shaping(self) -> tuple[ITransport | None, AbstractAsyncContextManager[object]]:
-        """NETSIM-ONLY: the shaped TCP transport and the context its pumps run in, when a link table is set."""
-        if self.settings.link_shaping is None:
+    def _injected_transport(self) -> tuple[ITransport | None, AbstractAsyncContextManager[object]]:
+        """The settings' injected transport and its context; (None, no-op) for py-libp2p's own transports."""
+        if self.settings.transport_factory is None:
             return None, nullcontext()
         if any("/quic" in a for a in self.settings.listen_addrs):
-            raise ValueError("netsim link shaping is TCP-only; it cannot be combined with a QUIC listen address")
-        from cocoon_node.mesh.shaping import ShapedTCP
-
-        shaped = ShapedTCP(self.settings.link_shaping, self.peer_id.to_base58())
-        return shaped, shaped.running()
+            raise ValueError("an injected transport replaces py-libp2p's own, QUIC included: it cannot be combined "
+                             "with a QUIC listen address")
+        return self.settings.transport_factory(self.peer_id)
 
     @asynccontextmanager
     async def _run_services(
@@ -319,14 +320,15 @@ class Mesh:
         assert self.dht is not None
         await self.dht.put_value(key, value)
 
-    async def get_record(self, key: str) -> bytes | None:
-        """The newest valid record for ``key`` (local store, recent lookups, then the network), or None.
+    async def get_record(self, key: str, *, newest: bool = False) -> bytes | None:
+        """A valid record for ``key`` (local store, recent lookups, then the network), or None.
 
         Only records that pass the key's namespace validator are ever returned; see :class:`RecordLookup`
-        for why this is not py-libp2p's ``KadDHT.get_value``.
+        for why this is not py-libp2p's ``KadDHT.get_value``. ``newest`` compares our copies with the
+        network's and waits for the peer the key names, for when a stale copy must not win.
         """
         assert self.lookup is not None
-        return await self.lookup.get(key)
+        return await self.lookup.get(key, newest=newest)
 
     # ----- direct streams ------------------------------------------------------------------------------
     def set_stream_handler(self, protocol: str, handler: Callable[[INetStream], Awaitable[None]]) -> None:

@@ -34,6 +34,7 @@ from cocoon_node.mesh import (
     ConnectivitySettings,
     Mesh,
     MeshSettings,
+    TransportFactory,
     WorkerTable,
     load_or_create_identity,
 )
@@ -64,8 +65,10 @@ class NodeInfo:
 
 
 class Node:
-    def __init__(self, config: Config, key_pair: KeyPair | None = None) -> None:
+    def __init__(self, config: Config, key_pair: KeyPair | None = None, *,
+                 transport_factory: TransportFactory | None = None) -> None:
         self.config = config
+        self._transport_factory = transport_factory  # None in production; netsim injects its shaped TCP
         self.key_pair = key_pair or load_or_create_identity(config.data_dir)
         self.validator = AnnouncementValidator()
         self.table = WorkerTable()
@@ -89,7 +92,7 @@ class Node:
                             heartbeat_interval=n.gossip_heartbeat, gossip_degree=n.gossip_degree,
                             gossip_degree_low=max(1, n.gossip_degree * 2 // 3), gossip_degree_high=2 * n.gossip_degree,
                             peer_cache=self.config.data_dir / "peers.json",
-                            link_shaping=self.config.netsim_link_table_path)
+                            transport_factory=self._transport_factory)
 
     def _connectivity_settings(self) -> ConnectivitySettings:
         from cocoon_node.mesh.relay_hop import RelayLimits
@@ -215,26 +218,21 @@ class Node:
                 log.info("worker %s expired (no announcement)", ID(pid))
 
     def models(self) -> list[dict[str, Any]]:
-        """Entries for ``GET /v1/models``: worker count, price range and attestation verdicts per model."""
+        """Entries for ``GET /v1/models``: worker count, price range and, per worker, the verdict the gate
+        would apply now (binding to the announcement included), never what the announcement claims."""
         by_model: dict[str, list[Announcement]] = {}
         for a in self.table.live():
             by_model.setdefault(a.model, []).append(a)
         out = []
         for model, workers in sorted(by_model.items()):
-            verdicts = []
-            for w in workers:
-                v = self.gate.verdict(w.peer_id) if self.gate else None
-                verdicts.append({
-                    "worker": w.peer.to_base58(), "tee_kind": w.tee_kind,
-                    "dev_insecure": w.tee_kind != "tdx",
-                    "verified": bool(v and v.ok), "image_hash": v.image_hash if v else None,
-                    "model_hash": w.model_hash.hex(), "tcb_checked": v.tcb_checked if v else False,
-                    "reasons": list(v.reasons) if v else ["not yet verified"],
-                })
+            verdicts = [self.gate.describe(w) if self.gate else {"worker": w.peer.to_base58(), "verified": False,
+                                                                 "reasons": ["this node is not a requester"]}
+                        for w in workers]
             out.append({
                 "id": model, "object": "model", "created": 0, "owned_by": "cocoon-mesh",
                 "cocoon": {
                     "workers": len(workers),
+                    "verified_workers": sum(1 for v in verdicts if v["verified"]),
                     "synthetic": any(w.synthetic for w in workers),
                     "price_prompt": [min(w.price_prompt for w in workers), max(w.price_prompt for w in workers)],
                     "price_completion": [min(w.price_completion for w in workers),
@@ -262,8 +260,9 @@ class Node:
             "announcements": self.validator.stats(),
             "workers": [
                 {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
-                 "price_prompt": a.price_prompt, "price_completion": a.price_completion, "tee_kind": a.tee_kind,
-                 "synthetic": a.synthetic, "seqno": a.seqno, "expires_at": a.expires_at,
+                 "price_prompt": a.price_prompt, "price_completion": a.price_completion,
+                 "announced_tee_kind": a.tee_kind, "synthetic": a.synthetic, "seqno": a.seqno,
+                 "expires_at": a.expires_at, "gate": self.gate.describe(a) if self.gate else None,
                  "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer)}  # how it is reached now
                 for a in self.table.live()
             ],

@@ -21,6 +21,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from cocoon_node.config import Config
+from cocoon_node.inference.tokencount import TokenizerRegistry
 from cocoon_node.mesh import Announcement
 from cocoon_node.payments.chain.base import Chain, ChainError
 from cocoon_node.payments.channels import ChannelManager, Settlement
@@ -55,6 +56,8 @@ class PaymentsRole:
                 payment_timeout=p.payment_timeout)
             self.settlement = Settlement(chain, store, self._seed_key, claim_threshold=p.claim_threshold,
                                          idle_close_after=p.idle_close_after)
+        # Requester: the tokenizers we can count a worker's tokens with (by the hash it announces).
+        self.tokenizers = TokenizerRegistry(config.requester.tokenizer_files, config.data_dir / "tokenizers")
         if config.requester.enabled:
             self.channels = ChannelManager(chain, store, self._seed_key, deposit=p.channel_deposit,
                                            credit_window=p.credit_window, challenge_period=p.challenge_period,
@@ -86,6 +89,10 @@ class PaymentsRole:
                 chain = await stack.enter_async_context(
                     TonChain.connect(key_pair.private_key.to_bytes(), network=p.ton_network))  # type: ignore[arg-type]
             role = cls(config, key_pair, chain, store)
+            if role.channels is not None:
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                nursery.start_soon(role.tokenizers.run)
+                stack.callback(nursery.cancel_scope.cancel)
             try:
                 yield role
             finally:
@@ -106,7 +113,8 @@ class PaymentsRole:
             raise ChainError("worker peer id does not embed its public key")
         return await self.channels.meter_for(worker.peer.to_base58(), worker.payout, payee.to_bytes(),
                                              price_prompt=worker.price_prompt,
-                                             price_completion=worker.price_completion)
+                                             price_completion=worker.price_completion,
+                                             token_counter=self.tokenizers.counter(worker.tokenizer))
 
     # ----- cooperative close over /cocoon/channel/1.0.0 -------------------------------------------------
 
@@ -201,6 +209,7 @@ class PaymentsRole:
             out["settlement"] = dict(vars(self.settlement.stats))
         if self.channels is not None:
             out["onchain_ops"] = dict(self.channels.onchain_ops)
+            out["tokenizers"] = {"known": self.tokenizers.known(), "errors": self.tokenizers.errors}
             closes = [{**asdict(c), "stale": c.stale} for c in self.channels.closes_seen.values()]
             out["payer_watch"] = {**self.channels.watch_stats, "closes": closes}
         if self.worker_meter is not None:

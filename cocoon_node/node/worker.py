@@ -14,12 +14,14 @@ from typing import Any
 import trio
 from libp2p.crypto.keys import KeyPair
 
-from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash
+from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash, upstream_origin
+from cocoon_node.attestation.measure import measurements_of_report
 from cocoon_node.config import Config
 from cocoon_node.inference.backend import Backend
 from cocoon_node.inference.factory import make_backend
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerMeter, WorkerTerms
 from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh
+from cocoon_node.mesh.announce import TOKENIZER_VERSION
 from cocoon_node.node.attest import ReportPublisher
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,18 @@ def build_backend(config: Config) -> Backend:
     return make_backend(w.backend, **options)
 
 
+def upstream_of(backend: Backend) -> str:
+    """Where the backend sends prompts: its upstream's origin, or "" when the model runs in this process."""
+    base_url = getattr(backend, "base_url", None)
+    return upstream_origin(base_url) if backend.kind == "openai-upstream" and base_url else ""
+
+
 def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") -> bytes:
     """SHA-256 naming the served weights (blocking: reads every weight file once, then a size/mtime cache).
 
     A synthetic backend has no weights; ``stand_in`` (its ``worker.model_path``) names a file hashed in their
-    place, so test clusters can run workers that differ in "weights" without loading a real model.
+    place, so test clusters can run workers that differ in "weights" without loading a real model. An
+    upstream backend's hash also names where prompts go, so approving it approves that upstream only.
     """
     files = backend.model_files() or ([Path(stand_in)] if stand_in and backend.synthetic else [])
     if files:
@@ -58,8 +67,17 @@ def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") ->
         return model_hash(Path("/"), files=[str(Path(f).resolve()).lstrip("/") for f in files],
                           cache_path=cache_dir / "model-hash-cache.json")
     # Upstream and synthetic backends: the node cannot see weights, so it names its configuration.
-    config = json.dumps({"kind": backend.kind, "model": backend.model_name}, sort_keys=True)
+    named: dict[str, str] = {"kind": backend.kind, "model": backend.model_name}
+    if upstream_of(backend):
+        named["upstream"] = upstream_of(backend)
+    config = json.dumps(named, sort_keys=True)
     return hashlib.sha256(config.encode()).digest()
+
+
+def _tokenizer_fields(backend: Backend) -> dict[str, Any]:
+    """Announce the backend's tokenizer (v2) when it names one, so requesters can count our tokens."""
+    tokenizer = getattr(backend, "tokenizer_hash", b"")
+    return {"tokenizer": tokenizer, "v": TOKENIZER_VERSION} if tokenizer else {}
 
 
 class WorkerRole:
@@ -90,8 +108,12 @@ class WorkerRole:
         self.server = InferenceServer(self.backend, terms, meter=self.meter,
                                       on_load_change=lambda _load: self._load_changed.set())
         tee_kind = TEE_DEV if w.tee == "dev" else TEE_TDX
+        upstream = upstream_of(self.backend)
+        if upstream:
+            log.warning("prompts are forwarded to the upstream %s; the attestation report says so", upstream)
         self.publisher = ReportPublisher(self.mesh, self.key_pair, tee=tee_kind, model_name=w.model,
-                                         model_hash=weights, data_dir=self.config.data_dir)
+                                         model_hash=weights, data_dir=self.config.data_dir,
+                                         backend=self.backend.kind, upstream=upstream)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
         now = int(time.time())
         self.announcement = Announcement(
@@ -100,6 +122,7 @@ class WorkerRole:
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
             issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
+            **_tokenizer_fields(self.backend),
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.publisher.run)
@@ -143,6 +166,10 @@ class WorkerRole:
             "tee": self.config.worker.tee + (" (dev-INSECURE: proves nothing about hardware)"
                                              if self.config.worker.tee == "dev" else ""),
             "model_hash": a.model_hash.hex() if a else None,
+            "upstream": upstream_of(self.backend) or None,
+            # what an operator lists to approve this image (TDX only): see `python -m cocoon_node.attestation.measure`
+            "measurements": (measurements_of_report(self.publisher.current)
+                             if self.publisher is not None and self.publisher.current else None),
             "price_prompt": self.config.worker.price_prompt,
             "price_completion": self.config.worker.price_completion,
             "max_concurrent": self.config.worker.max_concurrent,

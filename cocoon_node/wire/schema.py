@@ -1,4 +1,7 @@
-"""Field tables from ``protocols/*.toml``, enforced on every decoded record and frame.
+"""Field tables from ``protocols/*.toml``, enforced on decoded records and frames given as dicts.
+
+Protocols declared as types (:mod:`cocoon_node.wire.messages`) are validated by their types instead; this
+validator serves the protocols not yet converted, and the tests read the tables through it.
 
 The schema files are the single source of truth for our wire formats: documentation, golden-vector tests
 and runtime validation all read the same table. A field entry looks like

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from libp2p.network.stream.exceptions import StreamError
 
+from cocoon_node.inference.audit import TokenAudit
+from cocoon_node.inference.chat import ChatMessage, ChatRequest
 from cocoon_node.inference.stream import InferenceCall, WorkerFailure
 
 
@@ -29,8 +31,9 @@ class PaysPrompt:
 
 
 async def test_voucher_write_on_a_dead_stream_is_a_worker_failure() -> None:
+    audit = TokenAudit(ChatRequest("synthetic-echo", (ChatMessage("user", "hello"),)))
     call = InferenceCall(DeadStream(), "r1", 10, time.monotonic(), PaysPrompt(),  # type: ignore[arg-type]
-                         first_token_timeout=5, token_timeout=5)
+                         first_token_timeout=5, token_timeout=5, audit=audit)
     with pytest.raises(WorkerFailure) as err:
         await call.pay()
     assert err.value.code == "worker_gone" and err.value.before_first_token

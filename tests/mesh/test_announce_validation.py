@@ -66,6 +66,28 @@ def test_unsigned_and_malformed_rejected() -> None:
     assert v.rejected["malformed"] >= 3 and v.accepted == 0
 
 
+def test_tokenizer_field_only_in_version_2() -> None:
+    """v2 adds the tokenizer hash (requesters holding that tokenizer count claimed tokens themselves); a v1
+    announcement must not carry it and a v2 one must."""
+    kp = create_new_key_pair()
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator()
+    tok = b"\x42" * 32
+    good = announcement(kp, v=2, tokenizer=tok)
+    assert v(peer, msg(good.seal(kp.private_key), peer))
+    table = WorkerTable()
+    v.on_accept = table.update
+    assert v(peer, msg(announcement(kp, seqno=2, v=2, tokenizer=tok).seal(kp.private_key), peer))
+    assert table.live()[0].tokenizer == tok
+    assert "tokenizer" not in announcement(kp).to_wire()  # v1 stays as it was, byte for byte
+    v1_with = announcement(kp, seqno=3).to_wire() | {"tokenizer": tok}
+    v2_without = announcement(kp, seqno=4, v=2).to_wire()
+    short = announcement(kp, seqno=5, v=2).to_wire() | {"tokenizer": b"\x42" * 31}
+    for payload in (v1_with, v2_without, short):
+        assert not v(peer, msg(seal_envelope("cocoon/announce/v1", canonical_dumps(payload), kp.private_key), peer))
+    assert v.rejected["malformed"] == 3 and v.accepted == 2
+
+
 def test_expired_and_future_rejected() -> None:
     kp = create_new_key_pair()
     peer = ID.from_pubkey(kp.public_key)

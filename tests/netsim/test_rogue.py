@@ -29,7 +29,7 @@ async def test_overclaiming_worker_is_caught_and_paid_only_for_what_it_streamed(
             meter = await w.meter_for()
             with pytest.raises(WorkerFailure) as err:
                 await w.run(chat(12), meter)
-            assert err.value.code == "protocol" and "claims 17 completion tokens but streamed 12" in str(err.value)
+            assert err.value.code == "overcount" and "claims 17 completion tokens but streamed 12" in str(err.value)
             await wait_until(lambda: rogue.books, timeout=10)
             (book,) = rogue.books.values()
             assert (book.overclaims, book.claimed_extra_tokens, book.streamed_tokens) == (1, 5, 12)
@@ -44,8 +44,8 @@ async def test_stale_close_settles_at_the_stale_amount_and_every_replay_is_refus
 ) -> None:
     async with world(parties, tmp_path) as w:
         with trio.fail_after(90):
-            meter = await w.meter_for()
-            for words in (10, 20):
+            for words in (10, 20):  # a meter per request: its counts are the request's own
+                meter = await w.meter_for()
                 await w.run(chat(words), meter)
             newest = await tail_voucher_stored(w, meter.channel)
             rogue = StaleClosingSettlement(w.p.payee, w.worker_store, w.p.payee_key, claim_threshold=10**15,
@@ -54,7 +54,7 @@ async def test_stale_close_settles_at_the_stale_amount_and_every_replay_is_refus
             close = rogue.closes[meter.channel.address]
             assert close.success and (close.stale_seqno, close.stale_cumulative) == (1, 10 * PP)
             assert close.newest_cumulative == newest.cumulative
-            assert [a.error_name for a in close.attempts] == ["STALE_SEQNO", "BAD_SIGNATURE", "WRONG_STATE"]
+            assert [a.error_name for a in close.attempts] == ["AMOUNT_BACKWARDS", "BAD_SIGNATURE", "WRONG_STATE"]
             assert await rogue.stale_close_due() == []  # one close per payer
             # the payer notices; the rogue never challenges its own close
             assert await w.manager.check_closes() == [meter.channel.address]
@@ -76,12 +76,16 @@ async def test_withholding_meter_costs_each_worker_at_most_its_window(
         with trio.fail_after(60):
             honest = await w.meter_for()
             book = UnpaidBook()
+            codes = []
             for _ in range(2):
                 with pytest.raises(WorkerFailure) as err:
-                    await w.run(chat(200), WithholdingMeter(honest, book))
-                assert err.value.code == "payment"
-            assert book.requests == 2 and book.prompt_tokens == 400
-            await wait_until(lambda: honest.channel.paid == 400 * PP, timeout=10)  # prompts are paid
+                    await w.run(chat(50), WithholdingMeter(honest, book))
+                codes.append(err.value.code)
+            # The first is cut off at the window; the payer still owes the window, so the second is refused
+            # before any prefill.
+            assert codes == ["payment", "payment_required"]
+            assert book.requests == 1 and book.prompt_tokens == 50
+            await wait_until(lambda: honest.channel.paid == 50 * PP, timeout=10)  # the prompt is paid
             unpaid = book.received_amount - honest.channel.paid
             assert unpaid == book.completion_tokens * PC and 0 < unpaid <= WINDOW
 

@@ -7,6 +7,7 @@ so the output is byte-for-byte reproducible; the tests check both decoding and r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +105,17 @@ def dialback_frames() -> list[dict[str, Any]]:
 def build() -> dict[str, list[dict[str, Any]]]:
     ann, key_pair = sample_announcement()
     payload = canonical_dumps(ann.to_wire())
+    v2 = replace(ann, v=2, tokenizer=bytes.fromhex("9ebd23ced59c16a4fdd027e7799e067e4395ac26f29f10ac0d4d4bd0fccc84ca"))
     sealed = ann.seal(key_pair.private_key)
     import cbor2
 
     return {
-        "announce/announcement.json": [{"name": "announcement-payload", "hex": payload.hex(),
-                                        "value": to_json_value(ann.to_wire())}],
+        "announce/announcement.json": [
+            {"name": "announcement-payload", "hex": payload.hex(), "value": to_json_value(ann.to_wire())},
+            # v2: a worker that names its tokenizer (requesters holding it count claimed tokens themselves)
+            {"name": "announcement-payload-v2-tokenizer", "hex": canonical_dumps(v2.to_wire()).hex(),
+             "value": to_json_value(v2.to_wire())},
+        ],
         "envelope/envelope.json": [{"name": "announcement-envelope", "hex": sealed.hex(),
                                     "value": to_json_value(cbor2.loads(sealed))}],
         "inference/frames.json": [{"name": vector_name(f),

@@ -54,3 +54,15 @@ def test_stream_frames_round_trip(protocol: str, vec: dict) -> None:
     assert length == len(raw) - 4
     assert decode_frame(protocol, raw[4:]) == value
     assert encode_frame(protocol, value) == raw
+
+
+@pytest.mark.parametrize("vec", load("dialback/frames.json"), ids=lambda v: v["name"])
+def test_dialback_frames_decode_into_their_types_and_reencode_the_golden_bytes(vec: dict) -> None:
+    from cocoon_node.wire import to_builtins
+    from cocoon_node.wire.messages.dialback import CODEC, MESSAGES
+
+    raw = bytes.fromhex(vec["hex"])
+    frame = CODEC.decode(raw[4:])
+    assert type(frame) is MESSAGES[vec["value"]["t"]]
+    assert to_builtins(frame) == from_json_value(vec["value"])  # the tag ``t`` included
+    assert CODEC.encode(frame) == raw
