@@ -1,6 +1,7 @@
 """Wire benchmark: inference delta frames over one Noise-encrypted yamux stream between two in-process hosts.
 
-Measures (1) frame encode and decode rates in-process (schema validation + msgpack), (2) frames/s and
+Measures (1) frame encode and decode rates in-process (the typed frames' ``FrameCodec``: msgpack with
+validation in msgspec; on a tree before the typed frames, dicts + ``wire.schema``), (2) frames/s and
 MB/s through a real libp2p stream on loopback, one ``write`` per frame as the worker does, the receiver
 parsing with ``FrameStream`` like the requester (text sizes: a one-token delta (~6 chars) and a 1 KiB one),
 and (3) encode/decode rates of the canonical-CBOR records (attestation report record, its envelope, dev
@@ -33,28 +34,41 @@ from cocoon_node import attestation as att
 from cocoon_node.attestation import report as att_report
 from cocoon_node.inference.stream import MAX_FRAME
 from cocoon_node.mesh import Mesh, MeshSettings
-from cocoon_node.wire import FrameStream, canonical_dumps, decode_frame, encode_frame, open_envelope, seal_envelope
+from cocoon_node.wire import FrameStream, canonical_dumps, open_envelope, seal_envelope
 
 PROTOCOL = "/cocoon-bench/wire/1.0.0"
+REQUEST_ID = "req-0123456789abcdef"
 
 
-def delta(text: str) -> dict[str, Any]:
-    return {"t": "delta", "id": "req-0123456789abcdef", "text": text, "tokens": 1}
+def frame_codec() -> tuple[Callable[[str], Any], Callable[[Any], bytes], Callable[[bytes], Any], Any]:
+    """(make a delta, encode it, decode a body, a FrameStream's codec argument) as this checkout does it."""
+    try:
+        from cocoon_node.wire.messages.inference import CODEC, DeltaFrame
+    except ImportError:  # before the typed frames: dicts checked by wire.schema
+        from cocoon_node.wire import decode_frame, encode_frame
+
+        return (lambda text: {"t": "delta", "id": REQUEST_ID, "text": text, "tokens": 1},
+                lambda frame: encode_frame("inference", frame, max_frame=MAX_FRAME),
+                lambda body: decode_frame("inference", body), "inference")
+    return (lambda text: DeltaFrame(id=REQUEST_ID, text=text, tokens=1), CODEC.encode, CODEC.decode, CODEC)
+
+
+MAKE, ENCODE, DECODE, STREAM_CODEC = frame_codec()
 
 
 def codec_rates(text: str, seconds: float) -> dict[str, float]:
-    frame = delta(text)
+    frame = MAKE(text)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(1000):
-            encode_frame("inference", frame, max_frame=MAX_FRAME)
+            ENCODE(frame)
         n += 1000
     enc = n / (time.perf_counter() - t0)
-    body = encode_frame("inference", frame, max_frame=MAX_FRAME)[4:]
+    body = ENCODE(frame)[4:]
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(1000):
-            decode_frame("inference", body)
+            DECODE(body)
         n += 1000
     dec = n / (time.perf_counter() - t0)
     return {"encode_per_s": round(enc), "decode_per_s": round(dec), "frame_bytes": len(body) + 4}
@@ -196,13 +210,14 @@ async def stream_rate(text: str, frames: int) -> dict[str, float]:
     received = {"frames": 0, "bytes": 0, "end": 0.0}
 
     async def handler(stream: Any) -> None:
-        fs = FrameStream(_Reader(stream), "inference", max_frame=MAX_FRAME)
+        fs = FrameStream(_Reader(stream), STREAM_CODEC, max_frame=MAX_FRAME) if isinstance(STREAM_CODEC, str) \
+            else FrameStream(_Reader(stream), STREAM_CODEC)
         while received["frames"] < frames:
             frame = await fs.receive()
             if frame is None:
                 break
             received["frames"] += 1
-            received["bytes"] += len(frame["text"])
+            received["bytes"] += len(frame["text"] if isinstance(frame, dict) else frame.text)
         received["end"] = time.perf_counter()
         done.set()
 
@@ -214,7 +229,7 @@ async def stream_rate(text: str, frames: int) -> dict[str, float]:
         await stack.enter_async_context(client.start())
         with trio.fail_after(30):
             stream = await client.new_stream(server.peer_id, PROTOCOL, server.listen_addrs())
-        payload = encode_frame("inference", delta(text), max_frame=MAX_FRAME)
+        payload = ENCODE(MAKE(text))
         t0 = time.perf_counter()
         with trio.fail_after(300):
             for _ in range(frames):

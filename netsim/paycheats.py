@@ -28,13 +28,15 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import msgspec
 import trio
 
 from cocoon_node.inference.audit import HELD_BACK_TOKENS
-from cocoon_node.inference.stream import MAX_FRAME, PROTOCOL_ID, WIRE, InferenceServer
+from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer
 from cocoon_node.mesh import Announcement
 from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.wire import FrameStream
+from cocoon_node.wire.messages.inference import CODEC, AcceptFrame, DeltaFrame, FinalFrame, InferenceFrame
 
 if TYPE_CHECKING:
     from netsim.context import SimContext
@@ -64,21 +66,22 @@ class StreamBook:
     streamed_amount: int = 0   # nanotons: prompt + streamed tokens at its prices
 
 
-class _InflatingFrames(FrameStream):
+class _InflatingFrames(FrameStream[InferenceFrame]):
     def __init__(self, raw: Any) -> None:
-        super().__init__(raw, WIRE, max_frame=MAX_FRAME)
+        super().__init__(raw, CODEC)
         self.prompt = self.streamed = self.claimed = 0
 
-    async def send(self, frame: dict[str, Any]) -> None:
-        if frame["t"] == "accept":
-            self.prompt = int(frame["prompt_tokens"])
-        elif frame["t"] == "delta":
-            self.streamed += frame["tokens"]
-            frame = {**frame, "tokens": frame["tokens"] * INFLATE_FACTOR}
-            self.claimed += frame["tokens"]
-        elif frame["t"] == "final":
-            n = frame["completion_tokens"] * INFLATE_FACTOR
-            frame = {**frame, "completion_tokens": n, "total_tokens": frame["prompt_tokens"] + n}
+    async def send(self, frame: InferenceFrame) -> None:
+        match frame:
+            case AcceptFrame():
+                self.prompt = frame.prompt_tokens
+            case DeltaFrame():
+                self.streamed += frame.tokens
+                frame = msgspec.structs.replace(frame, tokens=frame.tokens * INFLATE_FACTOR)
+                self.claimed += frame.tokens
+            case FinalFrame():
+                n = frame.completion_tokens * INFLATE_FACTOR
+                frame = msgspec.structs.replace(frame, completion_tokens=n, total_tokens=frame.prompt_tokens + n)
         await super().send(frame)
 
 

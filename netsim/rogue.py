@@ -34,18 +34,20 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
+import msgspec
 import trio
 
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
-from cocoon_node.inference.stream import MAX_FRAME, PROTOCOL_ID, WIRE, InferenceServer
+from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer
 from cocoon_node.mesh import Announcement, TransportFactory
 from cocoon_node.node import Node
 from cocoon_node.payments.chain.base import ChannelStatus
 from cocoon_node.payments.channels import CHAIN_OP_TIMEOUT, Settlement
 from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.payments.voucher import SignedVoucher, sign_voucher
-from cocoon_node.wire import FrameError, FrameStream
+from cocoon_node.wire import FrameError, FrameStream, utf8_clip
+from cocoon_node.wire.messages.inference import CODEC, AcceptFrame, DeltaFrame, ErrorFrame, FinalFrame, InferenceFrame
 from netsim import paycheats
 from netsim.node import add_link_table_option, link_shaping
 
@@ -70,26 +72,26 @@ class WireBook:
     claimed_amount: int = 0        # what the final frames would have been worth
 
 
-class _CountingFrames(FrameStream):
+class _CountingFrames(FrameStream[InferenceFrame]):
     """A frame stream that counts what the worker sends and inflates the ``final`` frame's token counts."""
 
     def __init__(self, raw: Any, *, extra: int) -> None:
-        super().__init__(raw, WIRE, max_frame=MAX_FRAME)
+        super().__init__(raw, CODEC)
         self.extra = extra
         self.prompt_tokens = 0
         self.streamed = 0
         self.overclaimed = 0
 
-    async def send(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("t")
-        if kind == "accept":
-            self.prompt_tokens = int(frame["prompt_tokens"])
-        elif kind == "delta":
-            self.streamed += int(frame["tokens"])
-        elif kind == "final" and self.extra > 0:
-            frame = {**frame, "completion_tokens": frame["completion_tokens"] + self.extra,
-                     "total_tokens": frame["total_tokens"] + self.extra}
-            self.overclaimed = self.extra
+    async def send(self, frame: InferenceFrame) -> None:
+        match frame:
+            case AcceptFrame():
+                self.prompt_tokens = frame.prompt_tokens
+            case DeltaFrame():
+                self.streamed += frame.tokens
+            case FinalFrame() if self.extra > 0:
+                frame = msgspec.structs.replace(frame, completion_tokens=frame.completion_tokens + self.extra,
+                                                total_tokens=frame.total_tokens + self.extra)
+                self.overclaimed = self.extra
         await super().send(frame)
 
 
@@ -107,9 +109,9 @@ class OverclaimingServer(InferenceServer):
         try:
             await self._serve(frames, _remote_key(raw_stream))
         except FrameError as exc:
-            await _send_quietly(frames, {"t": "error", "id": "", "code": "protocol", "message": str(exc)[:1000]})
+            await _send_quietly(frames, ErrorFrame(id="", code="protocol", message=utf8_clip(str(exc), 1000)))
         except trio.TooSlowError:
-            await _send_quietly(frames, {"t": "error", "id": "", "code": "timeout", "message": "request timed out"})
+            await _send_quietly(frames, ErrorFrame(id="", code="timeout", message="request timed out"))
         except Exception as exc:
             log.warning("inference stream failed: %r", exc)
         finally:
@@ -131,7 +133,7 @@ class OverclaimingServer(InferenceServer):
                     pass
 
 
-async def _send_quietly(frames: FrameStream, frame: dict[str, Any]) -> None:
+async def _send_quietly(frames: FrameStream[InferenceFrame], frame: InferenceFrame) -> None:
     with trio.move_on_after(2):
         try:
             await frames.send(frame)

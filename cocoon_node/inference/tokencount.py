@@ -21,38 +21,18 @@ import threading
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.port import TextCount, TokenCounter  # in the port: a RequesterMeter carries one
 from cocoon_node.wire import canonical_dumps
 
 log = logging.getLogger(__name__)
 
 #: The synthetic backend's "tokenizer": one whitespace-separated word is one token.
 SYNTHETIC_TOKENIZER = hashlib.sha256(b"cocoon/tokenizer/synthetic-whitespace-words/v1").digest()
-
-
-class TextCount(Protocol):
-    """A running count of the tokens in a growing text."""
-
-    tokens: int
-
-    def add(self, piece: str) -> int:
-        """Append ``piece``; returns the token count of the whole text so far."""
-
-
-class TokenCounter(Protocol):
-    """Counts tokens exactly as one model does."""
-
-    tokenizer_hash: bytes
-
-    def count_prompt(self, chat: ChatRequest) -> int:
-        """Prompt tokens of a chat request (chat template applied, assistant turn opened)."""
-
-    def text_count(self) -> TextCount:
-        """A fresh running count for one completion."""
 
 
 # ----- synthetic ------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import multiaddr
 import trio
@@ -38,6 +38,14 @@ from cocoon_node.mesh.conns import (
     open_stream_on,
 )
 from cocoon_node.wire import FrameError, FrameStream, load_protocol
+from cocoon_node.wire.messages.dialback import (
+    CODEC,
+    DialBack,
+    DialBackOk,
+    DialRequest,
+    DialResponse,
+    DialResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,12 @@ MAX_CONCURRENT = int(_PROTO.meta["max_concurrent"])
 MAX_ADDR_BYTES = 256
 
 UNKNOWN, PUBLIC, PRIVATE = "unknown", "public", "private"
+_MAX_REASON_BYTES = 128  # DialResult.reason's bound, in UTF-8 bytes
+
+
+def _reason(text: str) -> str:
+    """Cut a reason to the frame's byte bound without splitting a character (errors may quote anything)."""
+    return text.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
 MODES = ("auto", "public", "private")
 
 
@@ -71,15 +85,15 @@ class DialBackServer:
 
     async def handle(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
-        frames = FrameStream(stream, "dialback", max_frame=MAX_FRAME)
+        frames = FrameStream(stream, CODEC)
         try:
             with trio.fail_after(10):
                 request = await frames.receive()
-            if request is None or request["t"] != "dial_request":
+            if not isinstance(request, DialRequest):
                 raise FrameError("expected a dial_request")
             results, observed = await self._answer(stream, peer, request)
             with trio.fail_after(10):
-                await frames.send({"t": "dial_response", "results": results, "observed": observed})
+                await frames.send(DialResponse(observed=observed, results=results))
         except (FrameError, trio.TooSlowError) as exc:
             self._count("bad_request")
             log.debug("dial-back request from %s dropped: %s", peer, exc)
@@ -108,9 +122,9 @@ class DialBackServer:
                 del self._recent[old]
         return True
 
-    async def _answer(self, stream: INetStream, peer: ID, request: dict[str, Any]
-                      ) -> tuple[list[dict[str, str]], str]:
-        addrs = [a for a in request["addrs"] if len(a.encode()) <= MAX_ADDR_BYTES]
+    async def _answer(self, stream: INetStream, peer: ID, request: DialRequest
+                      ) -> tuple[list[DialResult], str]:
+        addrs = [a for a in request.addrs if len(a.encode()) <= MAX_ADDR_BYTES]
         relayed = is_relayed(stream.muxed_conn)
         remote = None if relayed else stream.get_remote_address()
         observed_ip = _normal_ip(remote[0]) if remote else None
@@ -118,9 +132,9 @@ class DialBackServer:
         if remote and observed_ip:
             proto = "ip6" if ":" in observed_ip else "ip4"
             observed = f"/{proto}/{observed_ip}/tcp/{remote[1]}"
-        def refuse_all(reason: str) -> list[dict[str, str]]:
+        def refuse_all(reason: str) -> list[DialResult]:
             self._count(reason)
-            return [{"addr": a, "status": "refused", "reason": reason} for a in addrs[:8]]
+            return [DialResult(addr=a, status="refused", reason=reason) for a in addrs[:8]]
 
         if relayed:
             return refuse_all("request over a relayed connection"), observed
@@ -140,11 +154,11 @@ class DialBackServer:
                 if why is None and dials >= self.max_dials:
                     why = f"more than {self.max_dials} addresses"
                 if why is not None:
-                    results.append({"addr": addr, "status": "refused", "reason": why})
+                    results.append(DialResult(addr=addr, status="refused", reason=_reason(why)))
                     continue
                 dials += 1
-                status, reason = await self._dial_back(peer, addr, request["nonce"])
-                results.append({"addr": addr, "status": status, "reason": reason})
+                status, reason = await self._dial_back(peer, addr, request.nonce)
+                results.append(DialResult(addr=addr, status=status, reason=_reason(reason)))
             self.served += 1
             return results, observed
         finally:
@@ -161,24 +175,25 @@ class DialBackServer:
             return "another peer's address"
         return None
 
-    async def _dial_back(self, peer: ID, addr: str, nonce: bytes) -> tuple[str, str]:
+    async def _dial_back(self, peer: ID, addr: str, nonce: bytes
+                         ) -> tuple[Literal["ok", "dial_error"], str]:
         network = self.host.get_network()
         conn: INetConn | None = None
         try:
             with trio.fail_after(self.dial_timeout):
                 conn = await network.dial_addr(multiaddr.Multiaddr(addr_key(addr)), peer)  # a NEW connection
                 stream = await open_stream_on(self.host, conn, BACK_PROTOCOL_ID, self.dial_timeout)
-                back = FrameStream(stream, "dialback", max_frame=MAX_FRAME)
-                await back.send({"t": "dial_back", "nonce": nonce, "addr": addr})
+                back = FrameStream(stream, CODEC)
+                await back.send(DialBack(nonce=nonce, addr=addr))
                 ack = await back.receive()
                 await stream.close()
-            if ack is None or ack["t"] != "dial_back_ok":
+            if not isinstance(ack, DialBackOk):
                 return "dial_error", "no dial_back_ok"
             return "ok", ""
         except trio.TooSlowError:
             return "dial_error", "timed out"
         except Exception as exc:
-            return "dial_error", str(exc)[:128]
+            return "dial_error", str(exc)
         finally:
             if conn is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -267,16 +282,16 @@ class ReachabilityProber:
     # ----- client side ------------------------------------------------------------------------------------
     async def handle_back(self, stream: INetStream) -> None:
         """A server's dial-back arrived on a fresh connection: record it if it carries a nonce we sent."""
-        frames = FrameStream(stream, "dialback", max_frame=MAX_FRAME)
+        frames = FrameStream(stream, CODEC)
         try:
             with trio.fail_after(10):
                 frame = await frames.receive()
-                if frame is None or frame["t"] != "dial_back":
+                if not isinstance(frame, DialBack):
                     raise FrameError("expected dial_back")
-                reached = self._pending.get(frame["nonce"])
+                reached = self._pending.get(frame.nonce)
                 if reached is not None:
-                    reached.add(frame["addr"])
-                await frames.send({"t": "dial_back_ok"})
+                    reached.add(frame.addr)
+                await frames.send(DialBackOk())
         except Exception as exc:
             log.debug("dial-back from %s dropped: %s", stream.muxed_conn.peer_id, exc)
         finally:
@@ -309,17 +324,17 @@ class ReachabilityProber:
         try:
             with trio.fail_after(self.request_timeout):
                 stream = await self.host.new_stream(server, [PROTOCOL_ID])
-                frames = FrameStream(stream, "dialback", max_frame=MAX_FRAME)
+                frames = FrameStream(stream, CODEC)
                 try:
-                    await frames.send({"t": "dial_request", "v": 1, "nonce": nonce, "addrs": candidates})
+                    await frames.send(DialRequest(v=1, nonce=nonce, addrs=candidates))
                     response = await frames.receive()
                 finally:
                     await stream.close()
-            if response is None or response["t"] != "dial_response":
+            if not isinstance(response, DialResponse):
                 return
             rnd.answered += 1
-            if response["observed"]:
-                rnd.observed.append(response["observed"])
+            if response.observed:
+                rnd.observed.append(response.observed)
             for addr in reached & set(candidates):
                 rnd.reached[addr] = rnd.reached.get(addr, 0) + 1
         except Exception as exc:

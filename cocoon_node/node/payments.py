@@ -28,12 +28,13 @@ from cocoon_node.payments.channels import ChannelManager, Settlement
 from cocoon_node.payments.meter import RequesterPaymentMeter, WorkerPaymentMeter
 from cocoon_node.payments.store import PaymentStore
 from cocoon_node.payments.voucher import VoucherError
-from cocoon_node.wire import FrameError, FrameStream, load_protocol
+from cocoon_node.wire import FrameError, FrameStream, frame_tag, utf8_clip
+from cocoon_node.wire.messages import channel as channel_frames
+from cocoon_node.wire.messages.channel import CloseRefused, CloseReply, CloseRequest
 
 log = logging.getLogger(__name__)
 
-CHANNEL_PROTOCOL_ID: str = load_protocol("channel").meta["id"]
-_CHANNEL_MAX_FRAME = int(load_protocol("channel").meta["max_frame_bytes"])
+CHANNEL_PROTOCOL_ID: str = channel_frames.PROTOCOL_ID
 
 
 class PaymentsRole:
@@ -120,19 +121,19 @@ class PaymentsRole:
 
     async def handle_close_stream(self, stream: Any) -> None:
         """Worker: co-sign close terms that pay at least our newest voucher; refuse anything else."""
-        frames = FrameStream(stream, "channel", max_frame=_CHANNEL_MAX_FRAME)
+        frames = FrameStream(stream, channel_frames.CODEC)
         try:
             with trio.fail_after(30):
                 request = await frames.receive()
-                if request is None or request["t"] != "close_request" or self.settlement is None:
+                if not isinstance(request, CloseRequest) or self.settlement is None:
                     raise FrameError("expected a close_request")
                 try:
-                    payee_sig = await self.settlement.cosign_close(request["channel"], request["cumulative"],
-                                                                   request["payer_sig"])
+                    payee_sig = await self.settlement.cosign_close(request.channel, request.cumulative,
+                                                                   request.payer_sig)
                 except VoucherError as exc:
-                    await frames.send({"t": "close_refused", "reason": str(exc)[:500]})
+                    await frames.send(CloseRefused(reason=utf8_clip(str(exc), 500)))
                     return
-                await frames.send({"t": "close_reply", "payee_sig": payee_sig})
+                await frames.send(CloseReply(payee_sig=payee_sig))
         except (FrameError, trio.TooSlowError) as exc:
             log.info("channel control stream closed: %s", exc)
         finally:
@@ -154,21 +155,25 @@ class PaymentsRole:
             async def cosign(address: str, cumulative: int, payer_sig: bytes) -> bytes:
                 ch = self.channels.channels.get(peer) if self.channels else None
                 stream = await open_stream(peer, CHANNEL_PROTOCOL_ID)
-                frames = FrameStream(stream, "channel", max_frame=_CHANNEL_MAX_FRAME)
+                frames = FrameStream(stream, channel_frames.CODEC)
                 try:
                     with trio.fail_after(15):
                         channel_id = await self._channel_id(address) if ch is None else ch.params.channel_id
-                        await frames.send({"t": "close_request", "channel": address,
-                                           "channel_id": channel_id.to_bytes(32, "big"),
-                                           "cumulative": cumulative, "payer_sig": payer_sig})
+                        await frames.send(CloseRequest(channel=address, channel_id=channel_id.to_bytes(32, "big"),
+                                                       cumulative=cumulative, payer_sig=payer_sig))
                         reply = await frames.receive()
                 finally:
                     with trio.move_on_after(2):
                         await stream.close()
-                if reply is None or reply["t"] != "close_reply":
-                    raise ChainError(f"worker refused to co-sign: {reply.get('reason') if reply else 'no answer'}")
-                payee_sig: bytes = reply["payee_sig"]
-                return payee_sig
+                match reply:
+                    case CloseReply(payee_sig=payee_sig):
+                        return payee_sig
+                    case CloseRefused(reason=reason):
+                        raise ChainError(f"worker refused to co-sign: {reason}")
+                    case None:
+                        raise ChainError("worker refused to co-sign: no answer")
+                    case _:
+                        raise ChainError(f"worker refused to co-sign: answered {frame_tag(reply)!r}")
 
             return cosign
 

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cocoon_node.inference.tokencount import TokenCounter
+from cocoon_node.inference.port import TokenCounter
 from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus, TxResult
 from cocoon_node.payments.meter import PayerChannel, PaymentStoreFailed, RequesterPaymentMeter, norm_address
 from cocoon_node.payments.settlement import CHAIN_OP_TIMEOUT, Settlement, SettlementStats

@@ -31,7 +31,7 @@ from typing import Any
 import trio
 from pytoniq_core import Address
 
-from cocoon_node.inference.stream import PaymentRequired
+from cocoon_node.inference.port import PaymentRef, PaymentRequired
 from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus
 from cocoon_node.payments.payer import VOUCHER_INTERVAL, PayerChannel, PaymentStoreFailed, RequesterPaymentMeter
 from cocoon_node.payments.store import PaymentStore, StoreError
@@ -155,7 +155,7 @@ class WorkerMeterStats:
 
 
 class WorkerPaymentMeter:
-    """:class:`~cocoon_node.inference.stream.WorkerMeter` backed by on-chain channels and a store."""
+    """:class:`~cocoon_node.inference.port.WorkerMeter` backed by on-chain channels and a store."""
 
     def __init__(
         self,
@@ -279,7 +279,7 @@ class WorkerPaymentMeter:
         acct.served += cost
         self.stats.max_payer_exposure = max(self.stats.max_payer_exposure, acct.payer.unpaid)
 
-    async def admit(self, request_id: str, payment: dict[str, Any] | None, prompt_tokens: int,
+    async def admit(self, request_id: str, payment: PaymentRef | None, prompt_tokens: int,
                     payer_key: bytes | None = None) -> None:
         """Check the channel, then charge the prompt, but only within the payer's credit window: no prefill
         runs on credit the window does not give (it waits up to ``payment_timeout`` for vouchers of the
@@ -290,13 +290,12 @@ class WorkerPaymentMeter:
         """
         cost = prompt_tokens * self.price_prompt
         try:
-            if not payment:
+            if payment is None:
                 raise PaymentRequired("this worker needs a payment channel")
             try:
-                address = norm_address(str(payment["channel"]))
-                cid = payment["channel_id"]
-                channel_id = int.from_bytes(cid, "big") if isinstance(cid, bytes) else int(cid)
-            except (KeyError, ValueError, TypeError) as e:
+                address = norm_address(payment.channel)
+                channel_id = int.from_bytes(payment.channel_id, "big")
+            except (ValueError, TypeError) as e:
                 raise PaymentRequired(f"malformed payment reference: {e}") from e
             if cost > self.credit_window:
                 raise PaymentRequired(f"a prompt of {prompt_tokens} tokens costs {cost} nanotons, more than this "

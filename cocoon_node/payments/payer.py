@@ -11,13 +11,11 @@ from __future__ import annotations
 import math
 import uuid
 from functools import partial
-from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cocoon_node.inference.stream import MeterError
-from cocoon_node.inference.tokencount import TokenCounter
+from cocoon_node.inference.port import MeterError, PaymentRef, TokenCounter
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import ChannelParams, SignedVoucher, sign_voucher
 
@@ -85,7 +83,7 @@ class PayerChannel:
 
 
 class RequesterPaymentMeter:
-    """:class:`~cocoon_node.inference.stream.RequesterMeter` for one request over a :class:`PayerChannel`.
+    """:class:`~cocoon_node.inference.port.RequesterMeter` for one request over a :class:`PayerChannel`.
 
     ``token_counter`` is the worker's own tokenizer when we hold one with the hash it announced: the stream
     then counts every claimed token itself instead of only bounding it.
@@ -115,9 +113,9 @@ class RequesterPaymentMeter:
         self.amount = 0
         self._since_voucher = 0
 
-    def payment_ref(self) -> dict[str, Any]:
+    def payment_ref(self) -> PaymentRef:
         """The request frame's ``payment`` field."""
-        return {"channel": self.channel.address, "channel_id": self.channel.params.channel_id.to_bytes(32, "big")}
+        return PaymentRef(channel=self.channel.address, channel_id=self.channel.params.channel_id.to_bytes(32, "big"))
 
     async def _voucher(self) -> bytes | None:
         self._since_voucher = 0

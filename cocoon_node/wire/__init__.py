@@ -23,7 +23,7 @@ from cocoon_node.wire.envelope import (
     seal_envelope,
     seal_prefixed,
 )
-from cocoon_node.wire.frames import FrameError, FrameStream, decode_frame, encode_frame
+from cocoon_node.wire.frames import Codec, FrameError, FrameStream, SchemaCodec, decode_frame, encode_frame
 from cocoon_node.wire.schema import SchemaError, load_protocol, protocols_dir, validate
 from cocoon_node.wire.typed import (
     FrameCodec,
@@ -32,19 +32,23 @@ from cocoon_node.wire.typed import (
     check,
     decode_cbor,
     encode_cbor,
+    frame_tag,
     from_builtins,
     to_builtins,
+    utf8_clip,
     utf8_max,
 )
 
 __all__ = [
     "CborError",
+    "Codec",
     "Envelope",
     "EnvelopeError",
     "FrameCodec",
     "FrameError",
     "FrameStream",
     "Message",
+    "SchemaCodec",
     "SchemaError",
     "Signer",
     "Uint",
@@ -56,6 +60,7 @@ __all__ = [
     "decode_prefixed",
     "encode_cbor",
     "encode_frame",
+    "frame_tag",
     "from_builtins",
     "load_protocol",
     "open_envelope",
@@ -64,6 +69,7 @@ __all__ = [
     "seal_envelope",
     "seal_prefixed",
     "to_builtins",
+    "utf8_clip",
     "utf8_max",
     "validate",
 ]

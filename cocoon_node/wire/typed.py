@@ -67,6 +67,15 @@ def utf8_max(limit: int) -> Meta:
     return Meta(max_length=limit, extra={MAX_UTF8_BYTES: limit})
 
 
+def utf8_clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character: free text (an error's
+    message) made to fit a :func:`utf8_max` field."""
+    if len(text) <= limit and text.isascii():
+        return text
+    data = text.encode("utf-8")
+    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Base of every wire message: immutable, no unknown fields, optional fields omitted at their default.
 
@@ -138,6 +147,13 @@ def schema_error(exc: msgspec.ValidationError) -> SchemaError:
     return SchemaError(path, text)
 
 
+def frame_tag(message: object) -> str:
+    """The tag (``t``) of a tagged-union message, for messages in logs and errors."""
+    config = getattr(type(message), "__struct_config__", None)
+    tag = getattr(config, "tag", None)
+    return tag if isinstance(tag, str) else type(message).__name__
+
+
 def from_builtins(value: Any, typ: type[M]) -> M:
     """Convert decoded builtins (a dict from CBOR) into ``typ``, validating; raises :class:`SchemaError`."""
     try:
@@ -186,20 +202,25 @@ class FrameCodec(Generic[F]):
 
     def __init__(self, frame_type: Any, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
+        self.frame_type = frame_type
         self._decoder: msgspec.msgpack.Decoder[F] = msgspec.msgpack.Decoder(frame_type)
         self._encoder = msgspec.msgpack.Encoder()
 
     def decode(self, body: bytes) -> F:
-        """One frame body (without its length prefix); raises :class:`FrameError` with the field's path."""
+        """One frame body (without its length prefix); raises :class:`FrameError` with the field's path.
+
+        A frame larger than its message's ``MAX_BYTES`` (``max_bytes`` in the TOML) is refused too."""
         if len(body) > self.max_frame:
             raise FrameError(f"frame of {len(body)} bytes exceeds the {self.max_frame}-byte limit")
         try:
-            return self._decoder.decode(body)
+            frame = self._decoder.decode(body)
         except msgspec.ValidationError as exc:
             err = schema_error(exc)
             raise FrameError(f"invalid frame: {err}") from err
         except msgspec.DecodeError as exc:
             raise FrameError(f"malformed msgpack frame: {exc}") from exc
+        _check_size(frame, len(body))
+        return frame
 
     def encode(self, frame: F) -> bytes:
         """Validate ``frame`` (by decoding what would be sent) and return its length-prefixed bytes."""
@@ -211,4 +232,11 @@ class FrameCodec(Generic[F]):
         except msgspec.ValidationError as exc:
             err = schema_error(exc)
             raise FrameError(f"refusing to send invalid frame: {err}") from err
+        _check_size(frame, len(body))
         return _LENGTH.pack(len(body)) + body
+
+
+def _check_size(frame: object, size: int) -> None:
+    limit: int = getattr(frame, "MAX_BYTES", size)
+    if size > limit:
+        raise FrameError(f"{type(frame).__name__} of {size} bytes exceeds its {limit}-byte limit")

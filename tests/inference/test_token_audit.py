@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -18,6 +19,7 @@ from cocoon_node.inference.synthetic import SyntheticBackend
 from cocoon_node.inference.tokencount import SYNTHETIC_TOKENIZER, TokenizerRegistry, WhitespaceCounter
 from cocoon_node.mesh.announce import Announcement
 from cocoon_node.wire import FrameStream
+from cocoon_node.wire.messages.inference import CODEC, AcceptFrame, InferenceFrame
 
 MODEL = "synthetic-echo"
 
@@ -86,17 +88,17 @@ class Pipe:
         await self.s.aclose()
 
 
-class InflatingFrames(FrameStream):
-    async def send(self, frame: dict[str, Any]) -> None:
-        if frame["t"] == "accept":
-            frame = {**frame, "prompt_tokens": 10**7}
+class InflatingFrames(FrameStream[InferenceFrame]):
+    async def send(self, frame: InferenceFrame) -> None:
+        if isinstance(frame, AcceptFrame):
+            frame = msgspec.structs.replace(frame, prompt_tokens=10**7)
         await super().send(frame)
 
 
 class InflatingServer(InferenceServer):
     async def handle(self, raw_stream: Any) -> None:
         try:
-            await self._serve(InflatingFrames(raw_stream, "inference", max_frame=262144))
+            await self._serve(InflatingFrames(raw_stream, CODEC))
         except Exception:
             pass
         finally:

@@ -19,6 +19,7 @@ from libp2p.custom_types import TProtocol
 from cocoon_node.mesh import Connectivity, ConnectivitySettings, Mesh, MeshSettings
 from cocoon_node.mesh.reach import PRIVATE, PROTOCOL_ID, PUBLIC, UNKNOWN, DialBackServer, dialable_ip_port
 from cocoon_node.wire import FrameStream
+from cocoon_node.wire.messages import dialback
 from tests.waiting import wait_until
 
 
@@ -71,11 +72,11 @@ async def test_a_lying_server_cannot_make_a_client_adopt_an_address() -> None:
         assert liar.host is not None
 
         async def says_ok_without_dialling(stream: object) -> None:
-            frames = FrameStream(stream, "dialback", max_frame=4096)  # type: ignore[arg-type]
+            frames = FrameStream(stream, dialback.CODEC)  # type: ignore[arg-type]
             request = await frames.receive()
-            assert request is not None
-            await frames.send({"t": "dial_response", "observed": "",
-                               "results": [{"addr": x, "status": "ok", "reason": ""} for x in request["addrs"]]})
+            assert isinstance(request, dialback.DialRequest)
+            await frames.send(dialback.DialResponse(observed="", results=[
+                dialback.DialResult(addr=x, status="ok", reason="") for x in request.addrs]))
             await stream.close()  # type: ignore[attr-defined]
 
         liar.host.set_stream_handler(TProtocol(PROTOCOL_ID), says_ok_without_dialling)

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from cocoon_node.inference.audit import HELD_BACK_TOKENS
 from cocoon_node.inference.stream import PROTOCOL_ID, WorkerFailure
+from cocoon_node.inference.tokencount import WhitespaceCounter
 from cocoon_node.payments.chain.base import ChannelStatus
+from netsim.paycheats import INFLATE_FACTOR, InflatingServer
 from netsim.rogue import OverclaimingServer, StaleClosingSettlement, UnpaidBook, WithholdingMeter, _config
 from tests.payments.conftest import Parties, _contract_deps, parties  # noqa: F401 - fixtures
 from tests.payments.test_metering import MODEL, PC, PP, WINDOW, chat, tail_voucher_stored, world
@@ -37,6 +40,28 @@ async def test_overclaiming_worker_is_caught_and_paid_only_for_what_it_streamed(
             # the requester charged exactly what was streamed, never the claimed extra
             assert meter.channel.charged == book.streamed_amount
             assert meter.channel.paid <= book.streamed_amount < book.claimed_amount
+
+
+async def test_inflating_worker_is_dropped_and_paid_at_most_the_audits_slack(
+    parties: Parties, tmp_path: Path  # noqa: F811
+) -> None:
+    """netsim/paycheats.py's inflating worker rewrites its typed delta and final frames on the wire; the
+    requester's audit drops it, and what was charged stays within the bound its invariant checks."""
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(60):
+            rogue = InflatingServer(w.backend, _terms(), meter=w.meter)
+            w.worker_mesh.set_stream_handler(PROTOCOL_ID, rogue.handle)
+            meter = await w.meter_for()
+            meter.token_counter = WhitespaceCounter()  # a requester holding the announced tokenizer, as in netsim
+            with pytest.raises(WorkerFailure) as err:
+                await w.run(chat(12), meter)
+            assert err.value.code == "overcount"
+            await wait_until(lambda: rogue.books, timeout=10)
+            (book,) = rogue.books.values()
+            assert book.requests == 1 and book.claimed_tokens == INFLATE_FACTOR * book.streamed_tokens > 0
+            # the bound of paycheats' inflate_contained invariant: what was streamed plus the audit's slack
+            slack = (HELD_BACK_TOKENS + book.streamed_tokens // 32 + 1) * PC
+            assert meter.channel.charged <= book.streamed_amount + slack
 
 
 async def test_stale_close_settles_at_the_stale_amount_and_every_replay_is_refused(

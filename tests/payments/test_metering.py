@@ -29,6 +29,7 @@ from cocoon_node.payments.channels import ChannelManager, Settlement
 from cocoon_node.payments.meter import PayerChannel, RequesterPaymentMeter, VoucherRejected, WorkerPaymentMeter
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import ChannelParams, public_key_bytes, sign_voucher
+from cocoon_node.wire.messages.inference import PaymentRef
 from tests.payments.conftest import TON, Parties, party_key
 from tests.waiting import wait_until
 
@@ -251,7 +252,7 @@ async def test_bad_vouchers_rejected_and_replays_ignored(parties: Parties, tmp_p
             ref = m.payment_ref()
             # a stranger's channel or a wrong id is refused at admission
             with pytest.raises(PaymentRequired):
-                await w.meter.admit("x", {"channel": ch.address, "channel_id": (cid ^ 1).to_bytes(32, "big")}, 1)
+                await w.meter.admit("x", PaymentRef(channel=ch.address, channel_id=(cid ^ 1).to_bytes(32, "big")), 1)
             with pytest.raises(PaymentRequired):
                 await w.meter.admit("x", None, 1)
             other = await ChannelManager(
@@ -259,7 +260,7 @@ async def test_bad_vouchers_rejected_and_replays_ignored(parties: Parties, tmp_p
             ).channel_for("p2", w.p.stranger.wallet_address, public_key_bytes(party_key("s")))
             with pytest.raises(PaymentRequired, match="does not pay"):
                 await w.meter.admit(
-                    "x", {"channel": other.address, "channel_id": other.params.channel_id.to_bytes(32, "big")}, 1
+                    "x", PaymentRef(channel=other.address, channel_id=other.params.channel_id.to_bytes(32, "big")), 1
                 )
 
             await w.meter.admit("r", ref, 10)

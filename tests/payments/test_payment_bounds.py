@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
+from msgspec.structs import replace
 
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerFailure, call_worker
 from cocoon_node.payments.chain.base import ChannelStatus
@@ -19,6 +20,7 @@ from cocoon_node.payments.channels import ChannelManager
 from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.payments.voucher import sign_close
 from cocoon_node.wire import FrameStream
+from cocoon_node.wire.messages.inference import CODEC, AcceptFrame, DeltaFrame, FinalFrame, InferenceFrame
 from tests.payments.conftest import TON, Parties, party_key
 from tests.payments.test_metering import PC, PP, WINDOW, WORKER_PEER, World, chat, world
 from tests.waiting import wait_until
@@ -26,27 +28,29 @@ from tests.waiting import wait_until
 HELD_BACK = 4  # inference.audit.HELD_BACK_TOKENS: completion tokens a requester allows beyond the text's bytes
 
 
-class _Inflating(FrameStream):
+class _Inflating(FrameStream[InferenceFrame]):
     """Rewrites the first request's claimed counts on the wire (the worker's own meter charges honestly) and
     keeps its final frame consistent with the lie, so only the counts themselves give it away."""
 
     def __init__(self, raw: Any, *, prompt: int | None, first_delta: int | None) -> None:
-        super().__init__(raw, "inference", max_frame=262144)
+        super().__init__(raw, CODEC)
         self.prompt, self.first_delta = prompt, first_delta
         self.extra = 0
+        self.inflated_text = ""  # the text of the delta whose count was inflated (coalescing may join tokens)
 
-    async def send(self, frame: dict[str, Any]) -> None:
-        kind = frame["t"]
-        if kind == "accept" and self.prompt is not None:
-            frame = {**frame, "prompt_tokens": self.prompt}
-        elif kind == "delta" and self.first_delta is not None and not self.extra:
-            self.extra = self.first_delta - frame["tokens"]
-            frame = {**frame, "tokens": self.first_delta}
-        elif kind == "final":
-            prompt = self.prompt if self.prompt is not None else frame["prompt_tokens"]
-            completion = frame["completion_tokens"] + self.extra
-            frame = {**frame, "prompt_tokens": prompt, "completion_tokens": completion,
-                     "total_tokens": prompt + completion}
+    async def send(self, frame: InferenceFrame) -> None:
+        match frame:
+            case AcceptFrame() if self.prompt is not None:
+                frame = replace(frame, prompt_tokens=self.prompt)
+            case DeltaFrame() if self.first_delta is not None and not self.extra:
+                self.extra = self.first_delta - frame.tokens
+                self.inflated_text = frame.text
+                frame = replace(frame, tokens=self.first_delta)
+            case FinalFrame():
+                prompt = self.prompt if self.prompt is not None else frame.prompt_tokens
+                completion = frame.completion_tokens + self.extra
+                frame = replace(frame, prompt_tokens=prompt, completion_tokens=completion,
+                                total_tokens=prompt + completion)
         await super().send(frame)
 
 
@@ -55,6 +59,7 @@ def inflating_server(*, prompt: int | None = None, first_delta: int | None = Non
 
     class Server(InferenceServer):
         inflated = 0
+        lying: _Inflating | None = None  # the stream that over-claimed, to read what it sent
 
         async def handle(self, raw_stream: Any) -> None:
             if Server.inflated:
@@ -62,6 +67,7 @@ def inflating_server(*, prompt: int | None = None, first_delta: int | None = Non
             Server.inflated += 1
             key = raw_stream.muxed_conn.peer_id.extract_public_key().to_bytes()
             frames = _Inflating(raw_stream, prompt=prompt, first_delta=first_delta)
+            Server.lying = frames
             try:
                 await self._serve(frames, key)
             except Exception:
@@ -84,15 +90,18 @@ async def claim_everything(w: World, address: str) -> int:
 
 async def test_inflated_completion_count_is_not_paid(parties: Parties, tmp_path: Path) -> None:
     """One delta with text "w0" claims 100 000 tokens: before the fix the requester signed 0.3 TON for it."""
-    async with world(parties, tmp_path, server_factory=inflating_server(first_delta=100_000)) as w:
+    server = inflating_server(first_delta=100_000)
+    async with world(parties, tmp_path, server_factory=server) as w:
         with trio.fail_after(60):
             meter = await w.meter_for()
             with pytest.raises(WorkerFailure) as err:
                 await w.run(chat(5), meter)
             assert err.value.code == "overcount" and "100000 completion tokens" in str(err.value)
             ch = meter.channel
-            # Our bound for "w0": 2 bytes + the held-back allowance; the prompt's 5 words were claimed honestly.
-            bound = 5 * PP + (2 + HELD_BACK) * PC
+            # Our bound for the inflated delta's text ("w0", or more words when a slow loop coalesced tokens into
+            # it): its UTF-8 bytes + the held-back allowance; the prompt's 5 words were claimed honestly.
+            assert server.lying is not None and server.lying.inflated_text
+            bound = 5 * PP + (len(server.lying.inflated_text.encode()) + HELD_BACK) * PC
             assert ch.charged <= bound
             await wait_until(lambda: w.meter.account(ch.address) is not None and
                              w.meter.account(ch.address).paid == ch.paid, timeout=10)

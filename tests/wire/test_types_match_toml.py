@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tomllib
 import types
+import typing
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -19,10 +20,10 @@ import pytest
 from msgspec import Meta
 
 from cocoon_node.wire import Message, Uint, protocols_dir, utf8_max
-from cocoon_node.wire.messages import attestation, dialback, envelope
+from cocoon_node.wire.messages import TYPED_FRAME_PROTOCOLS, attestation, channel, dialback, envelope, inference
 from cocoon_node.wire.typed import MAX_UTF8_BYTES, UINT64, UINT64_MAX
 
-CONVERTED: list[types.ModuleType] = [attestation, envelope, dialback]
+CONVERTED: list[types.ModuleType] = [attestation, envelope, inference, channel, dialback]
 
 
 def _toml(protocol: str) -> dict[str, Any]:
@@ -188,6 +189,27 @@ def protocol_mismatches(module: types.ModuleType, toml: dict[str, Any]) -> list[
 @pytest.mark.parametrize("module", CONVERTED, ids=lambda m: m.PROTOCOL)
 def test_types_match_toml(module: types.ModuleType) -> None:
     assert protocol_mismatches(module, _toml(module.PROTOCOL)) == []
+
+
+FRAMED = [m for m in CONVERTED if hasattr(m, "CODEC")]
+
+
+@pytest.mark.parametrize("module", FRAMED, ids=lambda m: m.PROTOCOL)
+def test_frame_protocols_match_toml(module: types.ModuleType) -> None:
+    """A stream protocol's id and frame limit are the TOML's, and its codec decodes exactly its messages."""
+    meta = _toml(module.PROTOCOL)["protocol"]
+    assert meta["encoding"] == "msgpack-frames"
+    assert (module.PROTOCOL_ID, module.MAX_FRAME_BYTES) == (meta["id"], meta["max_frame_bytes"])
+    assert module.CODEC.max_frame == meta["max_frame_bytes"]
+    tagged = {typ for typ in module.MESSAGES.values() if mi.type_info(typ).tag is not None}  # type: ignore[attr-defined]
+    assert set(typing.get_args(module.CODEC.frame_type)) == tagged
+    assert {mi.type_info(t).tag for t in tagged} == {  # type: ignore[attr-defined]
+        name for name, spec in _toml(module.PROTOCOL)["messages"].items() if "t" in spec["fields"]}
+
+
+def test_typed_frame_protocols_have_codecs() -> None:
+    """The protocols whose FrameStreams must use the typed codec (their code speaks types) are declared here."""
+    assert {"inference", "channel"} <= TYPED_FRAME_PROTOCOLS <= {m.PROTOCOL for m in FRAMED}
 
 
 # --- the comparison itself catches what it should (so a green run above means something) ---

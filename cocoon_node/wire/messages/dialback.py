@@ -1,9 +1,8 @@
 """``protocols/dialback.toml``: reachability by dial-back (cocoon_node/mesh/reach.py), msgpack frames tagged ``t``.
 
 :data:`CODEC` decodes and validates a frame body into one of these types in one pass. The dial-back code
-itself still reads and writes dicts through :class:`cocoon_node.wire.FrameStream` (the schema validator), like
-the inference and channel frames; these types hold the TOML to account (tests/wire/test_types_match_toml.py)
-and decode the golden vectors byte for byte, ready for when the frame protocols move to types.
+(cocoon_node/mesh/reach.py) reads and writes these types through a FrameStream on this codec; the types are
+held to the TOML by tests/wire/test_types_match_toml.py and decode the golden vectors byte for byte.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from msgspec import Meta
 
 from cocoon_node.wire.typed import FrameCodec, Message, utf8_max
 
+PROTOCOL_ID: Final = "/cocoon/dialback/1.0.0"
 MAX_FRAME_BYTES: Final = 4096
 Nonce = Annotated[bytes, Meta(min_length=16, max_length=16)]
 Addr = Annotated[str, utf8_max(256)]
