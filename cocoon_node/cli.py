@@ -43,11 +43,14 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "netsim_clock_skew": ("node", "netsim_clock_skew"),
         "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
         "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
+        "relay": ("node", "relay"), "reachability": ("node", "reachability"),  # NAT traversal (issue 14)
+        "relay_reservations": ("node", "relay_reservations"), "hole_punching": ("node", "hole_punching"),
     }
     out: dict[str, dict[str, Any]] = {}
     for attr, (section, key) in mapping.items():
         value = getattr(args, attr, None)
-        if value is None or (value is False and attr in ("worker", "requester", "local_cluster", "allow_dev_tee")):
+        flags = ("worker", "requester", "local_cluster", "allow_dev_tee", "relay")
+        if value is None or (value is False and attr in flags):
             continue
         if attr == "allowed_model_hash":
             out.setdefault("policy", {})["allow_any_model"] = False
@@ -80,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gossip-heartbeat", dest="gossip_heartbeat", type=float,
                      help="seconds between GossipSub heartbeats (default 1)")
     run.add_argument("--gossip-degree", dest="gossip_degree", type=int, help="GossipSub mesh degree D (default 6)")
+    # NAT traversal (issue 14)
+    run.add_argument("--relay", action="store_true", default=None,
+                     help="serve circuit relay v2 for peers behind NAT (a publicly reachable node)")
+    run.add_argument("--reachability", choices=["auto", "public", "private"],
+                     help="auto (default): announce only addresses a peer's dial-back reached")
+    run.add_argument("--relay-reservations", dest="relay_reservations", type=int,
+                     help="relays a worker behind NAT reserves on (default 2, 0: none)")
+    run.add_argument("--no-hole-punching", dest="hole_punching", action="store_false", default=None,
+                     help="keep relayed connections relayed (no DCUtR)")
     run.add_argument("--log-level", dest="log_level")
     run.add_argument("--backend", choices=["torch", "exllamav2", "openai-upstream", "synthetic"])
     run.add_argument("--model")
@@ -185,7 +197,8 @@ def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: Tran
     from cocoon_node.node import Node
 
     if not (config.worker.enabled or config.requester.enabled):
-        logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip) only")
+        logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip%s) only",
+                                              " + circuit relay" if config.node.relay else "")
     if config.node.netsim_clock_skew:
         skew_wall_clock(config.node.netsim_clock_skew)
         logging.getLogger("cocoon_node").warning(

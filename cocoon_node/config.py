@@ -47,6 +47,18 @@ class NodeSection:
     # NETSIM-ONLY clock skew in seconds (the node's wall clock runs this far ahead, or behind if negative):
     # netsim's "skew" fault. Refused outside the local network.
     netsim_clock_skew: float = 0.0
+    # --- NAT traversal (issue 14; cocoon_node/mesh/connectivity.py) ---
+    # auto: announce only addresses a peer's dial-back reached; public: announce every listen address as is;
+    # private: announce none (reachable through relays only).
+    reachability: str = "auto"
+    relay: bool = False               # serve circuit relay v2 for NAT'd peers (`--relay`); off by default
+    relay_reservations: int = 2       # a worker found private reserves slots on this many relays (0: none)
+    hole_punching: bool = True        # DCUtR: upgrade relayed connections to direct ones where NATs allow
+    relay_max_reservations: int = 128
+    relay_max_circuits: int = 256
+    relay_circuit_bytes: int = 64 << 20
+    relay_circuit_duration: int = 1800  # seconds
+    # --- end NAT traversal ---
 
 
 @dataclass(frozen=True)
@@ -222,6 +234,13 @@ def validate_config(config: Config) -> list[str]:
             out.append(f"{key}: {port} is not a TCP port")
     if node.max_connections < 1:
         out.append("node.max_connections: must be at least 1")
+    if node.reachability not in ("auto", "public", "private"):  # NAT traversal (issue 14)
+        out.append(f"node.reachability: must be auto, public or private (got {node.reachability!r})")
+    if not 0 <= node.relay_reservations <= 4:
+        out.append("node.relay_reservations: must be between 0 and 4")
+    for key in ("relay_max_reservations", "relay_max_circuits", "relay_circuit_bytes", "relay_circuit_duration"):
+        if getattr(node, key) < 1:
+            out.append(f"node.{key}: must be at least 1")
     if not 1 <= node.target_peers <= node.max_connections:
         out.append("node.target_peers: must be between 1 and node.max_connections")
     if not 0 < node.gossip_heartbeat <= 60:

@@ -22,6 +22,7 @@ from netsim.simdata import Expectation, SimData
 if TYPE_CHECKING:
     from netsim.adversary import FakeUpstream
     from netsim.lowball import LowballWatch
+    from netsim.natsim import NatPlan
 
 log = logging.getLogger("netsim.runner")
 
@@ -40,6 +41,12 @@ class SimContext:
         if scenario.shaping == "auto":
             self.links = LinkPlan(base_dir / "links.json", scenario.links or Links(), seed)
         self.lowball: LowballWatch | None = None  # set by the Simulation when the scenario has [lowball]
+        # [topology]: nodes in network namespaces (netsim/natsim.py); it swaps in the namespaced cluster.
+        self.nat: NatPlan | None = None
+        if scenario.topology is not None:
+            from netsim.natsim import NatPlan
+
+            self.nat = self.data.nat = NatPlan(scenario)
 
     def now(self) -> float:
         return round(trio.current_time() - self.t0, 3)

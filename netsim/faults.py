@@ -1,5 +1,6 @@
 """Faults in a simulation run, on the scenario's timeline: kill/term (and restart), stop/resume, partitions and
-heals of shaped links, clock skew, churn, and the junk-gossip flooder.
+heals of shaped links (nftables drops between namespaces with a ``[topology]``, netsim/natsim.py), clock skew,
+churn, and the junk-gossip flooder.
 
 Each fault records an event and what the requesters should now see (:meth:`netsim.context.SimContext.expect`);
 whether they did is observed by :mod:`netsim.observation`. A fault that changes the network itself (a
@@ -31,6 +32,11 @@ class Faults:
         """Wait for the fault's time, then apply it (and undo it after its duration, where it has one)."""
         ctx = self.ctx
         await trio.sleep_until(ctx.t0 + f.at)
+        if ctx.nat is not None:  # namespaces: resolve relay:busiest etc.; partitions are nftables rules
+            f = await ctx.nat.resolve(ctx, f)
+            if f.action == "partition":
+                await ctx.nat.partition(ctx, f)
+                return
         if f.action in ("kill", "term"):
             sig = signal.SIGKILL if f.action == "kill" else signal.SIGTERM
             async with trio.open_nursery() as nursery:

@@ -3,8 +3,11 @@ restart them.
 
 Every node is started by :meth:`Lifecycle.command`: ``cocoon-node run`` for an honest node, a netsim rogue
 entry point for an adversary, and, when the scenario shapes links, through netsim's own entry point with
-``--link-table`` (:mod:`netsim.node`), which injects the NETSIM-ONLY shaped transport. A way to start nodes
-differently (say, inside a network namespace) belongs in :meth:`Lifecycle.command` too.
+``--link-table`` (:mod:`netsim.node`), which injects the NETSIM-ONLY shaped transport. With a ``[topology]``
+every start goes into the node's network namespace through the cluster the topology swaps in
+(:class:`netsim.nscluster.NamespacedCluster`: ``ip netns exec`` around this command, the namespace's listen
+address, forwarders for the API and the chain), so restarts land there too; relays start first and, behind
+NATs, only public nodes are bootstrap peers.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class Lifecycle:
     def bootstrap_args(self, exclude: str = "") -> list[str]:
         ctx = self.ctx
         ups = [n for n in ctx.data.nodes.values() if n.state == "up" and n.name != exclude and not n.adversarial]
+        if ctx.nat is not None:  # behind a NAT a node's listen address is private: bootstrap from public ones
+            ups = [n for n in ups if ctx.nat.is_public(n.name)]
         out: list[str] = []
         for n in ups[:3]:
             out += ["--bootstrap", ctx.cluster.nodes[n.name].addr]
@@ -84,6 +89,8 @@ class Lifecycle:
         """Workers first (the first good one seeds the mesh), then requesters that allow what they report."""
         ctx, s = self.ctx, self.ctx.s
         started = time.monotonic()
+        if ctx.nat is not None:  # [topology]: the public relays first, everyone's bootstrap peers
+            await ctx.nat.start_relays(ctx, self)
         if any(g.adversary_kind == "bad_model_hash" for g in s.workers):
             ctx.fake = FakeUpstream(next(g.model for g in s.workers if g.adversary_kind == "bad_model_hash"))
             await nursery.start(ctx.fake.run)

@@ -434,9 +434,14 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "lowball_settlements": data.lowball_settlements,
         "fake_upstream_prompts": data.fake_upstream_requests,
         "harness_errors": data.errors,
-        "invariants": invariants(data),
+        "invariants": (invs := invariants(data)),
         "plots": str(png) if png else None,
     }
+    if data.nat is not None:  # [topology] runs (netsim/natsim.py)
+        from netsim.natsim import report as nat_report
+
+        report["nat"], extra = nat_report(data.nat, data)
+        invs.extend(extra)
     report["adversaries"] = adversary_lines(report)
     if png is not None:
         plot(data, report, png)
@@ -501,6 +506,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"process {name}: {p['nodes']} nodes, CPU {p['cpu_pct_discovery']}% of a core while "
                          f"converging, {p['cpu_pct_workload']}% under the workload; RSS {p['rss_mb']} MB "
                          f"({p['rss_mb_per_node']} MB per node)")
+    if r.get("nat"):
+        lines.append(f"paths (served requests): {r['nat']['paths']}; relay kills: {r['nat']['relay_kills']}")
     for adv in r.get("adversaries") or []:
         lines.append(f"adversary {adv['adversary']}: {adv['verdict']}")
     for inv in r["invariants"]:

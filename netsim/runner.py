@@ -12,10 +12,14 @@ it. Cluster set-up happens before, and its discovery convergence is measured on 
 * :mod:`netsim.settlement` -- the EMULATED chain's clock, stale closes and what the chain paid;
 * :mod:`netsim.workload` -- the honest request schedule and the non-payers' requests;
 * :mod:`netsim.simdata` -- :class:`SimData`, everything the report reads.
+* :mod:`netsim.natsim` -- with a ``[topology]``: network namespaces and NATs (set up in :meth:`prepare_network`),
+  relays, nftables partitions, the watch of reservations and paths, the report's ``nat`` section.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -53,8 +57,8 @@ class Simulation:
     async def run(self) -> SimData:
         ctx, s = self.ctx, self.s
         planned = plan(s.workload, s.duration, s.requesters, ctx.rng)
-        await self.prepare_network()
-        async with ctx.cluster.running(), trio.open_nursery() as nursery:
+        # prepare_network may swap in the namespaced cluster: ctx.cluster is read only once it is entered.
+        async with self.prepare_network(), ctx.cluster.running(), trio.open_nursery() as nursery:
             try:
                 await self.lifecycle.start_cluster(nursery)
                 await self.converge()
@@ -76,14 +80,20 @@ class Simulation:
                 nursery.cancel_scope.cancel()
         return ctx.data
 
-    async def prepare_network(self) -> None:
-        """What the nodes read about the network before any of them starts: the link table, when shaped.
-        (A topology of network namespaces would be set up here too, and torn down after the run.)"""
+    @asynccontextmanager
+    async def prepare_network(self) -> AsyncIterator[None]:
+        """The network for the whole run, before any node starts: the link table, when shaped; with a
+        ``[topology]``, the network namespaces and NAT gateways (netsim/natsim.py), torn down after the run."""
         ctx = self.ctx
         if ctx.links is not None:
             ctx.data.shaping = shaping_note(await probe_netem())
             ctx.base_dir.mkdir(parents=True, exist_ok=True)
             ctx.links.write()  # before any node starts: each node reads it at start
+        if ctx.nat is None:
+            yield
+            return
+        async with ctx.nat.running(ctx):
+            yield
 
     async def converge(self) -> None:
         """Discovery after set-up: how long until every live requester lists every live worker."""
@@ -92,6 +102,8 @@ class Simulation:
         self.observer.sample_usage()
         ctx.event("cluster_up", "-", nodes=len(data.nodes), setup_s=data.setup_s)
         data.converged_after_setup_s = await self.observer.wait_converged(self.s.invariants.convergence_bound)
+        if ctx.nat is not None:  # listed is not enough behind NATs: wait for relay circuits too
+            await ctx.nat.wait_reachable(ctx, self.s.invariants.convergence_bound)
         if data.converged_after_setup_s is not None:
             data.initial_convergence_s = max(data.requester_converged.values(), default=None)
         ctx.event("converged" if data.initial_convergence_s is not None else "not_converged", "-",
@@ -116,6 +128,8 @@ class Simulation:
             timeline.start_soon(self.ctx.lowball.workload)
             background.start_soon(self.ctx.lowball.settle)
         timeline.start_soon(paycheats.timeline, paycheats.Simulation(self.ctx, self.lifecycle))
+        if self.ctx.nat is not None:  # reservations, reachability and listings of the NAT'd nodes
+            background.start_soon(self.ctx.nat.watch, self.ctx)
 
     async def wind_down(self) -> None:
         """After the workload: let open settlements finish on chain, then measure convergence once more."""

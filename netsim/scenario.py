@@ -134,6 +134,9 @@ class Fault:
     # skew: restart the targets with their wall clock this many seconds off (NETSIM-ONLY --netsim-clock-skew);
     # with a duration, restart them again with a true clock after it.
     seconds: float | None = None
+    # partition with a [topology]: the other side (node, relay or NAT names; default: everyone else). A target
+    # "relay:busiest" (kill) or "relay:of:NODE" (partition's other side) is resolved when the fault fires.
+    against: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ class Links:
 class Invariants:
     convergence_bound: float = 30.0      # seconds for every requester to list every live worker
     min_completed: int = 1
+    relay_recovery_bound: float = 30.0   # [topology]: seconds after a relay dies until its workers are reachable
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,8 @@ class Scenario:
     poll_interval: float = 1.0
     start_timeout: float = 180.0
     path: Path | None = None
+    relays: int = 0                        # [cluster] relays: public `--relay` nodes relay1..N, started first
+    topology: Any = None                   # netsim.topology.Topology: nodes in network namespaces (root only)
 
     @property
     def initial_workers(self) -> int:
@@ -250,6 +256,7 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
     cluster = dict(raw.pop("cluster", {}))
     groups = tuple(_build(WorkerGroup, g, f"cluster.workers[{i}]") for i, g in enumerate(cluster.pop("workers", [])))
     requesters = int(cluster.pop("requesters", 1))
+    relays = int(cluster.pop("relays", 0))
     requester_args = cluster.pop("requester_args", [])
     if not isinstance(requester_args, list) or not all(isinstance(a, str) for a in requester_args):
         raise ScenarioError("cluster.requester_args: expected a list of strings")
@@ -263,6 +270,8 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
     scenario = _build(Scenario, {
         **raw,
         "requesters": requesters,
+        "relays": relays,
+        "topology": _topology(raw.pop("topology")) if "topology" in raw else None,
         "requester_args": tuple(requester_args),
         "workers": groups,
         "workload": _build(Workload, raw.pop("workload", {}), "workload"),
@@ -278,6 +287,19 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
     }, "scenario")
     _check(scenario)
     return scenario
+
+
+def _topology(raw: Any) -> Any:
+    from netsim.topology import parse_topology
+
+    try:
+        topology = parse_topology(raw)
+    except (ValueError, TypeError) as exc:
+        raise ScenarioError(str(exc)) from None
+    problems = topology.problems()
+    if problems:
+        raise ScenarioError("; ".join(problems))
+    return topology
 
 
 def _links(raw: Any) -> Links:
@@ -377,9 +399,13 @@ def _check(s: Scenario) -> None:
     elif s.shaping == "none":
         if s.links is not None:
             problems.append('links: shaped links need shaping = "auto"')
-        if any(f.action == "partition" for f in s.faults):
+        if any(f.action == "partition" for f in s.faults) and s.topology is None:
             problems.append('faults: a partition blocks shaped links and needs shaping = "auto" '
                             '(action "stop" freezes nodes without shaping)')
     problems.extend(_link_problems(s))
+    if s.topology is not None:  # network namespaces (netsim/natsim.py)
+        from netsim.natsim import topology_problems
+
+        problems.extend(topology_problems(s))
     if problems:
         raise ScenarioError("; ".join(problems))

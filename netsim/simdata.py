@@ -6,16 +6,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netsim.scenario import Scenario
 from netsim.workload import RequestResult
+
+if TYPE_CHECKING:
+    from netsim.natsim import NatPlan
 
 
 @dataclass
 class SimNode:
     name: str
-    role: str                      # "worker" or "requester"
+    role: str                      # "worker", "requester" or "relay" ([topology] runs)
     group: str | None
     adversarial: bool = False
     pooled: bool = False
@@ -82,3 +85,5 @@ class SimData:
     # Lowball payers (netsim/lowball.py): their own requests, and per attacked channel what the chain paid.
     lowball_results: list[RequestResult] = field(default_factory=list)
     lowball_settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # [topology] runs: the namespace side (netsim/natsim.py), reported in the report's "nat" section.
+    nat: NatPlan | None = None

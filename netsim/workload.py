@@ -108,6 +108,7 @@ async def run_request(client: httpx.AsyncClient, api_url: str, name: str, req: P
                 resp = await client.post(api_url + "/v1/chat/completions", json=body)
                 res.status = resp.status_code
                 res.worker = resp.headers.get("x-cocoon-worker")
+                res.extra["path"] = resp.headers.get("x-cocoon-path")  # direct / hole-punched / relayed
                 if resp.status_code != 200:
                     res.cause, res.detail = _error_cause(resp.status_code, resp.content)
                 else:
@@ -121,6 +122,7 @@ async def run_request(client: httpx.AsyncClient, api_url: str, name: str, req: P
                 async with client.stream("POST", api_url + "/v1/chat/completions", json=body) as resp:
                     res.status = resp.status_code
                     res.worker = resp.headers.get("x-cocoon-worker")
+                    res.extra["path"] = resp.headers.get("x-cocoon-path")
                     if resp.status_code != 200:
                         res.cause, res.detail = _error_cause(resp.status_code, await resp.aread())
                     else:

@@ -136,7 +136,13 @@ class InferenceCall:
 
     async def _send_voucher(self, voucher: bytes | None) -> None:
         if voucher is not None:
-            await self._frames.send(VoucherFrame(id=self.request_id, voucher=voucher))
+            try:
+                await self._frames.send(VoucherFrame(id=self.request_id, voucher=voucher))
+            except FrameError:
+                raise
+            except Exception as exc:  # the stream died under us: the worker, or a relay between us, went away
+                raise WorkerFailure(f"voucher could not be sent: {exc}", code="worker_gone",
+                                    before_first_token=self._first_token_at is None) from None
 
     async def pay(self) -> None:
         """Pay as tokens arrive, off the token path: the prompt at once, then whatever is due each time the

@@ -30,6 +30,7 @@ from cocoon_node.inference.stream import (
 )
 from cocoon_node.inference.warm import WarmStreams
 from cocoon_node.mesh.announce import Announcement
+from cocoon_node.mesh.paths import stream_path
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class StreamStart:
     worker: Announcement
     prompt_tokens: int
     attempts: int
+    path: str | None = None  # direct / hole-punched / relayed (cocoon_node/mesh/paths.py; issue 14)
 
 
 Event = StreamStart | Delta | Final
@@ -355,7 +357,7 @@ class Requester:
             first_token_timeout=self._first_token_timeout,
             on_reusable=partial(self._warm.give_back, worker) if self._warm is not None else None,
         ) as call:
-            await send.send(StreamStart(worker, call.prompt_tokens, attempt))
+            await send.send(StreamStart(worker, call.prompt_tokens, attempt, stream_path(stream)))
             async for delta in call.deltas():
                 await send.send(delta)
             assert call.final is not None

@@ -9,6 +9,7 @@ from cocoon_node.mesh.announce import (
     AnnouncementValidator,
     decode_announcement,
 )
+from cocoon_node.mesh.connectivity import Connectivity, ConnectivitySettings
 from cocoon_node.mesh.host import Mesh, MeshSettings, TransportFactory
 from cocoon_node.mesh.identity import IdentityError, generate_identity, load_identity, load_or_create_identity
 from cocoon_node.mesh.records import RecordNamespace, RecordRejected
@@ -19,6 +20,8 @@ __all__ = [
     "Announcement",
     "AnnouncementError",
     "AnnouncementValidator",
+    "Connectivity",
+    "ConnectivitySettings",
     "IdentityError",
     "Mesh",
     "MeshSettings",

@@ -144,6 +144,10 @@ class Mesh:
         self.dht: KadDHT | None = None
         self.lookup: RecordLookup | None = None
         self.refreshes_skipped = 0  # start-up routing-table refreshes skipped for being well connected
+        # Hooks for NAT traversal (issue 14, cocoon_node/mesh/connectivity.py); None: plain behaviour.
+        self.address_filter: Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]] | None = None
+        self.dialer: Callable[[ID, Sequence[str]], Awaitable[None]] | None = None
+        self.circuit_addrs: Callable[[], list[str]] | None = None  # py-libp2p's get_addrs() mangles these
 
     # ----- lifecycle -----------------------------------------------------------------------------------
     @asynccontextmanager
@@ -168,6 +172,7 @@ class Mesh:
             # QUIC (libp2p TLS 1.3 + native streams) next to TCP when a /quic-v1 listen address is given.
             enable_quic=any("/quic" in a for a in settings.listen_addrs),
             transports=[transport] if transport is not None else None,  # None: py-libp2p's own choice
+            addrs_factory=self._advertise,  # issue 14: only addresses that work (identify, announcements)
         )
         gossipsub = GossipSub(
             protocols=GOSSIPSUB_PROTOCOLS,
@@ -275,13 +280,18 @@ class Mesh:
         return ID.from_pubkey(self._key_pair.public_key)
 
     def listen_addrs(self) -> list[str]:
-        """Full multiaddrs (with /p2p/ID) others can dial."""
+        """Full multiaddrs (with /p2p/ID) we listen on (local tooling and bootstrap lists use these)."""
         assert self.host is not None
-        out = []
-        for addr in self.host.get_addrs():
-            text = str(addr)
-            out.append(text if "/p2p/" in text else f"{text}/p2p/{self.peer_id.to_base58()}")
-        return out
+        suffix = f"/p2p/{self.peer_id.to_base58()}"
+        return [str(a) if "/p2p/" in str(a) else f"{a}{suffix}" for a in self.host.get_transport_addrs()]
+
+    def advertised_addrs(self) -> list[str]:
+        """Full multiaddrs others can dial: what worker announcements carry (identify: the direct ones)."""
+        assert self.host is not None
+        return [str(a) for a in self.host.get_addrs()] + (self.circuit_addrs() if self.circuit_addrs else [])
+
+    def _advertise(self, candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        return list(candidates) if self.address_filter is None else self.address_filter(candidates)
 
     def connected_peers(self) -> list[ID]:
         assert self.host is not None
@@ -329,8 +339,10 @@ class Mesh:
         """Open a stream to ``peer``; dials ``addrs`` first if not yet connected."""
         assert self.host is not None
         if addrs and peer not in self.host.get_connected_peers():
-            maddrs = [multiaddr.Multiaddr(a) for a in addrs]
-            await self.host.connect(PeerInfo(peer, maddrs))
+            if self.dialer is not None:  # issue 14: direct addresses first, then through relays
+                await self.dialer(peer, addrs)
+            else:
+                await self.host.connect(PeerInfo(peer, [multiaddr.Multiaddr(a) for a in addrs]))
         return await self.host.new_stream(peer, [TProtocol(protocol)])
 
     async def connect(self, addr: str) -> ID:

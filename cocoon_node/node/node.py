@@ -30,6 +30,8 @@ from cocoon_node.mesh import (
     WORKERS_TOPIC,
     Announcement,
     AnnouncementValidator,
+    Connectivity,
+    ConnectivitySettings,
     Mesh,
     MeshSettings,
     TransportFactory,
@@ -73,6 +75,8 @@ class Node:
         self.validator.on_accept = self._on_announcement
         self.mesh = Mesh(self.key_pair, self._mesh_settings(), namespaces=[AttestationNamespace()],
                          topic_validators={WORKERS_TOPIC: self.validator})
+        self.connectivity = Connectivity(self.mesh, self._connectivity_settings())  # NAT traversal (issue 14)
+        self.connectivity.install()
         self.worker: WorkerRole | None = None
         self.requester: Requester | None = None
         self.gate: AttestationGate | None = None
@@ -89,6 +93,16 @@ class Node:
                             gossip_degree_low=max(1, n.gossip_degree * 2 // 3), gossip_degree_high=2 * n.gossip_degree,
                             peer_cache=self.config.data_dir / "peers.json",
                             transport_factory=self._transport_factory)
+
+    def _connectivity_settings(self) -> ConnectivitySettings:
+        from cocoon_node.mesh.relay_hop import RelayLimits
+
+        n = self.config.node
+        limits = RelayLimits(max_reservations=n.relay_max_reservations, max_circuits=n.relay_max_circuits,
+                             circuit_bytes=n.relay_circuit_bytes, circuit_duration=n.relay_circuit_duration)
+        return ConnectivitySettings(reachability=n.reachability, relay=n.relay, hole_punching=n.hole_punching,
+                                    relay_reservations=n.relay_reservations if self.config.worker.enabled else 0,
+                                    relay_limits=limits)
 
     def _on_announcement(self, announcement: Announcement) -> None:
         if self.table.update(announcement) and self.gate is not None:
@@ -107,17 +121,19 @@ class Node:
                 self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
             await stack.enter_async_context(self.mesh.start())
             nursery = await stack.enter_async_context(trio.open_nursery())
+            await nursery.start(self.connectivity.run)
             await self._run_roles(nursery, task_status)
 
     async def _run_roles(self, nursery: trio.Nursery, task_status: TaskStatus) -> None:
         cfg = self.config
         pay = self.payments
-        roles = []
+        roles = ["relay"] if cfg.node.relay else []
         if cfg.worker.enabled:
             roles.append("worker")
             self.worker = WorkerRole(cfg, self.mesh, self.key_pair, build_backend(cfg),
                                      meter=pay.worker_meter if pay else None,
                                      payout=pay.payout_address if pay else "")
+            self.connectivity.on_change(self.worker.addresses_changed)
             await nursery.start(self.worker.run)
             if pay is not None and pay.settlement is not None:
                 nursery.start_soon(pay.settlement.run)
@@ -140,8 +156,11 @@ class Node:
             if cfg.requester.warm_streams > 0:
                 warm = WarmStreams(self._open_attested_stream, max_spares=cfg.requester.warm_streams)
                 nursery.start_soon(warm.run)
+                # Spares opened over a relay would keep requests there after a hole punch: drop them then.
+                spares = warm
+                self.connectivity.on_upgrade(lambda peer: spares.forget(peer.to_bytes()))
             self.requester = Requester(
-                self.table.live, self._open_attested_stream, self.gate, warm=warm,
+                self._reachable_workers, self._open_attested_stream, self.gate, warm=warm,
                 max_price_prompt=cfg.requester.max_price_prompt,
                 max_price_completion=cfg.requester.max_price_completion,
                 first_token_timeout=cfg.requester.first_token_timeout,
@@ -164,6 +183,12 @@ class Node:
             await trio.sleep_forever()
         finally:
             (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+
+    def _reachable_workers(self) -> list[Announcement]:
+        """Live workers we have a way to: an announced address (direct or relay circuit) or a connection.
+        A worker behind a NAT announces nothing dialable until it holds a relay reservation."""
+        connected = set(self.mesh.connected_peers()) if self.mesh.host else set()
+        return [a for a in self.table.live() if a.addrs or a.peer in connected]
 
     async def shutdown_gracefully(self) -> None:
         """Before cancelling everything: close our payment channels while the mesh is still up, so workers
@@ -237,9 +262,11 @@ class Node:
                 {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
                  "price_prompt": a.price_prompt, "price_completion": a.price_completion,
                  "announced_tee_kind": a.tee_kind, "synthetic": a.synthetic, "seqno": a.seqno,
-                 "expires_at": a.expires_at, "gate": self.gate.describe(a) if self.gate else None}
+                 "expires_at": a.expires_at, "gate": self.gate.describe(a) if self.gate else None,
+                 "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer)}  # how it is reached now
                 for a in self.table.live()
             ],
+            "connectivity": self.connectivity.summary(),
             "attestation": self.gate.summary() if self.gate else {},
             "worker": self.worker.status() if self.worker else None,
             "requester": {"completed": self.requester.completed, "failed": self.requester.failed,

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ class WorkerRole:
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
         now = int(time.time())
         self.announcement = Announcement(
-            peer_id=self.mesh.peer_id.to_bytes(), addrs=tuple(self.mesh.listen_addrs()[:8]), model=w.model,
+            peer_id=self.mesh.peer_id.to_bytes(), addrs=tuple(self.mesh.advertised_addrs()[:8]), model=w.model,
             model_hash=weights, backend=self.backend.kind, synthetic=self.backend.synthetic,
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
@@ -139,6 +140,8 @@ class WorkerRole:
         while True:
             now = int(time.time())
             self.announcement = self.announcement.bump(load=self.server.load, now=now, ttl=w.announce_ttl)
+            # Only addresses that work right now (reachability and relay reservations change them).
+            self.announcement = replace(self.announcement, addrs=tuple(self.mesh.advertised_addrs()[:8]))
             try:
                 await self.mesh.publish(WORKERS_TOPIC, self.announcement.seal(self.key_pair.private_key))
             except Exception as exc:
@@ -149,6 +152,10 @@ class WorkerRole:
             with trio.move_on_after(w.announce_interval * random.uniform(0.9, 1.1)):
                 await self._load_changed.wait()
                 await trio.sleep(0.2)
+
+    def addresses_changed(self) -> None:
+        """Our advertised addresses changed (reachability, relays): announce again now."""
+        self._load_changed.set()
 
     def status(self) -> dict[str, Any]:
         a = self.announcement

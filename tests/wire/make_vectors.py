@@ -1,4 +1,4 @@
-"""Regenerate the golden vectors of the envelope, announcement and inference-frame protocols.
+"""Regenerate the golden vectors of the envelope, announcement, inference, channel and dial-back protocols.
 
 Run ``python -m tests.wire.make_vectors``. Keys are fixed seeds and Ed25519 signatures are deterministic,
 so the output is byte-for-byte reproducible; the tests check both decoding and re-encoding against it.
@@ -100,6 +100,21 @@ def channel_frames() -> list[dict[str, Any]]:
     ]
 
 
+def dialback_frames() -> list[dict[str, Any]]:
+    peer = "12D3KooWHFrmLWTTDD4NodngtRMEVYgxrsDbhjqH3eqWqtfh6Gp6"
+    nonce = bytes(range(16))
+    return [
+        {"t": "dial_request", "v": 1, "nonce": nonce,
+         "addrs": ["/ip4/10.1.0.2/tcp/4001", f"/ip4/198.18.1.1/tcp/4001/p2p/{peer}"]},
+        {"t": "dial_response", "observed": "/ip4/198.18.1.1/tcp/53412",
+         "results": [{"addr": "/ip4/10.1.0.2/tcp/4001", "status": "refused",
+                      "reason": "not the address the request came from"},
+                     {"addr": f"/ip4/198.18.1.1/tcp/4001/p2p/{peer}", "status": "dial_error", "reason": "timed out"}]},
+        {"t": "dial_back", "nonce": nonce, "addr": "/ip4/198.18.3.1/tcp/4001"},
+        {"t": "dial_back_ok"},
+    ]
+
+
 def build() -> dict[str, list[dict[str, Any]]]:
     ann, key_pair = sample_announcement()
     payload = canonical_dumps(ann.to_wire())
@@ -121,6 +136,8 @@ def build() -> dict[str, list[dict[str, Any]]]:
                                   for f in frames()],
         "channel/frames.json": [{"name": f["t"], "hex": encode_frame("channel", f).hex(), "value": to_json_value(f)}
                                 for f in channel_frames()],
+        "dialback/frames.json": [{"name": f["t"], "hex": encode_frame("dialback", f).hex(), "value": to_json_value(f)}
+                                 for f in dialback_frames()],
     }
 
 
