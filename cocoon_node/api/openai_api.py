@@ -25,7 +25,7 @@ from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_resp
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError, parse_chat_request
 from cocoon_node.inference.client import RequestTooLarge, check_sendable
 from cocoon_node.inference.extras import ToolCallAccumulator, merge_tool_calls
-from cocoon_node.inference.requester import Event, NoWorkerAvailable, Requester, StreamStart
+from cocoon_node.inference.requester import CapabilityUnavailable, Event, NoWorkerAvailable, Requester, StreamStart
 from cocoon_node.inference.stream import Delta, Final, WorkerFailure
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ __all__ = ["MAX_BODY_BYTES", "error_response", "failure_response", "openai_app"]
 
 
 def failure_response(exc: Exception) -> JSONResponse:
+    if isinstance(exc, CapabilityUnavailable):  # the request's fault: a feature nobody serving the model has
+        return invalid(str(exc), param=exc.field, code=exc.code)
     if isinstance(exc, NoWorkerAvailable):
         return error_response(503, str(exc), type_="service_unavailable", code=exc.code)
     if isinstance(exc, WorkerFailure):

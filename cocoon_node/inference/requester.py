@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import trio
 
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.features import unsupported
 from cocoon_node.inference.stream import (
     PROTOCOL_ID,
     Delta,
@@ -41,6 +42,27 @@ class NoWorkerAvailable(Exception):
     def __init__(self, message: str, *, code: str = "no_worker") -> None:
         super().__init__(message)
         self.code = code
+
+
+class CapabilityUnavailable(NoWorkerAvailable):
+    """Workers serve the model, but none announced an optional feature the request uses: the client's
+    request, refused (400 naming ``field``) before any worker sees it."""
+
+    def __init__(self, model: str, capability: str, field: str) -> None:
+        super().__init__(f"no worker serving {model!r} supports {capability} (requested by {field})",
+                         code="unsupported_parameter")
+        self.capability = capability
+        self.field = field
+
+
+def lacking_capability(workers: Sequence[Announcement], model: str,
+                       needs: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(capability, field)`` when workers serve ``model`` but none announced all of ``needs``, else None."""
+    offered = [w for w in workers if w.model == model]
+    if not needs or not offered or any(unsupported(needs, frozenset(w.capabilities)) is None for w in offered):
+        return None
+    union = frozenset(c for w in offered for c in w.capabilities)
+    return unsupported(needs, union) or next(iter(needs.items()))
 
 
 @dataclass
@@ -114,10 +136,15 @@ class WorkerSelector:
         max_price_completion: int,
         *,
         allow_synthetic: bool,
+        needs: Mapping[str, str] | None = None,
     ) -> list[Announcement]:
+        """``needs``: the optional features a request uses (capability -> field); only workers that
+        announced them all are eligible."""
         out = []
         for w in workers:
             if w.model != model or (w.synthetic and not allow_synthetic) or w.peer_id in self.dropped:
+                continue
+            if needs and unsupported(needs, frozenset(w.capabilities)) is not None:
                 continue
             if w.price_prompt > max_price_prompt or w.price_completion > max_price_completion:
                 continue
@@ -193,13 +220,14 @@ class Requester:
         self.completed = 0
         self.failed = 0
 
-    async def candidates(self, model: str) -> list[Announcement]:
+    async def candidates(self, model: str, needs: Mapping[str, str] | None = None) -> list[Announcement]:
         eligible = self.selector.eligible(
             self._workers(),
             model,
             self.max_price_prompt,
             self.max_price_completion,
             allow_synthetic=self._allow_synthetic,
+            needs=needs,
         )
         # Workers with a fresh verdict are used without waiting; the gate's prefetcher checks the others in
         # the background. Only when no eligible worker is known good yet does the request wait, on the best
@@ -261,8 +289,11 @@ class Requester:
     async def _run(self, chat: ChatRequest, send: trio.MemorySendChannel[Event]) -> None:
         tried: set[bytes] = set()
         last_error: WorkerFailure | None = None
+        needs = chat.capabilities_used()
+        if (lacking := lacking_capability(self._workers(), chat.model, needs)) is not None:
+            raise CapabilityUnavailable(chat.model, *lacking)
         for attempt in range(1, self._max_attempts + 1):
-            options = [w for w in await self.candidates(chat.model) if w.peer_id not in tried]
+            options = [w for w in await self.candidates(chat.model, needs) if w.peer_id not in tried]
             if not options:
                 break
             worker = options[0]

@@ -38,6 +38,8 @@ RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
 ANNOUNCEMENT_VERSION = 1
 #: Version 2 adds the optional ``tokenizer`` field; a worker that announces no tokenizer still sends version 1.
 TOKENIZER_VERSION = 2
+#: Version 3 adds ``capabilities`` (optional OpenAI features the backend serves) and makes ``tokenizer`` optional.
+CAPABILITIES_VERSION = 3
 
 
 class AnnouncementError(ValueError):
@@ -71,6 +73,8 @@ class Announcement:
     v: int = ANNOUNCEMENT_VERSION
     # SHA-256 naming the tokenizer this worker counts tokens with (inference.tokencount); b"": not announced.
     tokenizer: bytes = b""
+    # Optional OpenAI features the backend serves (inference.features names); (): none, or not announced (v1/v2).
+    capabilities: tuple[str, ...] = ()
 
     @property
     def peer(self) -> ID:
@@ -82,15 +86,24 @@ class Announcement:
         out["protocols"] = list(self.protocols)
         if not self.tokenizer:
             del out["tokenizer"]  # version 1 has no such field
+        if self.v >= CAPABILITIES_VERSION:
+            out["capabilities"] = list(self.capabilities)
+        else:
+            del out["capabilities"]
         return out
 
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> Announcement:
         data = validate("announce", "announcement", fields)
-        if ("tokenizer" in data) != (data["v"] >= TOKENIZER_VERSION):
-            raise SchemaError("tokenizer", f"version {data['v']} announcements must "
-                              f"{'not ' if data['v'] < TOKENIZER_VERSION else ''}carry a tokenizer")
-        return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"])})
+        v = data["v"]
+        if v < CAPABILITIES_VERSION and ("tokenizer" in data) != (v >= TOKENIZER_VERSION):
+            raise SchemaError("tokenizer", f"version {v} announcements must "
+                              f"{'not ' if v < TOKENIZER_VERSION else ''}carry a tokenizer")
+        if ("capabilities" in data) != (v >= CAPABILITIES_VERSION):
+            raise SchemaError("capabilities", f"version {v} announcements must "
+                              f"{'not ' if v < CAPABILITIES_VERSION else ''}carry capabilities")
+        return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"]),
+                      "capabilities": tuple(data.get("capabilities", ()))})
 
     def seal(self, private_key: PrivateKey) -> bytes:
         return seal_envelope(DOMAIN, canonical_dumps(self.to_wire()), private_key)

@@ -21,7 +21,7 @@ from cocoon_node.inference.backend import Backend
 from cocoon_node.inference.factory import make_backend
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerMeter, WorkerTerms
 from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh
-from cocoon_node.mesh.announce import TOKENIZER_VERSION
+from cocoon_node.mesh.announce import CAPABILITIES_VERSION, TOKENIZER_VERSION
 from cocoon_node.node.attest import ReportPublisher
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,15 @@ def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") ->
     return hashlib.sha256(config.encode()).digest()
 
 
-def _tokenizer_fields(backend: Backend) -> dict[str, Any]:
-    """Announce the backend's tokenizer (v2) when it names one, so requesters can count our tokens."""
+def announced_backend_fields(backend: Backend) -> dict[str, Any]:
+    """Announce the backend's tokenizer (v2) when it names one, so requesters can count our tokens, and its
+    optional OpenAI features (v3) when it serves any, so requesters route requests using them to us."""
     tokenizer = getattr(backend, "tokenizer_hash", b"")
-    return {"tokenizer": tokenizer, "v": TOKENIZER_VERSION} if tokenizer else {}
+    out: dict[str, Any] = {"tokenizer": tokenizer, "v": TOKENIZER_VERSION} if tokenizer else {}
+    capabilities = tuple(sorted(getattr(backend, "capabilities", ())))
+    if capabilities:
+        out.update(capabilities=capabilities, v=CAPABILITIES_VERSION)
+    return out
 
 
 class WorkerRole:
@@ -123,7 +128,7 @@ class WorkerRole:
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
             issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
-            **_tokenizer_fields(self.backend),
+            **announced_backend_fields(self.backend),
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.publisher.run)

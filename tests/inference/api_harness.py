@@ -8,7 +8,7 @@ worker's validation, the frames and the API's response shapes, with whatever bac
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -53,13 +53,16 @@ class Trusting:
         return True
 
 
-def announcement(model: str, backend: Backend, max_concurrent: int) -> Announcement:
+def announcement(model: str, backend: Backend, max_concurrent: int, *, capabilities: Iterable[str] | None = None,
+                 peer: int = 7) -> Announcement:
+    """What the worker would announce; ``capabilities`` defaults to its backend's (as the node announces)."""
     now = int(time.time())
+    caps = tuple(sorted(getattr(backend, "capabilities", ()) if capabilities is None else capabilities))
     return Announcement(
-        peer_id=bytes([0, 36, 8, 1, 18, 32]) + b"\x07" * 32, addrs=(), model=model, model_hash=b"\x01" * 32,
+        peer_id=bytes([0, 36, 8, 1, 18, 32]) + bytes([peer]) * 32, addrs=(), model=model, model_hash=b"\x01" * 32,
         backend=backend.kind, synthetic=backend.synthetic, price_prompt=1, price_completion=1,
         max_concurrent=max_concurrent, load=0, protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1,
-        issued_at=now, expires_at=now + 3600,
+        issued_at=now, expires_at=now + 3600, capabilities=caps, v=3 if caps else 1,
     )
 
 
@@ -75,10 +78,12 @@ class Harness:
 
 
 @asynccontextmanager
-async def api_over(backend: Backend, model: str, *, max_concurrent: int = 2) -> AsyncIterator[Harness]:
+async def api_over(backend: Backend, model: str, *, max_concurrent: int = 2,
+                   capabilities: Iterable[str] | None = None) -> AsyncIterator[Harness]:
+    """``capabilities``: what the worker announces, if not its backend's own (a stale or lying announcement)."""
     terms = WorkerTerms(model, 1, 1, max_concurrent, 4096)
     server = InferenceServer(backend, terms)
-    worker = announcement(model, backend, max_concurrent)
+    worker = announcement(model, backend, max_concurrent, capabilities=capabilities)
     async with trio.open_nursery() as nursery:
 
         async def open_stream(_: Announcement) -> Any:

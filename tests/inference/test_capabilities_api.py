@@ -150,8 +150,10 @@ async def test_logprobs_reach_the_client_streamed_and_not() -> None:
      "response_format"),
 ])
 async def test_a_feature_the_backend_lacks_is_a_400_naming_the_field(extra: dict[str, Any], field: str) -> None:
+    """The worker's own check, behind the requester's routing: its announcement claims every feature (stale,
+    or wrong), its backend has only seed, and it refuses the rest itself."""
     backend = SyntheticBackend(tokens_per_second=0)
-    async with api_over(backend, backend.model_name) as api:
+    async with api_over(backend, backend.model_name, capabilities=ALL_CAPABILITIES) as api:
         with trio.fail_after(30):
             with pytest.raises(openai.BadRequestError) as info:
                 await trio.to_thread.run_sync(lambda: ask(api.url, model=backend.model_name, **extra))

@@ -119,6 +119,7 @@ def build() -> dict[str, list[dict[str, Any]]]:
     ann, key_pair = sample_announcement()
     payload = canonical_dumps(ann.to_wire())
     v2 = replace(ann, v=2, tokenizer=bytes.fromhex("9ebd23ced59c16a4fdd027e7799e067e4395ac26f29f10ac0d4d4bd0fccc84ca"))
+    v3 = replace(v2, v=3, capabilities=("logprobs", "seed"))
     sealed = ann.seal(key_pair.private_key)
     import cbor2
 
@@ -128,6 +129,9 @@ def build() -> dict[str, list[dict[str, Any]]]:
             # v2: a worker that names its tokenizer (requesters holding it count claimed tokens themselves)
             {"name": "announcement-payload-v2-tokenizer", "hex": canonical_dumps(v2.to_wire()).hex(),
              "value": to_json_value(v2.to_wire())},
+            # v3: the optional OpenAI features its backend serves (requesters route by them)
+            {"name": "announcement-payload-v3-capabilities", "hex": canonical_dumps(v3.to_wire()).hex(),
+             "value": to_json_value(v3.to_wire())},
         ],
         "envelope/envelope.json": [{"name": "announcement-envelope", "hex": sealed.hex(),
                                     "value": to_json_value(cbor2.loads(sealed))}],
