@@ -25,7 +25,14 @@ from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_resp
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError, parse_chat_request
 from cocoon_node.inference.client import RequestTooLarge, check_sendable
 from cocoon_node.inference.extras import ToolCallAccumulator, merge_tool_calls
-from cocoon_node.inference.requester import CapabilityUnavailable, Event, NoWorkerAvailable, Requester, StreamStart
+from cocoon_node.inference.requester import (
+    CapabilityUnavailable,
+    Event,
+    ModelNotFound,
+    NoWorkerAvailable,
+    Requester,
+    StreamStart,
+)
 from cocoon_node.inference.stream import Delta, Final, WorkerFailure
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,8 @@ __all__ = ["MAX_BODY_BYTES", "error_response", "failure_response", "openai_app"]
 
 
 def failure_response(exc: Exception) -> JSONResponse:
+    if isinstance(exc, ModelNotFound):
+        return error_response(404, str(exc), type_="invalid_request_error", param="model", code=exc.code)
     if isinstance(exc, CapabilityUnavailable):  # the request's fault: a feature nobody serving the model has
         return invalid(str(exc), param=exc.field, code=exc.code)
     if isinstance(exc, NoWorkerAvailable):
@@ -41,6 +50,9 @@ def failure_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, WorkerFailure):
         if exc.code == "invalid_request":
             return error_response(400, str(exc), type_="invalid_request_error", param=exc.field, code=exc.code)
+        if exc.code == "context_length":  # found by the worker (rejected, or failed by its backend)
+            return error_response(400, str(exc), type_="invalid_request_error", param="messages",
+                                  code="context_length_exceeded")
         status = 504 if exc.code == "timeout" else 502
         return error_response(status, f"worker failed: {exc}", type_="upstream_error", code=exc.code)
     return error_response(500, "internal error", type_="server_error")

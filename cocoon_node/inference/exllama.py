@@ -190,6 +190,11 @@ class ExLlamaV2Backend:
             )
             return self._tokenizer.encode(text, add_bos=False, encode_special_tokens=True)
 
+    @property
+    def context_length(self) -> int:
+        """The model's context window in tokens (0 until loaded): the worker refuses longer prompts."""
+        return self._context_len
+
     def count_tokens(self, req: ChatRequest) -> int:
         return int(self._prompt_ids(req).shape[-1])
 

@@ -29,40 +29,18 @@ from cocoon_node.inference.stream import (
     call_worker,
     sole_exception,
 )
+from cocoon_node.inference.unservable import (
+    CLIENT_FAULTS,
+    CapabilityUnavailable,
+    ModelNotFound,
+    NoWorkerAvailable,
+    lacking_capability,
+)
 from cocoon_node.inference.warm import WarmStreams
 from cocoon_node.mesh.announce import Announcement
 from cocoon_node.mesh.paths import stream_path
 
 log = logging.getLogger(__name__)
-
-
-class NoWorkerAvailable(Exception):
-    """No attested worker serves the model within the price limit with free capacity."""
-
-    def __init__(self, message: str, *, code: str = "no_worker") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class CapabilityUnavailable(NoWorkerAvailable):
-    """Workers serve the model, but none announced an optional feature the request uses: the client's
-    request, refused (400 naming ``field``) before any worker sees it."""
-
-    def __init__(self, model: str, capability: str, field: str) -> None:
-        super().__init__(f"no worker serving {model!r} supports {capability} (requested by {field})",
-                         code="unsupported_parameter")
-        self.capability = capability
-        self.field = field
-
-
-def lacking_capability(workers: Sequence[Announcement], model: str,
-                       needs: Mapping[str, str]) -> tuple[str, str] | None:
-    """``(capability, field)`` when workers serve ``model`` but none announced all of ``needs``, else None."""
-    offered = [w for w in workers if w.model == model]
-    if not needs or not offered or any(unsupported(needs, frozenset(w.capabilities)) is None for w in offered):
-        return None
-    union = frozenset(c for w in offered for c in w.capabilities)
-    return unsupported(needs, union) or next(iter(needs.items()))
 
 
 @dataclass
@@ -290,6 +268,8 @@ class Requester:
         tried: set[bytes] = set()
         last_error: WorkerFailure | None = None
         needs = chat.capabilities_used()
+        if not any(w.model == chat.model for w in self._workers()):
+            raise ModelNotFound(chat.model)
         if (lacking := lacking_capability(self._workers(), chat.model, needs)) is not None:
             raise CapabilityUnavailable(chat.model, *lacking)
         for attempt in range(1, self._max_attempts + 1):
@@ -311,10 +291,10 @@ class Requester:
                     log.warning("dropping worker %s: %s", worker.peer, exc)
                     self.selector.dropped[worker.peer_id] = str(exc)
                 # not the worker's fault: the client's request, a full worker, our own gate or our own store
-                if exc.code not in ("invalid_request", "overloaded", "attestation", "local_payment"):
+                if exc.code not in (*CLIENT_FAULTS, "overloaded", "attestation", "local_payment"):
                     self.selector.reputation(worker.peer_id).record_failure(timeout=timeout)
                 last_error = exc
-                if not exc.before_first_token or exc.code in ("invalid_request", "local_payment"):
+                if not exc.before_first_token or exc.code in (*CLIENT_FAULTS, "local_payment"):
                     self.failed += 1
                     raise
                 log.info("worker %s failed before the first token (%s); trying another", worker.peer, exc)

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from cocoon_node.inference.backend import Backend, BackendError
+from cocoon_node.inference.backend import Backend, BackendError, ContextLengthError
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError
 from cocoon_node.inference.extras import COALESCE_BYTES, TokenLogprob, ToolCallDelta, delta_frames, extras_bytes
 from cocoon_node.inference.features import unsupported
@@ -34,6 +34,7 @@ from cocoon_node.wire import FrameError, FrameStream, frame_tag, utf8_clip
 from cocoon_node.wire.messages.inference import (
     AcceptFrame,
     CancelFrame,
+    ErrorCode,
     ErrorFrame,
     FinalFrame,
     FinishReason,
@@ -160,6 +161,13 @@ class InferenceServer:
             await reject("overloaded", f"all {self.terms.max_concurrent} slots are busy")
             return None
         prompt_tokens = self.backend.count_tokens(chat)
+        # A backend that knows its context (torch, exllamav2) refuses a prompt beyond it before accepting, so
+        # the client gets a 400 even when streaming (after an accept, the response has started).
+        context = getattr(self.backend, "context_length", 0)
+        if isinstance(context, int) and 0 < context <= prompt_tokens:
+            await reject("context_length", f"the prompt is {prompt_tokens} tokens; this model's maximum context "
+                         f"length is {context} tokens", "messages")
+            return None
         self.stats.in_flight += 1
         self._load_changed()
         held = True
@@ -237,8 +245,11 @@ class _Generation:
             try:
                 with self.generation, trio.fail_after(self.server.terms.request_timeout):
                     await self.run_backend()
-            except BackendError as exc:  # ContextLengthError included
-                error = ErrorFrame(id=self.request_id, code="backend", message=utf8_clip(str(exc), 1000))
+            except BackendError as exc:
+                # a prompt beyond the model's context is the client's request, not our failure (issue 13)
+                too_long = isinstance(exc, ContextLengthError) and not self.completion_tokens
+                code: ErrorCode = "context_length" if too_long else "backend"
+                error = ErrorFrame(id=self.request_id, code=code, message=utf8_clip(str(exc), 1000))
             finally:
                 if self.meter is not None:
                     with trio.CancelScope(shield=True):

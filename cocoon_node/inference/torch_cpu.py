@@ -175,6 +175,11 @@ class TorchBackend:
             )
             return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @property
+    def context_length(self) -> int:
+        """The model's context window in tokens (0 until loaded): the worker refuses longer prompts."""
+        return self._context_len
+
     def count_tokens(self, req: ChatRequest) -> int:
         return len(self.prompt_ids(req))
 

@@ -22,7 +22,7 @@ RequestId = Annotated[str, utf8_max(64)]
 Millis = Annotated[float, Meta(ge=0)]
 RejectCode = Literal["overloaded", "invalid_request", "model_mismatch", "price_mismatch", "payment_required",
                      "context_length", "internal"]
-ErrorCode = Literal["backend", "timeout", "protocol", "payment", "internal"]
+ErrorCode = Literal["backend", "timeout", "protocol", "payment", "internal", "context_length"]
 FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
 Logprob = Annotated[float, Meta(ge=-9999, le=0)]  # clamped; -9999 stands for log 0
 
