@@ -40,8 +40,9 @@ setup:
 # CPU build segfaulted at the first completion on these machines; the portable one serves SmolLM2 at ~35 tok/s.
 # The wheel is built once per machine into our own cache, keyed by version and build flags (pip's wheel cache
 # ignores CMAKE_ARGS, so a native build someone else made could come out of it); a fresh clone then installs
-# in seconds. Build time measured: 7 min 55 s on a busy shared 2-core box (471 s of CPU); each build writes
-# its own figure to build-seconds beside the wheel.
+# in seconds. Build time measured: 7 min 55 s on a busy shared 2-core box (471 s of CPU); 34 min (2036 s,
+# 663 s of CPU) niced on a 2-core box at load ~12; from the cache, 12 s. Each build writes its own figure to
+# build-seconds beside the wheel.
 llama-server:
     #!/usr/bin/env bash
     set -euo pipefail
