@@ -50,6 +50,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from cocoon_node.mesh.dht_lookup import RecordLookup
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
+from cocoon_node.mesh.tcp_addrs import install as install_tcp_addrs_fix
 
 # py-libp2p's yamux answers every read with a WINDOW_UPDATE frame by default ("release on read"): one extra
 # encrypted frame back per token frame received. Its documented PY_YAMUX_* knob turns that off; its "partial
@@ -58,6 +59,7 @@ from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 log = logging.getLogger(__name__)
+install_tcp_addrs_fix()  # py-libp2p 0.8.1 lists closed listener sockets (tcp_addrs.py)
 
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DHT_PROTOCOL_PREFIX = TProtocol("/cocoon")
