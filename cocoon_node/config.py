@@ -276,7 +276,7 @@ def validate_config(config: Config) -> list[str]:
         out.append("payments.*: credit_window must be >= 0, channel_deposit and claim_threshold positive")
     if pay.voucher_every < 1 or pay.payment_timeout <= 0 or pay.challenge_period < 1 or pay.watch_interval <= 0:
         out.append("payments.*: voucher_every, payment_timeout, challenge_period and watch_interval must be positive")
-    from cocoon_node.payments.voucher import MAX_CHALLENGE_PERIOD
+    from cocoon_node.payments import MAX_CHALLENGE_PERIOD
 
     if pay.challenge_period > MAX_CHALLENGE_PERIOD:
         out.append(f"payments.challenge_period: at most {MAX_CHALLENGE_PERIOD} s (the channel contract refuses longer)")

@@ -146,7 +146,7 @@ class Node:
             for announcement in self.table.live():
                 self.gate.prefetch(announcement)
             if cfg.policy.registry_address and pay is not None:
-                from cocoon_node.node.registry_policy import RegistryPolicyRefresher
+                from cocoon_node.payments import RegistryPolicyRefresher
                 refresher = RegistryPolicyRefresher(self.gate, pay.chain, cfg.policy.registry_address,
                                                     self.gate.policy, cfg.policy.registry_refresh)
                 nursery.start_soon(refresher.run)
