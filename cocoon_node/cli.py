@@ -193,6 +193,7 @@ def skew_wall_clock(seconds: float) -> None:
 def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: TransportFactory | None = None) -> int:
     """Run the node until signalled. ``transport_factory`` replaces py-libp2p's transports (netsim's entry point
     injects its NETSIM-ONLY shaped TCP this way; ``cocoon-node run`` never sets it)."""
+    from cocoon_node.api import NodeHttp
     from cocoon_node.mesh import IdentityError
     from cocoon_node.node import Node
 
@@ -205,7 +206,7 @@ def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: Tran
             "NETSIM-ONLY clock skew: this node's wall clock runs %+.0f s off (local network only)",
             config.node.netsim_clock_skew)
     try:
-        node = Node(config, transport_factory=transport_factory)
+        node = Node(config, http=NodeHttp(), transport_factory=transport_factory)
     except IdentityError as exc:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2

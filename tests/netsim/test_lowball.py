@@ -16,7 +16,7 @@ from cocoon_node.payments.chain.base import ChannelStatus
 from netsim.lowball import LowballCloser, invariant, main
 from netsim.runner import SimData, SimNode
 from netsim.scenario import ScenarioError, parse_scenario
-from tests.payments.conftest import Parties, _contract_deps, parties  # noqa: F401 - fixtures
+from tests.payments.conftest import Parties, contract_deps, parties  # noqa: F401 - fixtures
 from tests.payments.test_metering import WORKER_PEER, chat, tail_voucher_stored, world
 
 
