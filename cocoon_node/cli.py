@@ -233,8 +233,7 @@ async def serve_until_signalled(node: Any, ready_extra: dict[str, Any] | None = 
 
 
 def cmd_id(config: Config, args: argparse.Namespace) -> int:
-    from cocoon_node.mesh import IdentityError, load_identity
-    from cocoon_node.mesh.identity import peer_id_of
+    from cocoon_node.mesh import IdentityError, load_identity, peer_id_of
     from cocoon_node.node import read_node_info
 
     try:
@@ -252,8 +251,7 @@ def cmd_id(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(config: Config, args: argparse.Namespace) -> int:
-    from cocoon_node.mesh import IdentityError, generate_identity
-    from cocoon_node.mesh.identity import identity_path, peer_id_of
+    from cocoon_node.mesh import IdentityError, generate_identity, identity_path, peer_id_of
 
     try:
         key_pair = generate_identity(config.data_dir, overwrite=args.force)

@@ -14,7 +14,7 @@ import trio
 from cocoon_node.api.admin import admin_app
 from cocoon_node.api.http import serve_http
 from cocoon_node.api.openai_api import openai_app
-from cocoon_node.inference.requester import Requester
+from cocoon_node.inference import Requester
 
 
 class NodeHttp:

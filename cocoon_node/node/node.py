@@ -26,9 +26,7 @@ from libp2p.peer.id import ID
 
 from cocoon_node import __version__
 from cocoon_node.config import Config
-from cocoon_node.inference.requester import Requester
-from cocoon_node.inference.stream import PROTOCOL_ID
-from cocoon_node.inference.warm import WarmStreams
+from cocoon_node.inference import PROTOCOL_ID, Requester, WarmStreams
 from cocoon_node.mesh import (
     WORKERS_TOPIC,
     Announcement,
@@ -117,7 +115,7 @@ class Node:
                             transport_factory=self._transport_factory)
 
     def _connectivity_settings(self) -> ConnectivitySettings:
-        from cocoon_node.mesh.relay_hop import RelayLimits
+        from cocoon_node.mesh import RelayLimits
 
         n = self.config.node
         limits = RelayLimits(max_reservations=n.relay_max_reservations, max_circuits=n.relay_max_circuits,
