@@ -9,7 +9,8 @@ entry points (:mod:`.node`, :mod:`.pool`, the rogue modules), never through a pr
 
 - a run: :mod:`.cli` (``cocoon-netsim``) -> :mod:`.runner` (thin orchestrator) over :mod:`.context`
   (shared state), :mod:`.lifecycle`, :mod:`.faults`, :mod:`.observation`, :mod:`.settlement`,
-  :mod:`.workload`, recorded in :mod:`.simdata` and written up by :mod:`.report`; scenarios parsed by
+  :mod:`.workload`, recorded in :mod:`.simdata` and written up by :mod:`.report` (adversaries' verdicts in
+  :mod:`.rogue_report`); scenarios parsed by
   :mod:`.scenario` from ``netsim/scenarios/*.toml``;
 - node entry points: :mod:`.node` (an honest node with shaped links and/or a skewed clock), :mod:`.pool`
   (many nodes in one process), :mod:`.procs` (process control over :class:`cocoon_node.cluster.Cluster`);

@@ -2,7 +2,7 @@
 
 - :mod:`.host`: :class:`Mesh`, the py-libp2p host (Noise, yamux, GossipSub, Kademlia); the transport is
   injectable (:data:`TransportFactory`), which is how netsim shapes links without the mesh importing it;
-- :mod:`.identity`: the node's persisted Ed25519 key;
+- :mod:`.identity`: the node's persisted Ed25519 key; :mod:`.peer_cache`: where our peers listened last run;
 - :mod:`.announce` (signed worker announcements and their gossip validator), :mod:`.workers` (the
   requester's live table of them);
 - :mod:`.records` (namespaced DHT record validation), :mod:`.dht_lookup` (first valid answer wins);
