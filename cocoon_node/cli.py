@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "credit_window": ("payments", "credit_window"),
         "payment_timeout": ("payments", "payment_timeout"),
         "registry_address": ("policy", "registry_address"),
-        "netsim_clock_skew": ("node", "netsim_clock_skew"),
         "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
         "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
         "relay": ("node", "relay"), "reachability": ("node", "reachability"),  # NAT traversal (issue 14)
@@ -122,9 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
     run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
                      help="seconds a worker waits for a voucher before stopping a stream")
-    run.add_argument("--netsim-clock-skew", dest="netsim_clock_skew", type=float, metavar="SECONDS",
-                     help="NETSIM-ONLY; refused outside the local network: run this node's wall clock SECONDS "
-                          "ahead (negative: behind), as a skewed system clock would")
 
     ident = sub.add_parser("id", help="print the peer id (and addresses of the running node)")
     _add_common(ident)
@@ -181,15 +176,6 @@ def setup_logging(config: Config) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def skew_wall_clock(seconds: float) -> None:
-    """NETSIM-ONLY: shift this process's wall clock (``time.time``/``time_ns``) as a skewed system clock
-    would; monotonic time, which only measures intervals, is left alone, as the kernel would leave it."""
-    real_time, real_time_ns = time.time, time.time_ns
-    offset_ns = int(seconds * 1e9)
-    time.time = lambda: real_time() + seconds  # type: ignore[assignment]
-    time.time_ns = lambda: real_time_ns() + offset_ns  # type: ignore[assignment]
-
-
 def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: TransportFactory | None = None) -> int:
     """Run the node until signalled. ``transport_factory`` replaces py-libp2p's transports (netsim's entry point
     injects its NETSIM-ONLY shaped TCP this way; ``cocoon-node run`` never sets it)."""
@@ -200,11 +186,6 @@ def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: Tran
     if not (config.worker.enabled or config.requester.enabled):
         logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip%s) only",
                                               " + circuit relay" if config.node.relay else "")
-    if config.node.netsim_clock_skew:
-        skew_wall_clock(config.node.netsim_clock_skew)
-        logging.getLogger("cocoon_node").warning(
-            "NETSIM-ONLY clock skew: this node's wall clock runs %+.0f s off (local network only)",
-            config.node.netsim_clock_skew)
     try:
         node = Node(config, http=NodeHttp(), transport_factory=transport_factory)
     except IdentityError as exc:

@@ -44,9 +44,6 @@ class NodeSection:
     gossip_degree: int = 6
     local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
     log_level: str = "INFO"
-    # NETSIM-ONLY clock skew in seconds (the node's wall clock runs this far ahead, or behind if negative):
-    # netsim's "skew" fault. Refused outside the local network.
-    netsim_clock_skew: float = 0.0
     # --- NAT traversal (issue 14; cocoon_node/mesh/connectivity.py) ---
     # auto: announce only addresses a peer's dial-back reached; public: announce every listen address as is;
     # private: announce none (reachable through relays only).
@@ -224,8 +221,6 @@ def validate_config(config: Config) -> list[str]:
                 out.append(f"node.bootstrap: {addr!r} lacks the /p2p/PEER_ID part")
     if not node.listen:
         out.append("node.listen: at least one listen address is required")
-    if node.netsim_clock_skew and node.network != "local":  # NETSIM-ONLY clock skew
-        out.append("node.netsim_clock_skew: netsim-only clock skew is refused outside the local network")
     for key, port in (("node.admin_port", node.admin_port), ("requester.api_port", requester.api_port)):
         if not 0 <= port <= 65535:
             out.append(f"{key}: {port} is not a TCP port")
