@@ -81,12 +81,13 @@ from cocoon_node.mesh import Announcement, Mesh, MeshSettings  # noqa: E402
 MODEL = "synthetic-echo"
 
 
-def chat_request(text: str = "hello world", *, words: int | None = None, model: str = MODEL,
-                 **fields: Any) -> ChatRequest:
+def chat_request(content: int | str = "hello world", *, model: str = MODEL, **fields: Any) -> ChatRequest:
     """A chat request as the API would build it (through :func:`parse_chat_request`): one user message of
-    ``text``, or of ``words`` repetitions of ``w``; other OpenAI fields (``max_tokens``, ``stream``, ...) as given."""
-    content = " ".join(["w"] * words) if words is not None else text
-    return parse_chat_request({"model": model, "messages": [{"role": "user", "content": content}], **fields})
+    ``content``, or for an int that many distinct words ``w0 w1 ...`` (one synthetic token each); other OpenAI
+    fields (``max_tokens``, ``stream``, ...) as given, None meaning absent."""
+    text = " ".join(f"w{i}" for i in range(content)) if isinstance(content, int) else content
+    given = {k: v for k, v in fields.items() if v is not None}
+    return parse_chat_request({"model": model, "messages": [{"role": "user", "content": text}], **given})
 
 
 @asynccontextmanager
