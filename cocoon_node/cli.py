@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "credit_window": ("payments", "credit_window"),
         "payment_timeout": ("payments", "payment_timeout"),
         "registry_address": ("policy", "registry_address"),
-        "netsim_clock_skew": ("node", "netsim_clock_skew"),
         "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
         "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
         "relay": ("node", "relay"), "reachability": ("node", "reachability"),  # NAT traversal (issue 14)
@@ -122,9 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
     run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
                      help="seconds a worker waits for a voucher before stopping a stream")
-    run.add_argument("--netsim-clock-skew", dest="netsim_clock_skew", type=float, metavar="SECONDS",
-                     help="NETSIM-ONLY; refused outside the local network: run this node's wall clock SECONDS "
-                          "ahead (negative: behind), as a skewed system clock would")
 
     ident = sub.add_parser("id", help="print the peer id (and addresses of the running node)")
     _add_common(ident)
@@ -181,31 +176,18 @@ def setup_logging(config: Config) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def skew_wall_clock(seconds: float) -> None:
-    """NETSIM-ONLY: shift this process's wall clock (``time.time``/``time_ns``) as a skewed system clock
-    would; monotonic time, which only measures intervals, is left alone, as the kernel would leave it."""
-    real_time, real_time_ns = time.time, time.time_ns
-    offset_ns = int(seconds * 1e9)
-    time.time = lambda: real_time() + seconds  # type: ignore[assignment]
-    time.time_ns = lambda: real_time_ns() + offset_ns  # type: ignore[assignment]
-
-
 def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: TransportFactory | None = None) -> int:
     """Run the node until signalled. ``transport_factory`` replaces py-libp2p's transports (netsim's entry point
     injects its NETSIM-ONLY shaped TCP this way; ``cocoon-node run`` never sets it)."""
+    from cocoon_node.api import NodeHttp
     from cocoon_node.mesh import IdentityError
     from cocoon_node.node import Node
 
     if not (config.worker.enabled or config.requester.enabled):
         logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip%s) only",
                                               " + circuit relay" if config.node.relay else "")
-    if config.node.netsim_clock_skew:
-        skew_wall_clock(config.node.netsim_clock_skew)
-        logging.getLogger("cocoon_node").warning(
-            "NETSIM-ONLY clock skew: this node's wall clock runs %+.0f s off (local network only)",
-            config.node.netsim_clock_skew)
     try:
-        node = Node(config, transport_factory=transport_factory)
+        node = Node(config, http=NodeHttp(), transport_factory=transport_factory)
     except IdentityError as exc:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2
@@ -232,8 +214,7 @@ async def serve_until_signalled(node: Any, ready_extra: dict[str, Any] | None = 
 
 
 def cmd_id(config: Config, args: argparse.Namespace) -> int:
-    from cocoon_node.mesh import IdentityError, load_identity
-    from cocoon_node.mesh.identity import peer_id_of
+    from cocoon_node.mesh import IdentityError, load_identity, peer_id_of
     from cocoon_node.node import read_node_info
 
     try:
@@ -251,8 +232,7 @@ def cmd_id(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(config: Config, args: argparse.Namespace) -> int:
-    from cocoon_node.mesh import IdentityError, generate_identity
-    from cocoon_node.mesh.identity import identity_path, peer_id_of
+    from cocoon_node.mesh import IdentityError, generate_identity, identity_path, peer_id_of
 
     try:
         key_pair = generate_identity(config.data_dir, overwrite=args.force)

@@ -114,7 +114,7 @@ class Cluster:
         """Run the cluster; with payments, one shared EMULATED chain serves every node (dev only)."""
         async with AsyncExitStack() as stack:
             if self.payments:
-                from cocoon_node.payments.chain.local import serve_shared_chain
+                from cocoon_node.payments import serve_shared_chain
 
                 self.base_dir.mkdir(parents=True, exist_ok=True)
                 self.chain_url = await stack.enter_async_context(

@@ -44,9 +44,6 @@ class NodeSection:
     gossip_degree: int = 6
     local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
     log_level: str = "INFO"
-    # NETSIM-ONLY clock skew in seconds (the node's wall clock runs this far ahead, or behind if negative):
-    # netsim's "skew" fault. Refused outside the local network.
-    netsim_clock_skew: float = 0.0
     # --- NAT traversal (issue 14; cocoon_node/mesh/connectivity.py) ---
     # auto: announce only addresses a peer's dial-back reached; public: announce every listen address as is;
     # private: announce none (reachable through relays only).
@@ -224,8 +221,6 @@ def validate_config(config: Config) -> list[str]:
                 out.append(f"node.bootstrap: {addr!r} lacks the /p2p/PEER_ID part")
     if not node.listen:
         out.append("node.listen: at least one listen address is required")
-    if node.netsim_clock_skew and node.network != "local":  # NETSIM-ONLY clock skew
-        out.append("node.netsim_clock_skew: netsim-only clock skew is refused outside the local network")
     for key, port in (("node.admin_port", node.admin_port), ("requester.api_port", requester.api_port)):
         if not 0 <= port <= 65535:
             out.append(f"{key}: {port} is not a TCP port")
@@ -276,7 +271,7 @@ def validate_config(config: Config) -> list[str]:
         out.append("payments.*: credit_window must be >= 0, channel_deposit and claim_threshold positive")
     if pay.voucher_every < 1 or pay.payment_timeout <= 0 or pay.challenge_period < 1 or pay.watch_interval <= 0:
         out.append("payments.*: voucher_every, payment_timeout, challenge_period and watch_interval must be positive")
-    from cocoon_node.payments.voucher import MAX_CHALLENGE_PERIOD
+    from cocoon_node.payments import MAX_CHALLENGE_PERIOD
 
     if pay.challenge_period > MAX_CHALLENGE_PERIOD:
         out.append(f"payments.challenge_period: at most {MAX_CHALLENGE_PERIOD} s (the channel contract refuses longer)")

@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 import trio
 
+from cocoon_node.api import NodeHttp
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer
@@ -331,7 +332,7 @@ class RogueNode(Node):
                  transport_factory: TransportFactory | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown rogue kind {kind!r}")
-        super().__init__(config, transport_factory=transport_factory)
+        super().__init__(config, http=NodeHttp(), transport_factory=transport_factory)
         self.kind = kind
         self.overclaim_tokens = overclaim_tokens
         self.stale_after = stale_after

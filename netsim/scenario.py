@@ -131,7 +131,7 @@ class Fault:
     # stop: SIGCONT after this delay; partition: heal after it. A partition blocks every link between the
     # targets and everyone else (shaped links, so the processes keep running); stop freezes the targets.
     duration: float | None = None
-    # skew: restart the targets with their wall clock this many seconds off (NETSIM-ONLY --netsim-clock-skew);
+    # skew: restart the targets with their wall clock this many seconds off (NETSIM-ONLY, ``netsim.node --clock-skew``);
     # with a duration, restart them again with a true clock after it.
     seconds: float | None = None
     # partition with a [topology]: the other side (node, relay or NAT names; default: everyone else). A target

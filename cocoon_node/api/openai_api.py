@@ -21,9 +21,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from cocoon_node.inference.chat import ChatRequest, RequestValidationError, parse_chat_request
-from cocoon_node.inference.requester import Event, NoWorkerAvailable, Requester, StreamStart
-from cocoon_node.inference.stream import Delta, Final, WorkerFailure
+from cocoon_node.inference import (
+    ChatRequest,
+    Delta,
+    Event,
+    Final,
+    NoWorkerAvailable,
+    Requester,
+    RequestValidationError,
+    StreamStart,
+    WorkerFailure,
+    parse_chat_request,
+)
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,22 @@
 Producing a report: build :class:`Claims`, get evidence over ``claims.report_data()`` (a TDX quote
 via :func:`get_tdx_quote`, or INSECURE dev evidence via :class:`DevPlatform`), then
 :func:`sign_report`. Checking one: :func:`verify_report` (raises) or :func:`check_report` (Verdict).
+
+- :mod:`.report`: the report record, its claims and signed envelope (typed in
+  :mod:`cocoon_node.wire.messages.attestation`, encoded by the wire package);
+- :mod:`.verify` (a report against a :class:`Policy`), :mod:`.policy` (what a verifier accepts),
+  :mod:`.allowlists` (allow-lists as operators write them; config and the node parse with it);
+- evidence: :mod:`.tdx` (quote parsing and verification, over the private :mod:`._tdx_quote` layout and
+  :mod:`._tdx_pck` chain), :mod:`.tsm` (getting a quote through configfs-tsm), :mod:`.measure` (a TDX
+  image's allow-list values from its quote), :mod:`.snp` (SEV-SNP, over ``_snp_*``), :mod:`.dev`
+  (INSECURE dev evidence);
+- :mod:`.weights` (the model weight hash), :mod:`.errors`.
 """
 
+from . import allowlists
 from .dev import DevEvidence, DevPlatform, dev_image_hash, verify_dev_evidence
 from .errors import AttestationError, QuoteFormatError
+from .measure import measurements_of_report
 from .policy import (
     ANY,
     TCB_STATUSES,
@@ -74,11 +86,13 @@ __all__ = [
     "TdxVerification",
     "TsmError",
     "Verdict",
+    "allowlists",
     "check_report",
     "decode_and_verify_envelope",
     "dev_image_hash",
     "get_tdx_quote",
     "libp2p_pubkey_protobuf",
+    "measurements_of_report",
     "model_hash",
     "parse_snp_report",
     "parse_tdx_quote",

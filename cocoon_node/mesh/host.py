@@ -17,7 +17,6 @@ requester or not, so that every node relays; and each node dials a handful of pe
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -49,6 +48,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from cocoon_node.mesh.dht_lookup import RecordLookup
+from cocoon_node.mesh.peer_cache import cached_addrs, save_peer_cache
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
 from cocoon_node.mesh.tcp_addrs import install as install_tcp_addrs_fix
 
@@ -394,17 +394,9 @@ class Mesh:
 
     async def _dial_cached_peers(self) -> None:
         """Re-dial peers remembered from the last run (bounded, in parallel, failures ignored)."""
-        cache = self.settings.peer_cache
-        if cache is None or not cache.exists():
-            return
-        try:
-            entries = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            return
         async with trio.open_nursery() as nursery:
-            for addr in entries[:50] if isinstance(entries, list) else []:
-                if isinstance(addr, str) and not addr.endswith(self.peer_id.to_base58()):
-                    nursery.start_soon(self._dial_quietly, addr)
+            for addr in cached_addrs(self.settings.peer_cache, self.peer_id.to_base58()):
+                nursery.start_soon(self._dial_quietly, addr)
 
     async def _dial_quietly(self, addr: str) -> None:
         with trio.move_on_after(self.settings.dial_timeout):
@@ -416,31 +408,8 @@ class Mesh:
                 log.debug("cached peer %s unreachable: %s", addr, group.exceptions)
 
     def _save_peer_cache(self) -> None:
-        """Remember where our peers listen: current connections first, then older entries (max 50)."""
-        cache = self.settings.peer_cache
-        if cache is None or self.host is None:
-            return
-        fresh: list[str] = []
-        for peer in self.host.get_connected_peers():
-            try:
-                known = self.host.get_peerstore().addrs(peer)[:2]
-            except Exception:  # PeerStoreError: connected, but its addresses are not (or no longer) known
-                continue
-            for maddr in known:
-                text = str(maddr)
-                if "/tcp/" in text:
-                    fresh.append(text if "/p2p/" in text else f"{text}/p2p/{peer.to_base58()}")
-        try:
-            old = json.loads(cache.read_text()) if cache.exists() else []
-        except (OSError, ValueError):
-            old = []
-        merged = list(dict.fromkeys(fresh + [a for a in old if isinstance(a, str)]))[:50]
-        try:
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(merged))
-            tmp.replace(cache)
-        except OSError as exc:
-            log.debug("could not save the peer cache: %s", exc)
+        if self.settings.peer_cache is not None and self.host is not None:
+            save_peer_cache(self.settings.peer_cache, self.host)
 
     async def _watch_peers(self) -> None:
         """Save the peer cache whenever the set of connected peers changes (checked every 2 s)."""

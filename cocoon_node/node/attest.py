@@ -38,8 +38,7 @@ from cocoon_node.attestation import (
     get_tdx_quote,
     sign_report,
 )
-from cocoon_node.mesh import Announcement, Mesh, RecordRejected
-from cocoon_node.mesh.announce import MAX_CLOCK_SKEW
+from cocoon_node.mesh import MAX_CLOCK_SKEW, Announcement, Mesh, RecordRejected
 from cocoon_node.node.attest_policy import policy_from_config
 from cocoon_node.node.gate_view import binding_problems, describe_verdict
 

@@ -1,7 +1,10 @@
-"""The node: one Trio process wiring mesh, attestation, inference and the HTTP surfaces together.
+"""The node: one Trio process wiring mesh, attestation, inference and payments, and serving its HTTP surfaces.
 
 Roles are flags: a worker sells inference, a requester buys it for local clients, a node may be both.
 Every node relays gossip and serves the DHT whatever its roles, which is what keeps the mesh symmetric.
+The HTTP surfaces (the OpenAI API, the admin endpoint) are handed in as :class:`HttpSurfaces`
+(:class:`cocoon_node.api.NodeHttp` in every real process): the api package sits above this one, so the node
+names no web framework and a test can drive the same apps without a node.
 """
 
 from __future__ import annotations
@@ -11,21 +14,19 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from cocoon_node import __version__
-from cocoon_node.api import admin_app, openai_app, serve_http
 from cocoon_node.config import Config
-from cocoon_node.inference.requester import Requester
-from cocoon_node.inference.stream import PROTOCOL_ID
-from cocoon_node.inference.warm import WarmStreams
+from cocoon_node.inference import PROTOCOL_ID, Requester, WarmStreams
 from cocoon_node.mesh import (
     WORKERS_TOPIC,
     Announcement,
@@ -49,6 +50,24 @@ TaskStatus = Any
 NODE_INFO_FILE = "node.json"
 
 
+class HttpSurfaces(Protocol):
+    """The node's HTTP faces, built and served by the layer above (:class:`cocoon_node.api.NodeHttp`)."""
+
+    def requester_app(self, requester: Requester, *, api_key: str, models: Callable[[], list[dict[str, Any]]],
+                      channels: Callable[[], Awaitable[dict[str, Any]]]) -> Any:
+        """The OpenAI-compatible ASGI app over ``requester``."""
+        ...
+
+    def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Any:
+        """The local admin ASGI app (``GET /status`` behind ``token``)."""
+        ...
+
+    async def serve(self, app: Any, host: str, port: int, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Serve ``app`` until cancelled; report the bound base URL through ``task_status``."""
+        ...
+
+
 class AttestedPeerMismatch(Exception):
     """The stream's authenticated remote key is not the key the attestation report binds."""
 
@@ -65,9 +84,10 @@ class NodeInfo:
 
 
 class Node:
-    def __init__(self, config: Config, key_pair: KeyPair | None = None, *,
+    def __init__(self, config: Config, key_pair: KeyPair | None = None, *, http: HttpSurfaces,
                  transport_factory: TransportFactory | None = None) -> None:
         self.config = config
+        self._http = http
         self._transport_factory = transport_factory  # None in production; netsim injects its shaped TCP
         self.key_pair = key_pair or load_or_create_identity(config.data_dir)
         self.validator = AnnouncementValidator()
@@ -95,7 +115,7 @@ class Node:
                             transport_factory=self._transport_factory)
 
     def _connectivity_settings(self) -> ConnectivitySettings:
-        from cocoon_node.mesh.relay_hop import RelayLimits
+        from cocoon_node.mesh import RelayLimits
 
         n = self.config.node
         limits = RelayLimits(max_reservations=n.relay_max_reservations, max_circuits=n.relay_max_circuits,
@@ -146,7 +166,7 @@ class Node:
             for announcement in self.table.live():
                 self.gate.prefetch(announcement)
             if cfg.policy.registry_address and pay is not None:
-                from cocoon_node.node.registry_policy import RegistryPolicyRefresher
+                from cocoon_node.payments import RegistryPolicyRefresher
                 refresher = RegistryPolicyRefresher(self.gate, pay.chain, cfg.policy.registry_address,
                                                     self.gate.policy, cfg.policy.registry_refresh)
                 nursery.start_soon(refresher.run)
@@ -166,13 +186,13 @@ class Node:
                 first_token_timeout=cfg.requester.first_token_timeout,
                 meter_factory=pay.meter_for if pay else None,
             )
-            app = openai_app(self.requester, api_key=cfg.requester.api_key, models=self.models,
-                             channels=self.payments_status)
-            api_url = await nursery.start(serve_http, app, cfg.requester.api_host, cfg.requester.api_port)
+            app = self._http.requester_app(self.requester, api_key=cfg.requester.api_key, models=self.models,
+                                           channels=self.payments_status)
+            api_url = await nursery.start(self._http.serve, app, cfg.requester.api_host, cfg.requester.api_port)
         nursery.start_soon(self._expire_workers)
         token = secrets.token_hex(16)
-        admin_url = await nursery.start(serve_http, admin_app(self.status, token), cfg.node.admin_host,
-                                        cfg.node.admin_port)
+        admin_url = await nursery.start(self._http.serve, self._http.admin_app(self.status, token),
+                                        cfg.node.admin_host, cfg.node.admin_port)
         self.info = NodeInfo(self.peer_id.to_base58(), self.mesh.listen_addrs(), admin_url, token, api_url,
                              os.getpid(), roles)
         self._write_info(self.info)

@@ -14,14 +14,10 @@ from typing import Any
 import trio
 from libp2p.crypto.keys import KeyPair
 
-from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash, upstream_origin
-from cocoon_node.attestation.measure import measurements_of_report
+from cocoon_node.attestation import TEE_DEV, TEE_TDX, measurements_of_report, model_hash, upstream_origin
 from cocoon_node.config import Config
-from cocoon_node.inference.backend import Backend
-from cocoon_node.inference.factory import make_backend
-from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerMeter, WorkerTerms
-from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh
-from cocoon_node.mesh.announce import TOKENIZER_VERSION
+from cocoon_node.inference import PROTOCOL_ID, Backend, InferenceServer, WorkerMeter, WorkerTerms, make_backend
+from cocoon_node.mesh import TOKENIZER_VERSION, WORKERS_TOPIC, Announcement, Mesh
 from cocoon_node.node.attest import ReportPublisher
 
 log = logging.getLogger(__name__)

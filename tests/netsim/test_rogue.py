@@ -16,7 +16,7 @@ from cocoon_node.inference.tokencount import WhitespaceCounter
 from cocoon_node.payments.chain.base import ChannelStatus
 from netsim.paycheats import INFLATE_FACTOR, InflatingServer
 from netsim.rogue import OverclaimingServer, StaleClosingSettlement, UnpaidBook, WithholdingMeter, _config
-from tests.payments.conftest import Parties, _contract_deps, parties  # noqa: F401 - fixtures
+from tests.payments.conftest import Parties, contract_deps, parties  # noqa: F401 - fixtures
 from tests.payments.test_metering import MODEL, PC, PP, WINDOW, chat, tail_voucher_stored, world
 from tests.waiting import wait_until
 

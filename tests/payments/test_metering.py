@@ -13,7 +13,7 @@ import trio
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from libp2p.crypto.ed25519 import create_new_key_pair
 
-from cocoon_node.inference.chat import ChatMessage, ChatRequest
+from cocoon_node.inference.chat import ChatRequest
 from cocoon_node.inference.stream import (
     PROTOCOL_ID,
     InferenceServer,
@@ -30,6 +30,7 @@ from cocoon_node.payments.meter import PayerChannel, RequesterPaymentMeter, Vouc
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import ChannelParams, public_key_bytes, sign_voucher
 from cocoon_node.wire.messages.inference import PaymentRef
+from tests.conftest import chat_request
 from tests.payments.conftest import TON, Parties, party_key
 from tests.waiting import wait_until
 
@@ -50,9 +51,8 @@ async def tail_voucher_stored(w: World, channel: Any) -> Any:
     return await wait_until(stored, timeout=30)
 
 
-def chat(words: int, max_tokens: int | None = None) -> ChatRequest:
-    text = " ".join(f"w{i}" for i in range(words))
-    return ChatRequest(model=MODEL, messages=(ChatMessage(role="user", content=text),), max_tokens=max_tokens)
+#: ``chat(n)``: a request of n distinct words, one synthetic token each (the suite's shared helper).
+chat = chat_request
 
 
 @dataclass
