@@ -228,7 +228,8 @@ async def serve_until_signalled(node: Any, ready_extra: dict[str, Any] | None = 
         nursery.start_soon(stop_on_signal)
         info = await nursery.start(node.run)
         print(json.dumps({"event": "ready", "peer_id": info.peer_id, "addrs": info.addrs,
-                          "api_url": info.api_url, "admin_url": info.admin_url, **(ready_extra or {})}), flush=True)
+                          "api_url": info.api_url, "admin_url": info.admin_url, "dashboard_url": info.dashboard_url,
+                          **(ready_extra or {})}), flush=True)
 
 
 def cmd_id(config: Config, args: argparse.Namespace) -> int:

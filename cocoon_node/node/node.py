@@ -14,7 +14,7 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import trio
 from libp2p.crypto.keys import KeyPair
@@ -41,6 +41,7 @@ from cocoon_node.mesh import (
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
+from cocoon_node.observe import DashboardAccess, NodeMetrics, ObservedRequester, observed_surface
 
 log = logging.getLogger(__name__)
 # trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
@@ -62,6 +63,7 @@ class NodeInfo:
     api_url: str | None
     pid: int
     roles: list[str] = field(default_factory=list)
+    dashboard_url: str | None = None  # a one-time login link (or the bare page when the listener has no key)
 
 
 class Node:
@@ -83,6 +85,7 @@ class Node:
         self.payments: PaymentsRole | None = None
         self.info: NodeInfo | None = None
         self.started_at = time.time()
+        self.metrics = NodeMetrics(offered_models=lambda: {a.model for a in self.table.live()})
         self.ready = trio.Event()
 
     def _mesh_settings(self) -> MeshSettings:
@@ -120,6 +123,8 @@ class Node:
             if paid:
                 self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
             await stack.enter_async_context(self.mesh.start())
+            if self.mesh.lookup is not None:
+                self.mesh.lookup.on_lookup = self.metrics.dht_lookup
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self.connectivity.run)
             await self._run_roles(nursery, task_status)
@@ -166,15 +171,28 @@ class Node:
                 first_token_timeout=cfg.requester.first_token_timeout,
                 meter_factory=pay.meter_for if pay else None,
             )
-            app = openai_app(self.requester, api_key=cfg.requester.api_key, models=self.models,
-                             channels=self.payments_status)
-            api_url = await nursery.start(serve_http, app, cfg.requester.api_host, cfg.requester.api_port)
+            # The API sees the requester through a wrapper that times its events (cocoon_node/observe).
+            app = openai_app(cast(Requester, ObservedRequester(self.requester, self.metrics)),
+                             api_key=cfg.requester.api_key, models=self.models, channels=self.payments_status)
+            api_access = DashboardAccess(cfg.requester.api_key)
+            surface = observed_surface(app, metrics=self.metrics, status=self.status, access=api_access,
+                                   models=self.models, listener="requester API")
+            api_url = await nursery.start(serve_http, surface, cfg.requester.api_host, cfg.requester.api_port)
         nursery.start_soon(self._expire_workers)
         token = secrets.token_hex(16)
-        admin_url = await nursery.start(serve_http, admin_app(self.status, token), cfg.node.admin_host,
-                                        cfg.node.admin_port)
+        admin_access = DashboardAccess(token)
+        admin = observed_surface(admin_app(self.status, token), metrics=self.metrics, status=self.status,
+                                 access=admin_access, models=self.models, listener="admin")
+        admin_url = await nursery.start(serve_http, admin, cfg.node.admin_host, cfg.node.admin_port)
+        # The dashboard lives on the API port of a requester, on the admin listener otherwise.
+        if api_url is not None:
+            dashboard = api_url + ("/dashboard" if api_access.open else
+                                   f"/dashboard/login?once={api_access.one_time_link()}")
+        else:
+            dashboard = f"{admin_url}/dashboard/login?once={admin_access.one_time_link()}"
+        log.info("dashboard: %s (a one-time link: it works once, for 10 minutes)", dashboard)
         self.info = NodeInfo(self.peer_id.to_base58(), self.mesh.listen_addrs(), admin_url, token, api_url,
-                             os.getpid(), roles)
+                             os.getpid(), roles, dashboard)
         self._write_info(self.info)
         self.ready.set()
         log.info("node %s up: %s roles=%s api=%s", self.peer_id, self.mesh.listen_addrs(), roles, api_url)
@@ -258,12 +276,15 @@ class Node:
             "connected_peers": len(self.mesh.connected_peers()) if self.mesh.host else 0,
             "topic_peers": self.mesh.topic_peers(WORKERS_TOPIC) if self.mesh.pubsub else 0,
             "announcements": self.validator.stats(),
+            "attestation_verdicts": dict(self.gate.verdicts) if self.gate else {},
+            "dht": dict(vars(self.mesh.lookup.stats)) if self.mesh.lookup is not None else {},
             "workers": [
                 {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
                  "price_prompt": a.price_prompt, "price_completion": a.price_completion,
                  "announced_tee_kind": a.tee_kind, "synthetic": a.synthetic, "seqno": a.seqno,
                  "expires_at": a.expires_at, "gate": self.gate.describe(a) if self.gate else None,
-                 "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer)}  # how it is reached now
+                 "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer),  # how it is reached now
+                 **self._latency(a)}
                 for a in self.table.live()
             ],
             "connectivity": self.connectivity.summary(),
@@ -272,6 +293,13 @@ class Node:
             "requester": {"completed": self.requester.completed, "failed": self.requester.failed,
                           "api_url": self.info.api_url if self.info else None} if self.requester else None,
         }
+
+    def _latency(self, a: Announcement) -> dict[str, float | None]:
+        """What this requester measured of the worker (smoothed), None before it answered us."""
+        rep = self.requester.selector.reputations.get(a.peer_id) if self.requester else None
+        if rep is None or not rep.successes:
+            return {"ttft_ms": None, "tokens_per_second": None}
+        return {"ttft_ms": round(rep.ttft_ms, 1), "tokens_per_second": round(rep.tokens_per_second, 1)}
 
     def _write_info(self, info: NodeInfo) -> None:
         path = self.config.data_dir / NODE_INFO_FILE
