@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,24 @@ from typing import Any
 
 import httpx
 import trio
+
+from cocoon_node.observe.startup import StartupFailure
+
+
+class NodeStartFailed(StartupFailure, RuntimeError):
+    """A node process exited before its ready line; the message carries the cause it printed."""
+
+
+def _cause_in_log(log_path: Path) -> str:
+    """The one-line cause a failed node printed last (``cocoon-node: ...``), or ""."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines[-50:]):
+        if line.startswith("cocoon-node: "):
+            return line.removeprefix("cocoon-node: ").removesuffix("  (--debug shows the traceback)")
+    return ""
 
 
 @dataclass
@@ -81,7 +98,12 @@ class Cluster:
             while b"\n" not in buffer:
                 chunk = await process.stdout.receive_some(4096)
                 if not chunk:
-                    raise RuntimeError(f"node {name} exited before becoming ready; see {log_path}")
+                    with trio.move_on_after(5):
+                        await process.wait()
+                    log_file.flush()
+                    cause = _cause_in_log(log_path)
+                    raise NodeStartFailed(f"node {name} did not start: {cause} (log: {log_path})" if cause else
+                                          f"node {name} exited before becoming ready; see {log_path}")
                 buffer += chunk
         node.ready = json.loads(buffer.split(b"\n", 1)[0])
         self._nursery.start_soon(drain_output, process.stdout)
@@ -160,40 +182,53 @@ def worker_args(bootstrap: str, backend: str, *, extra: Sequence[str] = ()) -> l
 
 
 def run_main_job(args: argparse.Namespace) -> int:
-    """The README's first command: a local cluster that answers a real chat request."""
+    """The README's first command: a local cluster that answers a real chat request, each stage timed."""
     from cocoon_node.chat_client import chat_once
+    from cocoon_node.observe.progress import Stages
 
     base = Path(args.base_dir)
     model = "synthetic-echo" if args.backend == "synthetic" else "SmolLM2-135M-Instruct"
     print("cocoon: DEV cluster on 127.0.0.1 — dev-INSECURE TEE, no real chain. Not for real money.", flush=True)
+    stages = Stages()
 
     async def main() -> int:
         cluster = Cluster(base)
+        stages.begin("chain up", "EMULATED TON chain sidecar")
         async with cluster.running():
-            started = time.monotonic()
+            stages.done("chain up", cluster.chain_url or "")
+            stages.begin("nodes up", f"requester + {args.workers} workers")
             req = await cluster.start_node("requester", ["--requester", "--local-cluster", "--allow-dev-tee",
                                                          "--api-port", str(args.api_port)])
             print(f"requester {req.peer_id} up at {req.addr}", flush=True)
+            # A worker's ready line comes after its model loaded: the wait here is model loading.
+            stages.begin("model loading", f"{args.workers} workers load {model}"
+                         + ("; about 30 s on 2 cores" if args.backend == "torch" else ""))
             async with trio.open_nursery() as nursery:
                 for i in range(args.workers):
                     nursery.start_soon(cluster.start_node, f"worker{i + 1}", worker_args(req.addr, args.backend))
+            stages.done("model loading")
+            stages.done("nodes up")
             for i in range(args.workers):
                 w = cluster.nodes[f"worker{i + 1}"]
                 print(f"worker{i + 1} {w.peer_id} up ({args.backend} backend, model {model})", flush=True)
+            stages.begin("mesh formed", "announcements gossiped, attestation reports checked")
             workers = await wait_for_workers(cluster, "requester", args.workers, timeout=120, model=model)
-            print(f"mesh formed: requester sees {len(workers)} workers after {time.monotonic() - started:.1f}s",
-                  flush=True)
+            stages.done("mesh formed", f"requester sees {len(workers)} workers")
             api = req.ready["api_url"]
             print(f"\n> {args.prompt}\n", flush=True)
+            stages.begin("first answer")
             code = await trio.to_thread.run_sync(
                 lambda: chat_once(api, args.prompt, model=model, max_tokens=96))
             if code != 0:
                 return code
+            stages.done("first answer")
             pay = (await cluster.status("requester")).get("payments", {})
             for ch in pay.get("channels", []):
                 print(f"paid {ch['voucher_cumulative']} nanotons by voucher #{ch['voucher_seqno']} over channel "
                       f"{ch['address'][:12]}… (EMULATED local chain, deposit {ch['deposit']})", flush=True)
             print(f"\nOpenAI-compatible API: {api}/v1  (model {model!r})", flush=True)
+            print(f"dashboard: {req.ready.get('dashboard_url') or api + '/dashboard'}   metrics: {api}/metrics",
+                  flush=True)
             print(f"try: cocoon-node chat --api {api} \"Hello!\"   — Ctrl-C to stop", flush=True)
             if not args.once:
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -202,4 +237,9 @@ def run_main_job(args: argparse.Namespace) -> int:
                         break
             return 0
 
-    return trio.run(main)
+    try:
+        return trio.run(main)
+    except Exception as exc:
+        from cocoon_node.observe.startup import report_failure
+
+        return report_failure(exc, debug=getattr(args, "debug", False), prog="cocoon")

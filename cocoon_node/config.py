@@ -44,6 +44,8 @@ class NodeSection:
     gossip_degree: int = 6
     local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
     log_level: str = "INFO"
+    # Seconds a node with bootstrap peers may run without meeting any before it stops with that cause (0: never).
+    bootstrap_timeout: float = 120.0
     # NETSIM-ONLY clock skew in seconds (the node's wall clock runs this far ahead, or behind if negative):
     # netsim's "skew" fault. Refused outside the local network.
     netsim_clock_skew: float = 0.0

@@ -42,6 +42,7 @@ from cocoon_node.node.attest import AttestationGate, AttestationNamespace, polic
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
 from cocoon_node.observe import DashboardAccess, NodeMetrics, ObservedRequester, observed_surface
+from cocoon_node.observe.startup import StartupFailure, chain_unreachable, is_port_in_use, port_in_use
 
 log = logging.getLogger(__name__)
 # trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
@@ -121,7 +122,10 @@ class Node:
         paid = cfg.payments.enabled and (cfg.worker.enabled or cfg.requester.enabled)
         async with AsyncExitStack() as stack:
             if paid:
-                self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
+                try:
+                    self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
+                except Exception as exc:  # the chain it cannot reach is a start-up failure with its fix
+                    raise chain_unreachable(cfg.payments.chain_url, exc) or exc from exc
             await stack.enter_async_context(self.mesh.start())
             if self.mesh.lookup is not None:
                 self.mesh.lookup.on_lookup = self.metrics.dht_lookup
@@ -177,13 +181,15 @@ class Node:
             api_access = DashboardAccess(cfg.requester.api_key)
             surface = observed_surface(app, metrics=self.metrics, status=self.status, access=api_access,
                                    models=self.models, listener="requester API")
-            api_url = await nursery.start(serve_http, surface, cfg.requester.api_host, cfg.requester.api_port)
+            api_url = await _listen(nursery, surface, cfg.requester.api_host, cfg.requester.api_port, "--api-port")
         nursery.start_soon(self._expire_workers)
+        if cfg.node.bootstrap and cfg.node.bootstrap_timeout > 0:
+            nursery.start_soon(self._require_a_peer, cfg.node.bootstrap_timeout)
         token = secrets.token_hex(16)
         admin_access = DashboardAccess(token)
         admin = observed_surface(admin_app(self.status, token), metrics=self.metrics, status=self.status,
                                  access=admin_access, models=self.models, listener="admin")
-        admin_url = await nursery.start(serve_http, admin, cfg.node.admin_host, cfg.node.admin_port)
+        admin_url = await _listen(nursery, admin, cfg.node.admin_host, cfg.node.admin_port, "--admin-port")
         # The dashboard lives on the API port of a requester, on the admin listener otherwise.
         if api_url is not None:
             dashboard = api_url + ("/dashboard" if api_access.open else
@@ -201,6 +207,17 @@ class Node:
             await trio.sleep_forever()
         finally:
             (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+
+    async def _require_a_peer(self, timeout: float) -> None:
+        """A node whose bootstrap peers all stay unreachable for ``timeout`` seconds after start stops with a
+        cause (the mesh keeps re-dialling until then; once it has met a peer this check is over for good)."""
+        with trio.move_on_after(timeout):
+            while not self.mesh.connected_peers():
+                await trio.sleep(0.5)
+            return
+        peers = ", ".join(self.config.node.bootstrap)
+        raise StartupFailure(f"no bootstrap peer reachable after {timeout:.0f} s ({peers}): check --bootstrap "
+                             "(a running node prints its address as `addrs` in its ready line)")
 
     def _reachable_workers(self) -> list[Announcement]:
         """Live workers we have a way to: an announced address (direct or relay circuit) or a connection.
@@ -308,6 +325,17 @@ class Node:
         with os.fdopen(fd, "w") as fh:
             json.dump(info.__dict__, fh)
         os.replace(tmp, path)
+
+
+async def _listen(nursery: trio.Nursery, app: Any, host: str, port: int, flag: str) -> str:
+    """Serve ``app``; a port in use is a start-up failure naming ``flag``."""
+    try:
+        url: str = await nursery.start(serve_http, app, host, port)
+    except BaseException as exc:
+        if is_port_in_use(exc):
+            raise port_in_use(host, port, flag) from exc
+        raise
+    return url
 
 
 def read_node_info(data_dir: Any) -> dict[str, Any]:
