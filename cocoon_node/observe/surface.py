@@ -137,7 +137,11 @@ def observed_surface(inner: ASGIApp, *, metrics: NodeMetrics, status: Callable[[
             return Response("not found", status_code=404)
         return Response(_static(name), media_type=_STATIC[name], headers={"cache-control": "no-cache"})
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask for it; a 404 would show as an error on the page
+
     app = Starlette(routes=[
+        Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/metrics", get_metrics, methods=["GET"]),
         Route("/dashboard", dashboard, methods=["GET"]),
         Route("/dashboard/login", login, methods=["GET", "POST"]),
