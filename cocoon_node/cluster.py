@@ -176,6 +176,26 @@ async def wait_for_workers(cluster: Cluster, requester: str, count: int, *, time
             await trio.sleep(0.5)
 
 
+async def echo_load_phases(cluster: Cluster, name: str, print_line: Any) -> None:
+    """Print the loading phases node ``name`` logs (``worker MODEL: phase…``) until cancelled: the main job's
+    long wait says what it is waiting for."""
+    marker = "cocoon_node.node.worker: worker "
+    offset = 0
+    while True:
+        node = cluster.nodes.get(name)
+        path = node.log_path if node is not None else None
+        if path is not None and path.exists():
+            with open(path, "rb") as fh:  # noqa: ASYNC230 - a small local read once a second
+                fh.seek(offset)
+                chunk = fh.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            offset += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                if marker in line:
+                    print_line(f"  {name}: {line.split(marker, 1)[1].split(': ', 1)[-1]}")
+        await trio.sleep(1.0)
+
+
 def worker_args(bootstrap: str, backend: str, *, extra: Sequence[str] = ()) -> list[str]:
     return ["--worker", "--local-cluster", "--bootstrap", bootstrap, "--backend", backend, "--tee", "dev",
             *(["--model", "synthetic-echo"] if backend == "synthetic" else []), *extra]
@@ -204,8 +224,17 @@ def run_main_job(args: argparse.Namespace) -> int:
             stages.begin("model loading", f"{args.workers} workers load {model}"
                          + ("; about 30 s on 2 cores" if args.backend == "torch" else ""))
             async with trio.open_nursery() as nursery:
-                for i in range(args.workers):
-                    nursery.start_soon(cluster.start_node, f"worker{i + 1}", worker_args(req.addr, args.backend))
+                echo = trio.CancelScope()
+
+                async def echo_phases() -> None:
+                    with echo:
+                        await echo_load_phases(cluster, "worker1", stages.note)
+
+                nursery.start_soon(echo_phases)
+                async with trio.open_nursery() as starting:
+                    for i in range(args.workers):
+                        starting.start_soon(cluster.start_node, f"worker{i + 1}", worker_args(req.addr, args.backend))
+                echo.cancel()
             stages.done("model loading")
             stages.done("nodes up")
             for i in range(args.workers):

@@ -33,6 +33,10 @@ class Stages:
         self._begun[stage] = self._clock()
         self._print(f"{stage}…" + (f" ({detail})" if detail else ""))
 
+    def note(self, text: str) -> None:
+        """A line inside the current stage (what a long wait is doing now)."""
+        self._print(text)
+
     def done(self, stage: str, detail: str = "") -> float:
         took = self._clock() - self._begun.get(stage, self._t0)
         self.times[stage] = took
