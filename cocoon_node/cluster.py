@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,8 @@ class Cluster:
         self.nodes[name] = node
         assert process.stdout is not None
         buffer = b""
-        with trio.fail_after(timeout):
+        waiting = trio.move_on_after(timeout)
+        with waiting:
             while b"\n" not in buffer:
                 chunk = await process.stdout.receive_some(4096)
                 if not chunk:
@@ -105,6 +107,9 @@ class Cluster:
                     raise NodeStartFailed(f"node {name} did not start: {cause} (log: {log_path})" if cause else
                                           f"node {name} exited before becoming ready; see {log_path}")
                 buffer += chunk
+        if waiting.cancelled_caught:
+            raise NodeStartFailed(f"node {name} not ready after {timeout:.0f} s (a busy machine loads models slowly): "
+                                  f"see {log_path}")
         node.ready = json.loads(buffer.split(b"\n", 1)[0])
         self._nursery.start_soon(drain_output, process.stdout)
         return node
@@ -180,11 +185,10 @@ async def echo_load_phases(cluster: Cluster, name: str, print_line: Any) -> None
     """Print the loading phases node ``name`` logs (``worker MODEL: phase…``) until cancelled: the main job's
     long wait says what it is waiting for."""
     marker = "cocoon_node.node.worker: worker "
-    offset = 0
+    path = cluster.base_dir / name / "node.log"  # where start_node logs; earlier runs' lines are skipped
+    offset = path.stat().st_size if path.exists() else 0
     while True:
-        node = cluster.nodes.get(name)
-        path = node.log_path if node is not None else None
-        if path is not None and path.exists():
+        if path.exists():
             with open(path, "rb") as fh:  # noqa: ASYNC230 - a small local read once a second
                 fh.seek(offset)
                 chunk = fh.read()
@@ -233,7 +237,9 @@ def run_main_job(args: argparse.Namespace) -> int:
                 nursery.start_soon(echo_phases)
                 async with trio.open_nursery() as starting:
                     for i in range(args.workers):
-                        starting.start_soon(cluster.start_node, f"worker{i + 1}", worker_args(req.addr, args.backend))
+                        # Loading phases are echoed meanwhile, so a slow, busy machine may take its time.
+                        starting.start_soon(partial(cluster.start_node, f"worker{i + 1}",
+                                                    worker_args(req.addr, args.backend), timeout=900))
                 echo.cancel()
             stages.done("model loading")
             stages.done("nodes up")

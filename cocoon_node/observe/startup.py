@@ -28,7 +28,8 @@ def port_in_use(host: str, port: int, flag: str) -> StartupFailure:
 def chain_unreachable(url: str, exc: BaseException) -> StartupFailure | None:
     """The payments role could not reach its chain (a refused or dropped connection, a chain error)."""
     for leaf in leaves(exc):
-        if isinstance(leaf, OSError) or "ChainError" in _class_names(leaf):
+        # an OSError naming a file is the store's disk, not the chain
+        if (isinstance(leaf, OSError) and leaf.filename is None) or "ChainError" in _class_names(leaf):
             where = f"the EMULATED chain at {url}" if url else "the payment chain"
             return StartupFailure(f"{where} is unreachable ({leaf or type(leaf).__name__}): pass --chain-url of a "
                                   f"running chain (`cocoon-node cluster` starts one) or --no-payments")
