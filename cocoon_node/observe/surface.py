@@ -28,9 +28,15 @@ from cocoon_node.observe.metrics import CONTENT_TYPE, NodeMetrics
 from cocoon_node.observe.timing import ObservedHTTP
 
 COOKIE = "cocoon_dashboard"
+
+
+def cookie_name(request: Request) -> str:
+    """Cookies ignore ports: the API's and the admin listener's sessions on one host need their own names."""
+    return f"{COOKIE}_{request.url.port or 0}"
 SESSION_SECONDS = 12 * 3600
 LINK_SECONDS = 600
 MAX_SESSIONS = 64
+MAX_LOGIN_BYTES = 4096
 _STATIC = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"}
 
 
@@ -78,7 +84,7 @@ class DashboardAccess:
     def session_ok(self, request: Request) -> bool:
         if self.open:
             return True
-        expires = self._sessions.get(request.cookies.get(COOKIE, ""))
+        expires = self._sessions.get(request.cookies.get(cookie_name(request), ""))
         return expires is not None and expires > self._clock()
 
 
@@ -115,14 +121,19 @@ def observed_surface(inner: ASGIApp, *, metrics: NodeMetrics, status: Callable[[
             if not access.redeem(request.query_params.get("once", "")):
                 return _login_page("that link was used already or has expired: type the key instead")
         else:
+            body = b""
+            async for part in request.stream():  # bounded: the form is one short field
+                body += part
+                if len(body) > MAX_LOGIN_BYTES:
+                    return Response("login form over 4096 bytes", status_code=413)
             # urlencoded by hand: Starlette's form parser needs python-multipart, one dependency for one field
-            form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
+            form = parse_qs(body.decode("utf-8", "replace"))
             if not access.key_matches((form.get("key") or [""])[0]):
                 return _login_page("wrong key")
         # See-other to the bare page: the one-time token leaves the address bar and the history.
         resp = RedirectResponse("/dashboard", status_code=303)
-        resp.set_cookie(COOKIE, access.new_session(), max_age=SESSION_SECONDS, httponly=True, samesite="strict",
-                        path="/")
+        resp.set_cookie(cookie_name(request), access.new_session(), max_age=SESSION_SECONDS, httponly=True,
+                        samesite="strict", path="/")
         return resp
 
     async def data(request: Request) -> Response:

@@ -41,6 +41,9 @@ async def test_login_form_sets_a_session_and_the_key_never_rides_in_a_url() -> N
         wrong = await c.post("/dashboard/login", data={"key": "nope"})
         assert wrong.status_code == 401 and "wrong key" in wrong.text and COOKIE not in wrong.headers.get(
             "set-cookie", "")
+        huge = await c.post("/dashboard/login", content=b"key=" + b"x" * 100_000,
+                            headers={"content-type": "application/x-www-form-urlencoded"})
+        assert huge.status_code == 413
         ok = await c.post("/dashboard/login", data={"key": KEY})
         assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
         cookie = ok.headers["set-cookie"]
