@@ -25,6 +25,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "data_dir": ("node", "data_dir"), "listen": ("node", "listen"), "bootstrap": ("node", "bootstrap"),
         "network": ("node", "network"), "local_cluster": ("node", "local_cluster"),
         "admin_port": ("node", "admin_port"), "log_level": ("node", "log_level"),
+        "bootstrap_timeout": ("node", "bootstrap_timeout"),
         "worker": ("worker", "enabled"), "backend": ("worker", "backend"), "model": ("worker", "model"),
         "model_path": ("worker", "model_path"), "upstream_url": ("worker", "upstream_url"),
         "tee": ("worker", "tee"), "price_prompt": ("worker", "price_prompt"),
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", action="append", help="listen multiaddr (repeatable)")
     run.add_argument("--bootstrap", action="append", help="bootstrap multiaddr with /p2p/ID (repeatable)")
     run.add_argument("--network", choices=["local", "testnet", "mainnet"])
+    run.add_argument("--bootstrap-timeout", dest="bootstrap_timeout", type=float, metavar="SECONDS",
+                     help="stop with that cause if no bootstrap peer is reached within SECONDS (default 120; 0: never)")
     run.add_argument("--local-cluster", dest="local_cluster", action="store_true", default=None,
                      help="loopback cluster: lift IP-diversity rules")
     run.add_argument("--admin-port", dest="admin_port", type=int)
@@ -91,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-hole-punching", dest="hole_punching", action="store_false", default=None,
                      help="keep relayed connections relayed (no DCUtR)")
     run.add_argument("--log-level", dest="log_level")
+    run.add_argument("--debug", action="store_true", help="show a failed start's traceback too")
     run.add_argument("--backend", choices=["torch", "exllamav2", "openai-upstream", "synthetic"])
     run.add_argument("--model")
     run.add_argument("--model-path", dest="model_path")
@@ -128,11 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true", help="replace an existing key (changes the peer id)")
     status = sub.add_parser("status", help="ask the running node for its status")
     _add_common(status)
+    status.add_argument("--json", action="store_true", help="the whole status as JSON (default: a table)")
     chat = sub.add_parser("chat", help="one-shot chat request through a requester node")
     _add_common(chat)
     chat.add_argument("prompt")
     chat.add_argument("--api", help="requester API base URL (default: from the node's data dir)")
-    chat.add_argument("--model", default="SmolLM2-135M-Instruct")
+    chat.add_argument("--model", help="model to ask for (default: the one the API offers, verified workers first)")
     chat.add_argument("--max-tokens", dest="max_tokens", type=int, default=128)
     chat.add_argument("--api-key", dest="api_key", default=os.environ.get("COCOON_REQUESTER_API_KEY", ""))
     chat.add_argument("--no-stream", dest="stream", action="store_false")
@@ -144,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--api-port", dest="api_port", type=int, default=8080)
     cluster.add_argument("--base-dir", dest="base_dir", default=".cocoon/cluster")
     cluster.add_argument("--once", action="store_true", help="exit after the answer instead of serving on")
+    cluster.add_argument("--debug", action="store_true", help="show a failed start's traceback too")
     return parser
 
 
@@ -186,13 +192,22 @@ def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: Tran
     if not (config.worker.enabled or config.requester.enabled):
         logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip%s) only",
                                               " + circuit relay" if config.node.relay else "")
+    w = config.worker
+    if w.enabled and w.model_path and not Path(w.model_path).exists():
+        print(f"cocoon-node: model file not found: {w.model_path}: pass --model-path with an existing model file "
+              f"(or leave it out for the {w.backend} backend's default)", file=sys.stderr)
+        return 2
     try:
         node = Node(config, http=NodeHttp(), transport_factory=transport_factory)
     except IdentityError as exc:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2
+    try:
+        trio.run(serve_until_signalled, node)
+    except Exception as exc:
+        from cocoon_node.observe.startup import report_failure
 
-    trio.run(serve_until_signalled, node)
+        return report_failure(exc, debug=getattr(args, "debug", False))
     return 0
 
 
@@ -210,7 +225,8 @@ async def serve_until_signalled(node: Any, ready_extra: dict[str, Any] | None = 
         nursery.start_soon(stop_on_signal)
         info = await nursery.start(node.run)
         print(json.dumps({"event": "ready", "peer_id": info.peer_id, "addrs": info.addrs,
-                          "api_url": info.api_url, "admin_url": info.admin_url, **(ready_extra or {})}), flush=True)
+                          "api_url": info.api_url, "admin_url": info.admin_url, "dashboard_url": info.dashboard_url,
+                          **(ready_extra or {})}), flush=True)
 
 
 def cmd_id(config: Config, args: argparse.Namespace) -> int:
@@ -251,16 +267,26 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     try:
         info = read_node_info(config.data_dir)
     except (OSError, ValueError):
-        print(f"cocoon-node: no running node found in {config.data_dir}", file=sys.stderr)
+        print(f"cocoon-node: no running node found in {config.data_dir}: pass --data-dir of a running node",
+              file=sys.stderr)
         return 1
     try:
         resp = httpx.get(info["admin_url"] + "/status", headers={"authorization": f"Bearer {info['admin_token']}"},
                          timeout=10)
     except httpx.HTTPError as exc:
-        print(f"cocoon-node: admin endpoint {info['admin_url']} unreachable: {exc}", file=sys.stderr)
+        print(f"cocoon-node: admin endpoint {info['admin_url']} unreachable ({exc}): the node may have stopped; "
+              f"start it with `cocoon-node run --data-dir {config.data_dir}`", file=sys.stderr)
         return 1
-    print(json.dumps(resp.json(), indent=2))
-    return 0 if resp.status_code == 200 else 1
+    if resp.status_code != 200:
+        print(f"cocoon-node: admin endpoint answered {resp.status_code}: {resp.text[:200]}", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps(resp.json(), indent=2))
+    else:
+        from cocoon_node.observe.status_table import format_status
+
+        print(format_status(resp.json()))
+    return 0
 
 
 def cmd_chat(config: Config, args: argparse.Namespace) -> int:
@@ -277,7 +303,16 @@ def cmd_chat(config: Config, args: argparse.Namespace) -> int:
             print("cocoon-node: no requester API found; pass --api or --data-dir of a running requester",
                   file=sys.stderr)
             return 1
-    return chat_once(api, args.prompt, model=args.model, max_tokens=args.max_tokens, api_key=args.api_key,
+    from cocoon_node.chat_client import ChatError, offered_model
+
+    model = args.model
+    if not model:
+        try:
+            model = offered_model(api, api_key=args.api_key)
+        except ChatError as exc:
+            print(f"cocoon-node: {exc}", file=sys.stderr)
+            return 1
+    return chat_once(api, args.prompt, model=model, max_tokens=args.max_tokens, api_key=args.api_key,
                      stream=args.stream)
 
 

@@ -44,6 +44,8 @@ class NodeSection:
     gossip_degree: int = 6
     local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
     log_level: str = "INFO"
+    # Seconds a node with bootstrap peers may run without meeting any before it stops with that cause (0: never).
+    bootstrap_timeout: float = 120.0
     # --- NAT traversal (issue 14; cocoon_node/mesh/connectivity.py) ---
     # auto: announce only addresses a peer's dial-back reached; public: announce every listen address as is;
     # private: announce none (reachable through relays only).

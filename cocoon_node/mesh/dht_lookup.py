@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,10 +137,23 @@ class RecordLookup:
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._rpc_time = RPC_TIME_START
         self.stats = LookupStats()
+        self.on_lookup: Callable[[float], None] | None = None
 
     # ----- public --------------------------------------------------------------------------------------
     async def get(self, key: str, *, newest: bool = False) -> bytes | None:
         """The best valid record for ``key``, or None. Never returns a record its namespace rejects.
+
+        Its duration goes to ``on_lookup`` when set (the node's metrics; cancelled lookups included).
+        """
+        started = time.monotonic()
+        try:
+            return await self._get(key, newest=newest)
+        finally:
+            if self.on_lookup is not None:
+                self.on_lookup(time.monotonic() - started)
+
+    async def _get(self, key: str, *, newest: bool = False) -> bytes | None:
+        """:meth:`get` without the timing.
 
         ``newest``: skip the shortcuts (local store, cache, first valid reply) and pick the newest among our
         copies and the network's, waiting for the peer the key names when it is reachable (it holds its own

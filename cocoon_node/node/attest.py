@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter as CounterOf
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,6 +187,7 @@ class AttestationGate:
         self._prefetch_send, self._prefetch_recv = trio.open_memory_channel[Announcement](256)
         self.fetches = 0
         self.rejections = 0
+        self.verdicts: CounterOf[str] = CounterOf()  # checked reports by failed check ("ok": verified)
 
     def set_policy(self, policy: Policy) -> None:
         """Replace the policy and forget every cached verdict, so each worker is checked again."""
@@ -302,6 +304,7 @@ class AttestationGate:
             verdict = check_report(record, peer_id, self.policy, int(now))
             if verdict.ok and not self._usable(verdict, now):
                 verdict = Verdict.failed("expired", "report expires now or is past the policy's maximum age")
+        self.verdicts["ok" if verdict.ok else (verdict.check or "unnamed")] += 1
         if not verdict.ok:
             self.rejections += 1
             log.warning("worker %s failed attestation: %s", ID(peer_id), "; ".join(verdict.reasons))

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 from libp2p.crypto.keys import KeyPair
@@ -42,6 +42,8 @@ from cocoon_node.mesh import (
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
+from cocoon_node.observe import DashboardAccess, NodeMetrics, ObservedRequester, observed_surface
+from cocoon_node.observe.startup import StartupFailure, chain_unreachable, is_port_in_use, port_in_use
 
 log = logging.getLogger(__name__)
 # trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
@@ -81,6 +83,7 @@ class NodeInfo:
     api_url: str | None
     pid: int
     roles: list[str] = field(default_factory=list)
+    dashboard_url: str | None = None  # a one-time login link (or the bare page when the listener has no key)
 
 
 class Node:
@@ -103,6 +106,7 @@ class Node:
         self.payments: PaymentsRole | None = None
         self.info: NodeInfo | None = None
         self.started_at = time.time()
+        self.metrics = NodeMetrics(offered_models=lambda: {a.model for a in self.table.live()})
         self.ready = trio.Event()
 
     def _mesh_settings(self) -> MeshSettings:
@@ -138,8 +142,13 @@ class Node:
         paid = cfg.payments.enabled and (cfg.worker.enabled or cfg.requester.enabled)
         async with AsyncExitStack() as stack:
             if paid:
-                self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
+                try:
+                    self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
+                except Exception as exc:  # the chain it cannot reach is a start-up failure with its fix
+                    raise chain_unreachable(cfg.payments.chain_url, exc) or exc from exc
             await stack.enter_async_context(self.mesh.start())
+            if self.mesh.lookup is not None:
+                self.mesh.lookup.on_lookup = self.metrics.dht_lookup
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self.connectivity.run)
             await self._run_roles(nursery, task_status)
@@ -186,15 +195,32 @@ class Node:
                 first_token_timeout=cfg.requester.first_token_timeout,
                 meter_factory=pay.meter_for if pay else None,
             )
-            app = self._http.requester_app(self.requester, api_key=cfg.requester.api_key, models=self.models,
+            # The API sees the requester through a wrapper that times its events (cocoon_node/observe).
+            app = self._http.requester_app(cast(Requester, ObservedRequester(self.requester, self.metrics)),
+                                           api_key=cfg.requester.api_key, models=self.models,
                                            channels=self.payments_status)
-            api_url = await nursery.start(self._http.serve, app, cfg.requester.api_host, cfg.requester.api_port)
+            api_access = DashboardAccess(cfg.requester.api_key)
+            surface = observed_surface(app, metrics=self.metrics, status=self.status, access=api_access,
+                                       models=self.models, listener="requester API")
+            api_url = await self._listen(nursery, surface, cfg.requester.api_host, cfg.requester.api_port,
+                                         "--api-port")
         nursery.start_soon(self._expire_workers)
+        if cfg.node.bootstrap and cfg.node.bootstrap_timeout > 0:
+            nursery.start_soon(self._require_a_peer, cfg.node.bootstrap_timeout)
         token = secrets.token_hex(16)
-        admin_url = await nursery.start(self._http.serve, self._http.admin_app(self.status, token),
-                                        cfg.node.admin_host, cfg.node.admin_port)
+        admin_access = DashboardAccess(token)
+        admin = observed_surface(self._http.admin_app(self.status, token), metrics=self.metrics,
+                                 status=self.status, access=admin_access, models=self.models, listener="admin")
+        admin_url = await self._listen(nursery, admin, cfg.node.admin_host, cfg.node.admin_port, "--admin-port")
+        # The dashboard lives on the API port of a requester, on the admin listener otherwise.
+        if api_url is not None:
+            dashboard = api_url + ("/dashboard" if api_access.open else
+                                   f"/dashboard/login?once={api_access.one_time_link()}")
+        else:
+            dashboard = f"{admin_url}/dashboard/login?once={admin_access.one_time_link()}"
+        log.info("dashboard: %s (a one-time link: it works once, for 10 minutes)", dashboard)
         self.info = NodeInfo(self.peer_id.to_base58(), self.mesh.listen_addrs(), admin_url, token, api_url,
-                             os.getpid(), roles)
+                             os.getpid(), roles, dashboard)
         self._write_info(self.info)
         self.ready.set()
         log.info("node %s up: %s roles=%s api=%s", self.peer_id, self.mesh.listen_addrs(), roles, api_url)
@@ -203,6 +229,17 @@ class Node:
             await trio.sleep_forever()
         finally:
             (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+
+    async def _require_a_peer(self, timeout: float) -> None:
+        """A node whose bootstrap peers all stay unreachable for ``timeout`` seconds after start stops with a
+        cause (the mesh keeps re-dialling until then; once it has met a peer this check is over for good)."""
+        with trio.move_on_after(timeout):
+            while not self.mesh.connected_peers():
+                await trio.sleep(0.5)
+            return
+        peers = ", ".join(self.config.node.bootstrap)
+        raise StartupFailure(f"no bootstrap peer reachable after {timeout:.0f} s ({peers}): check --bootstrap "
+                             "(a running node prints its address as `addrs` in its ready line)")
 
     def _reachable_workers(self) -> list[Announcement]:
         """Live workers we have a way to: an announced address (direct or relay circuit) or a connection.
@@ -230,6 +267,16 @@ class Node:
             await stream.reset()
             raise AttestedPeerMismatch(f"stream reached {remote}, not the attested worker {worker.peer}")
         return stream
+
+    async def _listen(self, nursery: trio.Nursery, app: Any, host: str, port: int, flag: str) -> str:
+        """Serve ``app``; a port in use is a start-up failure naming ``flag``."""
+        try:
+            url: str = await nursery.start(self._http.serve, app, host, port)
+        except BaseException as exc:
+            if is_port_in_use(exc):
+                raise port_in_use(host, port, flag) from exc
+            raise
+        return url
 
     async def _expire_workers(self) -> None:
         while True:
@@ -278,12 +325,15 @@ class Node:
             "connected_peers": len(self.mesh.connected_peers()) if self.mesh.host else 0,
             "topic_peers": self.mesh.topic_peers(WORKERS_TOPIC) if self.mesh.pubsub else 0,
             "announcements": self.validator.stats(),
+            "attestation_verdicts": dict(self.gate.verdicts) if self.gate else {},
+            "dht": dict(vars(self.mesh.lookup.stats)) if self.mesh.lookup is not None else {},
             "workers": [
                 {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
                  "price_prompt": a.price_prompt, "price_completion": a.price_completion,
                  "announced_tee_kind": a.tee_kind, "synthetic": a.synthetic, "seqno": a.seqno,
                  "expires_at": a.expires_at, "gate": self.gate.describe(a) if self.gate else None,
-                 "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer)}  # how it is reached now
+                 "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer),  # how it is reached now
+                 **self._latency(a)}
                 for a in self.table.live()
             ],
             "connectivity": self.connectivity.summary(),
@@ -293,6 +343,13 @@ class Node:
                           "api_url": self.info.api_url if self.info else None} if self.requester else None,
         }
 
+    def _latency(self, a: Announcement) -> dict[str, float | None]:
+        """What this requester measured of the worker (smoothed), None before it answered us."""
+        rep = self.requester.selector.reputations.get(a.peer_id) if self.requester else None
+        if rep is None or not rep.successes:
+            return {"ttft_ms": None, "tokens_per_second": None}
+        return {"ttft_ms": round(rep.ttft_ms, 1), "tokens_per_second": round(rep.tokens_per_second, 1)}
+
     def _write_info(self, info: NodeInfo) -> None:
         path = self.config.data_dir / NODE_INFO_FILE
         tmp = path.with_suffix(".tmp")
@@ -300,6 +357,8 @@ class Node:
         with os.fdopen(fd, "w") as fh:
             json.dump(info.__dict__, fh)
         os.replace(tmp, path)
+
+
 
 
 def read_node_info(data_dir: Any) -> dict[str, Any]:

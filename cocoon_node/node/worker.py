@@ -19,6 +19,7 @@ from cocoon_node.config import Config
 from cocoon_node.inference import PROTOCOL_ID, Backend, InferenceServer, WorkerMeter, WorkerTerms, make_backend
 from cocoon_node.mesh import TOKENIZER_VERSION, WORKERS_TOPIC, Announcement, Mesh
 from cocoon_node.node.attest import ReportPublisher
+from cocoon_node.observe.progress import LoadProgress
 
 log = logging.getLogger(__name__)
 # trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
@@ -95,10 +96,15 @@ class WorkerRole:
 
     async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         w = self.config.worker
-        log.info("loading %s backend for %s", w.backend, w.model)
+        progress = LoadProgress(f"worker {w.model}", log)  # phases as log lines: the long wait of a start
+        progress.phase(f"loading the {w.backend} backend")
+        if hasattr(self.backend, "on_phase"):  # backends that report their own phases (torch)
+            self.backend.on_phase = progress.phase
         await self.backend.load()
+        progress.phase("hashing the weights")
         weights = await trio.to_thread.run_sync(compute_model_hash, self.backend, self.config.data_dir, w.model_path)
         log.info("model %s weight hash %s", w.model, weights.hex())
+        progress.phase("publishing the attestation report")
         terms = WorkerTerms(model=w.model, price_prompt=w.price_prompt, price_completion=w.price_completion,
                             max_concurrent=w.max_concurrent, max_tokens_cap=w.max_tokens_cap)
         self.server = InferenceServer(self.backend, terms, meter=self.meter,
@@ -124,6 +130,7 @@ class WorkerRole:
             nursery.start_soon(self.publisher.run)
             with trio.move_on_after(30):  # the report is stored locally at once; propagation may lag
                 await self.publisher.published.wait()
+            progress.finish()
             nursery.start_soon(self._announce_loop)
             self.ready.set()
             task_status.started()
