@@ -126,7 +126,7 @@ class NodeMetrics:
             return sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith(suffix))
 
         return {
-            "requests": total(self.http_requests, "_total") - self._dashboard_requests(),
+            "requests": self._api_requests(),
             "errors": sum(s.value for m in self.http_requests.collect() for s in m.samples
                           if s.name.endswith("_total") and int(s.labels["status"]) >= 400),
             "prompt_tokens": total(self.prompt_tokens, "_total"),
@@ -134,10 +134,11 @@ class NodeMetrics:
             "ttft_sum": total(self.ttft, "_sum"), "ttft_count": total(self.ttft, "_count"),
         }
 
-    def _dashboard_requests(self) -> float:
-        """The dashboard's and scrapers' own polls, left out of the requests chart."""
+    def _api_requests(self) -> float:
+        """Requests to the API (``/v1/...``) only: the dashboard's and scrapers' own polls, a browser's
+        ``/favicon.ico`` and other stray paths stay out of the requests chart."""
         return sum(s.value for m in self.http_requests.collect() for s in m.samples
-                   if s.name.endswith("_total") and s.labels["endpoint"] in ("/dashboard", "/metrics", "/status"))
+                   if s.name.endswith("_total") and s.labels["endpoint"].startswith("/v1/"))
 
 
 class _SnapshotCollector(Collector):
