@@ -48,8 +48,13 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from cocoon_node.mesh import kad_protocol
 from cocoon_node.mesh.dht_lookup import RecordLookup
+from cocoon_node.mesh.dht_put import PutResult, RecordKeeper, RecordPutter
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
+
+# Before any KadDHT exists: py-libp2p would otherwise serve and dial IPFS's /ipfs/kad/1.0.0 (kad_protocol.py).
+kad_protocol.install()
 
 # py-libp2p's yamux answers every read with a WINDOW_UPDATE frame by default ("release on read"): one extra
 # encrypted frame back per token frame received. Its documented PY_YAMUX_* knob turns that off; its "partial
@@ -91,6 +96,12 @@ class MeshSettings:
     dht_alpha: int = 3
     dht_rpc_timeout: float = 5.0
     dht_cache_ttl: float = 30.0
+    # DHT writes (cocoon_node/mesh/dht_put.py): how many closest peers a record is stored at (Kademlia's k,
+    # also the width of a lookup's window), how often our own records are checked against the closest peers
+    # we now know of (re-put when new ones appeared), and the periodic re-put regardless.
+    dht_k: int = 20
+    dht_check_interval: float = 30.0
+    dht_republish_interval: float = 600.0
     # NETSIM-ONLY link shaping, never used on a real network: a link table (cocoon_node/mesh/shaping.py) that
     # delays, throttles or blocks every TCP connection this node dials. TCP-only; refused with QUIC.
     link_shaping: Path | None = None
@@ -140,6 +151,7 @@ class Mesh:
         self.gossipsub: GossipSub | None = None
         self.dht: KadDHT | None = None
         self.lookup: RecordLookup | None = None
+        self.keeper: RecordKeeper | None = None
         self.refreshes_skipped = 0  # start-up routing-table refreshes skipped for being well connected
 
     # ----- lifecycle -----------------------------------------------------------------------------------
@@ -199,8 +211,11 @@ class Mesh:
             strict_validation=True,
         )
         self.host, self.pubsub, self.gossipsub, self.dht = host, pubsub, gossipsub, dht
-        self.lookup = RecordLookup(host, dht, validator, alpha=settings.dht_alpha,
+        self.lookup = RecordLookup(host, dht, validator, alpha=settings.dht_alpha, k=settings.dht_k,
                                    rpc_timeout=settings.dht_rpc_timeout, cache_ttl=settings.dht_cache_ttl)
+        putter = RecordPutter(host, dht, validator, self.lookup, rpc_timeout=settings.dht_rpc_timeout)
+        self.keeper = RecordKeeper(putter, check_interval=settings.dht_check_interval,
+                                   republish_interval=settings.dht_republish_interval)
         listen = [multiaddr.Multiaddr(a) for a in settings.listen_addrs]
         try:
             async with shaping, self._run_services(host, pubsub, gossipsub, dht, listen):
@@ -244,6 +259,8 @@ class Mesh:
             nursery.start_soon(self._dial_cached_peers)
             nursery.start_soon(self._keep_connected)
             nursery.start_soon(self._stay_joined)
+            assert self.keeper is not None
+            nursery.start_soon(self.keeper.run)
             if self.settings.peer_cache is not None:
                 nursery.start_soon(self._watch_peers)
             try:
@@ -305,18 +322,22 @@ class Mesh:
         return len(self.pubsub.peer_topics.get(topic, ()))
 
     # ----- DHT ------------------------------------------------------------------------------------------
-    async def put_record(self, key: str, value: bytes) -> None:
-        assert self.dht is not None
-        await self.dht.put_value(key, value)
+    async def put_record(self, key: str, value: bytes) -> PutResult:
+        """Store a record here and at the k peers closest to its key, and keep it there (re-puts).
 
-    async def get_record(self, key: str) -> bytes | None:
+        See :mod:`cocoon_node.mesh.dht_put` for why this is not py-libp2p's ``KadDHT.put_value``.
+        """
+        assert self.keeper is not None
+        return await self.keeper.put(key, value)
+
+    async def get_record(self, key: str, *, avoid: Sequence[ID] = ()) -> bytes | None:
         """The newest valid record for ``key`` (local store, recent lookups, then the network), or None.
 
         Only records that pass the key's namespace validator are ever returned; see :class:`RecordLookup`
-        for why this is not py-libp2p's ``KadDHT.get_value``.
+        for why this is not py-libp2p's ``KadDHT.get_value``. ``avoid``: peers the walk must not ask.
         """
         assert self.lookup is not None
-        return await self.lookup.get(key)
+        return await self.lookup.get(key, avoid=avoid)
 
     # ----- direct streams ------------------------------------------------------------------------------
     def set_stream_handler(self, protocol: str, handler: Callable[[INetStream], Awaitable[None]]) -> None:
