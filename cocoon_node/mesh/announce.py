@@ -17,6 +17,7 @@ from libp2p.crypto.keys import PrivateKey
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
+from cocoon_node.mesh.scoring import IGNORE, TopicVerdict
 from cocoon_node.wire import (
     CborError,
     EnvelopeError,
@@ -36,6 +37,7 @@ MAX_CLOCK_SKEW = 30  # seconds an announcement's issue time may lie ahead of the
 MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
 RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
 ANNOUNCEMENT_VERSION = 1
+STALE_REASONS = frozenset({"replayed", "expired", "rate_limited"})
 
 
 class AnnouncementError(ValueError):
@@ -154,14 +156,18 @@ class AnnouncementValidator:
         self._last_seqno[announcement.peer_id] = announcement.seqno
         return announcement
 
-    def __call__(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
-        """The py-libp2p sync topic-validator signature."""
+    def __call__(self, forwarder: ID, msg: rpc_pb2.Message) -> TopicVerdict:
+        """The py-libp2p sync topic-validator signature, plus IGNORE (see cocoon_node/mesh/scoring.py)."""
         try:
             origin = ID(msg.from_id) if msg.from_id else None
             announcement = self.check(msg.data, origin)
         except AnnouncementError as exc:
             self.rejected[exc.reason] += 1
-            return False
+            # Stale, not forged: an honest relay may deliver these (reordered paths, slow links, its own rate
+            # window); they are dropped without counting against the relay, within its allowance. From the
+            # origin itself they count.
+            relayed = origin is not None and origin != forwarder
+            return IGNORE if relayed and exc.reason in STALE_REASONS else False
         except Exception:  # anything unexpected from hostile bytes is a malformed message, not a crash
             self.rejected["malformed"] += 1
             return False

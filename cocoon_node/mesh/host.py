@@ -6,7 +6,7 @@ surface: publish/subscribe on topics, put/get of validated DHT records, and dire
 Two py-libp2p defaults are unsafe for us and are overridden here: it offers plaintext and secio next to
 Noise (we offer Noise only) and mplex next to yamux (we offer yamux only), and its DHT accepts records in
 any namespace (we run it strict, with our own validators). GossipSub scoring weights default to zero; we
-set real ones (see :func:`score_params`).
+set real ones, and make their thresholds act (see :mod:`cocoon_node.mesh.scoring`).
 
 Why gossip "did not arrive" in early trials: GossipSub only forwards a topic's messages through peers that
 are subscribed to that topic. In a star whose hub (the bootstrap node) is not subscribed, nothing ever
@@ -37,10 +37,6 @@ from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.pubsub.gossipsub import GossipSub
-from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.records.validator import NamespacedValidator
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -52,6 +48,13 @@ from cocoon_node.mesh import kad_protocol
 from cocoon_node.mesh.dht_lookup import RecordLookup
 from cocoon_node.mesh.dht_put import PutResult, RecordKeeper, RecordPutter
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
+from cocoon_node.mesh.scoring import (
+    ScoredGossipSub,
+    ScoredPubsub,
+    ScoredValidator,
+    as_pubsub_validator,
+    score_params,
+)
 
 # Before any KadDHT exists: py-libp2p would otherwise serve and dial IPFS's /ipfs/kad/1.0.0 (kad_protocol.py).
 kad_protocol.install()
@@ -67,7 +70,7 @@ log = logging.getLogger(__name__)
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DHT_PROTOCOL_PREFIX = TProtocol("/cocoon")
 
-TopicValidator = Callable[[ID, rpc_pb2.Message], bool]
+TopicValidator = ScoredValidator  # True/False, or IGNORE: dropped without counting against the forwarder
 
 
 @dataclass(frozen=True)
@@ -107,30 +110,6 @@ class MeshSettings:
     link_shaping: Path | None = None
 
 
-def score_params(*, local_cluster: bool) -> ScoreParams:
-    """GossipSub v1.1 peer-scoring weights (py-libp2p's default weights are all zero).
-
-    Invalid messages weigh heaviest (a squared counter, so a junk flooder is graylisted quickly), first
-    deliveries earn a capped bonus, behaviour penalties (IHAVE/IWANT spam, GRAFT floods) cost a lot, and IP
-    colocation is penalised past a threshold that a loopback cluster must lift.
-    """
-    return ScoreParams(
-        p1_time_in_mesh=TopicScoreParams(weight=0.01, cap=10.0, decay=0.99),
-        p2_first_message_deliveries=TopicScoreParams(weight=1.0, cap=20.0, decay=0.9),
-        p3_mesh_message_deliveries=TopicScoreParams(weight=0.0, cap=0.0, decay=0.9),
-        p4_invalid_messages=TopicScoreParams(weight=-20.0, cap=0.0, decay=0.95),
-        p5_behavior_penalty_weight=-10.0,
-        p5_behavior_penalty_decay=0.95,
-        p5_behavior_penalty_threshold=1.0,
-        p7_ip_colocation_weight=-5.0,
-        p7_ip_colocation_threshold=1_000_000 if local_cluster else 3,
-        publish_threshold=-100.0,
-        gossip_threshold=-50.0,
-        graylist_threshold=-200.0,
-        accept_px_threshold=5.0,
-    )
-
-
 class Mesh:
     """One running libp2p host with pubsub and DHT; use :meth:`start` as an async context manager."""
 
@@ -147,8 +126,8 @@ class Mesh:
         self._namespaces = list(namespaces)
         self._topic_validators = dict(topic_validators or {})
         self.host: IHost | None = None
-        self.pubsub: Pubsub | None = None
-        self.gossipsub: GossipSub | None = None
+        self.pubsub: ScoredPubsub | None = None
+        self.gossipsub: ScoredGossipSub | None = None
         self.dht: KadDHT | None = None
         self.lookup: RecordLookup | None = None
         self.keeper: RecordKeeper | None = None
@@ -178,7 +157,7 @@ class Mesh:
             enable_quic=any("/quic" in a for a in settings.listen_addrs),
             transports=[shaped] if shaped is not None else None,  # None: py-libp2p's own choice
         )
-        gossipsub = GossipSub(
+        gossipsub = ScoredGossipSub(
             protocols=GOSSIPSUB_PROTOCOLS,
             degree=settings.gossip_degree,
             degree_low=settings.gossip_degree_low,
@@ -196,7 +175,7 @@ class Mesh:
             # the heartbeat we configure (and the standard D_lazy gossip fan-out).
             adaptive_gossip_enabled=False,
         )
-        pubsub = Pubsub(host, gossipsub, strict_signing=True, max_inbound_rpc_size=settings.max_inbound_rpc_size)
+        pubsub = ScoredPubsub(host, gossipsub, strict_signing=True, max_inbound_rpc_size=settings.max_inbound_rpc_size)
         validator = NamespacedValidator(
             {ns.namespace: as_libp2p_validator(ns) for ns in self._namespaces}, strict_validation=True
         )
@@ -241,7 +220,8 @@ class Mesh:
 
     @asynccontextmanager
     async def _run_services(
-        self, host: IHost, pubsub: Pubsub, gossipsub: GossipSub, dht: KadDHT, listen: list[multiaddr.Multiaddr]
+        self, host: IHost, pubsub: ScoredPubsub, gossipsub: ScoredGossipSub, dht: KadDHT,
+        listen: list[multiaddr.Multiaddr],
     ) -> AsyncIterator[None]:
         settings = self.settings
         async with AsyncExitStack() as stack:
@@ -251,7 +231,7 @@ class Mesh:
             await stack.enter_async_context(background_trio_service(dht))
             await pubsub.wait_until_ready()
             for topic, topic_validator in self._topic_validators.items():
-                pubsub.set_topic_validator(topic, topic_validator, False)
+                pubsub.set_topic_validator(topic, as_pubsub_validator(topic_validator, gossipsub), False)
             nursery = await stack.enter_async_context(trio.open_nursery())
             for topic in settings.topics:
                 nursery.start_soon(self._drain, await pubsub.subscribe(topic))
