@@ -35,6 +35,7 @@ from cocoon_node.mesh import (
     WorkerTable,
     load_or_create_identity,
 )
+from cocoon_node.mesh.liveness import WorkerLiveness
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
@@ -74,6 +75,7 @@ class Node:
         self.requester: Requester | None = None
         self.gate: AttestationGate | None = None
         self.payments: PaymentsRole | None = None
+        self.liveness: WorkerLiveness | None = None
         self.info: NodeInfo | None = None
         self.started_at = time.time()
         self.ready = trio.Event()
@@ -148,6 +150,9 @@ class Node:
                              channels=self.payments_status)
             api_url = await nursery.start(serve_http, app, cfg.requester.api_host, cfg.requester.api_port)
         nursery.start_soon(self._expire_workers)
+        assert self.mesh.host is not None
+        self.liveness = WorkerLiveness(self.mesh.host.get_network(), self.mesh.connected_peers, self.table)
+        nursery.start_soon(self.liveness.run)
         token = secrets.token_hex(16)
         admin_url = await nursery.start(serve_http, admin_app(self.status, token), cfg.node.admin_host,
                                         cfg.node.admin_port)
@@ -235,6 +240,8 @@ class Node:
             "connected_peers": len(self.mesh.connected_peers()) if self.mesh.host else 0,
             "topic_peers": self.mesh.topic_peers(WORKERS_TOPIC) if self.mesh.pubsub else 0,
             "announcements": self.validator.stats(),
+            "liveness": ({"probes": self.liveness.probes, "delisted": self.liveness.delisted}
+                         if self.liveness else {}),
             "workers": [
                 {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
                  "price_prompt": a.price_prompt, "price_completion": a.price_completion, "tee_kind": a.tee_kind,
