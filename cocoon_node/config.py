@@ -68,6 +68,13 @@ class WorkerSection:
     announce_interval: float = 3.0
     announce_ttl: int = 15
     max_tokens_cap: int = 512
+    # --- issue 15 (mesh traffic) -----------------------------------------------------------------------------
+    # Announcements go to the model's own topic; one triggered by a load change (only when the load bucket moves:
+    # idle, each quarter of max_concurrent, full) waits at least announce_min_interval after the previous one.
+    # The directory topic (nodes that want every model) gets the first one and then one per directory_interval.
+    announce_min_interval: float = 2.0
+    directory_interval: float = 60.0
+    # --- end issue 15 ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,9 @@ class RequesterSection:
     first_token_timeout: float = 60.0
     # Idle, negotiated streams kept open per recently used worker (0: open one per request); see inference/warm.
     warm_streams: int = 32
+    # --- issue 15 (mesh traffic): the models bought; only their topics are followed. Empty: every model (the
+    # directory topic, and each model's topic once seen there). ------------------------------------------------
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -232,6 +242,10 @@ def validate_config(config: Config) -> list[str]:
         out.append("worker.announce_ttl: must be between 2 and 120 seconds")
     if not 0 < worker.announce_interval < worker.announce_ttl:
         out.append("worker.announce_interval: must be positive and shorter than worker.announce_ttl")
+    if not worker.announce_min_interval > 0:  # issue 15 (capped at announce_interval where used)
+        out.append("worker.announce_min_interval: must be positive")
+    if not worker.directory_interval > 0:  # issue 15
+        out.append("worker.directory_interval: must be positive")
     if node.network != "local":
         if worker.enabled and worker.tee == "dev":
             out.append("worker.tee: the dev TEE is for local networks only; use tdx on testnet/mainnet")

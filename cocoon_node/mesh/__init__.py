@@ -8,6 +8,7 @@ from cocoon_node.mesh.announce import (
     AnnouncementError,
     AnnouncementValidator,
     decode_announcement,
+    model_topic,
 )
 from cocoon_node.mesh.host import Mesh, MeshSettings
 from cocoon_node.mesh.identity import IdentityError, generate_identity, load_identity, load_or_create_identity
@@ -29,4 +30,5 @@ __all__ = [
     "generate_identity",
     "load_identity",
     "load_or_create_identity",
+    "model_topic",
 ]

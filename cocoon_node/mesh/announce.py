@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -31,13 +31,19 @@ from cocoon_node.wire import (
 )
 
 _PROTO = load_protocol("announce")
-TOPIC: str = _PROTO.meta["topic"]
+TOPIC: str = _PROTO.meta["topic"]  # the directory topic (see protocols/announce.toml)
+MODEL_TOPIC_PREFIX: str = _PROTO.meta["model_topic_prefix"]
 DOMAIN: str = _PROTO.meta["domain"]
 MAX_CLOCK_SKEW = 30  # seconds an announcement's issue time may lie ahead of the validator's clock
 MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
 RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
 ANNOUNCEMENT_VERSION = 1
 STALE_REASONS = frozenset({"replayed", "expired", "rate_limited"})
+
+
+def model_topic(model: str) -> str:
+    """The topic a model's announcements travel on: only nodes serving or buying it subscribe."""
+    return MODEL_TOPIC_PREFIX + model
 
 
 class AnnouncementError(ValueError):
@@ -129,10 +135,19 @@ class AnnouncementValidator:
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
         self.on_accept: Callable[[Announcement], object] | None = None
+        # py-libp2p runs a topic's validator once per topic a message is on: a message on a model topic and
+        # the directory reaches us twice; the second call must give the first one's verdict (not "replayed").
+        self._last_msg: tuple[bytes, bytes] | None = None
+        self._last_verdict: TopicVerdict = False
 
-    def check(self, data: bytes, origin: ID | None) -> Announcement:
-        """Validate one announcement; raises :class:`AnnouncementError`. Updates replay/rate state."""
+    def check(self, data: bytes, origin: ID | None, topics: Sequence[str] = ()) -> Announcement:
+        """Validate one announcement; raises :class:`AnnouncementError`. Updates replay/rate state.
+
+        ``topics``: the pubsub topics it came on; a model topic must be the announced model's own."""
         announcement, signer = decode_announcement(data)
+        model_topics = [t for t in topics if t.startswith(MODEL_TOPIC_PREFIX)]
+        if any(t != model_topic(announcement.model) for t in model_topics):
+            raise AnnouncementError("wrong_topic", f"model {announcement.model!r} announced on {model_topics}")
         if signer.to_bytes() != announcement.peer_id:
             raise AnnouncementError("forged", "payload peer_id is not the signer")
         if origin is not None and origin.to_bytes() != announcement.peer_id:
@@ -158,9 +173,17 @@ class AnnouncementValidator:
 
     def __call__(self, forwarder: ID, msg: rpc_pb2.Message) -> TopicVerdict:
         """The py-libp2p sync topic-validator signature, plus IGNORE (see cocoon_node/mesh/scoring.py)."""
+        key = (bytes(msg.from_id), bytes(msg.seqno))
+        if len(msg.topicIDs) > 1 and key == self._last_msg:
+            return self._last_verdict
+        self._last_msg = key
+        self._last_verdict = verdict = self._verdict(forwarder, msg)
+        return verdict
+
+    def _verdict(self, forwarder: ID, msg: rpc_pb2.Message) -> TopicVerdict:
         try:
             origin = ID(msg.from_id) if msg.from_id else None
-            announcement = self.check(msg.data, origin)
+            announcement = self.check(msg.data, origin, msg.topicIDs)
         except AnnouncementError as exc:
             self.rejected[exc.reason] += 1
             # Stale, not forged: an honest relay may deliver these (reordered paths, slow links, its own rate

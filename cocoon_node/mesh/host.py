@@ -17,7 +17,6 @@ requester or not, so that every node relays; and each node dials a handful of pe
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -47,6 +46,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from cocoon_node.mesh import kad_protocol
 from cocoon_node.mesh.dht_lookup import RecordLookup
 from cocoon_node.mesh.dht_put import PutResult, RecordKeeper, RecordPutter
+from cocoon_node.mesh.peer_cache import PeerCache
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
 from cocoon_node.mesh.scoring import (
     ScoredGossipSub,
@@ -120,17 +120,23 @@ class Mesh:
         *,
         namespaces: Sequence[RecordNamespace] = (),
         topic_validators: dict[str, TopicValidator] | None = None,
+        prefix_validators: dict[str, TopicValidator] | None = None,
     ) -> None:
         self.settings = settings
         self._key_pair = key_pair
         self._namespaces = list(namespaces)
         self._topic_validators = dict(topic_validators or {})
+        # Topics joined later (a model's) take the validator of the longest prefix they start with.
+        self._prefix_validators = dict(prefix_validators or {})
         self.host: IHost | None = None
         self.pubsub: ScoredPubsub | None = None
         self.gossipsub: ScoredGossipSub | None = None
         self.dht: KadDHT | None = None
         self.lookup: RecordLookup | None = None
         self.keeper: RecordKeeper | None = None
+        self._peer_cache: PeerCache | None = None
+        self._nursery: trio.Nursery | None = None
+        self.subscribed: set[str] = set()
         self.refreshes_skipped = 0  # start-up routing-table refreshes skipped for being well connected
 
     # ----- lifecycle -----------------------------------------------------------------------------------
@@ -232,21 +238,24 @@ class Mesh:
             await pubsub.wait_until_ready()
             for topic, topic_validator in self._topic_validators.items():
                 pubsub.set_topic_validator(topic, as_pubsub_validator(topic_validator, gossipsub), False)
-            nursery = await stack.enter_async_context(trio.open_nursery())
+            nursery = self._nursery = await stack.enter_async_context(trio.open_nursery())
             for topic in settings.topics:
-                nursery.start_soon(self._drain, await pubsub.subscribe(topic))
+                await self.subscribe(topic)
+            if self.settings.peer_cache is not None:
+                self._peer_cache = PeerCache(self.settings.peer_cache, host, self._dial_and_add,
+                                             dial_timeout=self.settings.dial_timeout)
+                nursery.start_soon(self._peer_cache.watch)
             await self._dial_bootstrap()
             nursery.start_soon(self._dial_cached_peers)
             nursery.start_soon(self._keep_connected)
             nursery.start_soon(self._stay_joined)
             assert self.keeper is not None
             nursery.start_soon(self.keeper.run)
-            if self.settings.peer_cache is not None:
-                nursery.start_soon(self._watch_peers)
             try:
                 yield
             finally:
-                self._save_peer_cache()
+                if self._peer_cache is not None:
+                    self._peer_cache.save()
                 nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._quiesce(host)
@@ -293,13 +302,41 @@ class Mesh:
         while True:
             await subscription.get()
 
-    async def publish(self, topic: str, data: bytes) -> None:
+    async def subscribe(self, topic: str, validator: TopicValidator | None = None) -> None:
+        """Join ``topic`` now (a model's, once we serve or buy it); idempotent. ``validator`` replaces the one
+        given at construction for this topic, if any."""
+        assert self.pubsub is not None and self.gossipsub is not None and self._nursery is not None
+        if validator is None and topic not in self._topic_validators:
+            prefixes = sorted((p for p in self._prefix_validators if topic.startswith(p)), key=len)
+            validator = self._prefix_validators[prefixes[-1]] if prefixes else None
+        if validator is not None:
+            self.pubsub.set_topic_validator(topic, as_pubsub_validator(validator, self.gossipsub), False)
+        if topic in self.subscribed:
+            return
+        self.subscribed.add(topic)
+        self._nursery.start_soon(self._drain, await self.pubsub.subscribe(topic))
+
+    async def publish(self, topic: str | list[str], data: bytes) -> None:
+        """Publish on one topic, or on several as one message (delivered once to a peer in more than one)."""
         assert self.pubsub is not None
         await self.pubsub.publish(topic, data)
+
+    def gossip_stats(self) -> dict[str, int]:
+        """Scoring at work: mesh peers pruned for a negative score, RPCs ignored from graylisted peers, stale
+        relayed messages forgiven."""
+        gs = self.gossipsub
+        assert gs is not None
+        return {"score_pruned": gs.score_pruned, "graylist_dropped": gs.graylist_dropped,
+                "stale_forgiven": getattr(gs.scorer, "forgiven", 0)}
 
     def topic_peers(self, topic: str) -> int:
         assert self.pubsub is not None
         return len(self.pubsub.peer_topics.get(topic, ()))
+
+    def topic_peer_ids(self, topic: str) -> set[ID]:
+        """Connected peers subscribed to ``topic``."""
+        assert self.pubsub is not None
+        return set(self.pubsub.peer_topics.get(topic, ()))
 
     # ----- DHT ------------------------------------------------------------------------------------------
     async def put_record(self, key: str, value: bytes) -> PutResult:
@@ -378,65 +415,13 @@ class Mesh:
             delay = min(delay * 2, 30.0)
 
     async def _dial_cached_peers(self) -> None:
-        """Re-dial peers remembered from the last run (bounded, in parallel, failures ignored)."""
-        cache = self.settings.peer_cache
-        if cache is None or not cache.exists():
-            return
-        try:
-            entries = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            return
-        async with trio.open_nursery() as nursery:
-            for addr in entries[:50] if isinstance(entries, list) else []:
-                if isinstance(addr, str) and not addr.endswith(self.peer_id.to_base58()):
-                    nursery.start_soon(self._dial_quietly, addr)
+        if self._peer_cache is not None:
+            await self._peer_cache.dial_all()
 
-    async def _dial_quietly(self, addr: str) -> None:
-        with trio.move_on_after(self.settings.dial_timeout):
-            try:
-                peer = await self.connect(addr)
-                assert self.dht is not None
-                await self.dht.add_peer(peer)
-            except* Exception as group:
-                log.debug("cached peer %s unreachable: %s", addr, group.exceptions)
-
-    def _save_peer_cache(self) -> None:
-        """Remember where our peers listen: current connections first, then older entries (max 50)."""
-        cache = self.settings.peer_cache
-        if cache is None or self.host is None:
-            return
-        fresh: list[str] = []
-        for peer in self.host.get_connected_peers():
-            try:
-                known = self.host.get_peerstore().addrs(peer)[:2]
-            except Exception:  # PeerStoreError: connected, but its addresses are not (or no longer) known
-                continue
-            for maddr in known:
-                text = str(maddr)
-                if "/tcp/" in text:
-                    fresh.append(text if "/p2p/" in text else f"{text}/p2p/{peer.to_base58()}")
-        try:
-            old = json.loads(cache.read_text()) if cache.exists() else []
-        except (OSError, ValueError):
-            old = []
-        merged = list(dict.fromkeys(fresh + [a for a in old if isinstance(a, str)]))[:50]
-        try:
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(merged))
-            tmp.replace(cache)
-        except OSError as exc:
-            log.debug("could not save the peer cache: %s", exc)
-
-    async def _watch_peers(self) -> None:
-        """Save the peer cache whenever the set of connected peers changes (checked every 2 s)."""
-        assert self.host is not None
-        last: set[ID] = set()
-        while True:
-            await trio.sleep(2)
-            now = set(self.host.get_connected_peers())
-            if now != last:
-                self._save_peer_cache()
-                last = now
+    async def _dial_and_add(self, addr: str) -> None:
+        peer = await self.connect(addr)
+        assert self.dht is not None
+        await self.dht.add_peer(peer)
 
     async def _keep_connected(self) -> None:
         """Refresh the routing table a few times right after start, so the peerstore fills with candidates

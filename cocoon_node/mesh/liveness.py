@@ -78,7 +78,8 @@ class WorkerLiveness:
         self.grace = grace
         self.probe_timeout = probe_timeout
         self.delisted = 0
-        self.probes = 0
+        self.probes = 0  # TCP probes made
+        self.checked = 0  # closed connections of listed workers looked at (probed, or back already)
         self._probing: set[ID] = set()
 
     async def run(self) -> None:
@@ -112,3 +113,4 @@ class WorkerLiveness:
                 await stream.aclose()
         finally:
             self._probing.discard(peer)
+            self.checked += 1

@@ -34,8 +34,11 @@ from cocoon_node.mesh import (
     MeshSettings,
     WorkerTable,
     load_or_create_identity,
+    model_topic,
 )
+from cocoon_node.mesh.announce import MODEL_TOPIC_PREFIX
 from cocoon_node.mesh.liveness import WorkerLiveness
+from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
@@ -70,7 +73,9 @@ class Node:
         self.table = WorkerTable()
         self.validator.on_accept = self._on_announcement
         self.mesh = Mesh(self.key_pair, self._mesh_settings(), namespaces=[AttestationNamespace()],
-                         topic_validators={WORKERS_TOPIC: self.validator})
+                         topic_validators={WORKERS_TOPIC: self.validator},
+                         prefix_validators={MODEL_TOPIC_PREFIX: self.validator})
+        self._follow: trio.MemorySendChannel[str] | None = None  # models seen on the directory, to join
         self.worker: WorkerRole | None = None
         self.requester: Requester | None = None
         self.gate: AttestationGate | None = None
@@ -83,15 +88,46 @@ class Node:
     def _mesh_settings(self) -> MeshSettings:
         n = self.config.node
         return MeshSettings(listen_addrs=n.listen, bootstrap=n.bootstrap, max_connections=n.max_connections,
-                            target_peers=n.target_peers, local_cluster=n.local_cluster, topics=(WORKERS_TOPIC,),
+                            target_peers=n.target_peers, local_cluster=n.local_cluster, topics=self._topics(),
                             heartbeat_interval=n.gossip_heartbeat, gossip_degree=n.gossip_degree,
                             gossip_degree_low=max(1, n.gossip_degree * 2 // 3), gossip_degree_high=2 * n.gossip_degree,
                             peer_cache=self.config.data_dir / "peers.json",
                             link_shaping=self.config.netsim_link_table_path)
 
+    def _topics(self) -> tuple[str, ...]:
+        """Announcement topics joined at start (a worker joins its model's own; see WorkerRole).
+
+        A requester that names the models it buys follows only their topics; one that does not, and a node
+        with no role (a relay), follow the directory, and a requester then joins each model's topic it sees
+        there (:meth:`_follow_models`)."""
+        cfg = self.config
+        if cfg.requester.enabled and cfg.requester.models:
+            return tuple(model_topic(m) for m in cfg.requester.models)
+        if cfg.requester.enabled or not cfg.worker.enabled:
+            return (WORKERS_TOPIC,)
+        return ()
+
     def _on_announcement(self, announcement: Announcement) -> None:
         if self.table.update(announcement) and self.gate is not None:
             self.gate.prefetch(announcement)  # verify in the background, before any request needs it
+        topic = model_topic(announcement.model)
+        if self._follow is not None and topic not in self.mesh.subscribed and self.mesh.pubsub is not None:
+            try:
+                self._follow.send_nowait(topic)
+            except trio.WouldBlock:
+                pass  # seen again on its next directory announcement
+
+    async def _follow_models(self, recv: trio.MemoryReceiveChannel[str]) -> None:
+        """Join each model topic we want, and keep looking for its peers while it has none."""
+        rendezvous = TopicRendezvous(self.mesh)
+        followed: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            async for topic in recv:
+                if topic in followed:
+                    continue
+                followed.add(topic)
+                await self.mesh.subscribe(topic)
+                nursery.start_soon(rendezvous.seek, topic)
 
     @property
     def peer_id(self) -> ID:
@@ -124,6 +160,14 @@ class Node:
         api_url = None
         if cfg.requester.enabled:
             roles.append("requester")
+            send, recv = trio.open_memory_channel[str](64)
+            nursery.start_soon(self._follow_models, recv)
+            for model in cfg.requester.models:
+                send.send_nowait(model_topic(model))
+            if not cfg.requester.models:
+                self._follow = send
+                for seen in {a.model for a in self.table.live()}:
+                    send.send_nowait(model_topic(seen))
             self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
             nursery.start_soon(self.gate.run_prefetcher)
             for announcement in self.table.live():
@@ -239,6 +283,8 @@ class Node:
             "uptime_s": round(time.time() - self.started_at, 1),
             "connected_peers": len(self.mesh.connected_peers()) if self.mesh.host else 0,
             "topic_peers": self.mesh.topic_peers(WORKERS_TOPIC) if self.mesh.pubsub else 0,
+            "topics": {t: self.mesh.topic_peers(t) for t in sorted(self.mesh.subscribed)} if self.mesh.pubsub else {},
+            "gossip": self.mesh.gossip_stats() if self.mesh.gossipsub else {},
             "announcements": self.validator.stats(),
             "liveness": ({"probes": self.liveness.probes, "delisted": self.liveness.delisted}
                          if self.liveness else {}),

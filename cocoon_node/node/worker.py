@@ -12,13 +12,15 @@ from typing import Any
 
 import trio
 from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
 
 from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash
 from cocoon_node.config import Config
 from cocoon_node.inference.backend import Backend
 from cocoon_node.inference.factory import make_backend
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerMeter, WorkerTerms
-from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh
+from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh, model_topic
+from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import ReportPublisher
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,16 @@ def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") ->
     return hashlib.sha256(config.encode()).digest()
 
 
+def load_bucket(load: int, max_concurrent: int) -> int:
+    """Coarse load for announcements: 0 idle, 1-4 by quarter of capacity, 5 full. Only a change of bucket is
+    worth an announcement; requesters re-check capacity when the worker answers anyway."""
+    if load <= 0:
+        return 0
+    if load >= max_concurrent:
+        return 5
+    return 1 + (4 * load) // max_concurrent
+
+
 class WorkerRole:
     """Everything a serving node does beyond the mesh itself."""
 
@@ -77,6 +89,7 @@ class WorkerRole:
         self.publisher: ReportPublisher | None = None
         self.ready = trio.Event()
         self._load_changed = trio.Event()
+        self.announcements_sent = 0
 
     async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         w = self.config.worker
@@ -100,7 +113,9 @@ class WorkerRole:
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
             issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
         )
+        await self.mesh.subscribe(model_topic(w.model))  # the topic's mesh: workers and buyers of the model
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(TopicRendezvous(self.mesh).provide, model_topic(w.model))
             nursery.start_soon(self.publisher.run)
             with trio.move_on_after(30):  # the report is stored locally at once; propagation may lag
                 await self.publisher.published.wait()
@@ -109,22 +124,49 @@ class WorkerRole:
             task_status.started()
 
     async def _announce_loop(self) -> None:
-        """Announce on a heartbeat, and at once when the load changes (at most 5 times a second)."""
+        """Announce on the model's topic: a liveness beat every ``announce_interval``, and when the load bucket
+        moves (idle, each quarter of ``max_concurrent``, full), at most once per ``announce_min_interval``.
+        The first announcement, one per ``directory_interval``, and one whenever a peer following the
+        directory connects (a requester that just started must not wait a whole interval to learn of us)
+        also go to the directory topic: one message on both topics."""
         w = self.config.worker
         assert self.announcement is not None and self.server is not None
+        topic = model_topic(w.model)
+        last_directory = -float("inf")
+        told: set[ID] = set()  # directory followers among our peers when we last announced there
+        min_gap = min(w.announce_min_interval, w.announce_interval)
         while True:
             now = int(time.time())
             self.announcement = self.announcement.bump(load=self.server.load, now=now, ttl=w.announce_ttl)
+            sent_bucket = load_bucket(self.server.load, w.max_concurrent)
+            sent_at = trio.current_time()
+            topics = [topic]
+            followers = self.mesh.topic_peer_ids(WORKERS_TOPIC)
+            if sent_at - last_directory >= w.directory_interval or self._new_followers(told):
+                topics.append(WORKERS_TOPIC)
+                last_directory, told = sent_at, followers
             try:
-                await self.mesh.publish(WORKERS_TOPIC, self.announcement.seal(self.key_pair.private_key))
+                await self.mesh.publish(topics, self.announcement.seal(self.key_pair.private_key))
+                self.announcements_sent += 1
             except Exception as exc:
                 log.warning("announcement not published: %s", exc)
-            self._load_changed = trio.Event()
             # +-10 % jitter: workers started together (a restarted host, a netsim pool) would otherwise keep
             # announcing in lockstep, and every node would verify a whole round of announcements at once.
-            with trio.move_on_after(w.announce_interval * random.uniform(0.9, 1.1)):
-                await self._load_changed.wait()
-                await trio.sleep(0.2)
+            beat_at = sent_at + w.announce_interval * random.uniform(0.9, 1.1)
+            with trio.move_on_at(beat_at):
+                while (load_bucket(self.server.load, w.max_concurrent) == sent_bucket
+                       and not self._new_followers(told)):
+                    self._load_changed = trio.Event()  # no checkpoint since the check: no change is missed
+                    with trio.move_on_after(1.0):  # and new directory followers are noticed within a second
+                        await self._load_changed.wait()
+                await trio.sleep_until(sent_at + min_gap)
+
+    def _new_followers(self, told: set[ID]) -> bool:
+        """Whether a directory follower connected since we last announced there; ``told`` forgets peers that
+        left (a requester restarted with the same identity must hear from us again)."""
+        now = self.mesh.topic_peer_ids(WORKERS_TOPIC)
+        told &= now
+        return bool(now - told)
 
     def status(self) -> dict[str, Any]:
         a = self.announcement

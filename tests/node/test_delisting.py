@@ -80,7 +80,7 @@ async def test_closed_connections_delist_only_workers_whose_port_refuses() -> No
             await wait_until(lambda: {alive.peer_id, dying.peer_id} <= set(requester.connected_peers()), timeout=20)
             # A live worker's connection closes (a trim, a network blip): it stays listed.
             await requester.host.disconnect(alive.peer_id)
-            await wait_until(lambda: liveness.probes >= 1, timeout=20)
+            await wait_until(lambda: liveness.checked >= 1, timeout=20)
         # The dying one stops (its listener closes, as a killed process's does): delisted without waiting on TTL.
         await wait_until(lambda: table.get(dying.peer_id.to_bytes()) is None, timeout=20)
         assert table.get(alive.peer_id.to_bytes()) is not None
