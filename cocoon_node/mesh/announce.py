@@ -38,6 +38,7 @@ MAX_CLOCK_SKEW = 30  # seconds an announcement's issue time may lie ahead of the
 MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
 RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
 ANNOUNCEMENT_VERSION = 1
+HARDWARE_VERSION = 2  # the payload version that may carry `hardware`
 STALE_REASONS = frozenset({"replayed", "expired", "rate_limited"})
 
 
@@ -52,6 +53,23 @@ class AnnouncementError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What serves the model (payload version 2): accelerator kind, count and memory, and the context length
+    served. ``*_source`` says whether the worker detected a fact (the backend could tell) or only declared it
+    (by flag; nothing checks it); attestation binds neither."""
+
+    accelerator: str = ""
+    accelerator_count: int = 0
+    accelerator_memory_mib: int = 0
+    hardware_source: str = "unknown"
+    context_length: int = 0
+    context_source: str = "unknown"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class Announcement:
     issued_at: int
     expires_at: int
     payout: str = ""
+    hardware: Hardware | None = None  # only in version 2
     v: int = ANNOUNCEMENT_VERSION
 
     @property
@@ -84,12 +103,18 @@ class Announcement:
         out = asdict(self)
         out["addrs"] = list(self.addrs)
         out["protocols"] = list(self.protocols)
+        if self.hardware is None:
+            del out["hardware"]
         return out
 
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> Announcement:
         data = validate("announce", "announcement", fields)
-        return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"])})
+        hardware = data.get("hardware")
+        if hardware is not None and data["v"] < 2:
+            raise SchemaError("hardware", "only in payload version 2")
+        return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"]),
+                      "hardware": Hardware(**hardware) if hardware is not None else None})
 
     def seal(self, private_key: PrivateKey) -> bytes:
         return seal_envelope(DOMAIN, canonical_dumps(self.to_wire()), private_key)

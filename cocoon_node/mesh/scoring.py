@@ -34,7 +34,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import trio
 from libp2p.peer.id import ID
@@ -55,6 +55,7 @@ PUBLISH_THRESHOLD = -50.0
 GRAYLIST_THRESHOLD = PUBLISH_THRESHOLD
 GRAYLIST_AFTER = int(-GRAYLIST_THRESHOLD // INVALID_WEIGHT) + 1
 STALE_ALLOWANCE_PER_MINUTE = 10
+IDONTWANT_THRESHOLD = 1024  # go-libp2p's IDontWantMessageThreshold
 
 
 class Verdict(enum.Enum):
@@ -137,6 +138,7 @@ class ScoredGossipSub(GossipSub):
         self.scorer = ForgivingScorer(self.scorer.params if self.scorer is not None else ScoreParams())
         self.score_pruned = 0  # mesh peers pruned for a negative score
         self.graylist_dropped = 0  # RPCs and messages ignored from graylisted peers
+        self._forwarding_size = 0
 
     def graylisted(self, peer: ID) -> bool:
         """Below the graylist threshold over the topics we are in (what the spec ignores entirely)."""
@@ -144,6 +146,20 @@ class ScoredGossipSub(GossipSub):
 
     def score_of(self, peer: ID) -> float:
         return self.scorer.score(peer, list(self.mesh)) if self.scorer is not None else 0.0
+
+    async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
+        # Read by _emit_idontwant_for_message, which py-libp2p awaits before any checkpoint of this call.
+        self._forwarding_size = pubsub_msg.ByteSize()
+        await super().publish(msg_forwarder, pubsub_msg)
+
+    async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
+        """IDONTWANT only for messages of at least IDONTWANT_THRESHOLD bytes, as go-libp2p does.
+
+        py-libp2p sends one to every mesh peer for every message, each its own RPC with a signed peer record:
+        for a ~0.9 kB announcement that cost more than the duplicates it saves (bench_discovery, RESULTS.md)."""
+        if self._forwarding_size < IDONTWANT_THRESHOLD:
+            return
+        await super()._emit_idontwant_for_message(msg_id, topic_ids)
 
     async def handle_rpc(self, rpc: rpc_pb2.RPC, sender_peer_id: ID) -> None:
         if self.graylisted(sender_peer_id):

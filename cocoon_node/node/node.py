@@ -40,6 +40,7 @@ from cocoon_node.mesh.announce import MODEL_TOPIC_PREFIX
 from cocoon_node.mesh.liveness import WorkerLiveness
 from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
+from cocoon_node.node.hardware import hardware_matches, hardware_summary
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
 
@@ -238,11 +239,15 @@ class Node:
             for pid in self.table.expire():
                 log.info("worker %s expired (no announcement)", ID(pid))
 
-    def models(self) -> list[dict[str, Any]]:
-        """Entries for ``GET /v1/models``: worker count, price range and attestation verdicts per model."""
+    def models(self, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Entries for ``GET /v1/models``: worker count, price range, hardware and attestation verdicts per model.
+
+        ``filters`` (query parameters): ``min_context_length`` (tokens) and ``accelerator`` (a substring of the
+        announced accelerator, case-insensitive) keep only the workers that announce them."""
         by_model: dict[str, list[Announcement]] = {}
         for a in self.table.live():
-            by_model.setdefault(a.model, []).append(a)
+            if hardware_matches(a.hardware, filters or {}):
+                by_model.setdefault(a.model, []).append(a)
         out = []
         for model, workers in sorted(by_model.items()):
             verdicts = []
@@ -254,6 +259,7 @@ class Node:
                     "verified": bool(v and v.ok), "image_hash": v.image_hash if v else None,
                     "model_hash": w.model_hash.hex(), "tcb_checked": v.tcb_checked if v else False,
                     "reasons": list(v.reasons) if v else ["not yet verified"],
+                    "hardware": w.hardware.to_dict() if w.hardware else None,
                 })
             out.append({
                 "id": model, "object": "model", "created": 0, "owned_by": "cocoon-mesh",
@@ -264,6 +270,7 @@ class Node:
                     "price_completion": [min(w.price_completion for w in workers),
                                          max(w.price_completion for w in workers)],
                     "attestation": verdicts,
+                    **hardware_summary(workers),
                 },
             })
         return out
@@ -291,7 +298,8 @@ class Node:
             "workers": [
                 {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
                  "price_prompt": a.price_prompt, "price_completion": a.price_completion, "tee_kind": a.tee_kind,
-                 "synthetic": a.synthetic, "seqno": a.seqno, "expires_at": a.expires_at}
+                 "synthetic": a.synthetic, "seqno": a.seqno, "expires_at": a.expires_at,
+                 "hardware": a.hardware.to_dict() if a.hardware else None}
                 for a in self.table.live()
             ],
             "attestation": self.gate.summary() if self.gate else {},

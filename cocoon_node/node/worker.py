@@ -20,8 +20,10 @@ from cocoon_node.inference.backend import Backend
 from cocoon_node.inference.factory import make_backend
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerMeter, WorkerTerms
 from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh, model_topic
+from cocoon_node.mesh.announce import HARDWARE_VERSION, Hardware
 from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import ReportPublisher
+from cocoon_node.node.hardware import describe_hardware
 
 log = logging.getLogger(__name__)
 # trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
@@ -90,6 +92,7 @@ class WorkerRole:
         self.ready = trio.Event()
         self._load_changed = trio.Event()
         self.announcements_sent = 0
+        self.hardware: Hardware | None = None
 
     async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         w = self.config.worker
@@ -105,6 +108,8 @@ class WorkerRole:
         self.publisher = ReportPublisher(self.mesh, self.key_pair, tee=tee_kind, model_name=w.model,
                                          model_hash=weights, data_dir=self.config.data_dir)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
+        self.hardware = await describe_hardware(self.backend, w)
+        log.info("serving on %s", self.hardware)
         now = int(time.time())
         self.announcement = Announcement(
             peer_id=self.mesh.peer_id.to_bytes(), addrs=tuple(self.mesh.listen_addrs()[:8]), model=w.model,
@@ -112,6 +117,7 @@ class WorkerRole:
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
             issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
+            hardware=self.hardware, v=HARDWARE_VERSION,
         )
         await self.mesh.subscribe(model_topic(w.model))  # the topic's mesh: workers and buyers of the model
         async with trio.open_nursery() as nursery:
@@ -182,6 +188,7 @@ class WorkerRole:
             "price_completion": self.config.worker.price_completion,
             "max_concurrent": self.config.worker.max_concurrent,
             "load": self.server.load if self.server else 0,
+            "hardware": self.hardware.to_dict() if self.hardware else None,
             "seqno": a.seqno if a else None,
             "served": s.served if s else 0,
             "rejected": s.rejected if s else 0,

@@ -7,6 +7,7 @@ so the output is byte-for-byte reproducible; the tests check both decoding and r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from cocoon_node.mesh import Announcement
+from cocoon_node.mesh.announce import Hardware
 from cocoon_node.wire import canonical_dumps, encode_frame
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors"
@@ -92,9 +94,16 @@ def build() -> dict[str, list[dict[str, Any]]]:
     sealed = ann.seal(key_pair.private_key)
     import cbor2
 
+    # Payload version 2 (issue 15): the same offer with the hardware it runs on.
+    ann2 = replace(ann, v=2, hardware=Hardware(accelerator="NVIDIA H200", accelerator_count=8,
+                                               accelerator_memory_mib=143_771, hardware_source="detected",
+                                               context_length=32_768, context_source="declared"))
+    payload2 = canonical_dumps(ann2.to_wire())
     return {
         "announce/announcement.json": [{"name": "announcement-payload", "hex": payload.hex(),
-                                        "value": to_json_value(ann.to_wire())}],
+                                        "value": to_json_value(ann.to_wire())},
+                                       {"name": "announcement-payload-v2-hardware", "hex": payload2.hex(),
+                                        "value": to_json_value(ann2.to_wire())}],
         "envelope/envelope.json": [{"name": "announcement-envelope", "hex": sealed.hex(),
                                     "value": to_json_value(cbor2.loads(sealed))}],
         "inference/frames.json": [{"name": vector_name(f),
