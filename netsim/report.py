@@ -108,6 +108,12 @@ def invariants(data: SimData) -> list[dict[str, str]]:
 
     add("workload_ran", "PASS" if len(ok) >= s.invariants.min_completed else "FAIL",
         f"{len(ok)} completed of {len(data.results)} (minimum {s.invariants.min_completed})")
+    if s.invariants.min_answered_fraction:
+        share = len(ok) / len(data.results) if data.results else 0.0
+        add("answered_fraction", "PASS" if share >= s.invariants.min_answered_fraction else "FAIL",
+            f"{share:.1%} of {len(data.results)} requests answered (minimum {s.invariants.min_answered_fraction:.0%})")
+    if s.invariants.all_workers_verified:
+        _verified_invariant(data, good_ids, add)
 
     if data.flooder is not None:
         rejected = _rejected_total(data)
@@ -120,6 +126,23 @@ def invariants(data: SimData) -> list[dict[str, str]]:
     if data.errors:
         add("harness_errors", "FAIL", "; ".join(data.errors[:10]))
     return out
+
+
+def _verified_invariant(data: SimData, good_ids: set[str], add: Any) -> None:
+    """Every requester holds a passing attestation verdict for every good worker that is still up."""
+    live = {n.peer_id for n in data.nodes.values() if n.peer_id in good_ids and n.state == "up"}
+    problems, counts = [], []
+    for n in data.nodes.values():
+        if n.role != "requester" or n.adversarial:
+            continue
+        summary = ((data.final_status.get(n.name) or data.last_status.get(n.name)) or {}).get("attestation") or {}
+        verified = {peer for peer, verdict in summary.items() if isinstance(verdict, dict) and verdict.get("ok")}
+        missing = live - verified
+        counts.append(f"{n.name} {len(live & verified)}/{len(live)}")
+        if missing:
+            problems.append(f"{n.name}: {len(missing)} not verified")
+    add("workers_verified", "FAIL" if problems or not counts else "PASS",
+        "; ".join(problems) or ", ".join(counts))
 
 
 def _payment_invariants(data: SimData, ok: list[Any], add: Any) -> None:

@@ -46,6 +46,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from cocoon_node.mesh import kad_protocol
 from cocoon_node.mesh.dht_lookup import RecordLookup
 from cocoon_node.mesh.dht_put import PutResult, RecordKeeper, RecordPutter
+from cocoon_node.mesh.joining import refresh_while_sparse
 from cocoon_node.mesh.peer_cache import PeerCache
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
 from cocoon_node.mesh.scoring import (
@@ -424,31 +425,12 @@ class Mesh:
         await self.dht.add_peer(peer)
 
     async def _keep_connected(self) -> None:
-        """Refresh the routing table a few times right after start, so the peerstore fills with candidates
-        that py-libp2p's auto-connector dials (keeping us between the connection watermarks); after that,
-        KadDHT's own 10-minute refresh takes over. Each refresh is a network-wide lookup, so refreshing often
-        forever would be most of an idle node's CPU (measured with py-spy).
-
-        A refresh is skipped while we already hold ``target_peers`` connections: it would only dial more
-        peers (one FIND_NODE walk per routing-table bucket, each dialling whoever it finds), and at 50 nodes
-        in one process those start-up refreshes and their Noise handshakes kept the core saturated for
-        minutes, which is what DHT lookups queued behind (bench/RESULTS.md, mesh). KadDHT's own refresh at
-        start still fills the routing table."""
         assert self.dht is not None and self.host is not None
-        dht, host = self.dht, self.host
-        for delay in (0.5, 2.0, 8.0, 30.0, 120.0):
-            await trio.sleep(delay + random.random() * 0.5)
-            if len(host.get_connected_peers()) >= self.settings.target_peers:
-                self.refreshes_skipped += 1
-                continue
-            # py-libp2p can raise from inside its own nurseries (e.g. PeerStoreError for a peer that just
-            # left), mixed with cancellations: except* takes the errors and lets cancellation through, so
-            # a failed refresh never takes the node down.
-            try:
-                with trio.move_on_after(10):
-                    await dht.refresh_routing_table()
-            except* Exception as group:
-                log.debug("routing table refresh failed: %s", group.exceptions)
+
+        def skipped() -> None:
+            self.refreshes_skipped += 1
+
+        await refresh_while_sparse(self.dht, self.host, self.settings.target_peers, skipped)
 
 
 def _only_shutdown_races(exc: BaseException) -> bool:

@@ -152,12 +152,14 @@ class ScoredGossipSub(GossipSub):
         self._forwarding_size = pubsub_msg.ByteSize()
         await super().publish(msg_forwarder, pubsub_msg)
 
+    idontwant_threshold = IDONTWANT_THRESHOLD  # bytes; bench_discovery compares settings
+
     async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
         """IDONTWANT only for messages of at least IDONTWANT_THRESHOLD bytes, as go-libp2p does.
 
         py-libp2p sends one to every mesh peer for every message, each its own RPC with a signed peer record:
         for a ~0.9 kB announcement that cost more than the duplicates it saves (bench_discovery, RESULTS.md)."""
-        if self._forwarding_size < IDONTWANT_THRESHOLD:
+        if self._forwarding_size < self.idontwant_threshold:
             return
         await super()._emit_idontwant_for_message(msg_id, topic_ids)
 

@@ -132,14 +132,16 @@ class WorkerRole:
     async def _announce_loop(self) -> None:
         """Announce on the model's topic: a liveness beat every ``announce_interval``, and when the load bucket
         moves (idle, each quarter of ``max_concurrent``, full), at most once per ``announce_min_interval``.
-        The first announcement, one per ``directory_interval``, and one whenever a peer following the
-        directory connects (a requester that just started must not wait a whole interval to learn of us)
-        also go to the directory topic: one message on both topics."""
+        A peer newly connected on the model's topic gets one at once too (rate-limited the same way), so a
+        requester that just started, or a mesh formed after our first announcement, does not wait a whole
+        beat. The first announcement, one per ``directory_interval``, and one whenever a peer following the
+        directory connects also go to the directory topic: one message on both topics."""
         w = self.config.worker
         assert self.announcement is not None and self.server is not None
         topic = model_topic(w.model)
         last_directory = -float("inf")
         told: set[ID] = set()  # directory followers among our peers when we last announced there
+        met: set[ID] = set()  # our model topic's peers when we last announced (a new one hears from us soon)
         min_gap = min(w.announce_min_interval, w.announce_interval)
         while True:
             now = int(time.time())
@@ -148,9 +150,10 @@ class WorkerRole:
             sent_at = trio.current_time()
             topics = [topic]
             followers = self.mesh.topic_peer_ids(WORKERS_TOPIC)
-            if sent_at - last_directory >= w.directory_interval or self._new_followers(told):
+            if sent_at - last_directory >= w.directory_interval or self._new_peers(WORKERS_TOPIC, told):
                 topics.append(WORKERS_TOPIC)
                 last_directory, told = sent_at, followers
+            met = self.mesh.topic_peer_ids(topic)
             try:
                 await self.mesh.publish(topics, self.announcement.seal(self.key_pair.private_key))
                 self.announcements_sent += 1
@@ -161,16 +164,18 @@ class WorkerRole:
             beat_at = sent_at + w.announce_interval * random.uniform(0.9, 1.1)
             with trio.move_on_at(beat_at):
                 while (load_bucket(self.server.load, w.max_concurrent) == sent_bucket
-                       and not self._new_followers(told)):
+                       and not self._new_peers(WORKERS_TOPIC, told) and not self._new_peers(topic, met)):
                     self._load_changed = trio.Event()  # no checkpoint since the check: no change is missed
-                    with trio.move_on_after(1.0):  # and new directory followers are noticed within a second
+                    with trio.move_on_after(1.0):  # and new topic peers are noticed within a second
                         await self._load_changed.wait()
                 await trio.sleep_until(sent_at + min_gap)
 
-    def _new_followers(self, told: set[ID]) -> bool:
-        """Whether a directory follower connected since we last announced there; ``told`` forgets peers that
-        left (a requester restarted with the same identity must hear from us again)."""
-        now = self.mesh.topic_peer_ids(WORKERS_TOPIC)
+    def _new_peers(self, topic: str, told: set[ID]) -> bool:
+        """Whether a peer joined ``topic`` among our connections since we last announced there (a requester
+        that just started must not wait a whole beat to hear of us; at start, our first announcement may have
+        gone out before the topic's mesh formed). ``told`` forgets peers that left, so one that restarts
+        with the same identity hears from us again."""
+        now = self.mesh.topic_peer_ids(topic)
         told &= now
         return bool(now - told)
 
