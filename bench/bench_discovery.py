@@ -76,13 +76,14 @@ def count_wire_reads() -> None:
 # ----- the measured node (subprocess) --------------------------------------------------------------------
 
 
-async def measured(topics: list[str], idle: float, duration: float, degree: int) -> None:
+async def measured(topics: list[str], idle: float, duration: float, degree: int, heartbeat: float) -> None:
     count_wire_reads()
     profile = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
     validator, table = AnnouncementValidator(rate_limit_per_minute=10**6), WorkerTable()
     validator.on_accept = table.update
     mesh = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True, topics=tuple(topics), target_peers=1,
-                                                    gossip_degree=degree, gossip_degree_low=max(1, degree * 2 // 3),
+                                                    heartbeat_interval=heartbeat, gossip_degree=degree,
+                                                    gossip_degree_low=max(1, degree * 2 // 3),
                                                     gossip_degree_high=2 * degree),
                 topic_validators={t: validator for t in topics}, prefix_validators={MODEL_TOPIC_PREFIX: validator})
     received = 0
@@ -178,6 +179,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     relay_topics = sorted({t for _, t in traffic})
     command = [sys.executable, __file__, "--measured", "--topics", ",".join(measured_topics),
                "--idle", str(args.idle), "--duration", str(args.duration), "--degree", str(args.degree),
+               "--heartbeat", str(args.heartbeat),
                "--idontwant-threshold", str(args.idontwant_threshold)]
     proc = subprocess.Popen(command,  # noqa: ASYNC220 - once, before any traffic
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -193,6 +195,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
                 d = args.degree
                 relay = Mesh(create_new_key_pair(), MeshSettings(bootstrap=boots, local_cluster=True,
                                                                  topics=tuple(relay_topics), gossip_degree=d,
+                                                                 heartbeat_interval=args.heartbeat,
                                                                  gossip_degree_low=max(1, d * 2 // 3),
                                                                  gossip_degree_high=2 * d),
                              topic_validators={t: v for t in relay_topics})
@@ -269,17 +272,19 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=15.0)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--degree", type=int, default=6, help="GossipSub D of every node (measured and relays)")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="GossipSub heartbeat of every node, seconds")
     p.add_argument("--idontwant-threshold", dest="idontwant_threshold", type=int, default=IDONTWANT_THRESHOLD,
                    help="send IDONTWANT only for messages of at least this many bytes (every node here)")
     args = p.parse_args()
     ScoredGossipSub.idontwant_threshold = args.idontwant_threshold
     if args.measured:
-        trio.run(measured, [t for t in args.topics.split(",") if t], args.idle, args.duration, args.degree)
+        trio.run(measured, [t for t in args.topics.split(",") if t], args.idle, args.duration, args.degree,
+                 args.heartbeat)
         return
     result = trio.run(drive, args)
     out = {"bench": "discovery", "design": args.design, "workers": args.workers, "models": args.models,
            "buy": args.buy, "interval_s": args.interval, "min_interval_s": args.min_interval,
-           "busy_fraction": args.busy, "relays": args.relays, "degree": args.degree,
+           "busy_fraction": args.busy, "relays": args.relays, "degree": args.degree, "heartbeat_s": args.heartbeat,
            "idontwant_threshold": args.idontwant_threshold, **result}
     print(json.dumps(out))
     b, i = result["busy"], result["idle"]

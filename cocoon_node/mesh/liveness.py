@@ -1,4 +1,5 @@
-"""Delist a worker as soon as its connection closed and its port refuses us, not only when its TTL runs out.
+"""Delist a worker as soon as its connection closed (or a stream to it failed) and its port refuses us, not only
+when its TTL runs out.
 
 A worker killed with SIGKILL sends nothing more, so without this it stays listed until its last announcement
 expires: up to ``announce_ttl`` (and a liveness beat slow enough for a large network needs a long TTL). When
@@ -81,9 +82,19 @@ class WorkerLiveness:
         self.probes = 0  # TCP probes made
         self.checked = 0  # closed connections of listed workers looked at (probed, or back already)
         self._probing: set[ID] = set()
+        self._send: trio.MemorySendChannel[ID] | None = None
+
+    def suspect(self, peer: ID) -> None:
+        """Probe ``peer`` as if its connection had closed (a stream to it could not be opened)."""
+        if self._send is not None:
+            try:
+                self._send.send_nowait(peer)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def run(self) -> None:
         send, recv = trio.open_memory_channel[ID](256)
+        self._send = send
         self._network.register_notifee(_Disconnects(send))
         async with trio.open_nursery() as nursery:
             async for peer in recv:

@@ -226,7 +226,12 @@ class Node:
 
     async def _open_attested_stream(self, worker: Announcement) -> Any:
         """Open the inference stream to exactly the peer whose key the attestation report binds."""
-        stream = await self.mesh.new_stream(worker.peer, PROTOCOL_ID, worker.addrs)
+        try:
+            stream = await self.mesh.new_stream(worker.peer, PROTOCOL_ID, worker.addrs)
+        except Exception:
+            if self.liveness is not None:
+                self.liveness.suspect(worker.peer)  # a dead worker is delisted now, not at its TTL
+            raise
         remote = stream.muxed_conn.peer_id
         if remote != worker.peer:
             await stream.reset()

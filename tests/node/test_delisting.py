@@ -4,12 +4,15 @@ connection closed and its port refuses), and a live worker whose connection mere
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
 
 from cocoon_node.cluster import Cluster, worker_args
 from cocoon_node.mesh import Announcement, Mesh, MeshSettings, WorkerTable
@@ -85,4 +88,16 @@ async def test_closed_connections_delist_only_workers_whose_port_refuses() -> No
         await wait_until(lambda: table.get(dying.peer_id.to_bytes()) is None, timeout=20)
         assert table.get(alive.peer_id.to_bytes()) is not None
         assert liveness.delisted == 1
+        # A listed worker we were never connected to, whose stream could not be opened: probed and dropped too.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed_port = s.getsockname()[1]
+        ghost = create_new_key_pair()
+        ghost_id = ID.from_pubkey(ghost.public_key)
+        now = int(time.time())
+        table.update(replace(announcement_of(alive), peer_id=ghost_id.to_bytes(), expires_at=now + 600,
+                             addrs=(f"/ip4/127.0.0.1/tcp/{closed_port}/p2p/{ghost_id}",)))
+        liveness.suspect(ghost_id)
+        await wait_until(lambda: table.get(ghost_id.to_bytes()) is None, timeout=20)
+        assert table.get(alive.peer_id.to_bytes()) is not None and liveness.delisted == 2
         nursery.cancel_scope.cancel()
