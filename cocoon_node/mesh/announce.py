@@ -39,7 +39,7 @@ MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
 RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
 ANNOUNCEMENT_VERSION = 1
 HARDWARE_VERSION = 2  # the payload version that may carry `hardware`
-STALE_REASONS = frozenset({"replayed", "expired", "rate_limited"})
+STALE_REASONS = frozenset({"replayed", "expired"})
 
 
 def model_topic(model: str) -> str:
@@ -211,11 +211,13 @@ class AnnouncementValidator:
             announcement = self.check(msg.data, origin, msg.topicIDs)
         except AnnouncementError as exc:
             self.rejected[exc.reason] += 1
-            # Stale, not forged: an honest relay may deliver these (reordered paths, slow links, its own rate
-            # window); they are dropped without counting against the relay, within its allowance. From the
-            # origin itself they count.
+            # Stale, not forged: an honest peer may deliver these (reordered paths, slow links, py-libp2p
+            # replaying its recent messages to a peer that just joined the topic, the origin included); they
+            # are dropped without counting against it, within its allowance. A rate excess counts when the
+            # origin itself sends it (a relay only forwards what passed its own, slightly shifted, window).
             relayed = origin is not None and origin != forwarder
-            return IGNORE if relayed and exc.reason in STALE_REASONS else False
+            stale = exc.reason in STALE_REASONS or (relayed and exc.reason == "rate_limited")
+            return IGNORE if stale else False
         except Exception:  # anything unexpected from hostile bytes is a malformed message, not a crash
             self.rejected["malformed"] += 1
             return False

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -369,6 +370,19 @@ class Mesh:
             maddrs = [multiaddr.Multiaddr(a) for a in addrs]
             await self.host.connect(PeerInfo(peer, maddrs))
         return await self.host.new_stream(peer, [TProtocol(protocol)])
+
+    def remember_addrs(self, peer: ID, addrs: Sequence[str], *, ttl: int) -> None:
+        """Add a peer's announced addresses to the peerstore until ``ttl`` (unix seconds); bad ones skipped."""
+        if self.host is None or peer == self.peer_id:
+            return
+        maddrs = []
+        for addr in addrs:
+            try:
+                maddrs.append(multiaddr.Multiaddr(addr.split("/p2p/")[0]))
+            except Exception:
+                continue
+        if maddrs:
+            self.host.get_peerstore().add_addrs(peer, maddrs, max(1, ttl - int(time.time())))
 
     async def connect(self, addr: str) -> ID:
         assert self.host is not None

@@ -20,8 +20,8 @@ The mesh used to set P4 to weight -20 with cap 0 (always 0; with a cap the negat
 ``publish_threshold`` to messages it *receives* as well (``Pubsub.push_msg`` drops them unvalidated), so below
 it a peer's messages are already ignored; we graylist at the same score and then also ignore its control
 messages (:class:`ScoredGossipSub`), which py-libp2p never does. py-libp2p prunes a mesh peer only when the
-mesh is above D_high; :meth:`ScoredGossipSub.mesh_heartbeat` prunes every mesh peer whose score is negative,
-with a backoff, as the spec's heartbeat does.
+mesh is above D_high; :meth:`ScoredGossipSub.mesh_heartbeat` prunes every mesh peer whose score is below
+``PRUNE_THRESHOLD`` (-10), with a backoff, as the spec's heartbeat does at 0 (why not 0: see there).
 
 Not every rejected announcement proves its forwarder misbehaved: an honest relay can deliver an older
 announcement after a newer one came by another path (``replayed``), or one that expired on the way. A
@@ -54,6 +54,7 @@ GOSSIP_THRESHOLD = -10.0
 PUBLISH_THRESHOLD = -50.0
 GRAYLIST_THRESHOLD = PUBLISH_THRESHOLD
 GRAYLIST_AFTER = int(-GRAYLIST_THRESHOLD // INVALID_WEIGHT) + 1
+PRUNE_THRESHOLD = GOSSIP_THRESHOLD  # mesh peers below it are pruned each heartbeat (see mesh_heartbeat)
 STALE_ALLOWANCE_PER_MINUTE = 10
 IDONTWANT_THRESHOLD = 1024  # go-libp2p's IDontWantMessageThreshold
 
@@ -170,19 +171,26 @@ class ScoredGossipSub(GossipSub):
         await super().handle_rpc(rpc, sender_peer_id)
 
     def mesh_heartbeat(self) -> tuple[defaultdict[ID, list[str]], defaultdict[ID, list[str]]]:
-        """Prune negative-score peers first (with a backoff, so the regraft below D_low skips them)."""
+        """Prune peers below PRUNE_THRESHOLD first (with a backoff, so the regraft below D_low skips them).
+
+        The spec prunes at any negative score; py-libp2p charges honest peers small behaviour penalties (a
+        GRAFT inside the backoff, which its own opportunistic grafting sends, costs one peer -9), and pruning
+        at 0 turned those into prune / graft-flood cascades among honest nodes in netsim at 100 nodes. A peer
+        that sends invalid messages crosses -10 with its first or second one."""
         pruned: defaultdict[ID, list[str]] = defaultdict(list)
         if self.scorer is not None:
             for topic, peers in self.mesh.items():
                 for peer in list(peers):
                     score = self.scorer.score(peer, [topic])
-                    if score < 0:
+                    if score < PRUNE_THRESHOLD:
                         peers.discard(peer)
                         self.scorer.on_leave_mesh(peer, topic)
                         self._add_back_off(peer, topic, False)
                         pruned[peer].append(topic)
                         self.score_pruned += 1
-                        log.info("pruned %s from %s: score %.1f", peer, topic, score)
+                        parts = {k: round(v, 2) for k, v in self.scorer.get_score_stats(peer, topic).items()
+                                 if isinstance(v, float) and v}
+                        log.info("pruned %s from %s: score %.1f %s", peer, topic, score, parts)
         to_graft, to_prune = super().mesh_heartbeat()
         for peer, topics in pruned.items():
             to_prune[peer].extend(t for t in topics if t not in to_prune[peer])

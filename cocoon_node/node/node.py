@@ -109,8 +109,12 @@ class Node:
         return ()
 
     def _on_announcement(self, announcement: Announcement) -> None:
-        if self.table.update(announcement) and self.gate is not None:
-            self.gate.prefetch(announcement)  # verify in the background, before any request needs it
+        if self.table.update(announcement):
+            # Where to dial it: the attestation lookup asks the worker its key names first (it holds its own
+            # report), which needs an address when we are not connected to it (most workers, at scale).
+            self.mesh.remember_addrs(announcement.peer, announcement.addrs, ttl=announcement.expires_at)
+            if self.gate is not None:
+                self.gate.prefetch(announcement)  # verify in the background, before any request needs it
         topic = model_topic(announcement.model)
         if self._follow is not None and topic not in self.mesh.subscribed and self.mesh.pubsub is not None:
             try:

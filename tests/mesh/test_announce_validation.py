@@ -128,3 +128,24 @@ def test_table_newest_seqno_wins_and_expiry() -> None:
     clock[0] = 1011
     assert table.expire() == [ID.from_pubkey(kp.public_key).to_bytes()]
     assert len(table) == 0
+
+
+def test_stale_announcements_are_ignored_and_forgeries_rejected() -> None:
+    """Issue 15: what an honest peer may deliver (an older or expired announcement, a relayed rate excess) is
+    dropped with the IGNORE verdict, which does not count against the sender's score; the rest is rejected."""
+    from cocoon_node.mesh.scoring import IGNORE
+
+    kp, relay = create_new_key_pair(), ID.from_pubkey(create_new_key_pair().public_key)
+    origin = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator(rate_limit_per_minute=2)
+    assert v(origin, msg(announcement(kp, seqno=5).seal(kp.private_key), origin)) is True
+    assert v(origin, msg(announcement(kp, seqno=4).seal(kp.private_key), origin)) is IGNORE  # replay
+    assert v(relay, msg(announcement(kp, seqno=3).seal(kp.private_key), origin)) is IGNORE
+    expired = announcement(kp, seqno=9, issued=int(time.time()) - 100, ttl=30)
+    assert v(origin, msg(expired.seal(kp.private_key), origin)) is IGNORE
+    assert v(relay, msg(announcement(kp, seqno=6).seal(kp.private_key), origin)) is True
+    assert v(relay, msg(announcement(kp, seqno=7).seal(kp.private_key), origin)) is IGNORE  # relayed rate excess
+    assert v(origin, msg(announcement(kp, seqno=8).seal(kp.private_key), origin)) is False  # the origin's own
+    other = create_new_key_pair()
+    forged = announcement(other, seqno=10).seal(other.private_key)
+    assert v(relay, msg(forged, origin)) is False
