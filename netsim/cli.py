@@ -28,6 +28,13 @@ def run_scenario(path: Path, *, seed: int | None = None, out: Path | None = None
     seed = scenario.seed if seed is None else seed
     out = out or Path("netsim-out") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+    if scenario.topology is not None:  # network namespaces: root, iproute2 and nftables, else a clear SKIP
+        from netsim.natsim import skipped_report
+
+        skipped = skipped_report(scenario, seed)
+        if skipped is not None:
+            (out / "report.json").write_text(json.dumps(skipped, indent=2))
+            return skipped
     with tempfile.TemporaryDirectory(prefix=f"netsim-{scenario.name}-", dir=base_dir) as tmp:
         try:
             sim = Simulation(scenario, seed=seed, base_dir=Path(tmp))
@@ -58,7 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--out", type=Path, default=None, help="directory for report.json and report.png")
     run.add_argument("--keep-logs", action="store_true", help="copy node logs into the output directory")
     run.add_argument("-v", "--verbose", action="store_true")
+    sub.add_parser("clean", help="delete network namespaces (and processes in them) left by crashed netsim runs")
     args = parser.parse_args(argv)
+    if args.command == "clean":
+        from netsim.netns import sweep_stale
+
+        for name in sweep_stale():
+            print(f"deleted {name}")
+        return
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr", "cocoon_node"):
@@ -69,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     except ScenarioError as exc:
         print(f"cocoon-netsim: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    for line in summary_lines(report):
+    for line in summary_lines(report) if "skipped" not in report else [f"SKIP  {report['skipped']}"]:
         print(line)
-    print(f"report: {Path(report['plots']).parent / 'report.json' if report['plots'] else '(no plots)'}")
+    print(f"report: {Path(report['plots']).parent / 'report.json' if report.get('plots') else '(no plots)'}")
     failed = any(inv["verdict"] == "FAIL" for inv in report["invariants"])
     raise SystemExit(1 if failed else 0)
 

@@ -3,12 +3,13 @@
 Issue 5 asks for kernel shaping (network namespaces, veth pairs, ``tc netem``) where the process may, and a
 transport layer otherwise. :func:`probe_netem` finds out whether netem would work here; the namespace path
 itself is **not implemented**, so shaped runs always use the transport layer
-(:mod:`cocoon_node.mesh.shaping`, NETSIM-ONLY) and the report says why.
+(:mod:`netsim.shaping`, NETSIM-ONLY) and the report says why.
 
-The run keeps one link table (``links.json`` in its base dir) and passes ``--netsim-link-table`` to every
-node it starts, host-pool nodes included. :class:`LinkPlan` rewrites the table atomically whenever a node
+The run keeps one link table (``links.json`` in its base dir) and starts every node through netsim's own entry
+points with ``--link-table`` (:mod:`netsim.node`, the rogue nodes, host pools), which inject the shaped TCP
+transport into the node's mesh. :class:`LinkPlan` rewrites the table atomically whenever a node
 comes up (so the table knows its peer id and port) and when a partition starts or heals; the nodes re-read it
-within :data:`cocoon_node.mesh.shaping.POLL_INTERVAL_S`, and open connections follow. What is not shaped:
+within :data:`netsim.shaping.POLL_INTERVAL_S`, and open connections follow. What is not shaped:
 QUIC, connections dialed by processes without the table (the in-process junk flooder), the HTTP API/admin
 endpoints and the emulated chain (all loopback, outside the mesh).
 """
@@ -25,8 +26,8 @@ from typing import Any
 
 import trio
 
-from cocoon_node.mesh.shaping import write_table_file
 from netsim.scenario import ALL_NODES, LinkPair, Links
+from netsim.shaping import write_table_file
 
 TRANSPORT_LAYER = "transport (NETSIM-ONLY shaping layer in every node's TCP transport; "
 NAMESPACE_PATH_MISSING = "the network-namespace + veth + netem path is not implemented"

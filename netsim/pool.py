@@ -4,7 +4,7 @@ A 2-core machine cannot run fifty Python interpreters with a libp2p stack each, 
 processes holding many nodes each. Every node keeps its own key, data dir, TCP listener and admin endpoint,
 so the mesh sees fifty distinct peers talking over real loopback sockets.
 
-Usage: ``python -m netsim.pool --base-dir D --prefix NAME --count K -- <cocoon-node run flags>``.
+Usage: ``python -m netsim.pool --base-dir D --prefix NAME --count K [--link-table PATH] -- <cocoon-node run flags>``.
 Prints one JSON line ``{"event": "ready", "nodes": [...]}`` once every node is up.
 """
 
@@ -23,6 +23,7 @@ import trio
 from cocoon_node.cli import build_parser, overrides_from_args
 from cocoon_node.config import load_config
 from cocoon_node.node import Node
+from netsim.node import add_link_table_option, link_shaping
 
 
 def _config_for(data_dir: Path, run_args: list[str]) -> Any:
@@ -31,9 +32,14 @@ def _config_for(data_dir: Path, run_args: list[str]) -> Any:
     return load_config(None, overrides=overrides_from_args(args))
 
 
+def _node(data_dir: Path, run_args: list[str], link_table: Path | None) -> Node:
+    config = _config_for(data_dir, run_args)
+    return Node(config, transport_factory=link_shaping(config, link_table, "netsim.pool"))
+
+
 async def _run_pool(base_dir: Path, prefix: str, count: int, start_index: int, run_args: list[str],
-                    timeout: float) -> None:
-    nodes = [Node(_config_for(base_dir / f"{prefix}{start_index + i}", run_args)) for i in range(count)]
+                    timeout: float, link_table: Path | None) -> None:
+    nodes = [_node(base_dir / f"{prefix}{start_index + i}", run_args, link_table) for i in range(count)]
     async with trio.open_nursery() as nursery:
         async def stop_on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -63,12 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--start-index", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300.0)
+    add_link_table_option(parser)
     parser.add_argument("run_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    trio.run(_run_pool, args.base_dir, args.prefix, args.count, args.start_index, run_args, args.timeout)
+    trio.run(_run_pool, args.base_dir, args.prefix, args.count, args.start_index, run_args, args.timeout,
+             args.link_table)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from cocoon_node.cluster import Cluster, NodeProcess, _drain
+from cocoon_node.cluster import Cluster, NodeProcess, drain_output
 
 
 def process_usage(pid: int) -> tuple[float, int] | None:
@@ -43,14 +43,17 @@ class SimCluster(Cluster):
         self.pools: dict[str, list[str]] = {}
 
     async def start_pool(self, pool: str, prefix: str, count: int, start_index: int, args: Sequence[str], *,
-                         timeout: float = 300.0) -> list[NodeProcess]:
-        """Start ``count`` in-process nodes in one ``netsim.pool`` process; each is registered as a node."""
+                         timeout: float = 300.0, link_table: Path | None = None) -> list[NodeProcess]:
+        """Start ``count`` in-process nodes in one ``netsim.pool`` process; each is registered as a node.
+
+        With ``link_table``, every node in it dials through netsim's NETSIM-ONLY shaped transport."""
         assert self._nursery is not None, "use `async with cluster.running()`"
         log_path = self.base_dir / f"{pool}.log"
         self.base_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(log_path, "ab")  # noqa: ASYNC230 - opening a local log file does not block meaningfully
         cmd = [sys.executable, "-m", "netsim.pool", "--base-dir", str(self.base_dir), "--prefix", prefix,
-               "--count", str(count), "--start-index", str(start_index), "--timeout", str(timeout), "--", *args,
+               "--count", str(count), "--start-index", str(start_index), "--timeout", str(timeout),
+               *(["--link-table", str(link_table)] if link_table is not None else []), "--", *args,
                # Same payments wiring as Cluster.start_node: the cluster's shared emulated chain, or none.
                *(["--chain-url", self.chain_url] if self.chain_url else ["--no-payments"])]
         process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=log_file, env=self._env)
@@ -70,7 +73,7 @@ class SimCluster(Cluster):
                 await process.wait()
             raise
         ready = json.loads(buffer.split(b"\n", 1)[0])
-        self._nursery.start_soon(_drain, process.stdout)
+        self._nursery.start_soon(drain_output, process.stdout)
         out = []
         for info in ready["nodes"]:
             node = NodeProcess(info["name"], self.base_dir / info["name"], list(args), process=process,

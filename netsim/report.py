@@ -8,7 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from netsim.runner import SimData
+from netsim import paycheats
+from netsim.coverage import invariant as coverage_invariant
+from netsim.lowball import invariant as lowball_invariant
+from netsim.misnamed import invariant as misnamed_invariant
+from netsim.simdata import SimData
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -108,12 +112,7 @@ def invariants(data: SimData) -> list[dict[str, str]]:
 
     add("workload_ran", "PASS" if len(ok) >= s.invariants.min_completed else "FAIL",
         f"{len(ok)} completed of {len(data.results)} (minimum {s.invariants.min_completed})")
-    if s.invariants.min_answered_fraction:
-        share = len(ok) / len(data.results) if data.results else 0.0
-        add("answered_fraction", "PASS" if share >= s.invariants.min_answered_fraction else "FAIL",
-            f"{share:.1%} of {len(data.results)} requests answered (minimum {s.invariants.min_answered_fraction:.0%})")
-    if s.invariants.all_workers_verified:
-        _verified_invariant(data, good_ids, add)
+    coverage_invariant(data, good_ids, add)
 
     if data.flooder is not None:
         rejected = _rejected_total(data)
@@ -123,26 +122,10 @@ def invariants(data: SimData) -> list[dict[str, str]]:
 
     _payment_invariants(data, ok, add)
     _rogue_invariants(data, add)
+    misnamed_invariant(data, add)
     if data.errors:
         add("harness_errors", "FAIL", "; ".join(data.errors[:10]))
     return out
-
-
-def _verified_invariant(data: SimData, good_ids: set[str], add: Any) -> None:
-    """Every requester holds a passing attestation verdict for every good worker that is still up."""
-    live = {n.peer_id for n in data.nodes.values() if n.peer_id in good_ids and n.state == "up"}
-    problems, counts = [], []
-    for n in data.nodes.values():
-        if n.role != "requester" or n.adversarial:
-            continue
-        summary = ((data.final_status.get(n.name) or data.last_status.get(n.name)) or {}).get("attestation") or {}
-        verified = {peer for peer, verdict in summary.items() if isinstance(verdict, dict) and verdict.get("ok")}
-        missing = live - verified
-        counts.append(f"{n.name} {len(live & verified)}/{len(live)}")
-        if missing:
-            problems.append(f"{n.name}: {len(missing)} not verified")
-    add("workers_verified", "FAIL" if problems or not counts else "PASS",
-        "; ".join(problems) or ", ".join(counts))
 
 
 def _payment_invariants(data: SimData, ok: list[Any], add: Any) -> None:
@@ -224,6 +207,9 @@ def _rogue_invariants(data: SimData, add: Any) -> None:
     nonpayers = [n for n in data.nodes.values() if n.adversary == "nonpayer"]
     for node in nonpayers:
         _nonpayer(data, node, add)
+    for node in [n for n in data.nodes.values() if n.adversary == "lowball_close"]:
+        lowball_invariant(data, node, add)
+    paycheats.invariants(data, add)  # inflate, voucherless, bad_close_sig
 
 
 def overclaim_detections(results: list[Any], worker_peer: str) -> list[Any]:
@@ -275,7 +261,7 @@ def _overclaim(data: SimData, node: Any, requesters: dict[str, str], add: Any) -
     add(f"overclaim_contained[{node.name}]", "FAIL" if problems else "PASS",
         "; ".join(problems) if problems else
         f"detected {len(detected)} times (requester: 'worker claims N completion tokens but streamed M', "
-        f"WorkerFailure protocol, answer failed, reputation lowered); contained: vouchers cover only streamed "
+        f"WorkerFailure overcount, answer failed, worker dropped); contained: vouchers cover only streamed "
         f"tokens; " + "; ".join(parts) + ("; " + "; ".join(avoid) if avoid else ""))
 
 
@@ -372,13 +358,16 @@ def adversary_lines(report: dict[str, Any]) -> list[dict[str, str]]:
         elif name == "junk_gossip_rejected":
             out.append({"adversary": "gossip_flooder", "verdict": "detected" if inv["verdict"] == "PASS"
                         else "NOT detected", "how": "the topic validators rejected its junk: " + inv["detail"]})
-        elif "[" in name and name.split("[")[0] in ("overclaim_contained", "stale_close_contained",
-                                                     "nonpayer_contained"):
+        elif "[" in name and name.split("[")[0].removesuffix("_contained") in (
+                "overclaim", "stale_close", "nonpayer", "lowball_close", "inflate", "voucherless", "bad_close"):
             kind = name.split("[")[0].removesuffix("_contained")
-            verdict = {"overclaim": "detected and contained", "stale_close": "detected and contained",
-                       "nonpayer": "detected and contained"}[kind]
+            verdict = "detected and contained"
             out.append({"adversary": f"{kind} ({name.split('[')[1].rstrip(']')})",
                         "verdict": verdict if inv["verdict"] == "PASS" else "NOT contained", "how": inv["detail"]})
+        elif name.startswith("misnamed_never_prompted["):
+            out.append({"adversary": f"misnamed ({name.split('[')[1].rstrip(']')})",
+                        "verdict": "detected and contained" if inv["verdict"] == "PASS" else "NOT contained",
+                        "how": inv["detail"]})
     return out
 
 
@@ -421,6 +410,7 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "on_chain_transactions": data.chain_transactions if data.chain_transactions is not None else "no chain",
         "processes": data.resources,
         "allowed_model_hashes": data.allowed_hashes,
+        "allowed_models": data.allowed_models,
         "discovery": {"initial_convergence_s": data.initial_convergence_s,
                       "initial_convergence_definition": "max over requesters of (first poll listing every live "
                                                         "worker - that requester's ready line); polled every 0.1 s",
@@ -441,11 +431,19 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "nonpayer_requests": {"total": len(data.nonpayer_results),
                               "by_cause": dict(Counter(r.cause for r in data.nonpayer_results))},
         "stale_settlements": data.stale_settlements,
+        "lowball_requests": {"total": len(data.lowball_results),
+                             "by_cause": dict(Counter(r.cause for r in data.lowball_results))},
+        "lowball_settlements": data.lowball_settlements,
         "fake_upstream_prompts": data.fake_upstream_requests,
         "harness_errors": data.errors,
-        "invariants": invariants(data),
+        "invariants": (invs := invariants(data)),
         "plots": str(png) if png else None,
     }
+    if data.nat is not None:  # [topology] runs (netsim/natsim.py)
+        from netsim.natsim import report as nat_report
+
+        report["nat"], extra = nat_report(data.nat, data)
+        invs.extend(extra)
     report["adversaries"] = adversary_lines(report)
     if png is not None:
         plot(data, report, png)
@@ -510,6 +508,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"process {name}: {p['nodes']} nodes, CPU {p['cpu_pct_discovery']}% of a core while "
                          f"converging, {p['cpu_pct_workload']}% under the workload; RSS {p['rss_mb']} MB "
                          f"({p['rss_mb_per_node']} MB per node)")
+    if r.get("nat"):
+        lines.append(f"paths (served requests): {r['nat']['paths']}; relay kills: {r['nat']['relay_kills']}")
     for adv in r.get("adversaries") or []:
         lines.append(f"adversary {adv['adversary']}: {adv['verdict']}")
     for inv in r["invariants"]:

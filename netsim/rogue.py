@@ -20,8 +20,8 @@ Kinds (``--kind``):
     A requester that pays each prompt and never a completion token: tokens are counted as they arrive but never
     charged to the channel, so no voucher (they are cumulative over what was charged) ever covers them.
 
-Usage: ``python -m netsim.rogue --kind KIND [options] run <cocoon-node run flags>``; prints the same ready line
-as ``cocoon-node run`` and adds an ``adversary`` object to the node's admin status.
+Usage: ``python -m netsim.rogue --kind KIND [options] [--link-table PATH] run <cocoon-node run flags>``; prints
+the same ready line as ``cocoon-node run`` and adds an ``adversary`` object to the node's admin status.
 """
 
 from __future__ import annotations
@@ -34,22 +34,26 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
+import msgspec
 import trio
 
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
-from cocoon_node.inference.stream import MAX_FRAME, PROTOCOL_ID, WIRE, InferenceServer
-from cocoon_node.mesh import Announcement
+from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer
+from cocoon_node.mesh import Announcement, TransportFactory
 from cocoon_node.node import Node
 from cocoon_node.payments.chain.base import ChannelStatus
 from cocoon_node.payments.channels import CHAIN_OP_TIMEOUT, Settlement
 from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.payments.voucher import SignedVoucher, sign_voucher
-from cocoon_node.wire import FrameError, FrameStream
+from cocoon_node.wire import FrameError, FrameStream, utf8_clip
+from cocoon_node.wire.messages.inference import CODEC, AcceptFrame, DeltaFrame, ErrorFrame, FinalFrame, InferenceFrame
+from netsim import paycheats
+from netsim.node import add_link_table_option, link_shaping
 
 log = logging.getLogger("netsim.rogue")
 
-KINDS = ("overclaim", "stale_close", "nonpayer")
+KINDS = ("overclaim", "stale_close", "nonpayer", *paycheats.KINDS)  # the latter: netsim/paycheats.py
 
 
 # ----- over-claiming worker ------------------------------------------------------------------------------
@@ -68,26 +72,26 @@ class WireBook:
     claimed_amount: int = 0        # what the final frames would have been worth
 
 
-class _CountingFrames(FrameStream):
+class _CountingFrames(FrameStream[InferenceFrame]):
     """A frame stream that counts what the worker sends and inflates the ``final`` frame's token counts."""
 
     def __init__(self, raw: Any, *, extra: int) -> None:
-        super().__init__(raw, WIRE, max_frame=MAX_FRAME)
+        super().__init__(raw, CODEC)
         self.extra = extra
         self.prompt_tokens = 0
         self.streamed = 0
         self.overclaimed = 0
 
-    async def send(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("t")
-        if kind == "accept":
-            self.prompt_tokens = int(frame["prompt_tokens"])
-        elif kind == "delta":
-            self.streamed += int(frame["tokens"])
-        elif kind == "final" and self.extra > 0:
-            frame = {**frame, "completion_tokens": frame["completion_tokens"] + self.extra,
-                     "total_tokens": frame["total_tokens"] + self.extra}
-            self.overclaimed = self.extra
+    async def send(self, frame: InferenceFrame) -> None:
+        match frame:
+            case AcceptFrame():
+                self.prompt_tokens = frame.prompt_tokens
+            case DeltaFrame():
+                self.streamed += frame.tokens
+            case FinalFrame() if self.extra > 0:
+                frame = msgspec.structs.replace(frame, completion_tokens=frame.completion_tokens + self.extra,
+                                                total_tokens=frame.total_tokens + self.extra)
+                self.overclaimed = self.extra
         await super().send(frame)
 
 
@@ -105,9 +109,9 @@ class OverclaimingServer(InferenceServer):
         try:
             await self._serve(frames, _remote_key(raw_stream))
         except FrameError as exc:
-            await _send_quietly(frames, {"t": "error", "id": "", "code": "protocol", "message": str(exc)[:1000]})
+            await _send_quietly(frames, ErrorFrame(id="", code="protocol", message=utf8_clip(str(exc), 1000)))
         except trio.TooSlowError:
-            await _send_quietly(frames, {"t": "error", "id": "", "code": "timeout", "message": "request timed out"})
+            await _send_quietly(frames, ErrorFrame(id="", code="timeout", message="request timed out"))
         except Exception as exc:
             log.warning("inference stream failed: %r", exc)
         finally:
@@ -129,7 +133,7 @@ class OverclaimingServer(InferenceServer):
                     pass
 
 
-async def _send_quietly(frames: FrameStream, frame: dict[str, Any]) -> None:
+async def _send_quietly(frames: FrameStream[InferenceFrame], frame: InferenceFrame) -> None:
     with trio.move_on_after(2):
         try:
             await frames.send(frame)
@@ -283,7 +287,8 @@ class WithholdingMeter(RequesterPaymentMeter):
 
     def __init__(self, base: RequesterPaymentMeter, book: UnpaidBook) -> None:
         super().__init__(base.channel, price_prompt=base.price_prompt, price_completion=base.price_completion,
-                         credit_window=base.credit_window, voucher_every=base.voucher_every)
+                         credit_window=base.credit_window, voucher_every=base.voucher_every,
+                         token_counter=base.token_counter)
         self.book = book
         book.channels.add(base.channel.address)
 
@@ -322,10 +327,11 @@ class _StartedHook:
 
 
 class RogueNode(Node):
-    def __init__(self, config: Config, kind: str, *, overclaim_tokens: int = 5, stale_after: int = 3) -> None:
+    def __init__(self, config: Config, kind: str, *, overclaim_tokens: int = 5, stale_after: int = 3,
+                 transport_factory: TransportFactory | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown rogue kind {kind!r}")
-        super().__init__(config)
+        super().__init__(config, transport_factory=transport_factory)
         self.kind = kind
         self.overclaim_tokens = overclaim_tokens
         self.stale_after = stale_after
@@ -353,9 +359,13 @@ class RogueNode(Node):
                 return WithholdingMeter(meter, book)
 
             pay.meter_for = withholding_meter_for  # type: ignore[method-assign]
+        elif self.kind in paycheats.KINDS:
+            paycheats.before_roles(self)
         await super()._run_roles(nursery, _StartedHook(task_status, self._after_roles))
 
     def _after_roles(self) -> None:
+        if self.kind in paycheats.KINDS:
+            paycheats.after_roles(self)
         if self.kind != "overclaim":
             return
         assert self.worker is not None and self.worker.server is not None, "an over-claimer is a worker"
@@ -383,6 +393,8 @@ class RogueNode(Node):
                 by_worker[peer] = {**asdict(book), "channels": sorted(book.channels), "paid": paid,
                                    "unpaid": book.received_amount - paid}
             out["by_worker"] = by_worker
+        if self.kind in paycheats.KINDS:
+            out.update(await paycheats.status(self))
         return out
 
     async def status(self) -> dict[str, Any]:
@@ -406,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--overclaim-tokens", type=int, default=5)
     parser.add_argument("--stale-after", type=int, default=3)
+    add_link_table_option(parser)
     parser.add_argument("node_args", nargs=argparse.REMAINDER, help="run <cocoon-node run flags>")
     args = parser.parse_args(argv)
     try:
@@ -417,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    node = RogueNode(config, args.kind, overclaim_tokens=args.overclaim_tokens, stale_after=args.stale_after)
+    node = RogueNode(config, args.kind, overclaim_tokens=args.overclaim_tokens, stale_after=args.stale_after,
+                     transport_factory=link_shaping(config, args.link_table, "netsim.rogue"))
 
     trio.run(serve_until_signalled, node, {"rogue": args.kind})
 

@@ -17,8 +17,13 @@ ARRIVALS = ("poisson", "bursts")
 SHAPING = ("none", "auto")
 # Worker adversaries (``adversary`` in a worker group; ``adversarial = true`` is short for "bad_model_hash"):
 # "bad_model_hash": the good model name served from weights outside the requesters' policy; "overclaim" and
-# "stale_close": NETSIM-ONLY rogue workers (netsim/rogue.py) that cheat on payment.
-WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close")
+# "stale_close": NETSIM-ONLY rogue workers (netsim/rogue.py) that cheat on payment; "misnamed": a NETSIM-ONLY
+# worker (netsim/misnamed.py) announcing the group's model while its attestation report names another;
+# "inflate", "bad_close_sig": NETSIM-ONLY payment cheats (netsim/paycheats.py).
+WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close", "misnamed", "inflate", "bad_close_sig")
+# How a NETSIM-ONLY lowball payer (netsim/lowball.py) closes a channel: start_close with a voucher of a higher seqno
+# and a lower amount, or start_close without one and then challenge with (2^64-1, 0).
+LOWBALL_MODES = ("lower_voucher", "max_seqno")
 # Selectors in [[links.pairs]] besides node names and worker group names.
 ALL_NODES, ALL_REQUESTERS = "*", "requesters"
 
@@ -80,6 +85,30 @@ class NonPayer:
 
 
 @dataclass(frozen=True)
+class LowballPayer:
+    """``[lowball]``: NETSIM-ONLY requesters ``lowball1..N`` (netsim/lowball.py) that pay like honest ones, then
+    close their channels to workers with honest settlement for less than they signed (issue 19).
+
+    Each plays ``bursts`` bursts of ``burst_size`` concurrent requests (concurrency spreads them over several
+    workers), one burst every ``every`` s from ``start``. After the last one netsim pulls the trigger; the payer
+    closes every such channel, cycling through ``modes``; each worker gets up to ``settle_after`` s to challenge
+    before netsim moves the EMULATED chain clock past the challenge period.
+    """
+
+    count: int = 1
+    start: float = 3.0
+    bursts: int = 2
+    burst_size: int = 8
+    every: float = 5.0
+    prompt_words: int = 8
+    max_tokens: int = 60
+    stream: bool = True
+    timeout: float = 60.0
+    modes: tuple[str, ...] = LOWBALL_MODES
+    settle_after: float = 20.0
+
+
+@dataclass(frozen=True)
 class Workload:
     arrival: str = "poisson"
     rate: float = 1.0                  # poisson: requests per second
@@ -105,6 +134,9 @@ class Fault:
     # skew: restart the targets with their wall clock this many seconds off (NETSIM-ONLY --netsim-clock-skew);
     # with a duration, restart them again with a true clock after it.
     seconds: float | None = None
+    # partition with a [topology]: the other side (node, relay or NAT names; default: everyone else). A target
+    # "relay:busiest" (kill) or "relay:of:NODE" (partition's other side) is resolved when the fault fires.
+    against: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,6 +192,7 @@ class Invariants:
     min_completed: int = 1
     min_answered_fraction: float = 0.0   # issue 15: of all requests sent, at least this share answered
     all_workers_verified: bool = False   # issue 15: every requester verified every good worker's attestation
+    relay_recovery_bound: float = 30.0   # [topology]: seconds after a relay dies until its workers are reachable
 
 
 @dataclass(frozen=True)
@@ -175,12 +208,16 @@ class Scenario:
     churn: Churn | None = None
     flooder: Flooder | None = None
     nonpayer: NonPayer | None = None
+    lowball: LowballPayer | None = None
+    voucherless: NonPayer | None = None   # [voucherless]: like [nonpayer], but they sign no voucher at all
     invariants: Invariants = field(default_factory=Invariants)
     shaping: str = "none"
     links: Links | None = None
     poll_interval: float = 1.0
     start_timeout: float = 180.0
     path: Path | None = None
+    relays: int = 0                        # [cluster] relays: public `--relay` nodes relay1..N, started first
+    topology: Any = None                   # netsim.topology.Topology: nodes in network namespaces (root only)
 
     @property
     def initial_workers(self) -> int:
@@ -221,6 +258,7 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
     cluster = dict(raw.pop("cluster", {}))
     groups = tuple(_build(WorkerGroup, g, f"cluster.workers[{i}]") for i, g in enumerate(cluster.pop("workers", [])))
     requesters = int(cluster.pop("requesters", 1))
+    relays = int(cluster.pop("relays", 0))
     requester_args = cluster.pop("requester_args", [])
     if not isinstance(requester_args, list) or not all(isinstance(a, str) for a in requester_args):
         raise ScenarioError("cluster.requester_args: expected a list of strings")
@@ -234,6 +272,8 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
     scenario = _build(Scenario, {
         **raw,
         "requesters": requesters,
+        "relays": relays,
+        "topology": _topology(raw.pop("topology")) if "topology" in raw else None,
         "requester_args": tuple(requester_args),
         "workers": groups,
         "workload": _build(Workload, raw.pop("workload", {}), "workload"),
@@ -241,12 +281,27 @@ def parse_scenario(raw: dict[str, Any], *, path: Path | None = None) -> Scenario
         "churn": _build(Churn, raw.pop("churn"), "churn") if "churn" in raw else None,
         "flooder": _build(Flooder, raw.pop("flooder"), "flooder") if "flooder" in raw else None,
         "nonpayer": _build(NonPayer, raw.pop("nonpayer"), "nonpayer") if "nonpayer" in raw else None,
+        "lowball": _build(LowballPayer, raw.pop("lowball"), "lowball") if "lowball" in raw else None,
+        "voucherless": _build(NonPayer, raw.pop("voucherless"), "voucherless") if "voucherless" in raw else None,
         "invariants": _build(Invariants, raw.pop("invariants", {}), "invariants"),
         "links": _links(raw.pop("links")) if "links" in raw else None,
         "path": path,
     }, "scenario")
     _check(scenario)
     return scenario
+
+
+def _topology(raw: Any) -> Any:
+    from netsim.topology import parse_topology
+
+    try:
+        topology = parse_topology(raw)
+    except (ValueError, TypeError) as exc:
+        raise ScenarioError(str(exc)) from None
+    problems = topology.problems()
+    if problems:
+        raise ScenarioError("; ".join(problems))
+    return topology
 
 
 def _links(raw: Any) -> Links:
@@ -313,13 +368,19 @@ def _check(s: Scenario) -> None:
         if g.adversarial and g.adversary not in ("", "bad_model_hash"):
             problems.append(f"cluster.workers.{g.name}: adversarial = true means bad_model_hash; drop it "
                             f"for adversary = {g.adversary!r}")
-        if g.adversary_kind in ("overclaim", "stale_close") and g.backend != "synthetic":
+        if g.adversary_kind in ("overclaim", "stale_close", "misnamed", "inflate", "bad_close_sig") \
+                and g.backend != "synthetic":
             problems.append(f"cluster.workers.{g.name}: rogue workers run the synthetic backend")
         if g.overclaim_tokens < 1 or g.stale_after < 2 or g.settle_after < 0:
             problems.append(f"cluster.workers.{g.name}: overclaim_tokens >= 1, stale_after >= 2 (a stale voucher "
                             "needs a newer one), settle_after >= 0")
     if s.nonpayer is not None and (s.nonpayer.count < 1 or s.nonpayer.requests < 1 or s.nonpayer.every <= 0):
         problems.append("nonpayer: count and requests must be at least 1, every positive")
+    lb = s.lowball
+    if lb is not None and (lb.count < 1 or lb.bursts < 1 or lb.burst_size < 1 or lb.every <= 0 or lb.settle_after < 0
+                           or not lb.modes or not set(lb.modes) <= set(LOWBALL_MODES)):
+        problems.append(f"lowball: count, bursts and burst_size at least 1, every positive, settle_after >= 0, "
+                        f"modes a non-empty list of {LOWBALL_MODES}")
     if not any(not g.adversary_kind and not g.pooled for g in s.workers) and not any(g.pooled for g in s.workers):
         problems.append("cluster.workers: at least one non-adversarial worker is required")
     if s.workload.arrival not in ARRIVALS:
@@ -340,9 +401,13 @@ def _check(s: Scenario) -> None:
     elif s.shaping == "none":
         if s.links is not None:
             problems.append('links: shaped links need shaping = "auto"')
-        if any(f.action == "partition" for f in s.faults):
+        if any(f.action == "partition" for f in s.faults) and s.topology is None:
             problems.append('faults: a partition blocks shaped links and needs shaping = "auto" '
                             '(action "stop" freezes nodes without shaping)')
     problems.extend(_link_problems(s))
+    if s.topology is not None:  # network namespaces (netsim/natsim.py)
+        from netsim.natsim import topology_problems
+
+        problems.extend(topology_problems(s))
     if problems:
         raise ScenarioError("; ".join(problems))

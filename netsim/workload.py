@@ -2,6 +2,8 @@
 
 The schedule is computed up front from the seed (arrival times, prompts, lengths, streaming, which requester),
 so two runs with one seed send the same requests at the same offsets; only the system's answers may differ.
+:func:`play` runs the honest schedule of a simulation; :func:`play_nonpayers` the non-paying requesters' own
+requests (an adversary's traffic is kept apart from the honest results).
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
 
-from netsim.scenario import Workload
+from netsim.scenario import NonPayer, Workload
+
+if TYPE_CHECKING:
+    from netsim.context import SimContext
 
 VOCAB = ("mesh peer worker token stream gossip relay quote enclave ledger latency batch model prompt answer "
          "channel voucher price credit node route shard cache vector kernel").split()
@@ -103,6 +108,7 @@ async def run_request(client: httpx.AsyncClient, api_url: str, name: str, req: P
                 resp = await client.post(api_url + "/v1/chat/completions", json=body)
                 res.status = resp.status_code
                 res.worker = resp.headers.get("x-cocoon-worker")
+                res.extra["path"] = resp.headers.get("x-cocoon-path")  # direct / hole-punched / relayed
                 if resp.status_code != 200:
                     res.cause, res.detail = _error_cause(resp.status_code, resp.content)
                 else:
@@ -116,6 +122,7 @@ async def run_request(client: httpx.AsyncClient, api_url: str, name: str, req: P
                 async with client.stream("POST", api_url + "/v1/chat/completions", json=body) as resp:
                     res.status = resp.status_code
                     res.worker = resp.headers.get("x-cocoon-worker")
+                    res.extra["path"] = resp.headers.get("x-cocoon-path")
                     if resp.status_code != 200:
                         res.cause, res.detail = _error_cause(resp.status_code, await resp.aread())
                     else:
@@ -158,3 +165,48 @@ async def run_request(client: httpx.AsyncClient, api_url: str, name: str, req: P
     res.total_s = end - start
     res.content_chars = len("".join(text))
     return res
+
+
+async def play(ctx: SimContext, planned: list[PlannedRequest]) -> None:
+    """Send each planned request at its time (at most ``max_in_flight`` at once); results go to ``ctx.data``."""
+    w = ctx.s.workload
+    limiter = trio.CapacityLimiter(w.max_in_flight)
+    limits = httpx.Limits(max_connections=w.max_in_flight * 2, max_keepalive_connections=w.max_in_flight)
+    requesters = [f"requester{i}" for i in range(1, ctx.s.requesters + 1)]
+    async with httpx.AsyncClient(timeout=httpx.Timeout(w.timeout, connect=5.0), limits=limits) as client:
+
+        async def one(req: PlannedRequest) -> None:
+            name = requesters[req.requester]
+            api = ctx.data.nodes[name].api_url
+            assert api is not None
+            async with limiter:
+                res = await run_request(client, api, name, req, w.model, ctx.t0, w.timeout)
+            ctx.data.results.append(res)
+
+        async with trio.open_nursery() as nursery:
+            for req in planned:
+                await trio.sleep_until(ctx.t0 + req.at)
+                nursery.start_soon(one, req)
+
+
+async def play_nonpayers(ctx: SimContext, np: NonPayer) -> None:
+    """Each non-paying requester asks for long answers through its own API; the workers' credit windows
+    should end every one of them with a payment error."""
+    w = ctx.s.workload
+    names = [n.name for n in ctx.data.nodes.values() if n.adversary == "nonpayer"]
+    rng = random.Random(ctx.data.seed * 131 + 3)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(np.timeout, connect=5.0)) as client:
+
+        async def one(name: str, k: int) -> None:
+            api = ctx.data.nodes[name].api_url
+            assert api is not None
+            prompt = " ".join(rng.choice(("unpaid", "tokens", "credit", "window")) for _ in range(np.prompt_words))
+            req = PlannedRequest(10_000 + k, np.start + k * np.every, 0, prompt, np.max_tokens, np.stream)
+            res = await run_request(client, api, name, req, w.model, ctx.t0, np.timeout)
+            ctx.data.nonpayer_results.append(res)
+
+        async with trio.open_nursery() as nursery:
+            for k in range(np.requests):
+                await trio.sleep_until(ctx.t0 + np.start + k * np.every)
+                for name in names:
+                    nursery.start_soon(one, name, k)

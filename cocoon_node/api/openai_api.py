@@ -107,6 +107,7 @@ class ChatStreamResponse(Response):
         worker = ""
         attempts = 0
         prompt_tokens = 0
+        path = ""  # how the worker was reached: direct, hole-punched, relayed (issue 14)
 
         def sse(obj: Any) -> bytes:
             return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
@@ -123,7 +124,8 @@ class ChatStreamResponse(Response):
                         "headers": [(b"content-type", b"text/event-stream"),
                                     (b"cache-control", b"no-cache"),
                                     (b"x-cocoon-worker", worker.encode()),
-                                    (b"x-cocoon-attempts", str(attempts).encode())]})
+                                    (b"x-cocoon-attempts", str(attempts).encode()),
+                                    (b"x-cocoon-path", path.encode())]})
             await send({"type": "http.response.body", "more_body": True,
                         "body": sse(chunk({"role": "assistant", "content": ""}, None))})
 
@@ -137,6 +139,7 @@ class ChatStreamResponse(Response):
                 async for ev in events:
                     if isinstance(ev, StreamStart):
                         worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
+                        path = ev.path or ""
                         if not started:
                             await start()
                         continue
@@ -233,12 +236,14 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
     worker = ""
     attempts = 0
     prompt_tokens = 0
+    path = ""
     final: Final | None = None
     try:
         async with requester.stream(chat) as events:
             async for ev in events:
                 if isinstance(ev, StreamStart):
                     worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
+                    path = ev.path or ""
                 elif isinstance(ev, Delta):
                     text.append(ev.text)
                 elif isinstance(ev, Final):
@@ -254,7 +259,7 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
                          "logprobs": None, "finish_reason": "length" if final.finish_reason == "length" else "stop"}],
             "usage": _usage(prompt_tokens, final.completion_tokens),
         },
-        headers={"x-cocoon-worker": worker, "x-cocoon-attempts": str(attempts)},
+        headers={"x-cocoon-worker": worker, "x-cocoon-attempts": str(attempts), "x-cocoon-path": path},
     )
 
 

@@ -7,7 +7,18 @@ via :func:`get_tdx_quote`, or INSECURE dev evidence via :class:`DevPlatform`), t
 
 from .dev import DevEvidence, DevPlatform, dev_image_hash, verify_dev_evidence
 from .errors import AttestationError, QuoteFormatError
-from .policy import ANY, Policy
+from .policy import (
+    ANY,
+    TCB_STATUSES,
+    UPSTREAM_ANYWHERE,
+    UPSTREAM_IN_TD,
+    UPSTREAM_NONE,
+    UPSTREAM_RULES,
+    Policy,
+    rtmr_set_digest,
+    upstream_in_td,
+    upstream_origin,
+)
 from .report import (
     MAX_ENVELOPE_BYTES,
     REPORT_VERSION,
@@ -21,6 +32,7 @@ from .report import (
     raw_from_libp2p_pubkey,
     sign_report,
 )
+from .snp import SnpPolicy, SnpReport, SnpVerification, TcbVersion, parse_snp_report, verify_snp_report
 from .tdx import (
     INTEL_SGX_ROOT_CA_PEM,
     TdReport,
@@ -38,8 +50,13 @@ __all__ = [
     "INTEL_SGX_ROOT_CA_PEM",
     "MAX_ENVELOPE_BYTES",
     "REPORT_VERSION",
+    "TCB_STATUSES",
     "TEE_DEV",
     "TEE_TDX",
+    "UPSTREAM_ANYWHERE",
+    "UPSTREAM_IN_TD",
+    "UPSTREAM_NONE",
+    "UPSTREAM_RULES",
     "AttestationError",
     "Claims",
     "ConfigfsTsm",
@@ -48,6 +65,10 @@ __all__ = [
     "Policy",
     "QuoteFormatError",
     "Report",
+    "SnpPolicy",
+    "SnpReport",
+    "SnpVerification",
+    "TcbVersion",
     "TdReport",
     "TdxQuote",
     "TdxVerification",
@@ -59,11 +80,16 @@ __all__ = [
     "get_tdx_quote",
     "libp2p_pubkey_protobuf",
     "model_hash",
+    "parse_snp_report",
     "parse_tdx_quote",
     "peer_id_from_pubkey",
     "raw_from_libp2p_pubkey",
+    "rtmr_set_digest",
     "sign_report",
+    "upstream_in_td",
+    "upstream_origin",
     "verify_dev_evidence",
     "verify_report",
+    "verify_snp_report",
     "verify_tdx_quote",
 ]

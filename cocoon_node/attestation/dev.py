@@ -10,7 +10,7 @@ so a test cluster can pin its dev platform keys in policy (``Policy.dev_platform
 own dev machines from a stranger's. No well-known key is built in: a shared key would make every
 dev report interchangeable.
 
-Evidence (canonical CBOR)::
+Evidence (canonical CBOR, ``dev_evidence`` in ``protocols/attestation.toml``; type ``DevEvidenceRecord``)::
 
     {"kind": "dev-INSECURE", "report_data": bytes(64), "image_hash": bytes(32),
      "platform_key": bytes(32), "signature": bytes(64)}
@@ -26,24 +26,28 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from cocoon_node.wire import CborError, SchemaError, canonical_dumps, check, decode_cbor, encode_cbor, to_builtins
+from cocoon_node.wire.messages.attestation import DevEvidenceRecord
+
 from .errors import AttestationError
-from .report import TEE_DEV, canonical_cbor, check_fields, strict_decode
+from .report import TEE_DEV
 
 log = logging.getLogger(__name__)
 
 DEV_EVIDENCE_DOMAIN = b"cocoon/dev-tee-evidence/v1"
-MAX_DEV_EVIDENCE_BYTES = 1024
-_FIELDS: dict[str, tuple[type, int | None, int | None]] = {
-    "kind": (str, 16, None),
-    "report_data": (bytes, None, 64),
-    "image_hash": (bytes, None, 32),
-    "platform_key": (bytes, None, 32),
-    "signature": (bytes, None, 64),
-}
+MAX_DEV_EVIDENCE_BYTES = DevEvidenceRecord.MAX_BYTES
+
+
+def _signed_body(record: DevEvidenceRecord) -> bytes:
+    """What the platform key signs: the domain, then canonical CBOR of the record without ``signature``."""
+    body = to_builtins(record)
+    del body["signature"]
+    return DEV_EVIDENCE_DOMAIN + canonical_dumps(body)
 
 
 def dev_image_hash(node_version: str) -> bytes:
@@ -90,16 +94,20 @@ class DevPlatform:
 
     def evidence(self, report_data: bytes, image_hash: bytes) -> bytes:
         """Sign dev evidence over ``report_data`` (64 bytes) and ``image_hash`` (32 bytes)."""
-        body = {
-            "kind": TEE_DEV,
-            "report_data": bytes(report_data),
-            "image_hash": bytes(image_hash),
-            "platform_key": self.public_key,
-        }
-        check_fields({**body, "signature": bytes(64)}, _FIELDS, "dev evidence")
+        unsigned = DevEvidenceRecord(
+            kind=TEE_DEV,
+            report_data=bytes(report_data),
+            image_hash=bytes(image_hash),
+            platform_key=self.public_key,
+            signature=bytes(64),
+        )
+        try:
+            check(unsigned)
+        except SchemaError as exc:
+            raise AttestationError("format", f"dev evidence: {exc}") from exc
         log.warning("issuing dev-INSECURE attestation evidence: it proves nothing about hardware")
-        sig = self._key.sign(DEV_EVIDENCE_DOMAIN + canonical_cbor(body))
-        return canonical_cbor({**body, "signature": sig})
+        signed = msgspec.structs.replace(unsigned, signature=self._key.sign(_signed_body(unsigned)))
+        return encode_cbor(signed)
 
 
 def verify_dev_evidence(evidence: bytes, expected_report_data: bytes) -> DevEvidence:
@@ -107,16 +115,16 @@ def verify_dev_evidence(evidence: bytes, expected_report_data: bytes) -> DevEvid
 
     Passing proves nothing about hardware: anyone can mint a dev platform key.
     """
-    m = check_fields(strict_decode(evidence, "dev evidence", MAX_DEV_EVIDENCE_BYTES), _FIELDS, "dev evidence")
-    if m["kind"] != TEE_DEV:
-        raise AttestationError("format", f"dev evidence kind {m['kind']!r}")
-    body = {k: v for k, v in m.items() if k != "signature"}
+    if not isinstance(evidence, bytes | bytearray | memoryview):
+        raise AttestationError("format", "dev evidence must be bytes")
     try:
-        Ed25519PublicKey.from_public_bytes(m["platform_key"]).verify(
-            m["signature"], DEV_EVIDENCE_DOMAIN + canonical_cbor(body)
-        )
+        m = decode_cbor(bytes(evidence), DevEvidenceRecord)  # the kind is checked here, as schema
+    except (CborError, SchemaError) as exc:
+        raise AttestationError("format", f"dev evidence: {exc}") from exc
+    try:
+        Ed25519PublicKey.from_public_bytes(m.platform_key).verify(m.signature, _signed_body(m))
     except (ValueError, InvalidSignature) as exc:
         raise AttestationError("dev_signature", "dev evidence not signed by its platform key") from exc
-    if m["report_data"] != bytes(expected_report_data):
+    if m.report_data != bytes(expected_report_data):
         raise AttestationError("report_data", "dev evidence report_data does not match the claims")
-    return DevEvidence(report_data=m["report_data"], image_hash=m["image_hash"], platform_key=m["platform_key"])
+    return DevEvidence(report_data=m.report_data, image_hash=m.image_hash, platform_key=m.platform_key)

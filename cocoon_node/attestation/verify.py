@@ -14,7 +14,7 @@ from typing import Any
 
 from .dev import verify_dev_evidence
 from .errors import AttestationError
-from .policy import Policy
+from .policy import UPSTREAM_ANYWHERE, UPSTREAM_NONE, Policy, rtmr_set_digest, upstream_in_td
 from .report import TEE_DEV, TEE_TDX, Report, decode_and_verify_envelope
 from .tdx import verify_tdx_quote
 
@@ -36,6 +36,14 @@ class Verdict:
     expires_at: int | None
     reasons: tuple[str, ...]
     check: str | None = None  # the failed check when not ok
+    issued_at: int | None = None
+    backend: str | None = None
+    upstream: str | None = None  # where the worker sends prompts ("" = nowhere: the model runs in the TD)
+
+    @property
+    def prompts_leave_tee(self) -> bool:
+        """The report says prompts go to an upstream outside the TD (only a policy allowing it accepts it)."""
+        return bool(self.upstream) and not upstream_in_td(self.upstream or "")
 
     @classmethod
     def failed(cls, check: str, reason: str) -> Verdict:
@@ -54,6 +62,25 @@ def _check_times(report: Report, policy: Policy, now: int) -> None:
         raise AttestationError("expired", f"report expired at {c.expires_at} (now {now})")
     if now - c.issued_at > policy.max_report_age_s:
         raise AttestationError("too_old", f"report issued {now - c.issued_at}s ago, max age {policy.max_report_age_s}s")
+
+
+def _check_upstream(report: Report, policy: Policy, reasons: list[str]) -> None:
+    """Where prompts go: nowhere, an upstream on the TD's loopback, or (only if the policy says so) elsewhere."""
+    c = report.claims
+    if c.backend == "openai-upstream" and not c.upstream:
+        raise AttestationError("upstream", "an upstream backend must name its upstream in the report")
+    if not c.upstream:
+        return
+    if policy.upstream == UPSTREAM_NONE:
+        raise AttestationError("upstream", f"worker forwards prompts to {c.upstream}; policy allows no upstream")
+    if upstream_in_td(c.upstream):
+        reasons.append(f"upstream {c.upstream} on the TD's loopback")
+        return
+    if policy.upstream != UPSTREAM_ANYWHERE:
+        raise AttestationError("upstream", f"worker forwards prompts to {c.upstream}, outside the TD")
+    log.warning("ACCEPTING a worker that forwards prompts OUTSIDE the TEE to %s (policy.upstream = anywhere)",
+                c.upstream)
+    reasons.append(f"PROMPTS LEAVE THE TEE: forwarded to {c.upstream}")
 
 
 def verify_report(
@@ -77,8 +104,9 @@ def verify_report(
     _check_times(report, policy, now)
     if c.tee_kind not in policy.tee_kinds:
         raise AttestationError("tee_kind", f"tee kind {c.tee_kind!r} not allowed by policy")
-    if c.model_hash not in policy.model_hashes:
-        raise AttestationError("model_hash", f"model hash {c.model_hash.hex()} not allowed by policy")
+    if not policy.allows_model(c.model_name, c.model_hash):
+        raise AttestationError("model_hash", f"model hash {c.model_hash.hex()} not allowed for model "
+                                             f"{c.model_name!r} by policy")
 
     reasons: list[str] = []
     mrtd: str | None = None
@@ -90,7 +118,7 @@ def verify_report(
             raise AttestationError("debug_td", "TD runs in debug mode (host can read its memory)")
         if td.mrtd not in policy.mrtds:
             raise AttestationError("mrtd", f"MRTD {td.mrtd.hex()} not allowed by policy")
-        if td.rtmrs not in policy.rtmrs:
+        if rtmr_set_digest(td.rtmrs) not in policy.rtmrs:
             raise AttestationError("rtmr", "RTMR0..3 not an allowed set")
         image_hash = res.image_hash
         mrtd = td.mrtd.hex()
@@ -113,6 +141,7 @@ def verify_report(
         raise AttestationError("tee_kind", f"unknown tee kind {c.tee_kind!r}")
     if image_hash not in policy.image_hashes:
         raise AttestationError("image_hash", f"image hash {image_hash.hex()} not allowed by policy")
+    _check_upstream(report, policy, reasons)
     if c.tee_kind == TEE_DEV:
         log.warning(
             "ACCEPTING dev-INSECURE attestation from peer %s (model %s): this proves NOTHING about "
@@ -131,6 +160,9 @@ def verify_report(
         tcb_status=tcb_status,
         expires_at=c.expires_at,
         reasons=tuple(reasons),
+        issued_at=c.issued_at,
+        backend=c.backend,
+        upstream=c.upstream,
     )
 
 

@@ -30,6 +30,7 @@ from cocoon_node.inference.stream import (
 )
 from cocoon_node.inference.warm import WarmStreams
 from cocoon_node.mesh.announce import Announcement
+from cocoon_node.mesh.paths import stream_path
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,17 @@ class Attestor(Protocol):
     async def is_attested(self, announcement: Announcement) -> bool: ...
 
 
+async def still_attested(attestor: Attestor, worker: Announcement) -> bool:
+    """The gate's verdict right now: its cached answer when it has one, else a fresh check.
+
+    Called just before the prompt is written, after the awaits that follow selection (payment channel set-up,
+    opening the stream), during which a verdict can expire or the policy change.
+    """
+    known = getattr(attestor, "known", None)
+    verdict = known(worker) if known is not None else None
+    return verdict if verdict is not None else await attestor.is_attested(worker)
+
+
 _PARALLEL_CHECKS = 8  # attestation checks a request may wait on at once when no verdict is known yet
 
 
@@ -88,6 +100,8 @@ class WorkerSelector:
 
     reputations: dict[bytes, Reputation] = field(default_factory=dict)
     in_flight: dict[bytes, int] = field(default_factory=dict)
+    # Workers caught claiming more tokens than we could count (code "overcount"): never chosen again.
+    dropped: dict[bytes, str] = field(default_factory=dict)
 
     def reputation(self, peer_id: bytes) -> Reputation:
         return self.reputations.setdefault(peer_id, Reputation())
@@ -103,7 +117,7 @@ class WorkerSelector:
     ) -> list[Announcement]:
         out = []
         for w in workers:
-            if w.model != model or (w.synthetic and not allow_synthetic):
+            if w.model != model or (w.synthetic and not allow_synthetic) or w.peer_id in self.dropped:
                 continue
             if w.price_prompt > max_price_prompt or w.price_completion > max_price_completion:
                 continue
@@ -137,6 +151,7 @@ class StreamStart:
     worker: Announcement
     prompt_tokens: int
     attempts: int
+    path: str | None = None  # direct / hole-punched / relayed (cocoon_node/mesh/paths.py; issue 14)
 
 
 Event = StreamStart | Delta | Final
@@ -258,12 +273,17 @@ class Requester:
                 return
             except WorkerFailure as exc:
                 timeout = exc.code == "timeout"
-                if self._warm is not None and exc.code in ("timeout", "unreachable", "worker_gone"):
+                if self._warm is not None and exc.code in ("timeout", "unreachable", "worker_gone", "attestation",
+                                                           "overcount"):
                     self._warm.forget(worker.peer_id)
-                if exc.code not in ("invalid_request", "overloaded"):
+                if exc.code == "overcount":
+                    log.warning("dropping worker %s: %s", worker.peer, exc)
+                    self.selector.dropped[worker.peer_id] = str(exc)
+                # not the worker's fault: the client's request, a full worker, our own gate or our own store
+                if exc.code not in ("invalid_request", "overloaded", "attestation", "local_payment"):
                     self.selector.reputation(worker.peer_id).record_failure(timeout=timeout)
                 last_error = exc
-                if not exc.before_first_token or exc.code == "invalid_request":
+                if not exc.before_first_token or exc.code in ("invalid_request", "local_payment"):
                     self.failed += 1
                     raise
                 log.info("worker %s failed before the first token (%s); trying another", worker.peer, exc)
@@ -323,6 +343,11 @@ class Requester:
         self, worker: Announcement, stream: Any, chat: ChatRequest, meter: RequesterMeter | None,
         send: trio.MemorySendChannel[Event], attempt: int,
     ) -> None:
+        # Nothing awaits between this check and call_worker's first write, which carries the prompt.
+        if worker.model != chat.model or not await still_attested(self._attestor, worker):
+            await _discard_stream(stream)
+            raise WorkerFailure("the worker's attestation no longer holds", code="attestation",
+                                before_first_token=True)
         async with call_worker(
             stream,
             chat,
@@ -332,12 +357,21 @@ class Requester:
             first_token_timeout=self._first_token_timeout,
             on_reusable=partial(self._warm.give_back, worker) if self._warm is not None else None,
         ) as call:
-            await send.send(StreamStart(worker, call.prompt_tokens, attempt))
+            await send.send(StreamStart(worker, call.prompt_tokens, attempt, stream_path(stream)))
             async for delta in call.deltas():
                 await send.send(delta)
             assert call.final is not None
             self.selector.reputation(worker.peer_id).record_success(call.final.ttft_ms, call.final.tokens_per_second)
             await send.send(call.final)
+
+
+async def _discard_stream(stream: Any) -> None:
+    """Hang up a stream no prompt was written to (never raises: the worker may be gone already)."""
+    with trio.move_on_after(1):
+        try:
+            await stream.reset()
+        except Exception:
+            pass
 
 
 class _FailingReceiver:

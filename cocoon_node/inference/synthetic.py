@@ -30,6 +30,7 @@ from cocoon_node.inference.backend import (
     stream_from_producer,
 )
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.tokencount import SYNTHETIC_TOKENIZER
 
 LOREM = (
     "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "
@@ -43,6 +44,7 @@ class SyntheticBackend:
 
     kind = "synthetic"
     synthetic = True
+    tokenizer_hash = SYNTHETIC_TOKENIZER  # announced: requesters count its words themselves
 
     def __init__(
         self,

@@ -99,6 +99,7 @@ class TorchBackend:
         self._limiter = trio.CapacityLimiter(max_batch)
         self._model: Any = None
         self._tokenizer: Any = None
+        self.tokenizer_hash = b""  # of the GGUF's tokenizer metadata, announced so requesters can count (load())
         self._context_len = 0
         self._stop_ids: frozenset[int] = frozenset()
 
@@ -149,6 +150,9 @@ class TorchBackend:
             out = model(input_ids=torch.tensor([[1, 2, 3, 4]]), use_cache=True)
             for token in (5, 6):
                 out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+        from cocoon_node.inference.tokencount import gguf_tokenizer_hash
+
+        self.tokenizer_hash = gguf_tokenizer_hash(self.model_path)
         self._tokenizer = tokenizer
         self._model = model
 

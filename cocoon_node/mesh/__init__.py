@@ -10,7 +10,8 @@ from cocoon_node.mesh.announce import (
     decode_announcement,
     model_topic,
 )
-from cocoon_node.mesh.host import Mesh, MeshSettings
+from cocoon_node.mesh.connectivity import Connectivity, ConnectivitySettings
+from cocoon_node.mesh.host import Mesh, MeshSettings, TransportFactory
 from cocoon_node.mesh.identity import IdentityError, generate_identity, load_identity, load_or_create_identity
 from cocoon_node.mesh.records import RecordNamespace, RecordRejected
 from cocoon_node.mesh.workers import WorkerTable
@@ -20,11 +21,14 @@ __all__ = [
     "Announcement",
     "AnnouncementError",
     "AnnouncementValidator",
+    "Connectivity",
+    "ConnectivitySettings",
     "IdentityError",
     "Mesh",
     "MeshSettings",
     "RecordNamespace",
     "RecordRejected",
+    "TransportFactory",
     "WorkerTable",
     "decode_announcement",
     "generate_identity",

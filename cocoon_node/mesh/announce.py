@@ -38,13 +38,21 @@ MAX_CLOCK_SKEW = 30  # seconds an announcement's issue time may lie ahead of the
 MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
 RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
 ANNOUNCEMENT_VERSION = 1
-HARDWARE_VERSION = 2  # the payload version that may carry `hardware`
+#: Version 2 adds two optional fields, ``tokenizer`` (issue 19) and ``hardware`` (issue 15), and carries at least
+#: one of them; a worker that announces neither still sends version 1, byte for byte as before.
+V2_FIELDS = ("tokenizer", "hardware")
+TOKENIZER_VERSION = HARDWARE_VERSION = 2
 STALE_REASONS = frozenset({"replayed", "expired"})
 
 
 def model_topic(model: str) -> str:
     """The topic a model's announcements travel on: only nodes serving or buying it subscribe."""
     return MODEL_TOPIC_PREFIX + model
+
+
+def payload_version(*, tokenizer: bytes, hardware: Hardware | None) -> int:
+    """The version an announcement with these optional fields is sent as (see :data:`V2_FIELDS`)."""
+    return 2 if tokenizer or hardware is not None else ANNOUNCEMENT_VERSION
 
 
 class AnnouncementError(ValueError):
@@ -94,6 +102,8 @@ class Announcement:
     payout: str = ""
     hardware: Hardware | None = None  # only in version 2
     v: int = ANNOUNCEMENT_VERSION
+    # SHA-256 naming the tokenizer this worker counts tokens with (inference.tokencount); b"": not announced.
+    tokenizer: bytes = b""
 
     @property
     def peer(self) -> ID:
@@ -105,14 +115,19 @@ class Announcement:
         out["protocols"] = list(self.protocols)
         if self.hardware is None:
             del out["hardware"]
+        if not self.tokenizer:
+            del out["tokenizer"]
         return out
 
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> Announcement:
         data = validate("announce", "announcement", fields)
+        present = [name for name in V2_FIELDS if name in data]
+        if data["v"] < 2 and present:
+            raise SchemaError(present[0], f"version {data['v']} announcements must not carry {present[0]}")
+        if data["v"] >= 2 and not present:
+            raise SchemaError("v", f"version {data['v']} announcements carry {' or '.join(V2_FIELDS)}")
         hardware = data.get("hardware")
-        if hardware is not None and data["v"] < 2:
-            raise SchemaError("hardware", "only in payload version 2")
         return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"]),
                       "hardware": Hardware(**hardware) if hardware is not None else None})
 
@@ -213,7 +228,7 @@ class AnnouncementValidator:
             self.rejected[exc.reason] += 1
             # Stale, not forged: an honest peer may deliver these (reordered paths, slow links, py-libp2p
             # replaying its recent messages to a peer that just joined the topic, the origin included); they
-            # are dropped without counting against it, within its allowance. A rate excess counts when the
+            # are dropped without counting against it (see mesh/scoring.py). A rate excess counts when the
             # origin itself sends it (a relay only forwards what passed its own, slightly shifted, window).
             relayed = origin is not None and origin != forwarder
             stale = exc.reason in STALE_REASONS or (relayed and exc.reason == "rate_limited")

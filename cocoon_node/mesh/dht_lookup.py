@@ -59,6 +59,8 @@ RPC_TIME_START = 0.05
 RPC_TIME_WEIGHT = 0.2
 HEDGE_MIN = 0.02
 HEDGE_MAX = 0.5
+# Records a ``newest`` lookup collects when no peer named by the key can be asked.
+NEWEST_QUORUM = 3
 # Network lookups slower than this (seconds) are logged at INFO, as are misses and cancelled ones.
 SLOW_LOOKUP = 1.0
 
@@ -137,13 +139,18 @@ class RecordLookup:
         self.stats = LookupStats()
 
     # ----- public --------------------------------------------------------------------------------------
-    async def get(self, key: str, *, avoid: Collection[ID] = ()) -> bytes | None:
+    async def get(self, key: str, *, avoid: Collection[ID] = (), newest: bool = False) -> bytes | None:
         """The best valid record for ``key``, or None. Never returns a record its namespace rejects.
 
         ``avoid``: peers the walk must not ask (the sparse-topology test forbids asking a record's owner, so
         the record has to be found where the put stored it).
+        ``newest``: skip the shortcuts (local store, cache, first valid reply) and pick the newest among our
+        copies and the network's, waiting for the peer the key names when it is reachable (it holds its own
+        newest record): a valid but older record some node still serves would otherwise win.
         """
         self.stats.lookups += 1
+        if newest:
+            return await self._newest(key, frozenset(avoid))
         local = self._from_local_store(key)
         if local is not None:
             self.stats.local_hits += 1
@@ -162,6 +169,21 @@ class RecordLookup:
         self.stats.network_hits += 1
         self._remember(key, found)
         return found
+
+    async def _newest(self, key: str, avoid: frozenset[ID]) -> bytes | None:
+        local = self._from_local_store(key)
+        found = [v for v in (local, self._from_cache(key)) if v is not None]
+        walked, _ = await self._walk(key, avoid=avoid, newest=True)
+        if walked is not None:
+            found.append(walked)
+        if not found:
+            self.stats.misses += 1
+            return None
+        best = found[self._validator.select(key, found)] if len(found) > 1 else found[0]
+        if local is not None and best != local:  # our store held an older copy: keep the newest instead
+            self._dht.value_store.put(key.encode(), best)
+        self._remember(key, best)
+        return best
 
     def forget(self, key: str) -> None:
         """Drop ``key`` from the lookup cache (the DHT's own store is left alone)."""
@@ -228,7 +250,8 @@ class RecordLookup:
         answered = sorted((d, p) for p, d in walk.candidates.items() if p in walk.asked and p not in walk.failed)
         return [p for _, p in answered[: self.k]]
 
-    async def _walk(self, key: str, avoid: frozenset[ID] = frozenset()) -> tuple[bytes | None, bool]:
+    async def _walk(self, key: str, *, avoid: frozenset[ID] = frozenset(),
+                    newest: bool = False) -> tuple[bytes | None, bool]:
         """Iterative GET_VALUE walk; returns (best valid record or None, whether any peer answered).
 
         Hedged fan-out: one RPC goes out first (to the peer the key names, else to the closest connected
@@ -256,7 +279,7 @@ class RecordLookup:
         found: list[bytes] = []
         started, outcome = trio.current_time(), "cancelled"
         try:
-            outcome = await self._run_walk(key, walk, first, connected, found)
+            outcome = await self._run_walk(key, walk, first, connected, found, newest=newest)
         finally:
             elapsed = trio.current_time() - started
             if outcome != "found" or elapsed > SLOW_LOOKUP:
@@ -269,10 +292,14 @@ class RecordLookup:
         return best, True
 
     async def _run_walk(self, key: str, walk: _Walk, first: ID | None, connected: set[ID],
-                        found: list[bytes], *, complete: bool = False) -> str:
+                        found: list[bytes], *, complete: bool = False, newest: bool = False) -> str:
         """The walk's RPC loop (see :meth:`_walk`); fills ``found`` and says "found" or "not found".
 
-        ``complete``: walk until the k closest known peers have all been asked, whatever they hold."""
+        ``complete``: walk until the k closest known peers have all been asked, whatever they hold.
+        ``newest``: do not stop before the named peer ``first`` has replied (or, without one, before
+        ``NEWEST_QUORUM`` records are in), so the newest record is among those found.
+        """
+        first_replied = first is None
         key_bytes, me = key.encode(), self._host.get_id()
         send, recv = trio.open_memory_channel[_Reply](math.inf)
         async with trio.open_nursery() as nursery:
@@ -303,6 +330,7 @@ class RecordLookup:
                     continue
                 peer, value, closer = reply
                 inflight -= 1
+                first_replied = first_replied or peer == first
                 if closer is None:  # the RPC failed: the peer no longer counts among the closest
                     walk.failed.add(peer)
                 else:
@@ -314,7 +342,11 @@ class RecordLookup:
                     pass
                 elif value is not None and self._valid(key, value):
                     found.append(value)
-                    if len(found) >= self.quorum:
+                    if not newest:
+                        enough = len(found) >= self.quorum
+                    else:
+                        enough = first_replied if first is not None else len(found) >= NEWEST_QUORUM
+                    if enough:
                         nursery.cancel_scope.cancel()  # the in-flight RPCs reset their streams
                         break
                 else:

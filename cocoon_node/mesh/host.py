@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
@@ -47,7 +46,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from cocoon_node.mesh import kad_protocol
 from cocoon_node.mesh.dht_lookup import RecordLookup
 from cocoon_node.mesh.dht_put import PutResult, RecordKeeper, RecordPutter
-from cocoon_node.mesh.joining import refresh_while_sparse
+from cocoon_node.mesh.joining import dial_bootstrap, refresh_while_sparse, stay_joined
 from cocoon_node.mesh.peer_cache import PeerCache
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
 from cocoon_node.mesh.scoring import (
@@ -73,6 +72,9 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DHT_PROTOCOL_PREFIX = TProtocol("/cocoon")
 
 TopicValidator = ScoredValidator  # True/False, or IGNORE: dropped without counting against the forwarder
+# Called with the node's peer id; returns the transport and the context its background work runs in (entered
+# around the host, left after it).
+TransportFactory = Callable[[ID], tuple[ITransport, AbstractAsyncContextManager[object]]]
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,9 @@ class MeshSettings:
     dht_k: int = 20
     dht_check_interval: float = 30.0
     dht_republish_interval: float = 600.0
-    # NETSIM-ONLY link shaping, never used on a real network: a link table (cocoon_node/mesh/shaping.py) that
-    # delays, throttles or blocks every TCP connection this node dials. TCP-only; refused with QUIC.
-    link_shaping: Path | None = None
+    # A transport to use instead of py-libp2p's own choice; None (production) keeps py-libp2p's. netsim injects
+    # its NETSIM-ONLY shaped TCP (netsim/shaping/) this way, so the mesh never imports netsim.
+    transport_factory: TransportFactory | None = None
 
 
 class Mesh:
@@ -140,6 +142,10 @@ class Mesh:
         self._nursery: trio.Nursery | None = None
         self.subscribed: set[str] = set()
         self.refreshes_skipped = 0  # start-up routing-table refreshes skipped for being well connected
+        # Hooks for NAT traversal (issue 14, cocoon_node/mesh/connectivity.py); None: plain behaviour.
+        self.address_filter: Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]] | None = None
+        self.dialer: Callable[[ID, Sequence[str]], Awaitable[None]] | None = None
+        self.circuit_addrs: Callable[[], list[str]] | None = None  # py-libp2p's get_addrs() mangles these
 
     # ----- lifecycle -----------------------------------------------------------------------------------
     @asynccontextmanager
@@ -147,7 +153,7 @@ class Mesh:
         """Bring the host up, join topics, dial bootstrap peers; tear everything down on exit."""
         settings = self.settings
         noise_key = create_x25519_key_pair()
-        shaped, shaping = self._link_shaping()
+        transport, transport_running = self._injected_transport()
         host = new_host(
             key_pair=self._key_pair,
             sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, noise_privkey=noise_key.private_key)},
@@ -163,7 +169,8 @@ class Mesh:
             listen_addrs=[multiaddr.Multiaddr(a) for a in settings.listen_addrs],
             # QUIC (libp2p TLS 1.3 + native streams) next to TCP when a /quic-v1 listen address is given.
             enable_quic=any("/quic" in a for a in settings.listen_addrs),
-            transports=[shaped] if shaped is not None else None,  # None: py-libp2p's own choice
+            transports=[transport] if transport is not None else None,  # None: py-libp2p's own choice
+            addrs_factory=self._advertise,  # issue 14: only addresses that work (identify, announcements)
         )
         gossipsub = ScoredGossipSub(
             protocols=GOSSIPSUB_PROTOCOLS,
@@ -205,7 +212,7 @@ class Mesh:
                                    republish_interval=settings.dht_republish_interval)
         listen = [multiaddr.Multiaddr(a) for a in settings.listen_addrs]
         try:
-            async with shaping, self._run_services(host, pubsub, gossipsub, dht, listen):
+            async with transport_running, self._run_services(host, pubsub, gossipsub, dht, listen):
                 yield self
         except BaseException as exc:
             # py-libp2p's service manager can raise "Nursery is closed to new arrivals" when a connection
@@ -215,16 +222,14 @@ class Mesh:
                 raise
             log.debug("ignored py-libp2p shutdown race: %r", exc)
 
-    def _link_shaping(self) -> tuple[ITransport | None, AbstractAsyncContextManager[object]]:
-        """NETSIM-ONLY: the shaped TCP transport and the context its pumps run in, when a link table is set."""
-        if self.settings.link_shaping is None:
+    def _injected_transport(self) -> tuple[ITransport | None, AbstractAsyncContextManager[object]]:
+        """The settings' injected transport and its context; (None, no-op) for py-libp2p's own transports."""
+        if self.settings.transport_factory is None:
             return None, nullcontext()
         if any("/quic" in a for a in self.settings.listen_addrs):
-            raise ValueError("netsim link shaping is TCP-only; it cannot be combined with a QUIC listen address")
-        from cocoon_node.mesh.shaping import ShapedTCP
-
-        shaped = ShapedTCP(self.settings.link_shaping, self.peer_id.to_base58())
-        return shaped, shaped.running()
+            raise ValueError("an injected transport replaces py-libp2p's own, QUIC included: it cannot be combined "
+                             "with a QUIC listen address")
+        return self.settings.transport_factory(self.peer_id)
 
     @asynccontextmanager
     async def _run_services(
@@ -282,13 +287,18 @@ class Mesh:
         return ID.from_pubkey(self._key_pair.public_key)
 
     def listen_addrs(self) -> list[str]:
-        """Full multiaddrs (with /p2p/ID) others can dial."""
+        """Full multiaddrs (with /p2p/ID) we listen on (local tooling and bootstrap lists use these)."""
         assert self.host is not None
-        out = []
-        for addr in self.host.get_addrs():
-            text = str(addr)
-            out.append(text if "/p2p/" in text else f"{text}/p2p/{self.peer_id.to_base58()}")
-        return out
+        suffix = f"/p2p/{self.peer_id.to_base58()}"
+        return [str(a) if "/p2p/" in str(a) else f"{a}{suffix}" for a in self.host.get_transport_addrs()]
+
+    def advertised_addrs(self) -> list[str]:
+        """Full multiaddrs others can dial: what worker announcements carry (identify: the direct ones)."""
+        assert self.host is not None
+        return [str(a) for a in self.host.get_addrs()] + (self.circuit_addrs() if self.circuit_addrs else [])
+
+    def _advertise(self, candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        return list(candidates) if self.address_filter is None else self.address_filter(candidates)
 
     def connected_peers(self) -> list[ID]:
         assert self.host is not None
@@ -349,14 +359,16 @@ class Mesh:
         assert self.keeper is not None
         return await self.keeper.put(key, value)
 
-    async def get_record(self, key: str, *, avoid: Sequence[ID] = ()) -> bytes | None:
-        """The newest valid record for ``key`` (local store, recent lookups, then the network), or None.
+    async def get_record(self, key: str, *, avoid: Sequence[ID] = (), newest: bool = False) -> bytes | None:
+        """A valid record for ``key`` (local store, recent lookups, then the network), or None.
 
         Only records that pass the key's namespace validator are ever returned; see :class:`RecordLookup`
         for why this is not py-libp2p's ``KadDHT.get_value``. ``avoid``: peers the walk must not ask.
+        ``newest`` compares our copies with the network's and waits for the peer the key names, for when a
+        stale copy must not win.
         """
         assert self.lookup is not None
-        return await self.lookup.get(key, avoid=avoid)
+        return await self.lookup.get(key, avoid=avoid, newest=newest)
 
     # ----- direct streams ------------------------------------------------------------------------------
     def set_stream_handler(self, protocol: str, handler: Callable[[INetStream], Awaitable[None]]) -> None:
@@ -367,16 +379,22 @@ class Mesh:
         """Open a stream to ``peer``; dials ``addrs`` first if not yet connected."""
         assert self.host is not None
         if addrs and peer not in self.host.get_connected_peers():
-            maddrs = [multiaddr.Multiaddr(a) for a in addrs]
-            await self.host.connect(PeerInfo(peer, maddrs))
+            if self.dialer is not None:  # issue 14: direct addresses first, then through relays
+                await self.dialer(peer, addrs)
+            else:
+                await self.host.connect(PeerInfo(peer, [multiaddr.Multiaddr(a) for a in addrs]))
         return await self.host.new_stream(peer, [TProtocol(protocol)])
 
     def remember_addrs(self, peer: ID, addrs: Sequence[str], *, ttl: int) -> None:
-        """Add a peer's announced addresses to the peerstore until ``ttl`` (unix seconds); bad ones skipped."""
+        """Add a peer's announced direct addresses to the peerstore until ``ttl`` (unix seconds); bad ones and
+        relay circuits skipped (cut at its first ``/p2p/``, a circuit would read as the relay's own address;
+        :meth:`new_stream` dials circuits through the connectivity dialer)."""
         if self.host is None or peer == self.peer_id:
             return
         maddrs = []
         for addr in addrs:
+            if "/p2p-circuit" in addr:
+                continue
             try:
                 maddrs.append(multiaddr.Multiaddr(addr.split("/p2p/")[0]))
             except Exception:
@@ -392,42 +410,18 @@ class Mesh:
 
     # ----- internals ------------------------------------------------------------------------------------
     async def _dial_bootstrap(self) -> None:
-        assert self.host is not None
-        network = self.host.get_network()
-        for addr in self.settings.bootstrap:
-            # py-libp2p keeps peers whose dial failed in a negative cache; a bootstrap peer that dropped our
-            # handshake under load must get another chance.
-            unblock = getattr(network, "unblock_peer", None)
-            if unblock is not None:
-                try:
-                    unblock(info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id)
-                except Exception:
-                    pass
-            try:
-                with trio.fail_after(self.settings.dial_timeout):
-                    peer = await self.connect(addr)
-                assert self.dht is not None
-                await self.dht.add_peer(peer)
-            except* Exception as group:  # a dead bootstrap peer must not stop the node
-                log.warning("bootstrap peer %s unreachable: %s", addr, group.exceptions)
+        assert self.host is not None and self.dht is not None
+        await dial_bootstrap(self.host, self.settings.bootstrap, self.connect, self.dht.add_peer,
+                             self.settings.dial_timeout)
 
     async def _stay_joined(self) -> None:
-        """Re-dial the bootstrap (and cached) peers, with jittered backoff, whenever we have no connection.
-
-        A bootstrap node hit by many joiners at once drops some handshakes; without this, a node whose only
-        dial failed would stay alone forever.
-        """
         assert self.host is not None
-        delay = 1.0
-        while True:
-            await trio.sleep(delay * (0.5 + random.random()))
-            if self.host.get_connected_peers():
-                delay = 1.0
-                continue
-            log.info("no peers: dialling the bootstrap peers again")
+
+        async def rejoin() -> None:
             await self._dial_bootstrap()
             await self._dial_cached_peers()
-            delay = min(delay * 2, 30.0)
+
+        await stay_joined(self.host, rejoin)
 
     async def _dial_cached_peers(self) -> None:
         if self._peer_cache is not None:

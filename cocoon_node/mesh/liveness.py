@@ -55,8 +55,11 @@ class _Disconnects(INotifee):
 
 
 def tcp_target(addrs: tuple[str, ...]) -> tuple[str, int] | None:
-    """Host and port of the first plain TCP address (``/ip4|ip6/H/tcp/P``), if any."""
+    """Host and port of the first plain TCP address (``/ip4|ip6/H/tcp/P``), if any. A relay circuit address
+    names the relay's port, not the worker's: never a target."""
     for addr in addrs:
+        if "/p2p-circuit" in addr:
+            continue
         try:
             parts = multiaddr.Multiaddr(addr.split("/p2p/")[0])
             host = parts.value_for_protocol("ip4") or parts.value_for_protocol("ip6")

@@ -25,18 +25,24 @@ mesh is above D_high; :meth:`ScoredGossipSub.mesh_heartbeat` prunes every mesh p
 
 Not every rejected announcement proves its forwarder misbehaved: an honest relay can deliver an older
 announcement after a newer one came by another path (``replayed``), or one that expired on the way. A
-validator may return :data:`IGNORE` for those: dropped like a rejection but, up to ``stale_allowance`` per
-forwarder per minute, not counted against it (libp2p's "ignore" verdict, which py-libp2p lacks).
+validator may return :data:`IGNORE` for those: dropped like a rejection but not counted against the
+forwarder (libp2p's "ignore" verdict, which py-libp2p lacks). py-libp2p counts an invalid message once per
+topic it is on and answers a message seen again from its validation cache without asking the validator, so
+the forgiveness is keyed by message (:class:`ScoredPubsub`), not by validator call. Stale messages are not
+capped by default: each was signed by its origin, and py-libp2p validates a message id once while its cache
+holds it, so a forwarder replaying them costs us no more than forwarding fresh ones (which py-libp2p
+rate-limits per peer); ``stale_allowance`` can cap them per forwarder per minute.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable
 
 import trio
+from libp2p.exceptions import ValidationError
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -55,7 +61,8 @@ PUBLISH_THRESHOLD = -50.0
 GRAYLIST_THRESHOLD = PUBLISH_THRESHOLD
 GRAYLIST_AFTER = int(-GRAYLIST_THRESHOLD // INVALID_WEIGHT) + 1
 PRUNE_THRESHOLD = GOSSIP_THRESHOLD  # mesh peers below it are pruned each heartbeat (see mesh_heartbeat)
-STALE_ALLOWANCE_PER_MINUTE = 10
+STALE_ALLOWANCE_PER_MINUTE: int | None = None  # None: every IGNOREd message forgiven (see the docstring)
+IGNORED_REMEMBERED = 4096  # message keys whose verdict was IGNORE, for re-deliveries answered from the cache
 IDONTWANT_THRESHOLD = 1024  # go-libp2p's IDontWantMessageThreshold
 
 
@@ -102,21 +109,24 @@ class ForgivingScorer(PeerScorer):
     """py-libp2p's scorer, plus the :data:`IGNORE` verdict: the next invalid-message count for a peer is
     skipped when its validator said "ignore" (validation and the count run with no checkpoint between)."""
 
-    def __init__(self, params: ScoreParams, *, stale_allowance: int = STALE_ALLOWANCE_PER_MINUTE) -> None:
+    def __init__(self, params: ScoreParams, *, stale_allowance: int | None = STALE_ALLOWANCE_PER_MINUTE) -> None:
         super().__init__(params)
         self._forgive: defaultdict[ID, int] = defaultdict(int)
         self._forgiven_at: defaultdict[ID, deque[float]] = defaultdict(deque)
         self.stale_allowance = stale_allowance
         self.forgiven = 0
 
-    def ignore_next_invalid(self, peer: ID) -> None:
-        now = trio.current_time()
-        window = self._forgiven_at[peer]
-        while window and window[0] < now - 60:
-            window.popleft()
-        if len(window) < self.stale_allowance:  # beyond the allowance, stale messages count as invalid
+    def ignore_next_invalid(self, peer: ID, count: int = 1) -> None:
+        """Skip the next ``count`` invalid-message counts for ``peer`` (one message: one per topic it is on)."""
+        if self.stale_allowance is not None:
+            now = trio.current_time()
+            window = self._forgiven_at[peer]
+            while window and window[0] < now - 60:
+                window.popleft()
+            if len(window) >= self.stale_allowance:  # beyond the allowance, stale messages count as invalid
+                return
             window.append(now)
-            self._forgive[peer] += 1
+        self._forgive[peer] += count
 
     def on_invalid_message(self, peer: ID, topic: str) -> None:
         if self._forgive.get(peer, 0) > 0:
@@ -140,6 +150,18 @@ class ScoredGossipSub(GossipSub):
         self.score_pruned = 0  # mesh peers pruned for a negative score
         self.graylist_dropped = 0  # RPCs and messages ignored from graylisted peers
         self._forwarding_size = 0
+        self._ignored: OrderedDict[bytes, None] = OrderedDict()
+
+    def note_ignored(self, msg: rpc_pb2.Message) -> None:
+        """The validator said IGNORE for ``msg``: it and its re-deliveries are not held against forwarders."""
+        key = bytes(msg.from_id) + bytes(msg.seqno)
+        self._ignored[key] = None
+        self._ignored.move_to_end(key)
+        while len(self._ignored) > IGNORED_REMEMBERED:
+            self._ignored.popitem(last=False)
+
+    def was_ignored(self, msg: rpc_pb2.Message) -> bool:
+        return bytes(msg.from_id) + bytes(msg.seqno) in self._ignored
 
     def graylisted(self, peer: ID) -> bool:
         """Below the graylist threshold over the topics we are in (what the spec ignores entirely)."""
@@ -202,7 +224,19 @@ class ScoredGossipSub(GossipSub):
 
 
 class ScoredPubsub(Pubsub):
-    """Pubsub that ignores messages forwarded by graylisted peers before any other work on them."""
+    """Pubsub that ignores messages forwarded by graylisted peers before any other work on them, and does not
+    count a message its validator IGNOREd against the forwarder (once per topic, as py-libp2p counts it)."""
+
+    async def validate_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        try:
+            await super().validate_msg(msg_forwarder, msg)
+        except ValidationError:
+            router = self.router
+            if isinstance(router, ScoredGossipSub) and router.was_ignored(msg):
+                scorer = router.scorer
+                if isinstance(scorer, ForgivingScorer):
+                    scorer.ignore_next_invalid(msg_forwarder, count=max(1, len(msg.topicIDs)))
+            raise
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         router = self.router
@@ -219,9 +253,7 @@ def as_pubsub_validator(validator: ScoredValidator,
     def run(forwarder: ID, msg: rpc_pb2.Message) -> bool:
         verdict = validator(forwarder, msg)
         if verdict is IGNORE:
-            scorer = gossipsub.scorer
-            if isinstance(scorer, ForgivingScorer):
-                scorer.ignore_next_invalid(forwarder)
+            gossipsub.note_ignored(msg)  # ScoredPubsub.validate_msg forgives it
             return False
         return bool(verdict)
 

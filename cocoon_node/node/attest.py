@@ -4,12 +4,15 @@ Reports live under ``/cocoon-att/<peer id>``. The DHT namespace validator accept
 well-formed, signed by the key it names, that key's peer id is the one in the DHT key, and it has not
 expired; of two valid records the newest wins. Requesters fetch the report for a worker before its first
 request, verify it against their policy (evidence, binding, measurements, model hash, age), cache the
-verdict until the report expires, and never send a prompt to a worker whose verdict is not ok.
+verdict until the report expires or passes the policy's maximum age (re-validated at every use), and never
+send a prompt to a worker whose verdict is not ok or whose report does not name the model, weights, TEE and
+backend its announcement offers.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,9 +26,7 @@ from libp2p.peer.id import ID
 
 from cocoon_node import __version__
 from cocoon_node.attestation import (
-    ANY,
     TEE_DEV,
-    TEE_TDX,
     AttestationError,
     Claims,
     DevPlatform,
@@ -37,9 +38,10 @@ from cocoon_node.attestation import (
     get_tdx_quote,
     sign_report,
 )
-from cocoon_node.config import Config
 from cocoon_node.mesh import Announcement, Mesh, RecordRejected
 from cocoon_node.mesh.announce import MAX_CLOCK_SKEW
+from cocoon_node.node.attest_policy import policy_from_config
+from cocoon_node.node.gate_view import binding_problems, describe_verdict
 
 log = logging.getLogger(__name__)
 
@@ -83,29 +85,18 @@ class AttestationNamespace:
         return max(range(len(values)), key=lambda i: issued(values[i]))
 
 
-def policy_from_config(config: Config) -> Policy:
-    """Build the verifier policy; lists left empty fail closed except on an explicitly local network."""
-    p = config.policy
-    local = config.node.network == "local"
-    kinds = {TEE_TDX} | ({TEE_DEV} if p.allow_dev_tee else set())
-    if p.allow_dev_tee:
-        log.warning("policy accepts dev-INSECURE attestation: reports prove nothing about hardware")
-    images: Any = frozenset(bytes.fromhex(h) for h in p.allowed_image_hashes) or (ANY if local else frozenset())
-    models: Any = ANY if p.allow_any_model else frozenset(bytes.fromhex(h) for h in p.allowed_model_hashes)
-    return Policy(tee_kinds=frozenset(kinds), image_hashes=images, mrtds=ANY if local else frozenset(),
-                  model_hashes=models, max_report_age_s=p.max_report_age)
-
-
 class ReportPublisher:
     """Worker side: produce evidence over our claims, publish into the DHT, re-publish before expiry."""
 
     def __init__(self, mesh: Mesh, key_pair: KeyPair, *, tee: str, model_name: str, model_hash: bytes,
-                 data_dir: Path, lifetime: int = 3600) -> None:
+                 data_dir: Path, lifetime: int = 3600, backend: str = "", upstream: str = "") -> None:
         self._mesh = mesh
         self._key_pair = key_pair
         self._tee = tee
         self._model_name = model_name
         self._model_hash = model_hash
+        self._backend = backend
+        self._upstream = upstream  # the upstream's origin, bound into the report ("" = none)
         self._lifetime = lifetime
         self._dev = DevPlatform.load_or_create(data_dir / "dev-platform.key") if tee == TEE_DEV else None
         self.current: bytes | None = None
@@ -119,6 +110,7 @@ class ReportPublisher:
         claims = Claims.for_key(
             self._key_pair.public_key.to_bytes(), model_name=self._model_name, model_hash=self._model_hash,
             node_version=__version__, issued_at=now, expires_at=now + self._lifetime, tee_kind=self._tee,
+            backend=self._backend, upstream=self._upstream,
         )
         if self._dev is not None:
             log.warning("attesting with the dev-INSECURE TEE: fine for local clusters, worthless elsewhere")
@@ -170,23 +162,29 @@ class CachedVerdict:
 
 
 class AttestationGate:
-    """Requester side: a worker is usable only with an ok, unexpired verdict that matches its announcement.
+    """Requester side: a worker is usable only with an ok, fresh verdict whose report binds its announcement.
 
     Verification stays off the request path where it can: announcements are prefetched in the background
     (:meth:`prefetch`), concurrent checks of one worker share a single DHT lookup, and a failed verdict is
-    kept for a while (briefly when the report was merely not found yet, longer for a policy rejection).
+    kept for a while (briefly when the report was merely not found yet, longer for a policy rejection). A
+    cached ok verdict counts only while its report is unexpired and younger than the policy's maximum age,
+    checked at every use. When a fresh verdict does not bind the announcement (the worker changed its model,
+    or some node served an older report), the newest report is fetched at once, at most every
+    ``retry_mismatch`` seconds per worker.
     """
 
     def __init__(self, mesh: Mesh, policy: Policy, *, clock: Callable[[], float] = time.time,
-                 retry_missing: float = 2.0, retry_rejected: float = 60.0) -> None:
+                 retry_missing: float = 2.0, retry_rejected: float = 60.0, retry_mismatch: float = 10.0) -> None:
         self._mesh = mesh
         self.policy = policy
         self._clock = clock
         self._retry_missing = retry_missing
         self._retry_rejected = retry_rejected
+        self._retry_mismatch = retry_mismatch
         self._cache: dict[bytes, CachedVerdict] = {}
         self._inflight: dict[bytes, trio.Event] = {}
-        self._prefetch_send, self._prefetch_recv = trio.open_memory_channel[bytes](256)
+        self._rechecked: dict[bytes, float] = {}  # peer -> when a binding mismatch last forced a newest lookup
+        self._prefetch_send, self._prefetch_recv = trio.open_memory_channel[Announcement](256)
         self.fetches = 0
         self.rejections = 0
 
@@ -199,40 +197,62 @@ class AttestationGate:
         return cached.verdict if cached else None
 
     def prefetch(self, announcement: Announcement) -> None:
-        """Queue a background check for a worker we have no fresh verdict for (never blocks; drops if full)."""
-        if self._fresh(announcement.peer_id) is None:
+        """Queue a background check for a worker we have no usable verdict for (never blocks; drops if full)."""
+        if self.known(announcement) is None:
             try:
-                self._prefetch_send.send_nowait(announcement.peer_id)
+                self._prefetch_send.send_nowait(announcement)
             except trio.WouldBlock:
                 pass
 
     async def run_prefetcher(self, concurrency: int = 4) -> None:
         limiter = trio.CapacityLimiter(concurrency)
 
-        async def one(peer_id: bytes) -> None:
+        async def one(announcement: Announcement) -> None:
             async with limiter:
-                await self.check(peer_id)
+                await self.is_attested(announcement)
 
         async with trio.open_nursery() as nursery:
-            async for peer_id in self._prefetch_recv:
-                if self._fresh(peer_id) is None and peer_id not in self._inflight:
-                    nursery.start_soon(one, peer_id)
+            async for announcement in self._prefetch_recv:
+                if self.known(announcement) is None and announcement.peer_id not in self._inflight:
+                    nursery.start_soon(one, announcement)
 
     def known(self, announcement: Announcement) -> bool | None:
-        """The fresh verdict for this worker if there is one (never waits): None means "not checked yet"."""
+        """The gate's answer for this worker if it has one now (never waits): None means "check it first"."""
         verdict = self._fresh(announcement.peer_id)
         if verdict is None:
             return None
-        return verdict.ok and _binds(verdict, announcement)
+        if not verdict.ok:
+            return False
+        if not binding_problems(verdict, announcement):
+            return True
+        return None if self._may_recheck(announcement.peer_id) else False
 
     async def is_attested(self, announcement: Announcement) -> bool:
         verdict = await self.check(announcement.peer_id)
+        if verdict.ok and binding_problems(verdict, announcement) and self._may_recheck(announcement.peer_id):
+            # A model change, or another node serving the worker's older report: fetch the newest one now.
+            self._rechecked[announcement.peer_id] = self._clock()
+            verdict = await self.check(announcement.peer_id, newest=True)
         if not verdict.ok:
             return False
-        if not _binds(verdict, announcement):
-            log.warning("worker %s announces a model or TEE its attestation does not bind", announcement.peer)
+        problems = binding_problems(verdict, announcement)
+        if problems:
+            log.warning("worker %s announces what its attestation does not bind: %s", announcement.peer,
+                        "; ".join(problems))
             return False
         return True
+
+    def describe(self, announcement: Announcement) -> dict[str, Any]:
+        """What the gate would decide for this worker now, for ``/v1/models`` and status."""
+        return describe_verdict(announcement, self._fresh(announcement.peer_id), self.verdict(announcement.peer_id))
+
+    def _may_recheck(self, peer_id: bytes) -> bool:
+        return self._clock() - self._rechecked.get(peer_id, -math.inf) >= self._retry_mismatch
+
+    def _usable(self, verdict: Verdict, now: float) -> bool:
+        """An ok verdict still counts: its report is unexpired and within the policy's maximum age."""
+        return (verdict.expires_at is not None and now < verdict.expires_at and verdict.issued_at is not None
+                and now - verdict.issued_at <= self.policy.max_report_age_s)
 
     def _fresh(self, peer_id: bytes) -> Verdict | None:
         cached = self._cache.get(peer_id)
@@ -240,32 +260,39 @@ class AttestationGate:
             return None
         v, now = cached.verdict, self._clock()
         if v.ok:
-            return v if v.expires_at is not None and now < v.expires_at else None
-        retry = self._retry_missing if v.check == "missing" else self._retry_rejected
+            return v if self._usable(v, now) else None
+        retry = self._retry_missing if v.check in ("missing", "expired") else self._retry_rejected
         return v if now - cached.checked_at < retry else None
 
-    async def check(self, peer_id: bytes) -> Verdict:
-        fresh = self._fresh(peer_id)
-        if fresh is not None:
-            return fresh
-        pending = self._inflight.get(peer_id)
-        if pending is not None:  # someone is already fetching this worker's report: share the answer
+    async def check(self, peer_id: bytes, *, newest: bool = False) -> Verdict:
+        """The worker's verdict: a fresh cached one, else a DHT lookup (shared by concurrent callers).
+
+        ``newest`` skips the cache and asks the DHT for the newest report there is.
+        """
+        while True:
+            fresh = None if newest else self._fresh(peer_id)
+            if fresh is not None:
+                return fresh
+            pending = self._inflight.get(peer_id)
+            if pending is None:
+                break
+            # Someone is already fetching this worker's report: share the answer. That check may have been
+            # cancelled (a request that found another worker, a client gone), leaving a stale entry behind,
+            # so whatever is cached is validated again above; without a fresh one we fetch ourselves.
             await pending.wait()
-            cached = self._cache.get(peer_id)
-            if cached is not None:
-                return cached.verdict
         done = self._inflight[peer_id] = trio.Event()
         try:
-            return await self._fetch_and_verify(peer_id)
+            return await self._fetch_and_verify(peer_id, newest=newest)
         finally:
             del self._inflight[peer_id]
             done.set()
 
-    async def _fetch_and_verify(self, peer_id: bytes) -> Verdict:
+    async def _fetch_and_verify(self, peer_id: bytes, *, newest: bool = False) -> Verdict:
         self.fetches += 1
+        key = report_key(ID(peer_id))
         try:
             with trio.fail_after(10):
-                record = await self._mesh.get_record(report_key(ID(peer_id)))
+                record = await (self._mesh.get_record(key, newest=True) if newest else self._mesh.get_record(key))
         except Exception as exc:
             record = None
             log.info("fetching attestation of %s failed: %s", ID(peer_id), exc)
@@ -274,6 +301,8 @@ class AttestationGate:
             verdict = Verdict.failed("missing", "no attestation report found in the DHT")
         else:
             verdict = check_report(record, peer_id, self.policy, int(now))
+            if verdict.ok and not self._usable(verdict, now):
+                verdict = Verdict.failed("expired", "report expires now or is past the policy's maximum age")
         if not verdict.ok:
             self.rejections += 1
             log.warning("worker %s failed attestation: %s", ID(peer_id), "; ".join(verdict.reasons))
@@ -284,6 +313,5 @@ class AttestationGate:
         return {ID(pid).to_base58(): asdict(c.verdict) for pid, c in self._cache.items()}
 
 
-def _binds(verdict: Verdict, announcement: Announcement) -> bool:
-    """The announcement claims the model and TEE the verified report binds."""
-    return verdict.model_hash == announcement.model_hash.hex() and verdict.tee_kind == announcement.tee_kind
+__all__ = ["NAMESPACE", "AttestationGate", "AttestationNamespace", "CachedVerdict", "ReportPublisher",
+           "policy_from_config", "report_key"]

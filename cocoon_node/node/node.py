@@ -30,8 +30,11 @@ from cocoon_node.mesh import (
     WORKERS_TOPIC,
     Announcement,
     AnnouncementValidator,
+    Connectivity,
+    ConnectivitySettings,
     Mesh,
     MeshSettings,
+    TransportFactory,
     WorkerTable,
     load_or_create_identity,
     model_topic,
@@ -67,8 +70,10 @@ class NodeInfo:
 
 
 class Node:
-    def __init__(self, config: Config, key_pair: KeyPair | None = None) -> None:
+    def __init__(self, config: Config, key_pair: KeyPair | None = None, *,
+                 transport_factory: TransportFactory | None = None) -> None:
         self.config = config
+        self._transport_factory = transport_factory  # None in production; netsim injects its shaped TCP
         self.key_pair = key_pair or load_or_create_identity(config.data_dir)
         self.validator = AnnouncementValidator()
         self.table = WorkerTable()
@@ -77,6 +82,8 @@ class Node:
                          topic_validators={WORKERS_TOPIC: self.validator},
                          prefix_validators={MODEL_TOPIC_PREFIX: self.validator})
         self._follow: trio.MemorySendChannel[str] | None = None  # models seen on the directory, to join
+        self.connectivity = Connectivity(self.mesh, self._connectivity_settings())  # NAT traversal (issue 14)
+        self.connectivity.install()
         self.worker: WorkerRole | None = None
         self.requester: Requester | None = None
         self.gate: AttestationGate | None = None
@@ -93,7 +100,17 @@ class Node:
                             heartbeat_interval=n.gossip_heartbeat, gossip_degree=n.gossip_degree,
                             gossip_degree_low=max(1, n.gossip_degree * 2 // 3), gossip_degree_high=2 * n.gossip_degree,
                             peer_cache=self.config.data_dir / "peers.json",
-                            link_shaping=self.config.netsim_link_table_path)
+                            transport_factory=self._transport_factory)
+
+    def _connectivity_settings(self) -> ConnectivitySettings:
+        from cocoon_node.mesh.relay_hop import RelayLimits
+
+        n = self.config.node
+        limits = RelayLimits(max_reservations=n.relay_max_reservations, max_circuits=n.relay_max_circuits,
+                             circuit_bytes=n.relay_circuit_bytes, circuit_duration=n.relay_circuit_duration)
+        return ConnectivitySettings(reachability=n.reachability, relay=n.relay, hole_punching=n.hole_punching,
+                                    relay_reservations=n.relay_reservations if self.config.worker.enabled else 0,
+                                    relay_limits=limits)
 
     def _topics(self) -> tuple[str, ...]:
         """Announcement topics joined at start (a worker joins its model's own; see WorkerRole).
@@ -147,32 +164,40 @@ class Node:
                 self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
             await stack.enter_async_context(self.mesh.start())
             nursery = await stack.enter_async_context(trio.open_nursery())
+            await nursery.start(self.connectivity.run)
             await self._run_roles(nursery, task_status)
 
     async def _run_roles(self, nursery: trio.Nursery, task_status: TaskStatus) -> None:
         cfg = self.config
         pay = self.payments
-        roles = []
+        roles = ["relay"] if cfg.node.relay else []
         if cfg.worker.enabled:
             roles.append("worker")
             self.worker = WorkerRole(cfg, self.mesh, self.key_pair, build_backend(cfg),
                                      meter=pay.worker_meter if pay else None,
                                      payout=pay.payout_address if pay else "")
+            self.connectivity.on_change(self.worker.addresses_changed)
             await nursery.start(self.worker.run)
             if pay is not None and pay.settlement is not None:
                 nursery.start_soon(pay.settlement.run)
                 self.mesh.set_stream_handler(CHANNEL_PROTOCOL_ID, pay.handle_close_stream)
         api_url = None
-        if cfg.requester.enabled:
-            roles.append("requester")
+        # A requester joins the topics of the models it buys (looking for their peers through the DHT); a
+        # directory follower (a requester that names no model, a node with no role: a relay, a bootstrap node)
+        # joins every model's topic it sees there, so it also forwards them: behind NATs, or in a sparse mesh,
+        # such a node may be the only path between a model's workers and its buyers.
+        bought = cfg.requester.models if cfg.requester.enabled else ()
+        if bought or WORKERS_TOPIC in self._topics():
             send, recv = trio.open_memory_channel[str](64)
             nursery.start_soon(self._follow_models, recv)
-            for model in cfg.requester.models:
+            for model in bought:
                 send.send_nowait(model_topic(model))
-            if not cfg.requester.models:
+            if not bought:
                 self._follow = send
                 for seen in {a.model for a in self.table.live()}:
                     send.send_nowait(model_topic(seen))
+        if cfg.requester.enabled:
+            roles.append("requester")
             self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
             nursery.start_soon(self.gate.run_prefetcher)
             for announcement in self.table.live():
@@ -188,8 +213,11 @@ class Node:
             if cfg.requester.warm_streams > 0:
                 warm = WarmStreams(self._open_attested_stream, max_spares=cfg.requester.warm_streams)
                 nursery.start_soon(warm.run)
+                # Spares opened over a relay would keep requests there after a hole punch: drop them then.
+                spares = warm
+                self.connectivity.on_upgrade(lambda peer: spares.forget(peer.to_bytes()))
             self.requester = Requester(
-                self.table.live, self._open_attested_stream, self.gate, warm=warm,
+                self._reachable_workers, self._open_attested_stream, self.gate, warm=warm,
                 max_price_prompt=cfg.requester.max_price_prompt,
                 max_price_completion=cfg.requester.max_price_completion,
                 first_token_timeout=cfg.requester.first_token_timeout,
@@ -215,6 +243,12 @@ class Node:
             await trio.sleep_forever()
         finally:
             (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+
+    def _reachable_workers(self) -> list[Announcement]:
+        """Live workers we have a way to: an announced address (direct or relay circuit) or a connection.
+        A worker behind a NAT announces nothing dialable until it holds a relay reservation."""
+        connected = set(self.mesh.connected_peers()) if self.mesh.host else set()
+        return [a for a in self.table.live() if a.addrs or a.peer in connected]
 
     async def shutdown_gracefully(self) -> None:
         """Before cancelling everything: close our payment channels while the mesh is still up, so workers
@@ -249,7 +283,10 @@ class Node:
                 log.info("worker %s expired (no announcement)", ID(pid))
 
     def models(self, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Entries for ``GET /v1/models``: worker count, price range, hardware and attestation verdicts per model.
+        """Entries for ``GET /v1/models``: worker count, price range, announced hardware and, per worker, the
+        verdict the gate would apply now (binding to the announcement included), never what the announcement
+        claims. ``hardware`` is what the worker announces (detected or declared, as it says): attestation
+        binds none of it.
 
         ``filters`` (query parameters): ``min_context_length`` (tokens) and ``accelerator`` (a substring of the
         announced accelerator, case-insensitive) keep only the workers that announce them."""
@@ -259,21 +296,16 @@ class Node:
                 by_model.setdefault(a.model, []).append(a)
         out = []
         for model, workers in sorted(by_model.items()):
-            verdicts = []
-            for w in workers:
-                v = self.gate.verdict(w.peer_id) if self.gate else None
-                verdicts.append({
-                    "worker": w.peer.to_base58(), "tee_kind": w.tee_kind,
-                    "dev_insecure": w.tee_kind != "tdx",
-                    "verified": bool(v and v.ok), "image_hash": v.image_hash if v else None,
-                    "model_hash": w.model_hash.hex(), "tcb_checked": v.tcb_checked if v else False,
-                    "reasons": list(v.reasons) if v else ["not yet verified"],
-                    "hardware": w.hardware.to_dict() if w.hardware else None,
-                })
+            verdicts = [{**(self.gate.describe(w) if self.gate else
+                            {"worker": w.peer.to_base58(), "verified": False,
+                             "reasons": ["this node is not a requester"]}),
+                         "hardware": w.hardware.to_dict() if w.hardware else None}
+                        for w in workers]
             out.append({
                 "id": model, "object": "model", "created": 0, "owned_by": "cocoon-mesh",
                 "cocoon": {
                     "workers": len(workers),
+                    "verified_workers": sum(1 for v in verdicts if v["verified"]),
                     "synthetic": any(w.synthetic for w in workers),
                     "price_prompt": [min(w.price_prompt for w in workers), max(w.price_prompt for w in workers)],
                     "price_completion": [min(w.price_completion for w in workers),
@@ -306,11 +338,14 @@ class Node:
                          if self.liveness else {}),
             "workers": [
                 {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
-                 "price_prompt": a.price_prompt, "price_completion": a.price_completion, "tee_kind": a.tee_kind,
-                 "synthetic": a.synthetic, "seqno": a.seqno, "expires_at": a.expires_at,
-                 "hardware": a.hardware.to_dict() if a.hardware else None}
+                 "price_prompt": a.price_prompt, "price_completion": a.price_completion,
+                 "announced_tee_kind": a.tee_kind, "synthetic": a.synthetic, "seqno": a.seqno,
+                 "expires_at": a.expires_at, "gate": self.gate.describe(a) if self.gate else None,
+                 "hardware": a.hardware.to_dict() if a.hardware else None,
+                 "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer)}  # how it is reached now
                 for a in self.table.live()
             ],
+            "connectivity": self.connectivity.summary(),
             "attestation": self.gate.summary() if self.gate else {},
             "worker": self.worker.status() if self.worker else None,
             "requester": {"completed": self.requester.completed, "failed": self.requester.failed,

@@ -21,18 +21,20 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from cocoon_node.config import Config
+from cocoon_node.inference.tokencount import TokenizerRegistry
 from cocoon_node.mesh import Announcement
 from cocoon_node.payments.chain.base import Chain, ChainError
 from cocoon_node.payments.channels import ChannelManager, Settlement
 from cocoon_node.payments.meter import RequesterPaymentMeter, WorkerPaymentMeter
 from cocoon_node.payments.store import PaymentStore
 from cocoon_node.payments.voucher import VoucherError
-from cocoon_node.wire import FrameError, FrameStream, load_protocol
+from cocoon_node.wire import FrameError, FrameStream, frame_tag, utf8_clip
+from cocoon_node.wire.messages import channel as channel_frames
+from cocoon_node.wire.messages.channel import CloseRefused, CloseReply, CloseRequest
 
 log = logging.getLogger(__name__)
 
-CHANNEL_PROTOCOL_ID: str = load_protocol("channel").meta["id"]
-_CHANNEL_MAX_FRAME = int(load_protocol("channel").meta["max_frame_bytes"])
+CHANNEL_PROTOCOL_ID: str = channel_frames.PROTOCOL_ID
 
 
 class PaymentsRole:
@@ -55,6 +57,8 @@ class PaymentsRole:
                 payment_timeout=p.payment_timeout)
             self.settlement = Settlement(chain, store, self._seed_key, claim_threshold=p.claim_threshold,
                                          idle_close_after=p.idle_close_after)
+        # Requester: the tokenizers we can count a worker's tokens with (by the hash it announces).
+        self.tokenizers = TokenizerRegistry(config.requester.tokenizer_files, config.data_dir / "tokenizers")
         if config.requester.enabled:
             self.channels = ChannelManager(chain, store, self._seed_key, deposit=p.channel_deposit,
                                            credit_window=p.credit_window, challenge_period=p.challenge_period,
@@ -86,6 +90,10 @@ class PaymentsRole:
                 chain = await stack.enter_async_context(
                     TonChain.connect(key_pair.private_key.to_bytes(), network=p.ton_network))  # type: ignore[arg-type]
             role = cls(config, key_pair, chain, store)
+            if role.channels is not None:
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                nursery.start_soon(role.tokenizers.run)
+                stack.callback(nursery.cancel_scope.cancel)
             try:
                 yield role
             finally:
@@ -106,25 +114,26 @@ class PaymentsRole:
             raise ChainError("worker peer id does not embed its public key")
         return await self.channels.meter_for(worker.peer.to_base58(), worker.payout, payee.to_bytes(),
                                              price_prompt=worker.price_prompt,
-                                             price_completion=worker.price_completion)
+                                             price_completion=worker.price_completion,
+                                             token_counter=self.tokenizers.counter(worker.tokenizer))
 
     # ----- cooperative close over /cocoon/channel/1.0.0 -------------------------------------------------
 
     async def handle_close_stream(self, stream: Any) -> None:
         """Worker: co-sign close terms that pay at least our newest voucher; refuse anything else."""
-        frames = FrameStream(stream, "channel", max_frame=_CHANNEL_MAX_FRAME)
+        frames = FrameStream(stream, channel_frames.CODEC)
         try:
             with trio.fail_after(30):
                 request = await frames.receive()
-                if request is None or request["t"] != "close_request" or self.settlement is None:
+                if not isinstance(request, CloseRequest) or self.settlement is None:
                     raise FrameError("expected a close_request")
                 try:
-                    payee_sig = await self.settlement.cosign_close(request["channel"], request["cumulative"],
-                                                                   request["payer_sig"])
+                    payee_sig = await self.settlement.cosign_close(request.channel, request.cumulative,
+                                                                   request.payer_sig)
                 except VoucherError as exc:
-                    await frames.send({"t": "close_refused", "reason": str(exc)[:500]})
+                    await frames.send(CloseRefused(reason=utf8_clip(str(exc), 500)))
                     return
-                await frames.send({"t": "close_reply", "payee_sig": payee_sig})
+                await frames.send(CloseReply(payee_sig=payee_sig))
         except (FrameError, trio.TooSlowError) as exc:
             log.info("channel control stream closed: %s", exc)
         finally:
@@ -146,21 +155,25 @@ class PaymentsRole:
             async def cosign(address: str, cumulative: int, payer_sig: bytes) -> bytes:
                 ch = self.channels.channels.get(peer) if self.channels else None
                 stream = await open_stream(peer, CHANNEL_PROTOCOL_ID)
-                frames = FrameStream(stream, "channel", max_frame=_CHANNEL_MAX_FRAME)
+                frames = FrameStream(stream, channel_frames.CODEC)
                 try:
                     with trio.fail_after(15):
                         channel_id = await self._channel_id(address) if ch is None else ch.params.channel_id
-                        await frames.send({"t": "close_request", "channel": address,
-                                           "channel_id": channel_id.to_bytes(32, "big"),
-                                           "cumulative": cumulative, "payer_sig": payer_sig})
+                        await frames.send(CloseRequest(channel=address, channel_id=channel_id.to_bytes(32, "big"),
+                                                       cumulative=cumulative, payer_sig=payer_sig))
                         reply = await frames.receive()
                 finally:
                     with trio.move_on_after(2):
                         await stream.close()
-                if reply is None or reply["t"] != "close_reply":
-                    raise ChainError(f"worker refused to co-sign: {reply.get('reason') if reply else 'no answer'}")
-                payee_sig: bytes = reply["payee_sig"]
-                return payee_sig
+                match reply:
+                    case CloseReply(payee_sig=payee_sig):
+                        return payee_sig
+                    case CloseRefused(reason=reason):
+                        raise ChainError(f"worker refused to co-sign: {reason}")
+                    case None:
+                        raise ChainError("worker refused to co-sign: no answer")
+                    case _:
+                        raise ChainError(f"worker refused to co-sign: answered {frame_tag(reply)!r}")
 
             return cosign
 
@@ -201,6 +214,7 @@ class PaymentsRole:
             out["settlement"] = dict(vars(self.settlement.stats))
         if self.channels is not None:
             out["onchain_ops"] = dict(self.channels.onchain_ops)
+            out["tokenizers"] = {"known": self.tokenizers.known(), "errors": self.tokenizers.errors}
             closes = [{**asdict(c), "stale": c.stale} for c in self.channels.closes_seen.values()]
             out["payer_watch"] = {**self.channels.watch_stats, "closes": closes}
         if self.worker_meter is not None:

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,14 @@ import trio
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
-from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash
+from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash, upstream_origin
+from cocoon_node.attestation.measure import measurements_of_report
 from cocoon_node.config import Config
 from cocoon_node.inference.backend import Backend
 from cocoon_node.inference.factory import make_backend
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerMeter, WorkerTerms
 from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh, model_topic
-from cocoon_node.mesh.announce import HARDWARE_VERSION, Hardware
+from cocoon_node.mesh.announce import Hardware, payload_version
 from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import ReportPublisher
 from cocoon_node.node.hardware import describe_hardware
@@ -47,11 +49,18 @@ def build_backend(config: Config) -> Backend:
     return make_backend(w.backend, **options)
 
 
+def upstream_of(backend: Backend) -> str:
+    """Where the backend sends prompts: its upstream's origin, or "" when the model runs in this process."""
+    base_url = getattr(backend, "base_url", None)
+    return upstream_origin(base_url) if backend.kind == "openai-upstream" and base_url else ""
+
+
 def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") -> bytes:
     """SHA-256 naming the served weights (blocking: reads every weight file once, then a size/mtime cache).
 
     A synthetic backend has no weights; ``stand_in`` (its ``worker.model_path``) names a file hashed in their
-    place, so test clusters can run workers that differ in "weights" without loading a real model.
+    place, so test clusters can run workers that differ in "weights" without loading a real model. An
+    upstream backend's hash also names where prompts go, so approving it approves that upstream only.
     """
     files = backend.model_files() or ([Path(stand_in)] if stand_in and backend.synthetic else [])
     if files:
@@ -61,7 +70,10 @@ def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") ->
         return model_hash(Path("/"), files=[str(Path(f).resolve()).lstrip("/") for f in files],
                           cache_path=cache_dir / "model-hash-cache.json")
     # Upstream and synthetic backends: the node cannot see weights, so it names its configuration.
-    config = json.dumps({"kind": backend.kind, "model": backend.model_name}, sort_keys=True)
+    named: dict[str, str] = {"kind": backend.kind, "model": backend.model_name}
+    if upstream_of(backend):
+        named["upstream"] = upstream_of(backend)
+    config = json.dumps(named, sort_keys=True)
     return hashlib.sha256(config.encode()).digest()
 
 
@@ -91,6 +103,7 @@ class WorkerRole:
         self.publisher: ReportPublisher | None = None
         self.ready = trio.Event()
         self._load_changed = trio.Event()
+        self._addrs_changed = False
         self.announcements_sent = 0
         self.hardware: Hardware | None = None
 
@@ -105,19 +118,25 @@ class WorkerRole:
         self.server = InferenceServer(self.backend, terms, meter=self.meter,
                                       on_load_change=lambda _load: self._load_changed.set())
         tee_kind = TEE_DEV if w.tee == "dev" else TEE_TDX
+        upstream = upstream_of(self.backend)
+        if upstream:
+            log.warning("prompts are forwarded to the upstream %s; the attestation report says so", upstream)
         self.publisher = ReportPublisher(self.mesh, self.key_pair, tee=tee_kind, model_name=w.model,
-                                         model_hash=weights, data_dir=self.config.data_dir)
+                                         model_hash=weights, data_dir=self.config.data_dir,
+                                         backend=self.backend.kind, upstream=upstream)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
         self.hardware = await describe_hardware(self.backend, w)
         log.info("serving on %s", self.hardware)
         now = int(time.time())
+        tokenizer: bytes = getattr(self.backend, "tokenizer_hash", b"")
         self.announcement = Announcement(
-            peer_id=self.mesh.peer_id.to_bytes(), addrs=tuple(self.mesh.listen_addrs()[:8]), model=w.model,
+            peer_id=self.mesh.peer_id.to_bytes(), addrs=tuple(self.mesh.advertised_addrs()[:8]), model=w.model,
             model_hash=weights, backend=self.backend.kind, synthetic=self.backend.synthetic,
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
             issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
-            hardware=self.hardware, v=HARDWARE_VERSION,
+            # v2 fields: the backend's tokenizer when it names one (requesters can count our tokens), hardware
+            tokenizer=tokenizer, hardware=self.hardware, v=payload_version(tokenizer=tokenizer, hardware=self.hardware),
         )
         await self.mesh.subscribe(model_topic(w.model))  # the topic's mesh: workers and buyers of the model
         async with trio.open_nursery() as nursery:
@@ -134,11 +153,12 @@ class WorkerRole:
         moves (idle, each quarter of ``max_concurrent``, full), at most once per ``announce_min_interval``.
         A peer newly connected on the model's topic gets one at once too (rate-limited the same way), so a
         requester that just started, or a mesh formed after our first announcement, does not wait a whole
-        beat. The first announcement, one per ``directory_interval``, and one whenever a peer following the
-        directory connects also go to the directory topic: one message on both topics."""
+        beat; so does an address change (reachability, relays). The first announcement, one per
+        ``directory_interval``, and one whenever a peer following the directory connects also go to the
+        directory topic: one message on both topics."""
         w = self.config.worker
         assert self.announcement is not None and self.server is not None
-        topic = model_topic(w.model)
+        topic = ""
         last_directory = -float("inf")
         told: set[ID] = set()  # directory followers among our peers when we last announced there
         met: set[ID] = set()  # our model topic's peers when we last announced (a new one hears from us soon)
@@ -146,6 +166,14 @@ class WorkerRole:
         while True:
             now = int(time.time())
             self.announcement = self.announcement.bump(load=self.server.load, now=now, ttl=w.announce_ttl)
+            if model_topic(self.announcement.model) != topic:
+                # The announced model's topic (a message there must announce that model): the configured
+                # model's, unless the announcement was changed from outside (netsim's misnamed worker).
+                topic = model_topic(self.announcement.model)
+                await self.mesh.subscribe(topic)
+            # Only addresses that work right now (reachability and relay reservations change them).
+            self.announcement = replace(self.announcement, addrs=tuple(self.mesh.advertised_addrs()[:8]))
+            self._addrs_changed = False
             sent_bucket = load_bucket(self.server.load, w.max_concurrent)
             sent_at = trio.current_time()
             topics = [topic]
@@ -163,7 +191,7 @@ class WorkerRole:
             # announcing in lockstep, and every node would verify a whole round of announcements at once.
             beat_at = sent_at + w.announce_interval * random.uniform(0.9, 1.1)
             with trio.move_on_at(beat_at):
-                while (load_bucket(self.server.load, w.max_concurrent) == sent_bucket
+                while (load_bucket(self.server.load, w.max_concurrent) == sent_bucket and not self._addrs_changed
                        and not self._new_peers(WORKERS_TOPIC, told) and not self._new_peers(topic, met)):
                     self._load_changed = trio.Event()  # no checkpoint since the check: no change is missed
                     with trio.move_on_after(1.0):  # and new topic peers are noticed within a second
@@ -179,6 +207,11 @@ class WorkerRole:
         told &= now
         return bool(now - told)
 
+    def addresses_changed(self) -> None:
+        """Our advertised addresses changed (reachability, relays): announce again now (rate-limited)."""
+        self._addrs_changed = True
+        self._load_changed.set()
+
     def status(self) -> dict[str, Any]:
         a = self.announcement
         s = self.server.stats if self.server else None
@@ -189,6 +222,10 @@ class WorkerRole:
             "tee": self.config.worker.tee + (" (dev-INSECURE: proves nothing about hardware)"
                                              if self.config.worker.tee == "dev" else ""),
             "model_hash": a.model_hash.hex() if a else None,
+            "upstream": upstream_of(self.backend) or None,
+            # what an operator lists to approve this image (TDX only): see `python -m cocoon_node.attestation.measure`
+            "measurements": (measurements_of_report(self.publisher.current)
+                             if self.publisher is not None and self.publisher.current else None),
             "price_prompt": self.config.worker.price_prompt,
             "price_completion": self.config.worker.price_completion,
             "max_concurrent": self.config.worker.max_concurrent,

@@ -1,5 +1,6 @@
 """Channel lifecycle: the requester's :class:`ChannelManager` (open on first use, top up, close, watch closes)
-and the worker's :class:`Settlement` (claim past a threshold, challenge stale closes, finish, co-sign closes).
+and the worker's :class:`Settlement` (claim past a threshold, challenge stale closes, finish, co-sign closes;
+in ``payments.settlement``, re-exported here).
 
 Both persist before acting: a channel row is written (status ``opening``) before the deploy is sent, so
 a crash between the two leaves a record to reconcile rather than an orphaned deposit.
@@ -8,7 +9,6 @@ a crash between the two leaves a record to reconcile rather than an orphaned dep
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -17,9 +17,11 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cocoon_node.inference.port import TokenCounter
 from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus, TxResult
-from cocoon_node.payments.meter import PayerChannel, RequesterPaymentMeter, norm_address
-from cocoon_node.payments.store import PaymentStore
+from cocoon_node.payments.meter import PayerChannel, PaymentStoreFailed, RequesterPaymentMeter, norm_address
+from cocoon_node.payments.settlement import CHAIN_OP_TIMEOUT, Settlement, SettlementStats
+from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import (
     ChannelParams,
     SignedClose,
@@ -32,10 +34,9 @@ from cocoon_node.payments.voucher import (
     verify_cell,
 )
 
-log = logging.getLogger(__name__)
+__all__ = ["CHAIN_OP_TIMEOUT", "ChannelManager", "CloseSeen", "CoSigner", "Settlement", "SettlementStats"]
 
-#: Bound on one chain operation (deploy, top-up, claim, close...).
-CHAIN_OP_TIMEOUT = 60.0
+log = logging.getLogger(__name__)
 
 #: Worker-side co-signer the requester calls for a cooperative close: (address, cumulative, payer_sig) -> payee_sig.
 CoSigner = Callable[[str, int, bytes], Awaitable[bytes]]
@@ -69,7 +70,9 @@ class ChannelManager:
         self.onchain_ops = {"open": 0, "top_up": 0, "close": 0}
         # Closes the watcher saw on our channels (by address), and what it did about them.
         self.closes_seen: dict[str, CloseSeen] = {}
-        self.watch_stats = {"closes_seen": 0, "stale_closes": 0, "finishes": 0}
+        self.watch_stats = {"closes_seen": 0, "stale_closes": 0, "finishes": 0, "bad_close_signatures": 0,
+                            "unfinished_closed": 0, "failed_rounds": 0}
+        self._in_flight: set[str] = set()  # deploys and closes in flight (the watcher leaves their rows alone)
 
     async def channel_for(self, peer: str, payee_wallet: str, payee_key: bytes) -> PayerChannel:
         """The open channel to ``peer`` (from memory, the store after a restart, or a fresh deploy)."""
@@ -106,13 +109,18 @@ class ChannelManager:
             challenge_period=self.challenge_period,
         )
         address = norm_address(channel_address(params))
-        await self.store.run(partial(self.store.upsert_channel, address, "payer", peer, params, 0, status="opening"))
-        with trio.fail_after(CHAIN_OP_TIMEOUT):
-            got = await self.chain.open_channel(params, self.deposit)
-        if norm_address(got) != address:
-            raise ChainError(f"chain deployed {got}, expected {address}")
-        self.onchain_ops["open"] += 1
-        await self.store.run(partial(self.store.upsert_channel, address, "payer", peer, params, self.deposit))
+        self._in_flight.add(address)  # until the row says "open": the watcher must not take it for a leftover
+        try:
+            await self.store.run(partial(self.store.upsert_channel, address, "payer", peer, params, 0,
+                                         status="opening"))
+            with trio.fail_after(CHAIN_OP_TIMEOUT):
+                got = await self.chain.open_channel(params, self.deposit)
+            if norm_address(got) != address:
+                raise ChainError(f"chain deployed {got}, expected {address}")
+            self.onchain_ops["open"] += 1
+            await self.store.run(partial(self.store.upsert_channel, address, "payer", peer, params, self.deposit))
+        finally:
+            self._in_flight.discard(address)
         return PayerChannel(self.store, self.payer_key, address, params, self.deposit, None)
 
     async def ensure_funds(self, ch: PayerChannel, need: int = 0) -> None:
@@ -128,9 +136,11 @@ class ChannelManager:
         await self.store.run(partial(self.store.set_channel, ch.address, deposit=st.deposit))
 
     async def meter_for(
-        self, peer: str, payee_wallet: str, payee_key: bytes, *, price_prompt: int, price_completion: int, need: int = 0
+        self, peer: str, payee_wallet: str, payee_key: bytes, *, price_prompt: int, price_completion: int,
+        need: int = 0, token_counter: TokenCounter | None = None,
     ) -> RequesterPaymentMeter:
-        """A fresh meter for one request to ``peer`` at the announced prices."""
+        """A fresh meter for one request to ``peer`` at the announced prices (``token_counter``: the worker's
+        tokenizer, when we hold it)."""
         ch = await self.channel_for(peer, payee_wallet, payee_key)
         await self.ensure_funds(ch, need)
         return RequesterPaymentMeter(
@@ -139,41 +149,64 @@ class ChannelManager:
             price_completion=price_completion,
             credit_window=self.credit_window,
             voucher_every=self.voucher_every,
+            token_counter=token_counter,
         )
 
     async def close(self, peer: str, cosign: CoSigner | None = None) -> TxResult:
-        """Pay everything owed and close: cooperatively when the worker co-signs, else unilaterally
-        (presenting the newest voucher; :meth:`finish` after the challenge period)."""
+        """Pay everything owed and close: cooperatively when the worker co-signs terms that verify and the
+        chain accepts them, else unilaterally (presenting the newest voucher; the watcher calls ``finish``
+        after the challenge period). The row says ``closing`` until the chain says the channel is gone, so a
+        close that fails here, or a crash, is picked up again by :meth:`check_closes`."""
         ch = self.channels.pop(peer)
-        await ch.sign()  # a final voucher for the unpaid tail, stored first
-        total = ch.paid
-        await self.store.run(partial(self.store.set_channel, ch.address, status="closing"))
-        cooperative = False
-        with trio.fail_after(CHAIN_OP_TIMEOUT):
-            if cosign is not None:
-                payer_sig = sign_close(self.payer_key, ch.params.channel_id, total)
-                try:
-                    payee_sig = await cosign(ch.address, total, payer_sig)
-                except Exception as exc:  # the worker is gone or refused: close alone, it can still challenge
-                    log.warning("cooperative close of %s failed (%s); closing unilaterally", ch.address, exc)
-                else:
-                    cooperative = True
-                    result = await self.chain.cooperative_close(
-                        ch.address, SignedClose(ch.params.channel_id, total, payer_sig, payee_sig)
-                    )
-            if not cooperative:
-                result = await self.chain.unilateral_close(ch.address, ch.newest)
+        self._in_flight.add(ch.address)
+        try:
+            await ch.sign()  # a final voucher for the unpaid tail, stored first
+            total = ch.paid
+            await self.store.run(partial(self.store.set_channel, ch.address, status="closing"))
+            with trio.fail_after(CHAIN_OP_TIMEOUT):
+                result = await self._cooperative_close(ch, total, cosign) if cosign is not None else None
+                cooperative = result is not None and result.success
+                if result is None or not result.success:
+                    result = await self.chain.unilateral_close(ch.address, ch.newest)
+                    if not result.success:
+                        log.warning("unilateral close of %s failed (%s); the watcher retries", ch.address,
+                                    result.error_name)
+        finally:
+            self._in_flight.discard(ch.address)
         self.onchain_ops["close"] += 1
-        if result.success and cooperative:
+        if cooperative:
             await self.store.run(partial(self.store.set_channel, ch.address, status="closed"))
+        return result
+
+    async def _cooperative_close(self, ch: PayerChannel, total: int, cosign: CoSigner) -> TxResult | None:
+        """The cooperative close, or None when the worker is gone, refused, or signed something that does not
+        verify (a bad signature only makes the contract refuse; it must never leave the deposit locked)."""
+        payer_sig = sign_close(self.payer_key, ch.params.channel_id, total)
+        try:
+            payee_sig = await cosign(ch.address, total, payer_sig)
+        except Exception as exc:  # the worker is gone or refused: close alone, it can still challenge
+            log.warning("cooperative close of %s failed (%s); closing unilaterally", ch.address, exc)
+            return None
+        if not isinstance(payee_sig, bytes) or not verify_cell(
+            ch.params.payee_key, close_cell(ch.params.channel_id, total), payee_sig
+        ):
+            self.watch_stats["bad_close_signatures"] += 1
+            log.warning("worker's signature on the close of %s does not verify; closing unilaterally", ch.address)
+            return None
+        result = await self.chain.cooperative_close(
+            ch.address, SignedClose(ch.params.channel_id, total, payer_sig, payee_sig)
+        )
+        if not result.success:
+            log.warning("cooperative close of %s refused on chain (%s); closing unilaterally", ch.address,
+                        result.error_name)
         return result
 
     async def check_closes(self) -> list[str]:
         """Watch our channels for closes we did not make, and collect the refund once they can finish.
 
         A worker may start a unilateral close at any time, with any voucher we signed. The contract keeps it
-        honest towards us: it only accepts our signature, never more than the deposit, and a close can only
-        commit a voucher newer than anything it saw. So a close on an *older* voucher than our newest only
+        honest towards us: it only accepts our signature, never more than the deposit, and a close commits the
+        highest amount we ever signed that anyone presented. So a close on an *older* voucher than our newest only
         costs the worker (it settles at the older amount unless the worker itself challenges with a newer
         one); we never challenge on its behalf. What we must do: stop drawing on the channel (the next request
         to that worker opens a fresh one), and after the challenge period call ``finish``, which refunds the
@@ -181,11 +214,13 @@ class ChannelManager:
         """
         acted: list[str] = []
         for rec in await self.store.run(partial(self.store.channels, "payer")):
-            if rec.status not in ("open", "closing"):
-                continue  # "opening": the deploy is still in flight; "closed": done
+            if rec.status == "closed" or rec.address in self._in_flight:
+                continue  # done, or its deploy is in flight right now
             with trio.fail_after(CHAIN_OP_TIMEOUT):
                 st = await self.chain.get_channel_state(rec.address)
             if st.status is ChannelStatus.OPEN:
+                if rec.status != "open" and await self._close_unfinished(rec.address):
+                    acted.append(rec.address)
                 continue
             ch = self.channels.get(rec.peer)
             if ch is not None and ch.address == rec.address:
@@ -193,6 +228,8 @@ class ChannelManager:
             if st.status is ChannelStatus.CLOSED:
                 await self.store.run(partial(self.store.set_channel, rec.address, status="closed"))
                 continue
+            if rec.status == "opening":  # deployed after all (we crashed, or the answer was lost): it is closing
+                await self.store.run(partial(self.store.set_channel, rec.address, status="closing"))
             seen = self.closes_seen.get(rec.address)
             if seen is None:
                 newest = await self.store.run(self.store.newest_voucher, rec.address)
@@ -233,22 +270,47 @@ class ChannelManager:
                 log.info("finish on %s failed: %s", rec.address, r.error_name)
         return acted
 
+    async def _close_unfinished(self, address: str) -> bool:
+        """A channel we meant to close (``closing``) or never finished opening (``opening``, from an earlier
+        run) is still OPEN on chain: nothing draws on it, so close it alone with our newest voucher; the
+        deposit comes back after the challenge period. True when the close went through.
+
+        The row is read again here, after the caller's chain query: an open or a close of this process may
+        have finished (or begun) meanwhile, and a channel in use is never closed from under its requests."""
+        rec = await self.store.run(self.store.channel, address)
+        newest = await self.store.run(self.store.newest_voucher, address)
+        if (rec is None or rec.status in ("open", "closed") or address in self._in_flight
+                or any(ch.address == address for ch in self.channels.values())):
+            return False
+        with trio.fail_after(CHAIN_OP_TIMEOUT):
+            r = await self.chain.unilateral_close(address, newest)
+        if r.success:
+            self.watch_stats["unfinished_closed"] += 1
+            await self.store.run(partial(self.store.set_channel, address, status="closing"))
+            log.info("closed unfinished channel %s alone (voucher #%d)", address, newest.seqno if newest else 0)
+        else:
+            log.warning("closing unfinished channel %s failed: %s", address, r.error_name)
+        return r.success
+
     async def watch(self, *, poll_interval: float = 5.0, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Run :meth:`check_closes` forever; chain errors are logged and retried next round."""
+        """Run :meth:`check_closes` forever. A round that fails for any reason (chain, store, a bug in an
+        adapter) is logged and retried next round: the watch must outlive it, or closes go unseen."""
         task_status.started()
         while True:
             try:
                 await self.check_closes()
-            except (ChainError, trio.TooSlowError) as e:
-                log.warning("payer close watch round failed: %r", e)
+            except Exception as e:
+                self.watch_stats["failed_rounds"] += 1
+                log.warning("payer close watch round failed: %r", e, exc_info=not isinstance(e, ChainError))
             await trio.sleep(poll_interval)
 
     async def close_all(self, cosigners: dict[str, CoSigner] | None = None) -> None:
-        """Close every open channel (shutdown); errors are logged, not raised."""
+        """Close every open channel (shutdown); errors are logged, not raised (each row stays ``closing``, so
+        the watcher of the next run closes it)."""
         for peer in list(self.channels):
             try:
                 await self.close(peer, (cosigners or {}).get(peer))
-            except (ChainError, trio.TooSlowError, VoucherError) as e:
+            except (ChainError, trio.TooSlowError, VoucherError, StoreError, PaymentStoreFailed) as e:
                 log.warning("closing channel to %s failed: %r", peer, e)
 
 
@@ -270,144 +332,3 @@ class CloseSeen:
     def stale(self) -> bool:
         """The close commits less than we signed: it costs the worker, not us."""
         return self.committed < self.newest
-
-
-@dataclass
-class SettlementStats:
-    """What the worker did on chain."""
-
-    claims: int = 0
-    challenges: int = 0
-    finishes: int = 0
-
-
-class Settlement:
-    """Worker side: claims past ``claim_threshold``, challenges stale closes, finishes expired ones."""
-
-    def __init__(
-        self,
-        chain: Chain,
-        store: PaymentStore,
-        payee_key: Ed25519PrivateKey,
-        *,
-        claim_threshold: int,
-        poll_interval: float = 5.0,
-        idle_close_after: float | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.chain = chain
-        self.store = store
-        self.payee_key = payee_key
-        self.claim_threshold = claim_threshold
-        self.poll_interval = poll_interval
-        self.idle_close_after = idle_close_after
-        self._clock = clock
-        self.stats = SettlementStats()
-
-    async def claim_due(self, *, force: bool = False) -> list[str]:
-        """Claim every open channel whose unclaimed vouchered amount reaches the threshold."""
-        claimed: list[str] = []
-        for rec in await self.store.run(partial(self.store.channels, "payee", status="open")):
-            newest = await self.store.run(self.store.newest_voucher, rec.address)
-            if newest is None:
-                continue
-            unclaimed = newest.cumulative - rec.claimed
-            if unclaimed <= 0 or (unclaimed < self.claim_threshold and not force):
-                continue
-            with trio.fail_after(CHAIN_OP_TIMEOUT):
-                st = await self.chain.get_channel_state(rec.address)
-                if st.status is not ChannelStatus.OPEN or st.seqno >= newest.seqno:
-                    await self.store.run(partial(self.store.set_channel, rec.address, claimed=st.claimed))
-                    continue
-                r = await self.chain.claim(rec.address, newest)
-            if r.success:
-                self.stats.claims += 1
-                claimed.append(rec.address)
-                await self.store.run(partial(self.store.set_channel, rec.address, claimed=newest.cumulative))
-            else:
-                log.warning("claim on %s failed: %s", rec.address, r.error_name)
-        return claimed
-
-    async def close_idle(self) -> list[str]:
-        """Start a unilateral close (with our newest voucher) on open channels idle past the limit.
-
-        A requester that went away leaves its channel open; the worker's earnings would otherwise sit there
-        unclaimed. After the challenge period :meth:`check_closes` finishes the close and pays out.
-        """
-        if self.idle_close_after is None:
-            return []
-        closed: list[str] = []
-        now = self._clock()
-        for rec in await self.store.run(partial(self.store.channels, "payee", status="open")):
-            if now - rec.updated_at < self.idle_close_after:
-                continue
-            newest = await self.store.run(self.store.newest_voucher, rec.address)
-            if newest is None:
-                continue  # never paid: nothing to collect, leave the payer to close it
-            with trio.fail_after(CHAIN_OP_TIMEOUT):
-                r = await self.chain.unilateral_close(rec.address, newest)
-            if r.success:
-                closed.append(rec.address)
-                await self.store.run(partial(self.store.set_channel, rec.address, status="closing"))
-                log.info("closed idle channel %s with voucher %s", rec.address, newest.seqno)
-            else:
-                log.warning("idle close of %s failed: %s", rec.address, r.error_name)
-        return closed
-
-    async def check_closes(self) -> list[str]:
-        """Challenge closes that commit less than our newest voucher; finish those past the deadline."""
-        acted: list[str] = []
-        for rec in await self.store.run(partial(self.store.channels, "payee")):
-            if rec.status == "closed":
-                continue
-            with trio.fail_after(CHAIN_OP_TIMEOUT):
-                st = await self.chain.get_channel_state(rec.address)
-                if st.status is ChannelStatus.CLOSED:
-                    await self.store.run(partial(self.store.set_channel, rec.address, status="closed"))
-                    continue
-                if st.status is not ChannelStatus.CLOSING:
-                    continue
-                await self.store.run(partial(self.store.set_channel, rec.address, status="closing"))
-                newest = await self.store.run(self.store.newest_voucher, rec.address)
-                now = await self.chain.now()
-                if now < st.close_deadline:
-                    if newest is not None and newest.seqno > st.seqno and newest.cumulative > st.committed:
-                        r = await self.chain.challenge(rec.address, newest)
-                        if r.success:
-                            self.stats.challenges += 1
-                            acted.append(rec.address)
-                        else:
-                            log.warning("challenge on %s failed: %s", rec.address, r.error_name)
-                else:
-                    r = await self.chain.finish(rec.address)
-                    if r.success:
-                        self.stats.finishes += 1
-                        acted.append(rec.address)
-                        await self.store.run(partial(self.store.set_channel, rec.address, status="closed"))
-        return acted
-
-    async def cosign_close(self, address: str, cumulative: int, payer_sig: bytes) -> bytes:
-        """Co-sign cooperative close terms when they pay at least our newest voucher."""
-        address = norm_address(address)
-        rec = await self.store.run(self.store.channel, address)
-        if rec is None or rec.role != "payee":
-            raise VoucherError("unknown channel")
-        newest = await self.store.run(self.store.newest_voucher, address)
-        if newest is not None and cumulative < newest.cumulative:
-            raise VoucherError(f"close terms {cumulative} below our newest voucher {newest.cumulative}")
-        if not verify_cell(rec.params.payer_key, close_cell(rec.params.channel_id, cumulative), payer_sig):
-            raise VoucherError("bad payer signature on close terms")
-        await self.store.run(partial(self.store.set_channel, address, status="closing"))
-        return sign_close(self.payee_key, rec.params.channel_id, cumulative)
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Poll forever: claim, then watch closes. Chain errors are logged and retried next round."""
-        task_status.started()
-        while True:
-            try:
-                await self.claim_due()
-                await self.close_idle()
-                await self.check_closes()
-            except (ChainError, trio.TooSlowError) as e:
-                log.warning("settlement round failed: %r", e)
-            await trio.sleep(self.poll_interval)

@@ -1,33 +1,39 @@
-"""Per-token metering over payment channels: the worker's credit window and the requester's vouchers.
+"""Per-token metering over payment channels, worker side: the credit window over everything a payer owes.
 
-Accounting is per channel, not per request: the payer's voucher says "everything so far costs
-``cumulative``", so concurrent requests on one channel share one counter, and the unpaid tail of one
-request is paid by the next voucher (at the latest the first voucher of the next request).
+Accounting is per channel for vouchers (the payer's voucher says "everything so far on this channel costs
+``cumulative``", so concurrent requests on one channel share one counter and the unpaid tail of one request
+is paid by the next voucher), and per payer key for risk: ``credit_window`` bounds what one payer owes
+across all its channels to this worker.
 
 Worker: ``served`` (nanotons of tokens sent, prompt charged at admission) minus the newest voucher's
-``cumulative`` is its exposure; :meth:`WorkerPaymentMeter.before_tokens` waits while sending more
-would push it past ``credit_window`` and gives up after ``payment_timeout``. So a payer that stops
-paying costs the worker at most the credit window (plus ``tail_slack_tokens`` forgiven per finished
-request, which covers tokens in flight when a requester cancels; a request that ended because no voucher
-came within ``payment_timeout`` is forgiven nothing, or a payer that never pays would gain that slack on
-every request it opens).
+``cumulative`` is a channel's debt. :meth:`WorkerPaymentMeter.admit` admits a prompt (before any prefill)
+only while the payer's debt plus the prompt fits in the window, and :meth:`WorkerPaymentMeter.before_tokens`
+waits while more tokens would not; both give up after ``payment_timeout``. A channel that is closing or
+closed (a cooperative close we co-signed, the watcher, a failed claim, the chain itself on a periodic
+re-check) is refused at once, in flight too.
+
+Forgiveness: at most ``tail_slack_tokens`` of a finished request's unpaid tail (tokens in flight when a
+requester cancels) is excused from the window, only when a voucher during that request paid for some of its
+completion (a payer that pays only prompts, or nothing, never qualifies) and it did not end while the worker
+waited for payment (timed out or cancelled), and at most
+``forgive_cap`` (default: one credit window) per payer in all; a later voucher that pays the tail takes the
+excuse back. So a payer costs the worker at most ``credit_window + forgive_cap`` however many channels or
+requests it opens; a new payer key needs a new on-chain channel (a deploy and its fees).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import trio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pytoniq_core import Address
 
-from cocoon_node.inference.stream import PaymentRequired
+from cocoon_node.inference.port import PaymentRef, PaymentRequired
 from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus
+from cocoon_node.payments.payer import VOUCHER_INTERVAL, PayerChannel, PaymentStoreFailed, RequesterPaymentMeter
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import (
     ChannelParams,
@@ -35,8 +41,17 @@ from cocoon_node.payments.voucher import (
     VoucherError,
     channel_address,
     check_next_voucher,
-    sign_voucher,
 )
+
+__all__ = [
+    "VOUCHER_INTERVAL",
+    "PayerChannel",
+    "PaymentStoreFailed",
+    "RequesterPaymentMeter",
+    "VoucherRejected",
+    "WorkerPaymentMeter",
+    "norm_address",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +77,44 @@ class VoucherRejected(PaymentRequired):
 
 
 @dataclass
+class _PayerBook:
+    """What one payer key owes this worker over all its channels; ``credit_window`` bounds the sum."""
+
+    key: bytes
+    accounts: dict[str, _PayeeAccount] = field(default_factory=dict)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def exposure(self) -> int:
+        """Unpaid nanotons counted against the window (excused tails not included)."""
+        return sum(max(a.debt - a.forgiven, 0) for a in self.accounts.values())
+
+    @property
+    def unpaid(self) -> int:
+        """Everything served and not paid, excused tails included: what the worker would lose now."""
+        return sum(max(a.debt, 0) for a in self.accounts.values())
+
+    @property
+    def forgiven(self) -> int:
+        return sum(a.forgiven for a in self.accounts.values())
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+@dataclass
 class _PayeeAccount:
     address: str
     params: ChannelParams
     deposit: int
     newest: SignedVoucher | None
     served: int
-    forgiven: int = 0
+    payer: _PayerBook
+    checked_at: float = 0.0  # trio time of the last on-chain status check
+    vouchers: int = 0        # vouchers accepted on this channel since it was loaded
+    forgiven: int = 0        # unpaid tail excused from the window (never more than the debt)
     lock: trio.Lock = field(default_factory=trio.Lock)
-    changed: trio.Event = field(default_factory=trio.Event)
 
     @property
     def paid(self) -> int:
@@ -81,8 +125,7 @@ class _PayeeAccount:
         return self.served - self.paid
 
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        self.payer.notify()
 
 
 @dataclass
@@ -91,7 +134,10 @@ class _Req:
     prompt_tokens: int
     completion_tokens: int = 0
     amount: int = 0
-    payment_timed_out: bool = False
+    # What the channel had served when this request's first completion token was charged: a voucher beyond it
+    # paid for this request's completion, the mark of a payer that pays (prompt-only payers never pass it).
+    completion_mark: int | None = None
+    payment_timed_out: bool = False  # ended while waiting for a voucher (timed out or cancelled)
 
 
 @dataclass
@@ -104,10 +150,12 @@ class WorkerMeterStats:
     stale_vouchers: int = 0
     rejected_vouchers: int = 0
     payment_timeouts: int = 0
+    ended_channel_refusals: int = 0  # requests refused (or stopped) because their channel is closing/closed
+    max_payer_exposure: int = 0      # the largest unpaid amount (excused tails included) any payer reached
 
 
 class WorkerPaymentMeter:
-    """:class:`~cocoon_node.inference.stream.WorkerMeter` backed by on-chain channels and a store."""
+    """:class:`~cocoon_node.inference.port.WorkerMeter` backed by on-chain channels and a store."""
 
     def __init__(
         self,
@@ -120,6 +168,8 @@ class WorkerPaymentMeter:
         credit_window: int,
         payment_timeout: float = 30.0,
         tail_slack_tokens: int = 8,
+        forgive_cap: int | None = None,
+        chain_recheck: float = 30.0,
     ) -> None:
         self.chain = chain
         self.store = store
@@ -130,8 +180,11 @@ class WorkerPaymentMeter:
         self.credit_window = credit_window
         self.payment_timeout = payment_timeout
         self.tail_slack = tail_slack_tokens * price_completion
+        self.forgive_cap = credit_window if forgive_cap is None else forgive_cap
+        self.chain_recheck = chain_recheck
         self.stats = WorkerMeterStats()
         self._accounts: dict[str, _PayeeAccount] = {}
+        self._payers: dict[bytes, _PayerBook] = {}
         self._account_lock = trio.Lock()
         self._requests: dict[str, _Req] = {}
         # Finished requests whose last voucher may still be in flight (insertion-ordered, bounded).
@@ -141,17 +194,38 @@ class WorkerPaymentMeter:
         """The cached account of a channel (tests and settlement read it)."""
         return self._accounts.get(norm_address(address))
 
+    def payer_exposure(self, payer_key: bytes) -> int:
+        """What one payer key owes over all its channels (excused tails included)."""
+        book = self._payers.get(payer_key)
+        return book.unpaid if book else 0
+
+    def _refuse_ended(self, address: str) -> None:
+        if self.store.ended(address):
+            self.stats.ended_channel_refusals += 1
+            raise PaymentRequired("channel is closing or closed; open a new one")
+
+    async def _chain_state_open(self, address: str) -> Any:
+        """The channel's on-chain state; a channel no longer OPEN is marked ended in the store and refused."""
+        with trio.fail_after(CHAIN_TIMEOUT):
+            try:
+                st = await self.chain.get_channel_state(address)
+            except ChainError as e:
+                raise PaymentRequired(f"cannot read channel from chain: {e}") from e
+        if st.status is not ChannelStatus.OPEN:
+            if await self.store.run(self.store.channel, address) is not None:
+                await self.store.run(partial(self.store.set_channel, address, status=st.status.value))
+            raise PaymentRequired(f"channel is {st.status.value}")
+        return st
+
     async def _load_account(self, address: str, channel_id: int) -> _PayeeAccount:
+        self._refuse_ended(address)
         async with self._account_lock:
             acct = self._accounts.get(address)
+            if acct is not None and trio.current_time() - acct.checked_at > self.chain_recheck:
+                await self._chain_state_open(address)  # a close we did not hear of (or made while down)
+                acct.checked_at = trio.current_time()
             if acct is None:
-                with trio.fail_after(CHAIN_TIMEOUT):
-                    try:
-                        st = await self.chain.get_channel_state(address)
-                    except ChainError as e:
-                        raise PaymentRequired(f"cannot read channel from chain: {e}") from e
-                if st.status is not ChannelStatus.OPEN:
-                    raise PaymentRequired(f"channel is {st.status.value}")
+                st = await self._chain_state_open(address)
                 params = ChannelParams(
                     payer_key=st.payer_key,
                     payee_key=st.payee_key,
@@ -174,16 +248,19 @@ class WorkerPaymentMeter:
                 else:
                     await self.store.run(partial(self.store.set_channel, address, deposit=st.deposit))
                 newest = await self.store.run(self.store.newest_voucher, address)
-                acct = _PayeeAccount(address, params, st.deposit, newest, rec.served if rec else 0)
+                book = self._payers.setdefault(st.payer_key, _PayerBook(st.payer_key))
+                acct = _PayeeAccount(address, params, st.deposit, newest, rec.served if rec else 0, book,
+                                     checked_at=trio.current_time())
+                book.accounts[address] = acct
                 self._accounts[address] = acct
         if acct.params.channel_id != channel_id:
             raise PaymentRequired("channel id does not match the channel")
         return acct
 
     async def _refresh_deposit(self, acct: _PayeeAccount) -> None:
-        with trio.fail_after(CHAIN_TIMEOUT):
-            st = await self.chain.get_channel_state(acct.address)
-        if st.status is ChannelStatus.OPEN and st.deposit <= st.balance and st.deposit > acct.deposit:
+        st = await self._chain_state_open(acct.address)
+        acct.checked_at = trio.current_time()
+        if st.deposit <= st.balance and st.deposit > acct.deposit:
             acct.deposit = st.deposit
             await self.store.run(partial(self.store.set_channel, acct.address, deposit=st.deposit))
 
@@ -194,51 +271,84 @@ class WorkerPaymentMeter:
             if acct.served + cost > acct.deposit:
                 raise PaymentRequired("channel deposit exhausted; top it up")
 
-    async def admit(self, request_id: str, payment: dict[str, Any] | None, prompt_tokens: int,
+    def _no_room(self, book: _PayerBook, cost: int) -> bool:
+        """``cost`` more would push the payer past the window (a payer that owes nothing may always go on)."""
+        return book.exposure > 0 and book.exposure + cost > self.credit_window
+
+    def _charge(self, acct: _PayeeAccount, cost: int) -> None:
+        acct.served += cost
+        self.stats.max_payer_exposure = max(self.stats.max_payer_exposure, acct.payer.unpaid)
+
+    async def admit(self, request_id: str, payment: PaymentRef | None, prompt_tokens: int,
                     payer_key: bytes | None = None) -> None:
-        """Check the channel (cached after the first request), charge the prompt up front.
+        """Check the channel, then charge the prompt, but only within the payer's credit window: no prefill
+        runs on credit the window does not give (it waits up to ``payment_timeout`` for vouchers of the
+        payer's other requests).
 
         ``payer_key`` is the raw Ed25519 key the requester authenticated with on this stream (Noise); the
         channel must be that requester's, or anyone who learned a channel address could run up its debt.
         """
+        cost = prompt_tokens * self.price_prompt
         try:
-            if not payment:
+            if payment is None:
                 raise PaymentRequired("this worker needs a payment channel")
             try:
-                address = norm_address(str(payment["channel"]))
-                cid = payment["channel_id"]
-                channel_id = int.from_bytes(cid, "big") if isinstance(cid, bytes) else int(cid)
-            except (KeyError, ValueError, TypeError) as e:
+                address = norm_address(payment.channel)
+                channel_id = int.from_bytes(payment.channel_id, "big")
+            except (ValueError, TypeError) as e:
                 raise PaymentRequired(f"malformed payment reference: {e}") from e
+            if cost > self.credit_window:
+                raise PaymentRequired(f"a prompt of {prompt_tokens} tokens costs {cost} nanotons, more than this "
+                                      f"worker's credit window of {self.credit_window}")
             acct = await self._load_account(address, channel_id)
             if payer_key is not None and acct.params.payer_key != payer_key:
                 raise PaymentRequired("this payment channel belongs to another requester")
-            cost = prompt_tokens * self.price_prompt
-            await self._reserve(acct, cost)
+            with trio.move_on_after(self.payment_timeout):
+                while True:
+                    await self._reserve(acct, cost)
+                    self._refuse_ended(address)
+                    if not self._no_room(acct.payer, cost):
+                        break
+                    await acct.payer.changed.wait()
+            if self._no_room(acct.payer, cost) or acct.served + cost > acct.deposit:
+                raise PaymentRequired(f"no voucher for {self.payment_timeout}s and this payer owes "
+                                      f"{acct.payer.exposure} of a {self.credit_window} credit window")
+        except StoreError as e:
+            self.stats.refused += 1
+            raise PaymentRequired(f"worker's payment store is unavailable: {e}") from e
         except PaymentRequired:
             self.stats.refused += 1
             raise
-        acct.served += cost
+        self._charge(acct, cost)  # no checkpoint since the room check: nobody else took the room meanwhile
         self._requests[request_id] = _Req(acct, prompt_tokens, 0, cost)
         self.stats.admitted += 1
 
     async def before_tokens(self, request_id: str, completion_tokens: int) -> None:
-        """Wait until the channel's unpaid amount plus these tokens fits in the credit window."""
+        """Wait until the payer's unpaid amount plus these tokens fits in the credit window."""
         req = self._requests[request_id]
         acct = req.account
+        self._refuse_ended(acct.address)
         cost = completion_tokens * self.price_completion
-        if acct.served + cost > acct.deposit:
-            await self._reserve(acct, cost)
         try:
-            if acct.debt + cost > self.credit_window and acct.debt > 0:  # else no timer: this runs per token
+            if acct.served + cost > acct.deposit:
+                await self._reserve(acct, cost)
+            if self._no_room(acct.payer, cost):  # else no timer: this runs per token
                 with trio.fail_after(self.payment_timeout):
-                    while acct.debt + cost > self.credit_window and acct.debt > 0:
-                        await acct.changed.wait()
+                    while self._no_room(acct.payer, cost):
+                        await acct.payer.changed.wait()
+                        self._refuse_ended(acct.address)
         except trio.TooSlowError:
             self.stats.payment_timeouts += 1
             req.payment_timed_out = True
-            raise PaymentRequired(f"no voucher for {self.payment_timeout}s; unpaid {acct.debt}") from None
-        acct.served += cost
+            raise PaymentRequired(f"no voucher for {self.payment_timeout}s; unpaid {acct.payer.exposure}") from None
+        except trio.Cancelled:  # the requester left while we waited for its payment: no forgiveness either
+            req.payment_timed_out = True
+            raise
+        except StoreError as e:
+            raise PaymentRequired(f"worker's payment store is unavailable: {e}") from e
+        if req.completion_mark is None:
+            req.completion_mark = acct.served
+        self._charge(acct, cost)
         req.completion_tokens += completion_tokens
         req.amount += cost
 
@@ -272,7 +382,10 @@ class WorkerPaymentMeter:
                         return
                     raise VoucherError(f"reordered voucher: seqno {v.seqno} <= {newest.seqno} but amount grew")
                 if v.cumulative > acct.deposit:
-                    await self._refresh_deposit(acct)
+                    try:
+                        await self._refresh_deposit(acct)
+                    except PaymentRequired:
+                        pass  # a closing channel's vouchers still count in a challenge: check and keep it
                 check_next_voucher(
                     v,
                     channel_id=acct.params.channel_id,
@@ -285,12 +398,15 @@ class WorkerPaymentMeter:
                 self.stats.rejected_vouchers += 1
                 raise VoucherRejected(str(e)) from e
             acct.newest = v
+            acct.vouchers += 1
+            acct.forgiven = min(acct.forgiven, max(acct.debt, 0))  # a paid tail needs no excuse
             self.stats.vouchers += 1
             acct.notify()
 
     async def finish(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Persist the request's usage; forgive at most ``tail_slack_tokens`` of in-flight tail (nothing when the
-        request ended because the payer stopped paying)."""
+        """Persist the request's usage; excuse at most ``tail_slack_tokens`` of its unpaid tail from the window,
+        only when a voucher during the request paid for some of its completion (an honest requester that
+        cancels pays what it received before its cancel frame) and it did not leave us waiting."""
         req = self._requests.pop(request_id, None)
         if req is None:
             return
@@ -298,159 +414,23 @@ class WorkerPaymentMeter:
         self._finished[request_id] = acct
         while len(self._finished) > FINISHED_MEMORY:
             del self._finished[next(iter(self._finished))]
-        forgive = 0 if req.payment_timed_out else min(max(acct.debt, 0), self.tail_slack)
-        acct.served -= forgive
-        acct.forgiven += forgive
+        if not req.payment_timed_out and req.completion_mark is not None and acct.paid > req.completion_mark:
+            room = max(self.forgive_cap - acct.payer.forgiven, 0)
+            acct.forgiven += min(max(acct.debt - acct.forgiven, 0), self.tail_slack, room)
+            acct.notify()
         with trio.move_on_after(10):
-            await self.store.run(
-                partial(
-                    self.store.record_usage,
-                    request_id,
-                    acct.address,
-                    req.prompt_tokens,
-                    req.completion_tokens,
-                    req.amount,
-                    finished=True,
-                    served=acct.served,
+            try:
+                await self.store.run(
+                    partial(
+                        self.store.record_usage,
+                        request_id,
+                        acct.address,
+                        req.prompt_tokens,
+                        req.completion_tokens,
+                        req.amount,
+                        finished=True,
+                        served=acct.served,
+                    )
                 )
-            )
-
-
-# Many streams share a channel and vouchers are cumulative: the periodic ones are paced per channel, so 32
-# streams at 200 tok/s sign ~20 a second instead of ~200 (each costs a signature, an fsync and a frame on
-# both ends). The worker's credit window, not this pace, bounds what it serves unpaid.
-VOUCHER_INTERVAL = 0.05
-
-
-# ---- requester side ----------------------------------------------------------------------------
-
-
-class PayerChannel:
-    """The payer's side of one open channel: what it owes and the vouchers it has signed."""
-
-    def __init__(
-        self,
-        store: PaymentStore,
-        key: Ed25519PrivateKey,
-        address: str,
-        params: ChannelParams,
-        deposit: int,
-        newest: SignedVoucher | None,
-    ) -> None:
-        self.store = store
-        self.key = key
-        self.address = address
-        self.params = params
-        self.deposit = deposit
-        self.newest = newest
-        self.charged = newest.cumulative if newest else 0
-        self.lock = trio.Lock()
-        self.vouchers_signed = 0
-        self.last_signed_at = -math.inf  # trio clock
-
-    @property
-    def paid(self) -> int:
-        return self.newest.cumulative if self.newest else 0
-
-    @property
-    def unpaid(self) -> int:
-        return self.charged - self.paid
-
-    async def sign(self, usage: tuple[str, int, int, int] | None = None) -> SignedVoucher | None:
-        """Sign a voucher for everything charged (capped at the deposit); stored before returned."""
-        async with self.lock:
-            target = min(self.charged, self.deposit)
-            if self.newest is not None and target <= self.newest.cumulative:
-                return None
-            seqno = self.newest.seqno + 1 if self.newest else 1
-            v = sign_voucher(self.key, self.params.channel_id, seqno, target)
-            await self.store.run(partial(self.store.add_voucher, self.address, v, usage=usage))
-            self.newest = v
-            self.vouchers_signed += 1
-            self.last_signed_at = trio.current_time()
-            return v
-
-    def signed_within(self, seconds: float) -> bool:
-        """A voucher for this channel was signed in the last ``seconds`` (by any of its streams)."""
-        return trio.current_time() - self.last_signed_at < seconds
-
-
-class RequesterPaymentMeter:
-    """:class:`~cocoon_node.inference.stream.RequesterMeter` for one request over a :class:`PayerChannel`."""
-
-    def __init__(
-        self,
-        channel: PayerChannel,
-        *,
-        price_prompt: int,
-        price_completion: int,
-        credit_window: int,
-        voucher_every: int = 32,
-        voucher_interval: float = VOUCHER_INTERVAL,
-    ) -> None:
-        self.channel = channel
-        self.price_prompt = price_prompt
-        self.price_completion = price_completion
-        self.credit_window = credit_window
-        self.voucher_every = voucher_every
-        self.voucher_interval = voucher_interval
-        self.usage_id = uuid.uuid4().hex
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.amount = 0
-        self._since_voucher = 0
-
-    def payment_ref(self) -> dict[str, Any]:
-        """The request frame's ``payment`` field."""
-        return {"channel": self.channel.address, "channel_id": self.channel.params.channel_id.to_bytes(32, "big")}
-
-    async def _voucher(self) -> bytes | None:
-        self._since_voucher = 0
-        usage = (self.usage_id, self.prompt_tokens, self.completion_tokens, self.amount)
-        v = await self.channel.sign(usage)
-        return v.to_boc() if v else None
-
-    def _window_half_used(self) -> bool:
-        return self.channel.unpaid * 2 >= self.credit_window
-
-    async def on_accept(self, prompt_tokens: int) -> bytes | None:
-        """Charge the prompt and pay it (and any earlier unpaid tail) at once, unless another stream of this
-        channel paid a moment ago and the window has room: its next voucher covers this prompt too."""
-        self.prompt_tokens = prompt_tokens
-        cost = prompt_tokens * self.price_prompt
-        self.amount += cost
-        self.channel.charged += cost
-        if self.channel.signed_within(self.voucher_interval) and not self._window_half_used():
-            return None
-        return await self._voucher()
-
-    def respect_credit_window(self, window: int) -> None:
-        """Vouchers fall due at half the smaller of our window and the worker's, so a worker that extends
-        less credit than we assumed is paid before it has to stop and wait."""
-        self.credit_window = min(self.credit_window, window)
-
-    def _charge_completion(self, completion_tokens: int) -> bool:
-        """Charge tokens not charged yet (``completion_tokens`` is cumulative); True when a voucher is due."""
-        n = completion_tokens - self.completion_tokens
-        if n <= 0:
-            return False
-        self.completion_tokens = completion_tokens
-        cost = n * self.price_completion
-        self.amount += cost
-        self.channel.charged += cost
-        self._since_voucher += n
-        if self._window_half_used():
-            return True
-        return self._since_voucher >= self.voucher_every and not self.channel.signed_within(self.voucher_interval)
-
-    async def on_tokens(self, completion_tokens: int) -> bytes | None:
-        """Charge newly received tokens; a voucher every ``voucher_every`` tokens (but at most one per
-        ``voucher_interval`` for the whole channel: vouchers are cumulative, so one pays every stream) or
-        at once when half the credit window is used."""
-        return await self._voucher() if self._charge_completion(completion_tokens) else None
-
-    async def on_final(self, completion_tokens: int) -> bytes | None:
-        """Pay the tail: charge any tokens not yet seen and sign once for everything still unpaid (a voucher
-        signed for the charge alone and then dropped would be stored by us and never reach the worker)."""
-        self._charge_completion(completion_tokens)
-        return await self._voucher() if self.channel.unpaid > 0 else None
+            except StoreError as e:  # the vouchers are stored; only the usage row is missing
+                log.warning("could not record usage of %s: %s", request_id, e)

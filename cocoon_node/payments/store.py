@@ -6,7 +6,13 @@ stores each voucher before serving the tokens it covers. Voucher history is kept
 one with the highest seqno.
 
 Methods are synchronous (one connection, one writer); async callers use :meth:`PaymentStore.run`,
-which runs them in a worker thread, one at a time, so fsyncs never block the trio loop.
+which runs them in a worker thread, one at a time, so fsyncs never block the trio loop. A database that
+cannot be written (disk full, locked, corrupt) raises :class:`StoreUnavailable` from :meth:`PaymentStore.run`,
+so callers handle it like any other refusal to persist: nothing that needed the write is sent or served.
+
+Which channels have ended (status ``closing`` or ``closed``) is also kept in memory (:meth:`PaymentStore.ended`),
+so the worker's per-token path can refuse a channel that a close, the watcher or a failed claim ended
+without a database read.
 """
 
 from __future__ import annotations
@@ -72,6 +78,13 @@ class StoreError(Exception):
     """A write would break an invariant (e.g. a voucher seqno used twice with other terms)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database could not be read or written (sqlite3 error: disk full, locked, I/O error)."""
+
+#: Channel statuses after which a worker serves nothing more on the channel.
+ENDED_STATUSES = frozenset({"closing", "closed"})
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelRecord:
     """One stored channel (amounts in nanotons)."""
@@ -94,6 +107,8 @@ class PaymentStore:
         self._conn = conn
         self._thread_lock = threading.Lock()
         self._limiter = trio.CapacityLimiter(1)
+        rows = conn.execute("SELECT address FROM channels WHERE status IN ('closing', 'closed')").fetchall()
+        self._ended: set[str] = {str(r[0]) for r in rows}
 
     @classmethod
     def open(cls, path: Path | str) -> PaymentStore:
@@ -113,9 +128,23 @@ class PaymentStore:
             self._conn.close()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store method in a thread, one at a time, bounded by :data:`STORE_TIMEOUT`."""
+        """Run a store method in a thread, one at a time, bounded by :data:`STORE_TIMEOUT`; a database error
+        is raised as :class:`StoreUnavailable`."""
         with trio.fail_after(STORE_TIMEOUT):
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            try:
+                return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"payment store unavailable: {type(e).__name__}: {e}") from e
+
+    def ended(self, address: str) -> bool:
+        """The channel is closing or closed as far as this node knows (in memory; no database read)."""
+        return address in self._ended
+
+    def _note_status(self, address: str, status: str) -> None:
+        if status in ENDED_STATUSES:
+            self._ended.add(address)
+        else:
+            self._ended.discard(address)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._thread_lock:
@@ -160,6 +189,7 @@ class PaymentStore:
             )
 
         self._tx(go)
+        self._note_status(address, status)
 
     def set_channel(self, address: str, **fields: int | str) -> None:
         """Update some of deposit / claimed / served / status."""
@@ -173,6 +203,8 @@ class PaymentStore:
                 (*fields.values(), time.time(), address),
             )
         )
+        if "status" in fields:
+            self._note_status(address, str(fields["status"]))
 
     def channel(self, address: str) -> ChannelRecord | None:
         """The stored channel at ``address``, if any."""

@@ -1,7 +1,9 @@
 """Payment-channel vouchers and message bodies, bit-for-bit as contracts/src/payment_channel.tolk checks them.
 
 A voucher is the payer's signed promise "the payee has earned ``cumulative`` nanotons in channel
-``channel_id``; this is voucher ``seqno``". Vouchers only grow, so the payee keeps just the newest.
+``channel_id``; this is voucher ``seqno``". Vouchers are cumulative, so the payee keeps just the one with the
+highest amount. The contract ranks vouchers by amount only (a payer could sign any seqno); the seqno keeps
+the off-chain stream ordered and names a voucher in the store.
 The contract verifies Ed25519 signatures over the *representation hash* of a small cell, so this
 module builds exactly those cells (layouts in contracts/README.md) with pytoniq-core; a test deploys
 the compiled contract on the emulated chain and checks that Python-signed vouchers pay out.
@@ -36,6 +38,7 @@ OP_FINISH = 0x5C0C0006
 OP_CLAIM_PAYOUT = 0x5C0C0010
 OP_CLOSE_PAYOUT = 0x5C0C0011
 OP_REFUND = 0x5C0C0012
+OP_EXCESS = 0x5C0C0013
 
 OP_REGISTRY_ADD_IMAGE = 0x5C0C0101
 OP_REGISTRY_REMOVE_IMAGE = 0x5C0C0102
@@ -43,6 +46,11 @@ OP_REGISTRY_ADD_MODEL = 0x5C0C0103
 OP_REGISTRY_REMOVE_MODEL = 0x5C0C0104
 OP_REGISTRY_SET_PARAMS = 0x5C0C0105
 OP_REGISTRY_TRANSFER_OWNERSHIP = 0x5C0C0106
+OP_REGISTRY_ADD_MRTD = 0x5C0C0111
+OP_REGISTRY_REMOVE_MRTD = 0x5C0C0112
+OP_REGISTRY_ADD_RTMR_SET = 0x5C0C0113
+OP_REGISTRY_REMOVE_RTMR_SET = 0x5C0C0114
+OP_REGISTRY_SET_TCB_RULE = 0x5C0C0115
 
 #: Contract exit codes -> names (documented in contracts/README.md).
 EXIT_CODES: dict[int, str] = {
@@ -53,7 +61,7 @@ EXIT_CODES: dict[int, str] = {
     105: "BAD_SIGNATURE",
     106: "WRONG_CHANNEL",
     107: "WRONG_TAG",
-    108: "STALE_SEQNO",
+    108: "STALE_SEQNO",  # retired: only the old channel code ef381609... threw it (seqnos ranked)
     109: "AMOUNT_BACKWARDS",
     110: "OVERDRAW",
     111: "TOO_EARLY",
@@ -61,9 +69,12 @@ EXIT_CODES: dict[int, str] = {
     113: "LOW_VALUE",
     114: "NOTHING_TO_CLAIM",
     115: "BAD_VOUCHER",
+    116: "BAD_PERIOD",
     201: "NOT_OWNER",
     202: "ALREADY_SET",
     203: "NOT_FOUND",
+    204: "BAD_PARAMS",
+    205: "BAD_NAME",
     0xFFFF: "UNKNOWN_OP",
     -14: "OUT_OF_GAS",
     13: "OUT_OF_GAS",
@@ -72,14 +83,20 @@ EXIT_CODES: dict[int, str] = {
 
 #: Code hashes of the committed contracts/build/*.boc; a test keeps them in step with the build.
 CODE_HASHES: dict[str, str] = {
-    "payment_channel": "ef381609dc219c8e814699fb5abc46cc9f322a4fcd473e1e625e8044c5549780",
-    "registry": "365a952bc37fe89e6f1e7c6bf26999b6dbc092809300971f99c42dc2d83e2ddc",
+    "payment_channel": "0282b9749a3b61bdb6371aab1d9764a2d812757ff937425346025550421b4037",
+    "registry": "b6b206889574e380a423e563c9bbfb1095a2f242b9e79e8a93e6fbad05a918bc",
 }
 
 #: Vouchers travel as uint64 on our wire; all TON ever minted fits far below this.
 MAX_CUMULATIVE = 2**63 - 1
 MAX_SEQNO = 2**64 - 1
 MAX_CHANNEL_ID = 2**256 - 1
+
+#: Longest challenge period the channel contract accepts (MAX_CHALLENGE_PERIOD there): 30 days.
+MAX_CHALLENGE_PERIOD = 30 * 24 * 3600
+#: A deposit must leave the channel this much above what it may still pay out (MIN_GAS_RESERVE there),
+#: so a deploy must carry at least this on top of the deposit.
+MIN_GAS_RESERVE = 20_000_000  # 0.02 TON
 
 
 class VoucherError(ValueError):
@@ -267,10 +284,12 @@ def check_next_voucher(
     deposit: int,
     newest: SignedVoucher | None = None,
 ) -> None:
-    """Payee-side check mirroring the contract: raise VoucherError unless ``new`` would be accepted.
+    """Payee-side check of the next voucher on the stream: raise VoucherError unless it is acceptable.
 
-    Same rules and order as ``acceptVoucher`` on chain: right channel, payer signature, seqno strictly
-    up, amount never down, not beyond the deposit.
+    Right channel, payer signature, not beyond the deposit (as on chain), and, off chain only, seqno
+    strictly up with the amount never down: an honest payer signs in order, so a higher seqno for less is
+    refused here and the payee keeps its best voucher. The contract itself ranks by amount alone, so that
+    best voucher wins on chain whatever seqnos the payer signs afterwards.
     """
     if new.channel_id != channel_id:
         raise VoucherError("voucher is for another channel")
@@ -367,24 +386,50 @@ def registry_body(
     action: str,
     *,
     hash_: int | None = None,
+    name: str | None = None,
+    mrtd: bytes | None = None,
+    require_tcb_check: bool = False,
+    tcb_statuses: int | None = None,
+    max_report_age: int = 0,
     min_deposit: int | None = None,
     min_challenge_period: int | None = None,
     new_owner: str | None = None,
     query_id: int = 0,
+    max_challenge_period: int = MAX_CHALLENGE_PERIOD,
 ) -> Cell:
-    """Registry update body (owner only). ``action``: add_image, remove_image, add_model,
-    remove_model, set_params, transfer_ownership."""
+    """Registry update body (owner only). ``action``: add_image, remove_image, add_model (hash_ + name),
+    remove_model, add_mrtd / remove_mrtd (mrtd), add_rtmr_set / remove_rtmr_set (hash_: the set's SHA-256),
+    set_tcb_rule (require_tcb_check, tcb_statuses bitmask, max_report_age), set_params (with
+    ``max_challenge_period``), transfer_ownership."""
     ops = {
         "add_image": OP_REGISTRY_ADD_IMAGE,
         "remove_image": OP_REGISTRY_REMOVE_IMAGE,
         "add_model": OP_REGISTRY_ADD_MODEL,
         "remove_model": OP_REGISTRY_REMOVE_MODEL,
+        "add_rtmr_set": OP_REGISTRY_ADD_RTMR_SET,
+        "remove_rtmr_set": OP_REGISTRY_REMOVE_RTMR_SET,
     }
     b = begin_cell()
     if action in ops:
         if hash_ is None:
             raise ValueError(f"{action} needs hash_")
-        return b.store_uint(ops[action], 32).store_uint(query_id, 64).store_uint(hash_, 256).end_cell()
+        b = b.store_uint(ops[action], 32).store_uint(query_id, 64).store_uint(hash_, 256)
+        if action == "add_model":
+            raw = (name or "").encode()
+            if not 1 <= len(raw) <= 127:
+                raise ValueError("add_model needs a name of 1..127 UTF-8 bytes")
+            b = b.store_ref(begin_cell().store_bytes(raw).end_cell())
+        return b.end_cell()
+    if action in ("add_mrtd", "remove_mrtd"):
+        if mrtd is None or len(mrtd) != 48:
+            raise ValueError(f"{action} needs a 48-byte mrtd")
+        op = OP_REGISTRY_ADD_MRTD if action == "add_mrtd" else OP_REGISTRY_REMOVE_MRTD
+        return b.store_uint(op, 32).store_uint(query_id, 64).store_bytes(mrtd).end_cell()
+    if action == "set_tcb_rule":
+        if tcb_statuses is None:
+            raise ValueError("set_tcb_rule needs tcb_statuses")
+        return (b.store_uint(OP_REGISTRY_SET_TCB_RULE, 32).store_uint(query_id, 64).store_bit(require_tcb_check)
+                .store_uint(tcb_statuses, 16).store_uint(max_report_age, 32).end_cell())
     if action == "set_params":
         if min_deposit is None or min_challenge_period is None:
             raise ValueError("set_params needs min_deposit and min_challenge_period")
@@ -393,6 +438,7 @@ def registry_body(
             .store_uint(query_id, 64)
             .store_coins(min_deposit)
             .store_uint(min_challenge_period, 32)
+            .store_uint(max_challenge_period, 32)
             .end_cell()
         )
     if action == "transfer_ownership":
@@ -431,6 +477,19 @@ class ChannelParams:
             "channel_id": str(self.channel_id),
             "challenge_period": self.challenge_period,
         }
+
+
+def check_channel_terms(params: ChannelParams, deposit: int, gas: int) -> None:
+    """Refuse a deploy the contract would refuse (or that could not close): raise VoucherError.
+
+    The challenge period must fit ``MAX_CHALLENGE_PERIOD`` (beyond it ``now + period`` may overflow the
+    contract's uint32 deadline), and the value sent beside the deposit must cover ``MIN_GAS_RESERVE``.
+    """
+    _check_range("challenge_period", params.challenge_period, MAX_CHALLENGE_PERIOD)
+    if not isinstance(deposit, int) or deposit <= 0:
+        raise VoucherError(f"deposit must be positive: {deposit!r}")
+    if not isinstance(gas, int) or gas < MIN_GAS_RESERVE:
+        raise VoucherError(f"deploy gas {gas!r} below the channel's minimum reserve {MIN_GAS_RESERVE}")
 
 
 def contracts_dir() -> Path:

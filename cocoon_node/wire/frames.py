@@ -3,12 +3,16 @@
 Each frame is a 4-byte big-endian length followed by a msgpack map whose ``t`` field names the message
 type of the protocol's field table. The length is checked against the limit *before* any payload byte is
 buffered, so a peer cannot make us allocate more than one maximum frame per stream.
+
+A :class:`FrameStream` carries the frames of one protocol through that protocol's codec: a typed
+:class:`~cocoon_node.wire.typed.FrameCodec` (inference, channel: frames are ``Message`` types), or, for a
+protocol not yet declared as types (dial-back), its name, which gives dicts checked by ``wire.schema``.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import msgpack
 from libp2p.network.stream.exceptions import StreamError
@@ -60,13 +64,54 @@ def decode_frame(protocol: str, body: bytes) -> dict[str, Any]:
         raise FrameError(f"invalid {frame['t']!r} frame: {exc}") from exc
 
 
-class FrameStream:
-    """Reads and writes validated frames over one byte stream."""
+F = TypeVar("F")
 
-    def __init__(self, stream: ByteStream, protocol: str, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+
+class Codec(Protocol[F]):
+    """What a frame stream needs from a protocol's codec (:class:`~cocoon_node.wire.typed.FrameCodec` fits)."""
+
+    max_frame: int
+
+    def decode(self, body: bytes) -> F: ...
+
+    def encode(self, frame: F) -> bytes: ...
+
+
+class SchemaCodec:
+    """Dict frames of a protocol not declared as types, checked against its TOML by ``wire.schema``."""
+
+    def __init__(self, protocol: str, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        from cocoon_node.wire.messages import TYPED_FRAME_PROTOCOLS
+
+        if protocol in TYPED_FRAME_PROTOCOLS:
+            raise ValueError(f"{protocol!r} frames are typed: use cocoon_node.wire.messages.{protocol}.CODEC")
+        self.protocol = protocol
+        self.max_frame = max_frame
+
+    def decode(self, body: bytes) -> dict[str, Any]:
+        return decode_frame(self.protocol, body)
+
+    def encode(self, frame: dict[str, Any]) -> bytes:
+        return encode_frame(self.protocol, frame, max_frame=self.max_frame)
+
+
+class FrameStream(Generic[F]):
+    """Reads and writes validated frames over one byte stream.
+
+    ``codec`` is the protocol's codec; a protocol name instead means dict frames (:class:`SchemaCodec`).
+    """
+
+    @overload
+    def __init__(self: FrameStream[dict[str, Any]], stream: ByteStream, codec: str, *,
+                 max_frame: int = DEFAULT_MAX_FRAME) -> None: ...
+
+    @overload
+    def __init__(self, stream: ByteStream, codec: Codec[F]) -> None: ...
+
+    def __init__(self, stream: ByteStream, codec: Codec[F] | str, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._stream = stream
-        self._protocol = protocol
-        self._max_frame = max_frame
+        self._codec: Codec[Any] = SchemaCodec(codec, max_frame=max_frame) if isinstance(codec, str) else codec
+        self._max_frame = self._codec.max_frame
         self._buffer = bytearray()
 
     @property
@@ -74,10 +119,10 @@ class FrameStream:
         """Bytes read from the stream but not yet returned as a frame (a stream handed on must have none)."""
         return len(self._buffer)
 
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self._stream.write(encode_frame(self._protocol, frame, max_frame=self._max_frame))
+    async def send(self, frame: F) -> None:
+        await self._stream.write(self._codec.encode(frame))
 
-    async def receive(self) -> dict[str, Any] | None:
+    async def receive(self) -> F | None:
         """Next frame, or ``None`` on a clean end of stream between frames."""
         header = await self._read_exactly(_LENGTH.size, allow_eof=True)
         if header is None:
@@ -87,7 +132,8 @@ class FrameStream:
             raise FrameError(f"peer announced a frame of {length} bytes; the limit is {self._max_frame}")
         body = await self._read_exactly(length, allow_eof=False)
         assert body is not None
-        return decode_frame(self._protocol, body)
+        frame: F = self._codec.decode(body)
+        return frame
 
     async def _read_exactly(self, n: int, *, allow_eof: bool) -> bytes | None:
         while len(self._buffer) < n:

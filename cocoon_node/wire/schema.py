@@ -1,4 +1,9 @@
-"""Field tables from ``protocols/*.toml``, enforced on every decoded record and frame.
+"""Field tables from ``protocols/*.toml``, enforced on decoded records and frames given as dicts.
+
+Protocols declared as types (:mod:`cocoon_node.wire.messages`: attestation, envelope, inference, channel,
+dialback) are validated by their types instead. At run time this validator serves only the protocol not yet
+converted: the announcement (``mesh/announce.py``); the tests and the golden-vector generator read the
+tables through it too. It goes once that one is typed.
 
 The schema files are the single source of truth for our wire formats: documentation, golden-vector tests
 and runtime validation all read the same table. A field entry looks like

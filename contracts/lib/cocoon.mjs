@@ -19,6 +19,7 @@ export const OP = {
   CLAIM_PAYOUT: 0x5c0c0010,
   CLOSE_PAYOUT: 0x5c0c0011,
   REFUND: 0x5c0c0012,
+  EXCESS: 0x5c0c0013,
   // registry
   ADD_IMAGE: 0x5c0c0101,
   REMOVE_IMAGE: 0x5c0c0102,
@@ -26,7 +27,16 @@ export const OP = {
   REMOVE_MODEL: 0x5c0c0104,
   SET_PARAMS: 0x5c0c0105,
   TRANSFER_OWNERSHIP: 0x5c0c0106,
+  ADD_MRTD: 0x5c0c0111,
+  REMOVE_MRTD: 0x5c0c0112,
+  ADD_RTMR_SET: 0x5c0c0113,
+  REMOVE_RTMR_SET: 0x5c0c0114,
+  SET_TCB_RULE: 0x5c0c0115,
 };
+
+/** Intel TCB statuses a registry may allow; bit i of `tcbStatuses` is TCB_STATUSES[i]. */
+export const TCB_STATUSES = ['UpToDate', 'SWHardeningNeeded', 'ConfigurationNeeded',
+  'ConfigurationAndSWHardeningNeeded', 'OutOfDate', 'OutOfDateConfigurationNeeded'];
 
 export const TAG = { VOUCHER: 0x5c0cf001, CLOSE: 0x5c0cf002 };
 
@@ -46,9 +56,12 @@ export const ERR = {
   LOW_VALUE: 113,
   NOTHING_TO_CLAIM: 114,
   BAD_VOUCHER: 115,
+  BAD_PERIOD: 116,
   NOT_OWNER: 201,
   ALREADY_SET: 202,
   NOT_FOUND: 203,
+  BAD_PARAMS: 204,
+  BAD_NAME: 205,
   UNKNOWN_OP: 0xffff,
 };
 
@@ -168,17 +181,40 @@ export function finishBody(queryId = 0) {
 
 // ---- registry ------------------------------------------------------------------------------
 
+/** The payment channel's own bound on challenge periods (MAX_CHALLENGE_PERIOD, 30 days). */
+export const MAX_CHALLENGE_PERIOD = 2592000;
+
 export function registryInitData(p) {
   return beginCell()
     .storeAddress(addr(p.owner))
     .storeUint(0, 32) // version
     .storeCoins(big(p.minDeposit ?? 0))
     .storeUint(p.minChallengePeriod ?? 0, 32)
+    .storeUint(p.maxChallengePeriod ?? MAX_CHALLENGE_PERIOD, 32)
     .storeUint(0, 32) // imageCount
     .storeUint(0, 32) // modelCount
     .storeDict(null)
     .storeDict(null)
+    .storeRef(registryMeasurementsData(p))
     .endCell();
+}
+
+/** The registry's Measurements cell at deploy: no MRTD, no RTMR set, TCB rule from p (default UpToDate only). */
+export function registryMeasurementsData(p = {}) {
+  return beginCell()
+    .storeBit(Boolean(p.requireTcbCheck))
+    .storeUint(p.tcbStatuses ?? 1, 16)
+    .storeUint(p.maxReportAge ?? 0, 32)
+    .storeDict(null)
+    .storeDict(null)
+    .endCell();
+}
+
+/** A model name as the registry stores it: UTF-8 bytes, 1..127, as the data of one cell. */
+export function modelNameCell(name) {
+  const bytes = Buffer.from(String(name), 'utf-8');
+  if (bytes.length < 1 || bytes.length > 127) throw new Error(`model name must be 1..127 UTF-8 bytes, got ${bytes.length}`);
+  return beginCell().storeBuffer(bytes).endCell();
 }
 
 export function registryStateInit(p, code = loadCode('registry')) {
@@ -188,15 +224,32 @@ export function registryStateInit(p, code = loadCode('registry')) {
 const REGISTRY_HASH_OPS = {
   add_image: OP.ADD_IMAGE,
   remove_image: OP.REMOVE_IMAGE,
-  add_model: OP.ADD_MODEL,
   remove_model: OP.REMOVE_MODEL,
+  add_rtmr_set: OP.ADD_RTMR_SET,
+  remove_rtmr_set: OP.REMOVE_RTMR_SET,
 };
+const REGISTRY_MRTD_OPS = { add_mrtd: OP.ADD_MRTD, remove_mrtd: OP.REMOVE_MRTD };
 
-/** Registry update body. action: add_image | remove_image | add_model | remove_model | set_params | transfer_ownership */
+/** Registry update body. action: add_image | remove_image | add_model (hash, name) | remove_model |
+ * add_mrtd / remove_mrtd (mrtd: 48-byte Buffer or 96 hex digits) | add_rtmr_set / remove_rtmr_set (hash: the
+ * set's SHA-256) | set_tcb_rule (requireTcbCheck, tcbStatuses, maxReportAge) | set_params | transfer_ownership */
 export function registryBody(action, args = {}, queryId = 0) {
   const b = beginCell();
   if (action in REGISTRY_HASH_OPS) {
     return b.storeUint(REGISTRY_HASH_OPS[action], 32).storeUint(queryId, 64).storeUint(big(args.hash), 256).endCell();
+  }
+  if (action === 'add_model') {
+    return b.storeUint(OP.ADD_MODEL, 32).storeUint(queryId, 64).storeUint(big(args.hash), 256)
+      .storeRef(args.nameCell ?? modelNameCell(args.name)).endCell();
+  }
+  if (action in REGISTRY_MRTD_OPS) {
+    const mrtd = Buffer.isBuffer(args.mrtd) ? args.mrtd : Buffer.from(String(args.mrtd ?? ''), 'hex');
+    if (mrtd.length !== 48) throw new Error(`mrtd must be 48 bytes, got ${mrtd.length}`);
+    return b.storeUint(REGISTRY_MRTD_OPS[action], 32).storeUint(queryId, 64).storeBuffer(mrtd).endCell();
+  }
+  if (action === 'set_tcb_rule') {
+    return b.storeUint(OP.SET_TCB_RULE, 32).storeUint(queryId, 64).storeBit(Boolean(args.requireTcbCheck))
+      .storeUint(args.tcbStatuses, 16).storeUint(args.maxReportAge ?? 0, 32).endCell();
   }
   if (action === 'set_params') {
     return b
@@ -204,6 +257,7 @@ export function registryBody(action, args = {}, queryId = 0) {
       .storeUint(queryId, 64)
       .storeCoins(big(args.minDeposit))
       .storeUint(args.minChallengePeriod, 32)
+      .storeUint(args.maxChallengePeriod ?? MAX_CHALLENGE_PERIOD, 32)
       .endCell();
   }
   if (action === 'transfer_ownership') {
@@ -219,6 +273,28 @@ export function registryDictKeys(root) {
   return d.keys();
 }
 
+/** The registry's models dictionary: [{hash: bigint, name: string, addedIn}] (weight hash -> ModelEntry). */
+export function registryModels(root) {
+  if (!root) return [];
+  const entry = {
+    serialize: () => { throw new Error('read only'); },
+    parse: (s) => {
+      const addedIn = s.loadUint(32);
+      const n = s.loadRef().beginParse();
+      return { addedIn, name: n.loadBuffer(n.remainingBits / 8).toString('utf-8') };
+    },
+  };
+  const d = Dictionary.loadDirect(Dictionary.Keys.BigUint(256), entry, root);
+  return d.keys().map((hash) => ({ hash, ...d.get(hash) }));
+}
+
+/** MRTDs of the registry's measurements (bits384 keys) as 96-digit hex strings. */
+export function registryMrtds(root) {
+  if (!root) return [];
+  const d = Dictionary.loadDirect(Dictionary.Keys.Buffer(48), Dictionary.Values.Uint(32), root);
+  return d.keys().map((k) => k.toString('hex'));
+}
+
 // ---- transaction summaries -----------------------------------------------------------------
 
 /** Flattens a sandbox transaction into plain JSON-able facts (amounts as decimal strings). */
@@ -231,13 +307,16 @@ export function summarizeTx(tx) {
   for (const m of tx.outMessages.values()) {
     if (m.info.type !== 'internal') continue;
     const body = m.body.beginParse();
+    const op = body.remainingBits >= 32 ? body.preloadUint(32) : null;
     out.push({
       to: m.info.dest.toString(),
       value: m.info.value.coins.toString(),
       forwardFee: m.info.forwardFee.toString(),
       bounce: m.info.bounce,
       bounced: m.info.bounced,
-      op: body.remainingBits >= 32 ? body.preloadUint(32) : null,
+      op,
+      // payouts state what they pay (a claim payout's value also carries the claim's unused gas back)
+      amount: (op === OP.CLAIM_PAYOUT || op === OP.CLOSE_PAYOUT) && !m.info.bounced ? payoutAmount(body) : null,
     });
   }
   let inOp = null;
@@ -267,6 +346,16 @@ export function summarizeTx(tx) {
     outMessages: out,
     endStatus: tx.endStatus,
   };
+}
+
+function payoutAmount(body) {
+  try {
+    const s = body.clone();
+    s.skip(32 + 64);
+    return s.loadCoins().toString();
+  } catch {
+    return null;
+  }
 }
 
 function addressFromTx(tx) {

@@ -25,7 +25,8 @@ import { existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { Blockchain, internal, snapshotToSerializable, snapshotFromSerializable } from '@ton/sandbox';
 import { Address, Cell, beginCell, contractAddress, toNano } from '@ton/core';
 import {
-  channelStateInit, registryStateInit, registryBody, registryDictKeys, topUpBody, summarizeTx, burned,
+  channelStateInit, registryStateInit, registryBody, registryDictKeys, registryModels, registryMrtds, TCB_STATUSES,
+  topUpBody, summarizeTx, burned,
   loadCode, loadMeta,
 } from '../lib/cocoon.mjs';
 
@@ -353,7 +354,7 @@ const METHODS = {
     return { transactions: list.slice(-limit) };
   },
 
-  /** {from, owner?, min_deposit, min_challenge_period, value?} */
+  /** {from, owner?, min_deposit, min_challenge_period, max_challenge_period?, value?} */
   async deploy_registry(p) {
     const w = wallet(need(p, 'from'));
     const owner = p.owner ? parseAddr(p.owner, 'owner') : w.address;
@@ -361,6 +362,7 @@ const METHODS = {
       owner,
       minDeposit: parseBig(p.min_deposit ?? 0, 'min_deposit'),
       minChallengePeriod: Number(p.min_challenge_period ?? 0),
+      maxChallengePeriod: p.max_challenge_period !== undefined ? Number(p.max_challenge_period) : undefined,
     }, CODE.registry);
     const address = contractAddress(0, init);
     const r = await sendFrom(w, address, parseBig(p.value ?? toNano('0.5'), 'value'), undefined, false, init);
@@ -368,15 +370,26 @@ const METHODS = {
     return { address: fmtAddr(address), ...r };
   },
 
-  /** {from, address, action, hash? | min_deposit+min_challenge_period | new_owner, value?} */
+  /** {from, address, action, hash? (+ name for add_model) | mrtd (hex) | require_tcb_check+tcb_statuses
+   *  (names)+max_report_age | min_deposit+min_challenge_period(+max_challenge_period) | new_owner, value?} */
   async registry_update(p) {
     const w = wallet(need(p, 'from'));
     const a = parseAddr(need(p, 'address'));
     const action = String(need(p, 'action'));
+    const statuses = p.tcb_statuses !== undefined ? [...p.tcb_statuses] : undefined;
+    for (const st of statuses ?? []) {
+      if (!TCB_STATUSES.includes(st)) throw invalid(`unknown TCB status ${st}`);
+    }
     const args = {
       hash: p.hash !== undefined ? parseBig(p.hash, 'hash') : undefined,
+      name: p.name,
+      mrtd: p.mrtd,
+      requireTcbCheck: Boolean(p.require_tcb_check),
+      tcbStatuses: statuses?.reduce((mask, st) => mask | (1 << TCB_STATUSES.indexOf(st)), 0),
+      maxReportAge: p.max_report_age !== undefined ? Number(p.max_report_age) : undefined,
       minDeposit: p.min_deposit !== undefined ? parseBig(p.min_deposit, 'min_deposit') : undefined,
       minChallengePeriod: p.min_challenge_period !== undefined ? Number(p.min_challenge_period) : undefined,
+      maxChallengePeriod: p.max_challenge_period !== undefined ? Number(p.max_challenge_period) : undefined,
       newOwner: p.new_owner ? parseAddr(p.new_owner, 'new_owner') : undefined,
     };
     let body;
@@ -394,8 +407,17 @@ const METHODS = {
     const g = (m) => chain.runGetMethod(a, m).then((r) => r.stackReader);
     const s = await g('get_params');
     const out = { version: s.readNumber(), min_deposit: s.readBigNumber().toString(), min_challenge_period: s.readNumber(), owner: fmtAddr(s.readAddress()) };
-    out.images = registryDictKeys((await g('get_images')).readCellOpt()).map((k) => k.toString(16).padStart(64, '0'));
-    out.models = registryDictKeys((await g('get_models')).readCellOpt()).map((k) => k.toString(16).padStart(64, '0'));
+    out.max_challenge_period = s.readNumber();
+    const hex = (k) => k.toString(16).padStart(64, '0');
+    out.images = registryDictKeys((await g('get_images')).readCellOpt()).map(hex);
+    out.models = registryModels((await g('get_models')).readCellOpt()).map((m) => ({ hash: hex(m.hash), name: m.name }));
+    const m = await g('get_measurements');
+    out.mrtds = registryMrtds(m.readCellOpt());
+    out.rtmr_sets = registryDictKeys(m.readCellOpt()).map(hex);
+    const require = m.readBoolean();
+    const mask = m.readNumber();
+    out.tcb = { require_tcb_check: require, tcb_statuses: TCB_STATUSES.filter((_, i) => mask & (1 << i)),
+      max_report_age: m.readNumber() };
     return out;
   },
 

@@ -27,6 +27,24 @@ function assertRejected(r, code, ctx) {
   if (ctx) assert.ok(true);
 }
 
+/**
+ * A close the payee sent: its payout is `owed` plus its attached value minus the gas and the payout's forward
+ * fee (like a claim), the refund takes everything else; neither pays for the other. Checks that exactly.
+ */
+function assertPayeeClose(s, chBefore, owed, payee, payer) {
+  const toPayee = s.outMessages.find((m) => m.to === payee.toString());
+  const toPayer = s.outMessages.find((m) => m.to === payer.toString());
+  assert.equal(BigInt(toPayee.amount), owed);
+  // both messages together: the channel's balance and the attached value, less gas and both forward fees
+  assert.equal(BigInt(toPayee.value) + BigInt(toPayer.value),
+    chBefore - BigInt(s.storageFee) + BigInt(s.inValue) - BigInt(s.computeFee) - BigInt(s.totalFwdFees));
+  // and the payee's part carries its own unused value back (less than a forward fee short of all of it)
+  const excess = BigInt(s.inValue) - BigInt(s.computeFee);
+  assert.ok(BigInt(toPayee.value) <= owed + excess && BigInt(toPayee.value) > owed + excess - 1_000_000n,
+    `payee got ${toPayee.value}, owed ${owed} + excess ${excess}`);
+  return toPayee;
+}
+
 async function snapshotState(ctx) {
   return JSON.stringify(await channelState(ctx), (_, v) => (typeof v === 'bigint' ? v.toString() : v));
 }
@@ -104,7 +122,8 @@ describe('claim (payee, channel stays open)', () => {
       const out = s.outMessages[0];
       assert.equal(out.to, ctx.payee.address.toString());
       assert.equal(out.op, OP.CLAIM_PAYOUT);
-      assert.equal(out.bounce, true);
+      assert.equal(BigInt(out.amount), delta, 'the payout states the delta');
+      assert.equal(out.bounce, false, 'non-bounceable: the value always stays at the payee address');
       // delta + attached value - gas - forward fees (mode 64), exactly
       assert.equal(BigInt(out.value), delta + OP_VALUE - BigInt(s.computeFee) - BigInt(s.totalFwdFees));
       // the channel loses exactly the delta plus storage fee; the attached value pays for itself
@@ -124,14 +143,14 @@ describe('claim (payee, channel stays open)', () => {
     assert.equal(await sumBalances(ctx), total0 - burned(allTxs));
   });
 
-  it('rejects a replayed voucher (same seqno) and stale ones', async () => {
+  it('rejects a replayed voucher and any voucher that does not raise the claimed amount, whatever its seqno', async () => {
     const ctx = await setup();
     const v = voucher(ctx, 3, toNano('1'));
     assert.equal((await send(ctx, ctx.payee, claimBody(v))).txSummary.success, true);
     const before = await snapshotState(ctx);
     assertRejected(await send(ctx, ctx.payee, claimBody(v)), ERR.NOTHING_TO_CLAIM);
-    assertRejected(await send(ctx, ctx.payee, claimBody(voucher(ctx, 3, toNano('2')))), ERR.STALE_SEQNO);
-    assertRejected(await send(ctx, ctx.payee, claimBody(voucher(ctx, 2, toNano('2')))), ERR.STALE_SEQNO);
+    assertRejected(await send(ctx, ctx.payee, claimBody(voucher(ctx, 9, toNano('1')))), ERR.NOTHING_TO_CLAIM);
+    assertRejected(await send(ctx, ctx.payee, claimBody(voucher(ctx, 2n ** 64n - 1n, toNano('0.5')))), ERR.NOTHING_TO_CLAIM);
     assert.equal(await snapshotState(ctx), before);
   });
 
@@ -197,9 +216,8 @@ describe('claim (payee, channel stays open)', () => {
     assert.ok((await balance(ctx, ctx.address)) >= chBefore - BigInt(s.storageFee));
   });
 
-  it('a bounced claim payout is re-credited and paid at close', async () => {
+  it('a claim payout to a payee address with no account lands there (nothing bounces back)', async () => {
     const ctx = await setup({ challengePeriod: 100 });
-    // make the payee an address with no account: bounceable payouts to it bounce back
     const ghost = (await ctx.chain.treasury('ghost')).address;
     const params = { ...ctx.params, payee: ghost, channelId: 5n };
     const { channelStateInit } = await import('../lib/cocoon.mjs');
@@ -207,32 +225,29 @@ describe('claim (payee, channel stays open)', () => {
     const init = channelStateInit(params);
     const addr = contractAddress(0, init);
     await ctx.payer.send({ to: addr, value: toNano('5.1'), init, body: topUpBody(toNano('5')), bounce: false });
-    // wipe the ghost account so it does not exist
     const { createEmptyShardAccount } = await import('@ton/sandbox');
     await ctx.chain.setShardAccount(ghost, createEmptyShardAccount(ghost));
     const sv = signedVoucher(5n, 1, toNano('1'), ctx.payerKeys.secretKey);
     const r = await ctx.chain.sendMessage(internal({ from: ghost, to: addr, value: OP_VALUE, body: claimBody(sv), bounce: true }));
     const sums = r.transactions.map(summarizeTx);
     const chTxs = sums.filter((s) => s.account === addr.toString());
-    assert.equal(chTxs.length, 2, 'claim + bounced payout');
+    assert.equal(chTxs.length, 1, 'the claim only: no bounce comes back');
     assert.equal(chTxs[0].success, true);
-    assert.equal(chTxs[1].inBounced, true);
-    assert.equal(chTxs[1].success, true);
+    const payout = chTxs[0].outMessages[0];
+    assert.equal(payout.bounce, false);
+    assert.equal(await balance(ctx, ghost), BigInt(payout.value), 'the undeployed payee wallet keeps the payout');
+    assert.ok(BigInt(payout.value) > toNano('1'));
     const st = (await ctx.chain.runGetMethod(addr, 'get_channel_state')).stackReader;
     st.readNumber(); st.readBigNumber();
-    assert.equal(st.readBigNumber(), 0n, 'claimed restored');
-    assert.equal(st.readBigNumber(), 1n, 'voucher seqno kept');
-    assert.equal(st.readBigNumber(), toNano('1'), 'committed kept');
-    // payer closes; after the period, finish pays the ghost its full 1 TON (non-bounceable)
+    assert.equal(st.readBigNumber(), toNano('1'), 'claimed');
+    // payer closes; after the period, finish owes nothing more and refunds the rest
     await ctx.payer.send({ to: addr, value: OP_VALUE, body: startCloseBody(null), bounce: true });
     ctx.chain.now = T0 + 100;
     const f = await ctx.payer.send({ to: addr, value: OP_VALUE, body: finishBody(), bounce: true });
     const fin = f.transactions.map(summarizeTx).find((s) => s.account === addr.toString());
     assert.equal(fin.success, true);
-    const toGhost = fin.outMessages.find((m) => m.to === ghost.toString());
-    assert.equal(BigInt(toGhost.value), toNano('1'));
-    assert.equal(toGhost.bounce, false);
-    assert.equal(await balance(ctx, ghost), toNano('1'));
+    assert.equal(fin.outMessages.length, 1);
+    assert.equal(fin.outMessages[0].op, OP.REFUND);
   });
 });
 
@@ -253,13 +268,9 @@ describe('cooperative close', () => {
     const s = r.txSummary;
     assert.equal(s.success, true);
     assert.equal(s.endStatus, 'non-existing');
-    const toPayee = s.outMessages.find((m) => m.to === ctx.payee.address.toString());
-    const toPayer = s.outMessages.find((m) => m.to === ctx.payer.address.toString());
-    assert.equal(BigInt(toPayee.value), toNano('3'));
+    // the payee sent the close: it gets its 3 TON share and what its attached value did not spend
+    const toPayee = assertPayeeClose(s, chBefore, toNano('3'), ctx.payee.address, ctx.payer.address);
     assert.equal(toPayee.op, OP.CLOSE_PAYOUT);
-    // everything else goes to the payer: balance + attached - payee share - fees
-    assert.equal(BigInt(toPayer.value) + BigInt(toPayer.forwardFee),
-      chBefore + OP_VALUE - toNano('3') - BigInt(s.totalFees) - BigInt(toPayee.forwardFee));
     assert.equal(await channelState(ctx), null);
     assert.equal(await balance(ctx, ctx.address), 0n);
     assert.equal(await sumBalances(ctx), total0 - burned(r.transactions));
@@ -337,18 +348,18 @@ describe('unilateral close, challenge, finish', () => {
     assert.equal(st.seqno, 6n);
     assert.equal(st.committed, toNano('4'));
     assert.equal(st.closeDeadline, T0 + 300, 'challenge does not move the deadline');
-    // payer tries to push the old voucher back: stale
-    assertRejected(await send(ctx, ctx.payer, challengeBody(voucher(ctx, 2, toNano('1.5')))), ERR.STALE_SEQNO);
+    // payer tries to push the old voucher back, or a higher seqno for less: neither raises the amount
+    assertRejected(await send(ctx, ctx.payer, challengeBody(voucher(ctx, 2, toNano('1.5')))), ERR.AMOUNT_BACKWARDS);
     assertRejected(await send(ctx, ctx.payer, challengeBody(voucher(ctx, 7, toNano('3')))), ERR.AMOUNT_BACKWARDS);
     assertRejected(await send(ctx, ctx.stranger, challengeBody(voucher(ctx, 8, toNano('5')))), ERR.NOT_PARTY);
     assertRejected(await send(ctx, ctx.payee, challengeBody(voucher(ctx, 8, toNano('5'), { channelId: 1n }))), ERR.WRONG_CHANNEL);
     assertRejected(await send(ctx, ctx.payee, challengeBody(voucher(ctx, 8, toNano('50')))), ERR.OVERDRAW);
     ctx.chain.now = T0 + 300;
     assertRejected(await send(ctx, ctx.payee, challengeBody(voucher(ctx, 9, toNano('5')))), ERR.TOO_LATE);
+    const chBefore = await balance(ctx, ctx.address);
     const f = await send(ctx, ctx.payee, finishBody());
     assert.equal(f.txSummary.success, true);
-    const toPayee = f.txSummary.outMessages.find((m) => m.to === ctx.payee.address.toString());
-    assert.equal(BigInt(toPayee.value), toNano('3'));
+    assertPayeeClose(f.txSummary, chBefore, toNano('3'), ctx.payee.address, ctx.payer.address);
     st = null;
   });
 
@@ -359,10 +370,10 @@ describe('unilateral close, challenge, finish', () => {
     ctx.chain.now = T0 + 60;
     assertRejected(await send(ctx, ctx.stranger, finishBody()), ERR.NOT_PARTY);
     const payerBefore = await balance(ctx, ctx.payer.address);
+    const chBefore = await balance(ctx, ctx.address);
     const f = await send(ctx, ctx.payee, finishBody());
     assert.equal(f.txSummary.success, true);
-    const toPayee = f.txSummary.outMessages.find((m) => m.to === ctx.payee.address.toString());
-    assert.equal(BigInt(toPayee.value), toNano('0.7'));
+    assertPayeeClose(f.txSummary, chBefore, toNano('0.7'), ctx.payee.address, ctx.payer.address);
     assert.ok((await balance(ctx, ctx.payer.address)) > payerBefore + toNano('9.2'));
     // second finish hits a destroyed account: nothing runs, the value bounces back
     const again = await send(ctx, ctx.payer, finishBody());

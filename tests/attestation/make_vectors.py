@@ -54,8 +54,11 @@ def build() -> dict[str, list[dict[str, Any]]]:
         issued_at=1_800_000_000,
         expires_at=1_800_086_400,
     )
-    dev_claims = Claims.for_key(raw, model_name="Qwen/Qwen3-8B", node_version="0.1.0", tee_kind=TEE_DEV, **common)
-    tdx_claims = Claims.for_key(raw, model_name="modèle-ß/ü", node_version="0.1.0+tdx", tee_kind=TEE_TDX, **common)
+    dev_claims = Claims.for_key(raw, model_name="Qwen/Qwen3-8B", node_version="0.1.0", tee_kind=TEE_DEV,
+                                backend="torch", **common)
+    # an upstream backend binds where its prompts go: here a model server on the TD's own loopback
+    tdx_claims = Claims.for_key(raw, model_name="modèle-ß/ü", node_version="0.1.0+tdx", tee_kind=TEE_TDX,
+                                backend="openai-upstream", upstream="http://127.0.0.1:8000", **common)
     evidence = dev.evidence(dev_claims.report_data(), dev_image_hash(dev_claims.node_version))
     dev_env = sign_report(dev_claims, evidence, node)
     tdx_env = sign_report(tdx_claims, real_quote_bytes(), node)

@@ -19,7 +19,8 @@ from cocoon_node.attestation import (
     raw_from_libp2p_pubkey,
     sign_report,
 )
-from cocoon_node.attestation.report import ENVELOPE_DOMAIN, canonical_cbor
+from cocoon_node.attestation.report import ENVELOPE_DOMAIN
+from cocoon_node.wire import canonical_dumps as canonical_cbor
 
 from .att_helpers import fixed_ed25519
 
@@ -60,6 +61,32 @@ def test_bad_libp2p_keys() -> None:
         raw_from_libp2p_pubkey(b"\x08\x00\x12\x20" + bytes(32))  # RSA type
     with pytest.raises(ValueError):
         libp2p_pubkey_protobuf(bytes(31))
+    pb = libp2p_pubkey_protobuf(RAW_PUB)
+    for bad in (
+        b"",
+        b"junk",
+        pb[:-1],
+        pb + b"\x00",
+        pb[4:] + pb[:4],
+        b"\x12\x20" + RAW_PUB + b"\x08\x01",  # the same key with its protobuf fields swapped
+    ):
+        with pytest.raises(ValueError):
+            raw_from_libp2p_pubkey(bad)
+        with pytest.raises(ValueError):
+            peer_id_from_pubkey(bad)
+
+
+def test_non_ed25519_keys_are_refused() -> None:
+    from libp2p.crypto.secp256k1 import create_new_key_pair as secp256k1_pair
+
+    secp = secp256k1_pair().public_key.serialize()
+    with pytest.raises(ValueError, match="Ed25519"):
+        raw_from_libp2p_pubkey(secp)
+    with pytest.raises(ValueError, match="Ed25519"):
+        peer_id_from_pubkey(secp)
+    with pytest.raises(AttestationError) as ei:
+        decode_and_verify_envelope(_resign(_record(public_key=secp)))
+    assert ei.value.check == "envelope_signature" and "Ed25519" in str(ei.value)
 
 
 def test_report_data_is_sha512_of_canonical_claims() -> None:
@@ -108,7 +135,11 @@ def test_resign_helper_is_sound() -> None:
         {**_record(), "extra": 1},  # unknown
         {**_record(), **{7: 1}},  # non-text key
         _record(version=True),  # bool is not uint
-        _record(version=2),  # unsupported version
+        _record(version=1),  # unsupported version (v1 lacks backend/upstream)
+        _record(version=3),  # unsupported version
+        {k: v for k, v in _record().items() if k != "upstream"},  # v2 requires where prompts go
+        _record(upstream="h" * 257),
+        _record(backend="b" * 33),
         _record(issued_at=-1),
         _record(issued_at=1.5),
         _record(model_hash=bytes(31)),

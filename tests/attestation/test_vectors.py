@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,19 @@ from cocoon_node.attestation import (
 )
 from cocoon_node.attestation import dev as dev_mod
 from cocoon_node.attestation import report as report_mod
-from cocoon_node.attestation.report import canonical_cbor, check_fields
+from cocoon_node.wire import canonical_dumps, decode_cbor, encode_cbor, from_builtins, validate
+from cocoon_node.wire.messages import attestation as att_msgs
 
 from .make_vectors import VECTOR_DIR, build, from_json_value, render
 
 SCHEMA = Path(__file__).resolve().parents[2] / "protocols" / "attestation.toml"
 FILES = ["claims.json", "dev_evidence.json", "record.json", "envelope.json"]
+MESSAGE_OF = {
+    "claims.json": "attestation_claims",
+    "dev_evidence.json": "dev_evidence",
+    "record.json": "attestation_report",
+    "envelope.json": "attestation_envelope",
+}
 
 
 def _load(name: str) -> list[dict[str, Any]]:
@@ -41,7 +49,10 @@ def test_vectors_round_trip(name: str) -> None:
         raw = bytes.fromhex(vec["hex"])
         value = from_json_value(vec["value"])
         assert cbor2.loads(raw) == value, vec["name"]
-        assert canonical_cbor(value) == raw, vec["name"]
+        assert canonical_dumps(value) == raw, vec["name"]
+        # and through the declared type: decode, re-encode, the same bytes
+        typ = att_msgs.MESSAGES[MESSAGE_OF[name]]
+        assert encode_cbor(decode_cbor(raw, typ)) == raw, vec["name"]
 
 
 def test_vectors_are_reproducible() -> None:
@@ -67,39 +78,27 @@ def test_envelope_vectors_decode_and_verify() -> None:
     assert ei.value.check == "report_data"
 
 
-def _schema_spec(fields: dict[str, Any]) -> dict[str, tuple[type, int | None, int | None]]:
-    types = {"uint": int, "bytes": bytes, "str": str}
-    out = {}
-    for name, f in fields.items():
-        assert f["required"] is True
-        out[name] = (types[f["type"]], f.get("max"), f.get("size"))
-    return out
-
-
 def test_schema_matches_code() -> None:
+    """The constants the code uses agree with the TOML (the field tables: tests/wire/test_types_match_toml.py)."""
     schema = tomllib.loads(SCHEMA.read_text())
     assert schema["protocol"] == {
         "name": "attestation",
         "dht_namespace": "/cocoon-att/",
         "encoding": "cbor-canonical",
-        "version": 1,
+        "version": 2,
     }
     msgs = schema["messages"]
-    assert _schema_spec(msgs["attestation_claims"]["fields"]) == report_mod._CLAIM_FIELDS
-    assert _schema_spec(msgs["attestation_report"]["fields"]) == report_mod._RECORD_FIELDS
-    assert _schema_spec(msgs["attestation_envelope"]["fields"]) == report_mod._ENVELOPE_FIELDS
-    assert _schema_spec(msgs["dev_evidence"]["fields"]) == dev_mod._FIELDS
     assert msgs["attestation_report"]["max_bytes"] == report_mod.MAX_ENVELOPE_BYTES
     assert msgs["attestation_envelope"]["max_bytes"] == report_mod.MAX_ENVELOPE_BYTES
+    assert msgs["attestation_report"]["fields"]["evidence"]["max"] == report_mod.MAX_EVIDENCE_BYTES
     assert msgs["dev_evidence"]["max_bytes"] == dev_mod.MAX_DEV_EVIDENCE_BYTES
     assert msgs["attestation_report"]["fields"]["tee_kind"]["values"] == list(report_mod.TEE_KINDS)
-    # every vector satisfies its message's field table
-    for name, msg in [
-        ("claims.json", "attestation_claims"),
-        ("dev_evidence.json", "dev_evidence"),
-        ("record.json", "attestation_report"),
-        ("envelope.json", "attestation_envelope"),
-    ]:
+    assert report_mod.TEE_KINDS == typing.get_args(att_msgs.TeeKind)
+    assert msgs["attestation_report"]["fields"]["version"]["values"] == [report_mod.REPORT_VERSION]
+    # every vector satisfies its message's field table, read both by the TOML validator and by the type
+    for name, msg in MESSAGE_OF.items():
         for vec in _load(name):
-            check_fields(from_json_value(vec["value"]), _schema_spec(msgs[msg]["fields"]), msg)
+            value = from_json_value(vec["value"])
+            validate("attestation", msg, value)
+            from_builtins(value, att_msgs.MESSAGES[msg])
             assert len(bytes.fromhex(vec["hex"])) <= msgs[msg]["max_bytes"]

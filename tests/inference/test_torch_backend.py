@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
 
 from cocoon_node.inference import ChatRequest, TokenDelta, TorchBackend, default_model_path, parse_chat_request
+from cocoon_node.inference.audit import HELD_BACK_TOKENS, TokenAudit
+from cocoon_node.inference.tokencount import HFTokenCounter
 from cocoon_node.inference.torch_cpu import ModelNotFoundError
 
 pytestmark = pytest.mark.slow
@@ -105,3 +108,31 @@ async def test_cancel_stops_decoding_and_frees_the_slot(backend: TorchBackend) -
         for _ in range(2):
             nursery.start_soon(run, backend, chat(temperature=0, max_tokens=2))
     assert backend.in_flight == 0
+
+
+async def test_requester_counts_the_models_tokens_itself(backend: TorchBackend, tmp_path: Path) -> None:
+    """A requester holding the GGUF names the torch worker's tokenizer by the hash the worker announces, counts
+    its prompts exactly, and finds every sampled completion within its own count of the text (so an honest
+    torch worker is never taken for an over-claimer). Prints how far sampled claims ran past the re-encoded
+    text, the figure the audit's allowance is sized on."""
+    counter = await trio.to_thread.run_sync(HFTokenCounter.from_gguf, backend.model_path, tmp_path)
+    assert counter.tokenizer_hash == backend.tokenizer_hash != b""
+    worst = 0
+    claimed_total = counted_total = 0
+    prompts = ["Write a short poem about the sea.", "Übersetze: Guten Morgen, wie geht's?",
+               "Write Python code that reverses a string."]
+    for i, text in enumerate(prompts):
+        req = chat(text, temperature=1.0, top_p=0.95, seed=100 + i, max_tokens=32, stop=["\n\n\n"])
+        assert counter.count_prompt(req) == backend.count_tokens(req)
+        audit = TokenAudit(req, counter)
+        audit.check_prompt(backend.count_tokens(req))
+        deltas = await run(backend, req)
+        for d in deltas:
+            audit.add_delta(d.text, d.token_count)  # raises Overcount if an honest worker ever exceeded it
+        claimed = sum(d.token_count for d in deltas)
+        counted = len(backend.encode(text_of(deltas)))
+        worst = max(worst, claimed - counted)
+        claimed_total, counted_total = claimed_total + claimed, counted_total + counted
+    print(f"sampled: {claimed_total} tokens billed, {counted_total} re-encoded from the text; worst request "
+          f"+{worst} (allowance {HELD_BACK_TOKENS} + 1/32)")
+    assert worst <= HELD_BACK_TOKENS

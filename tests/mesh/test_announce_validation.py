@@ -66,6 +66,55 @@ def test_unsigned_and_malformed_rejected() -> None:
     assert v.rejected["malformed"] >= 3 and v.accepted == 0
 
 
+def test_tokenizer_field_only_in_version_2() -> None:
+    """v2 adds the tokenizer hash (requesters holding that tokenizer count claimed tokens themselves); a v1
+    announcement must not carry it and a v2 one must."""
+    kp = create_new_key_pair()
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator()
+    tok = b"\x42" * 32
+    good = announcement(kp, v=2, tokenizer=tok)
+    assert v(peer, msg(good.seal(kp.private_key), peer))
+    table = WorkerTable()
+    v.on_accept = table.update
+    assert v(peer, msg(announcement(kp, seqno=2, v=2, tokenizer=tok).seal(kp.private_key), peer))
+    assert table.live()[0].tokenizer == tok
+    assert "tokenizer" not in announcement(kp).to_wire()  # v1 stays as it was, byte for byte
+    v1_with = announcement(kp, seqno=3).to_wire() | {"tokenizer": tok}
+    v2_without = announcement(kp, seqno=4, v=2).to_wire()
+    short = announcement(kp, seqno=5, v=2).to_wire() | {"tokenizer": b"\x42" * 31}
+    for payload in (v1_with, v2_without, short):
+        assert not v(peer, msg(seal_envelope("cocoon/announce/v1", canonical_dumps(payload), kp.private_key), peer))
+    assert v.rejected["malformed"] == 3 and v.accepted == 2
+
+
+def test_one_version_2_with_tokenizer_hardware_or_both() -> None:
+    """Version 2 is one format for both optional fields (tokenizer, issue 19; hardware, issue 15): each alone
+    or both together; v1 carries neither; a v2 carrying neither is refused (one offer, one encoding); and a
+    worker picks the version from what it has to announce."""
+    from cocoon_node.mesh.announce import Hardware, payload_version
+
+    kp = create_new_key_pair()
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator()
+    table = WorkerTable()
+    v.on_accept = table.update
+    tok, hw = b"\x42" * 32, Hardware("NVIDIA H200", 8, 143_771, "detected", 32_768, "declared")
+    both = announcement(kp, seqno=1, v=2, tokenizer=tok, hardware=hw)
+    assert v(peer, msg(both.seal(kp.private_key), peer))
+    assert (table.live()[0].tokenizer, table.live()[0].hardware) == (tok, hw)
+    assert v(peer, msg(announcement(kp, seqno=2, v=2, hardware=hw).seal(kp.private_key), peer))
+    assert table.live()[0].tokenizer == b"" and table.live()[0].hardware == hw
+    v1_with_hw = announcement(kp, seqno=3).to_wire() | {"hardware": hw.to_dict()}
+    v1_with_both = announcement(kp, seqno=4).to_wire() | {"hardware": hw.to_dict(), "tokenizer": tok}
+    v2_bare = announcement(kp, seqno=5, v=2).to_wire()
+    for payload in (v1_with_hw, v1_with_both, v2_bare):
+        assert not v(peer, msg(seal_envelope("cocoon/announce/v1", canonical_dumps(payload), kp.private_key), peer))
+    assert v.rejected["malformed"] == 3 and v.accepted == 2
+    assert payload_version(tokenizer=b"", hardware=None) == 1
+    assert payload_version(tokenizer=tok, hardware=None) == payload_version(tokenizer=b"", hardware=hw) == 2
+
+
 def test_expired_and_future_rejected() -> None:
     kp = create_new_key_pair()
     peer = ID.from_pubkey(kp.public_key)

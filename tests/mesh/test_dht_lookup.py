@@ -215,3 +215,25 @@ async def test_startup_refreshes_are_skipped_once_well_connected() -> None:
         # Every mesh has at least one connection (target_peers=1), so its first scheduled refresh is skipped.
         await wait_until(lambda: all(m.refreshes_skipped >= 1 for m in meshes), timeout=10)
         assert refreshes == 0
+
+
+async def test_a_newest_lookup_is_not_fooled_by_a_stale_copy() -> None:
+    """Issue 21: a plain lookup stops at the first valid record, so an older copy in our store (or at a fast
+    peer) wins; ``newest`` compares our copies with the network's and waits for the peer the key names."""
+    async with AsyncExitStack() as stack:
+        (asker, other), _ = await start_meshes(stack, 2)
+        key_pair = create_new_key_pair()
+        named_id = ID.from_pubkey(key_pair.public_key)
+        key = f"/cocoon-test/{named_id.to_base58()}"
+        named = Mesh(key_pair, MeshSettings(bootstrap=(asker.listen_addrs()[0], other.listen_addrs()[0]),
+                                            local_cluster=True), namespaces=[SwitchNamespace()])
+        await stack.enter_async_context(named.start())
+        await wait_until(lambda: named.peer_id in asker.connected_peers(), timeout=10)
+        prefix = named_id.to_base58().encode()
+        plant(asker, key, prefix + b"-v1")   # the asker still holds the old record
+        plant(other, key, prefix + b"-v1")
+        plant(named, key, prefix + b"-v2")   # the worker itself holds its newest
+        with trio.fail_after(20):
+            assert await asker.get_record(key) == prefix + b"-v1"  # the stale local copy wins a plain read
+            assert await asker.get_record(key, newest=True) == prefix + b"-v2"
+            assert await asker.get_record(key) == prefix + b"-v2"  # the stale local copy was replaced

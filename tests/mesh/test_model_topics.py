@@ -19,7 +19,7 @@ from libp2p.pubsub.pb import rpc_pb2
 
 from cocoon_node.config import Config, WorkerSection
 from cocoon_node.mesh import WORKERS_TOPIC, Announcement, AnnouncementValidator, Mesh, MeshSettings, model_topic
-from cocoon_node.mesh.announce import MODEL_TOPIC_PREFIX
+from cocoon_node.mesh.announce import MODEL_TOPIC_PREFIX, decode_announcement
 from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.worker import WorkerRole, load_bucket
 from tests.waiting import wait_until
@@ -142,6 +142,15 @@ class FakeMesh:
         self.published: list[tuple[float, list[str], int]] = []
         self.server: FakeServer | None = None
         self.followers: set[str] = set()
+        self.addrs: list[str] = []  # what the connectivity layer says we can be dialled at (issue 14)
+        self.sent_addrs: list[tuple[float, tuple[str, ...]]] = []
+        self.subscribed: set[str] = set()
+
+    async def subscribe(self, topic: str) -> None:
+        self.subscribed.add(topic)
+
+    def advertised_addrs(self) -> list[str]:
+        return list(self.addrs)
 
     def topic_peer_ids(self, topic: str) -> set[str]:
         return set(self.followers) if topic == WORKERS_TOPIC else set()
@@ -149,6 +158,7 @@ class FakeMesh:
     async def publish(self, topics: list[str], data: bytes) -> None:
         assert self.server is not None
         self.published.append((trio.current_time(), list(topics), self.server.load))
+        self.sent_addrs.append((trio.current_time(), decode_announcement(data)[0].addrs))
 
 
 async def test_announcements_are_rate_limited_and_only_bucket_changes_count(
@@ -181,7 +191,13 @@ async def test_announcements_are_rate_limited_and_only_bucket_changes_count(
         before, joined_at = len(mesh.published), trio.current_time()
         mesh.followers.add("late requester")
         await trio.sleep(7)
+        # Our addresses change (a relay reservation, a dial-back verdict): announced within the rate limit.
+        mesh.addrs, changed_at = ["/ip4/198.18.0.7/tcp/4001/p2p/x"], trio.current_time()
+        role.addresses_changed()
+        await trio.sleep(7)
         nursery.cancel_scope.cancel()
+    moved = [t for t, addrs in mesh.sent_addrs if addrs == ("/ip4/198.18.0.7/tcp/4001/p2p/x",)]
+    assert moved and moved[0] - changed_at <= 5.0 + 1e-9, (changed_at, mesh.sent_addrs[-3:])
     late = mesh.published[before:]
     assert late and WORKERS_TOPIC in late[0][1] and late[0][0] - joined_at <= 1.0 + 5.0 + 1e-9, (joined_at, late)
     mesh.published = mesh.published[:busy_end]
@@ -193,3 +209,4 @@ async def test_announcements_are_rate_limited_and_only_bucket_changes_count(
     directory = [t for t, topics, _ in mesh.published if WORKERS_TOPIC in topics]
     assert directory[0] == mesh.published[0][0] and len(directory) <= 200 / 60 + 1
     assert all(topics[0] == model_topic("m") for _, topics, _ in mesh.published)
+    assert mesh.subscribed == {model_topic("m")}

@@ -221,3 +221,51 @@ async def test_a_flooding_peer_is_graylisted_after_the_stated_count_and_honest_p
             assert s > 0 and not gs.graylisted(h.peer_id), f"honest peer score {s:.2f} (flooder {score:.2f})"
         print(f"flooder graylisted after {GRAYLIST_AFTER} invalid messages at score {score:.2f}; honest scores "
               + ", ".join(f"{gs.score_of(h.peer_id):.2f}" for h in honest))
+
+
+async def test_stale_relayed_messages_on_two_topics_and_their_redeliveries_never_count() -> None:
+    """An honest relay delivers expired announcements of another origin, each on its model topic and the
+    directory (one message, two topics), some of them twice. py-libp2p counts an invalid message once per topic
+    and answers a re-delivery from its validation cache without asking the validator: neither may count
+    against the relay, however many there are (more than the old allowance of 10 a minute)."""
+    from cocoon_node.mesh import model_topic
+    from cocoon_node.mesh.announce import MODEL_TOPIC_PREFIX
+
+    validator = AnnouncementValidator()
+    topics = (model_topic("m"), WORKERS_TOPIC)
+    async with AsyncExitStack() as stack:
+        node = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True, topics=topics, heartbeat_interval=0.2),
+                    topic_validators={WORKERS_TOPIC: validator}, prefix_validators={MODEL_TOPIC_PREFIX: validator})
+        await stack.enter_async_context(node.start())
+        relay = Mesh(create_new_key_pair(), MeshSettings(bootstrap=(node.listen_addrs()[0],), local_cluster=True,
+                                                         topics=topics, heartbeat_interval=0.2))
+        await stack.enter_async_context(relay.start())
+        gs, rid = node.gossipsub, relay.peer_id
+        assert gs is not None and relay.gossipsub is not None
+        scorer_ = gs.scorer
+        assert isinstance(scorer_, ForgivingScorer)
+        await wait_until(lambda: rid in node.pubsub.peers and node.peer_id in relay.pubsub.peers,  # type: ignore[union-attr]
+                         timeout=30)
+        origin = create_new_key_pair()
+        origin_id = ID.from_pubkey(origin.public_key)
+        now = int(time.time())
+        messages = []
+        for n in range(15):
+            ann = Announcement(
+                peer_id=origin_id.to_bytes(), addrs=(), model="m", model_hash=b"\x01" * 32, backend="synthetic",
+                synthetic=True, price_prompt=1, price_completion=2, max_concurrent=4, load=0, protocols=(),
+                tee_kind="dev-INSECURE", seqno=n + 1, issued_at=now - 100, expires_at=now - 70)
+            msg = rpc_pb2.Message(data=ann.seal(origin.private_key), topicIDs=list(topics),
+                                  from_id=origin_id.to_bytes(), seqno=(n + 1).to_bytes(8, "big"))
+            msg.signature = origin.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+            msg.key = origin.public_key.serialize()
+            messages.append(msg)
+        deliveries = [*messages, messages[0], messages[1]]  # two re-deliveries, answered from the cache
+        for msg in deliveries:
+            relay.gossipsub.send_rpc(node.peer_id, rpc_pb2.RPC(publish=[msg]))
+        await wait_until(lambda: scorer_.forgiven >= 2 * len(deliveries), timeout=30)
+        invalid = [scorer_.get_score_stats(rid, t).get("invalid_messages", 0.0) for t in topics]
+        score = gs.score_of(rid)
+        assert validator.rejected["expired"] == len(messages), validator.rejected
+        assert invalid == [0.0, 0.0] and score >= 0, f"relay score {score:.2f}, invalid counts {invalid}"
+        assert scorer_.forgiven == 2 * len(deliveries), scorer_.forgiven

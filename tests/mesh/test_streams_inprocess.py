@@ -9,16 +9,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from cocoon_node.inference.backend import BackendError
 from cocoon_node.inference.chat import parse_chat_request
+from cocoon_node.inference.port import open_frames
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerFailure, WorkerTerms, call_worker
 from cocoon_node.inference.synthetic import SyntheticBackend
 from cocoon_node.mesh import Mesh, MeshSettings
-from cocoon_node.wire import FrameStream
+from cocoon_node.wire.messages.inference import AcceptFrame, ErrorFrame, RequestFrame
 from tests.waiting import wait_until
 
 TERMS = WorkerTerms(model="synthetic-echo", price_prompt=1, price_completion=1, max_concurrent=4, max_tokens_cap=512)
@@ -71,9 +73,9 @@ async def test_malformed_frame_closes_only_its_stream(garbage: bytes) -> None:
             bad_stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
             async with call_worker(good_stream, chat(), price_prompt=1, price_completion=1) as call:
                 await bad_stream.write(garbage)
-                reply = await FrameStream(Raw(bad_stream), "inference").receive()
-                assert reply is not None and reply["t"] == "error" and reply["code"] == "protocol"
-                assert reply["message"]
+                reply = await open_frames(Raw(bad_stream)).receive()
+                assert isinstance(reply, ErrorFrame) and reply.code == "protocol"
+                assert reply.message
                 assert await Raw(bad_stream).read(100) == b""  # the worker closed the bad stream
                 deltas = [d async for d in call.deltas()]  # a frame may carry several tokens (coalescing)
             assert call.final is not None and call.final.completion_tokens == sum(d.tokens for d in deltas) > 0
@@ -175,18 +177,18 @@ async def test_a_request_before_final_is_a_protocol_error() -> None:
         worker.set_stream_handler(PROTOCOL_ID, server.handle)
         with trio.fail_after(30):
             stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
-            frames = FrameStream(Raw(stream), "inference")
-            request = {"t": "request", "v": 1, "id": "a", "chat": chat(words=50, max_tokens=50).to_wire(),
-                       "price_prompt": 1, "price_completion": 1}
+            frames = open_frames(Raw(stream))
+            request = RequestFrame(v=1, id="a", chat=chat(words=50, max_tokens=50).to_wire(), price_prompt=1,
+                                   price_completion=1)
             await frames.send(request)
             accept = await frames.receive()
-            assert accept is not None and accept["t"] == "accept" and accept["keep_open"] is True
-            await frames.send({**request, "id": "b"})
+            assert isinstance(accept, AcceptFrame) and accept.keep_open is True
+            await frames.send(msgspec.structs.replace(request, id="b"))
             seen = []
             while (frame := await frames.receive()) is not None:
                 seen.append(frame)
-            assert seen[-1]["t"] == "error" and seen[-1]["code"] == "protocol"
-            assert all(f["id"] == "a" for f in seen)  # request b was never served
+            assert isinstance(seen[-1], ErrorFrame) and seen[-1].code == "protocol"
+            assert all(getattr(f, "id", None) == "a" for f in seen)  # request b was never served
         await wait_until(lambda: server.stats.in_flight == 0, timeout=10)
         assert server.stats.failed == 1 and server.stats.served == 0 and len(server.request_log) == 1
 

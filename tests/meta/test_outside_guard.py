@@ -21,7 +21,7 @@ def test_the_audit_hook_records_an_open_beside_the_checkout() -> None:
     before = len(conftest._outside)
     target = conftest.ROOT.parent / "cocoon-guard-probe-does-not-exist"
     try:
-        open(target, "rb").close()  # noqa: SIM115 - the open itself is what is audited
+        open(target, "rb").close()  # the open itself is what is audited
     except OSError:
         pass
     assert len(conftest._outside) == before + 1

@@ -67,7 +67,8 @@ def honest_world(*, paid_over: int = 5500, unpaid: int = 100_000, payee_got: int
         stale1={"adversary": {"stale_after": 3, "closes": [{
             "address": "ch-s", "payer": "wallet-r", "stale_seqno": 1, "stale_cumulative": 1000, "newest_seqno": 5,
             "newest_cumulative": 9000, "success": True, "error_name": "OK",
-            "attempts": [{"what": "replay", "success": cheat_ok, "exit_code": 108, "error_name": "STALE_SEQNO"}]}]}},
+            "attempts": [{"what": "replay", "success": cheat_ok, "exit_code": 109,
+                          "error_name": "AMOUNT_BACKWARDS"}]}]}},
         nonpayer1={"adversary": {"by_worker": {W: {"requests": 1, "completion_tokens": 50, "unpaid": unpaid}}}},
         worker1={"payments": {"credit_window": 100_000, "worker_meter": {"payment_timeouts": 1}}},
     )
@@ -91,7 +92,7 @@ def test_contained_adversaries_pass_and_the_report_says_how() -> None:
     assert [(a["adversary"], a["verdict"]) for a in lines] == [
         ("overclaim (overclaim1)", "detected and contained"), ("stale_close (stale1)", "detected and contained"),
         ("nonpayer (nonpayer1)", "detected and contained")]
-    assert "STALE_SEQNO" in lines[1]["how"] and "window 100000" in lines[2]["how"]
+    assert "AMOUNT_BACKWARDS" in lines[1]["how"] and "window 100000" in lines[2]["how"]
 
 
 @pytest.mark.parametrize("change, failing", [

@@ -1,9 +1,10 @@
 """netsim link shaping: the scenario's [links] section, the link table the runner writes, the netem probe and
-the NETSIM-ONLY node setting that points a node at the table."""
+netsim's NETSIM-ONLY node entry point that points a node at the table (production nodes have no such setting)."""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,10 @@ import trio
 
 from cocoon_node.cli import build_parser, overrides_from_args
 from cocoon_node.config import ConfigError, load_config
-from cocoon_node.mesh.shaping import LinkParams, LinkTable
 from netsim.links import LinkPlan, probe_netem, shaping_note
+from netsim.node import link_shaping, shaping_problems
 from netsim.scenario import LinkPair, Links, ScenarioError, parse_scenario
+from netsim.shaping import LinkParams, LinkTable
 
 BASE: dict[str, Any] = {"name": "x", "duration": 5, "shaping": "auto",
                         "cluster": {"requesters": 2, "workers": [{"name": "worker", "count": 3}]}}
@@ -110,28 +112,88 @@ def run_config(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -
     return load_config(None, env=env or {}, overrides=overrides_from_args(args))
 
 
-def test_link_table_setting_flows_from_flag_and_environment(tmp_path: Path) -> None:
+def test_production_nodes_have_no_link_table_setting(tmp_path: Path) -> None:
+    """Shaping reaches a node only through netsim's entry points; cocoon-node knows no flag or key for it."""
+    with pytest.raises(SystemExit):
+        run_config(tmp_path, "--netsim-link-table", str(tmp_path / "links.json"))
+    with pytest.raises(ConfigError) as err:
+        run_config(tmp_path, env={"COCOON_NODE_NETSIM_LINK_TABLE": str(tmp_path / "links.json")})
+    assert any("unknown setting node.netsim_link_table" in p for p in err.value.problems), err.value.problems
+
+
+def test_link_table_shapes_a_local_tcp_node(tmp_path: Path) -> None:
     table = tmp_path / "links.json"
     table.write_text("{}")
-    assert run_config(tmp_path).netsim_link_table_path is None
-    assert run_config(tmp_path, "--netsim-link-table", str(table)).netsim_link_table_path == table
-    from_env = run_config(tmp_path, env={"COCOON_NODE_NETSIM_LINK_TABLE": str(table)})
-    assert from_env.netsim_link_table_path == table
+    assert shaping_problems(run_config(tmp_path), table) == []
+    assert link_shaping(run_config(tmp_path), table, "netsim.node") is not None
+    assert link_shaping(run_config(tmp_path), None, "netsim.node") is None
 
 
-@pytest.mark.parametrize(("flags", "problem"), [
-    (["--network", "testnet", "--tee", "tdx"], "refused outside the local network"),
-    (["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"], "TCP-only"),
+@pytest.mark.parametrize(("node", "problem"), [
+    ({"network": "testnet"}, "refused outside the local network"),
+    ({"listen": ("/ip4/127.0.0.1/udp/0/quic-v1",)}, "TCP-only"),
 ])
-def test_link_table_setting_is_netsim_only(tmp_path: Path, flags: list[str], problem: str) -> None:
+def test_link_table_is_netsim_only(tmp_path: Path, node: dict[str, Any], problem: str,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     table = tmp_path / "links.json"
     table.write_text("{}")
-    with pytest.raises(ConfigError) as err:
-        run_config(tmp_path, "--netsim-link-table", str(table), *flags)
-    assert any(problem in p for p in err.value.problems), err.value.problems
+    config = run_config(tmp_path)
+    config = replace(config, node=replace(config.node, **node))  # only the node section matters here
+    assert any(problem in p for p in shaping_problems(config, table))
+    with pytest.raises(SystemExit) as exit_:
+        link_shaping(config, table, "netsim.node")
+    assert exit_.value.code == 2 and problem in capsys.readouterr().err
 
 
-def test_missing_link_table_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as err:
-        run_config(tmp_path, "--netsim-link-table", str(tmp_path / "absent.json"))
-    assert any("node.netsim_link_table" in p for p in err.value.problems)
+def test_missing_link_table_is_refused(tmp_path: Path) -> None:
+    problems = shaping_problems(run_config(tmp_path), tmp_path / "absent.json")
+    assert problems == [f"--link-table: {tmp_path / 'absent.json'} is not a file"]
+
+
+@pytest.mark.parametrize(("module", "argv"), [
+    ("netsim.node", []),
+    ("netsim.rogue", ["--kind", "overclaim"]),
+    ("netsim.lowball", ["--trigger", "never"]),
+    ("netsim.misnamed", []),
+])
+def test_every_netsim_node_entry_point_takes_the_link_table(tmp_path: Path, module: str, argv: list[str],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Rogue nodes are shaped like honest ones: each entry point reads --link-table and applies the refusals
+    (here: the table is missing) before it builds its node."""
+    import importlib
+
+    missing = tmp_path / "absent.json"
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main([*argv, "--link-table", str(missing), "run", "--worker",
+                                              "--data-dir", str(tmp_path / "node")])
+    assert exit_.value.code == 2
+    assert f"{module}: --link-table: {missing} is not a file" in capsys.readouterr().err
+    assert not (tmp_path / "node").exists()  # refused before the node (and its identity) was made
+
+
+def test_host_pool_takes_the_link_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from netsim.pool import main
+
+    missing = tmp_path / "absent.json"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--base-dir", str(tmp_path), "--prefix", "w", "--count", "1", "--link-table", str(missing), "--",
+              "--worker", "--no-payments"])
+    assert exit_.value.code == 2
+    assert f"netsim.pool: --link-table: {missing} is not a file" in capsys.readouterr().err
+
+
+def test_a_shaped_run_starts_every_node_through_a_netsim_entry_point(tmp_path: Path) -> None:
+    """Honest nodes start as ``netsim.node``, rogue ones as themselves, each with --link-table; unshaped runs
+    start plain ``cocoon-node`` (the cluster's default) and the rogue command as it is."""
+    import sys
+
+    from netsim.context import SimContext
+    from netsim.lifecycle import Lifecycle
+
+    rogue = [sys.executable, "-m", "netsim.rogue", "--kind", "nonpayer"]
+    shaped = Lifecycle(SimContext(scenario(), seed=1, base_dir=tmp_path))
+    table = ["--link-table", str(tmp_path / "links.json")]
+    assert shaped.command() == [sys.executable, "-m", "netsim.node", *table]
+    assert shaped.command(rogue) == [*rogue, *table]
+    plain = Lifecycle(SimContext(scenario(shaping="none"), seed=1, base_dir=tmp_path))
+    assert plain.command() is None and plain.command(rogue) == rogue

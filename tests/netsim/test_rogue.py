@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from cocoon_node.inference.audit import HELD_BACK_TOKENS
 from cocoon_node.inference.stream import PROTOCOL_ID, WorkerFailure
+from cocoon_node.inference.tokencount import WhitespaceCounter
 from cocoon_node.payments.chain.base import ChannelStatus
+from netsim.paycheats import INFLATE_FACTOR, InflatingServer
 from netsim.rogue import OverclaimingServer, StaleClosingSettlement, UnpaidBook, WithholdingMeter, _config
 from tests.payments.conftest import Parties, _contract_deps, parties  # noqa: F401 - fixtures
 from tests.payments.test_metering import MODEL, PC, PP, WINDOW, chat, tail_voucher_stored, world
@@ -29,7 +32,7 @@ async def test_overclaiming_worker_is_caught_and_paid_only_for_what_it_streamed(
             meter = await w.meter_for()
             with pytest.raises(WorkerFailure) as err:
                 await w.run(chat(12), meter)
-            assert err.value.code == "protocol" and "claims 17 completion tokens but streamed 12" in str(err.value)
+            assert err.value.code == "overcount" and "claims 17 completion tokens but streamed 12" in str(err.value)
             await wait_until(lambda: rogue.books, timeout=10)
             (book,) = rogue.books.values()
             assert (book.overclaims, book.claimed_extra_tokens, book.streamed_tokens) == (1, 5, 12)
@@ -39,13 +42,35 @@ async def test_overclaiming_worker_is_caught_and_paid_only_for_what_it_streamed(
             assert meter.channel.paid <= book.streamed_amount < book.claimed_amount
 
 
+async def test_inflating_worker_is_dropped_and_paid_at_most_the_audits_slack(
+    parties: Parties, tmp_path: Path  # noqa: F811
+) -> None:
+    """netsim/paycheats.py's inflating worker rewrites its typed delta and final frames on the wire; the
+    requester's audit drops it, and what was charged stays within the bound its invariant checks."""
+    async with world(parties, tmp_path) as w:
+        with trio.fail_after(60):
+            rogue = InflatingServer(w.backend, _terms(), meter=w.meter)
+            w.worker_mesh.set_stream_handler(PROTOCOL_ID, rogue.handle)
+            meter = await w.meter_for()
+            meter.token_counter = WhitespaceCounter()  # a requester holding the announced tokenizer, as in netsim
+            with pytest.raises(WorkerFailure) as err:
+                await w.run(chat(12), meter)
+            assert err.value.code == "overcount"
+            await wait_until(lambda: rogue.books, timeout=10)
+            (book,) = rogue.books.values()
+            assert book.requests == 1 and book.claimed_tokens == INFLATE_FACTOR * book.streamed_tokens > 0
+            # the bound of paycheats' inflate_contained invariant: what was streamed plus the audit's slack
+            slack = (HELD_BACK_TOKENS + book.streamed_tokens // 32 + 1) * PC
+            assert meter.channel.charged <= book.streamed_amount + slack
+
+
 async def test_stale_close_settles_at_the_stale_amount_and_every_replay_is_refused(
     parties: Parties, tmp_path: Path  # noqa: F811
 ) -> None:
     async with world(parties, tmp_path) as w:
         with trio.fail_after(90):
-            meter = await w.meter_for()
-            for words in (10, 20):
+            for words in (10, 20):  # a meter per request: its counts are the request's own
+                meter = await w.meter_for()
                 await w.run(chat(words), meter)
             newest = await tail_voucher_stored(w, meter.channel)
             rogue = StaleClosingSettlement(w.p.payee, w.worker_store, w.p.payee_key, claim_threshold=10**15,
@@ -54,7 +79,7 @@ async def test_stale_close_settles_at_the_stale_amount_and_every_replay_is_refus
             close = rogue.closes[meter.channel.address]
             assert close.success and (close.stale_seqno, close.stale_cumulative) == (1, 10 * PP)
             assert close.newest_cumulative == newest.cumulative
-            assert [a.error_name for a in close.attempts] == ["STALE_SEQNO", "BAD_SIGNATURE", "WRONG_STATE"]
+            assert [a.error_name for a in close.attempts] == ["AMOUNT_BACKWARDS", "BAD_SIGNATURE", "WRONG_STATE"]
             assert await rogue.stale_close_due() == []  # one close per payer
             # the payer notices; the rogue never challenges its own close
             assert await w.manager.check_closes() == [meter.channel.address]
@@ -76,12 +101,16 @@ async def test_withholding_meter_costs_each_worker_at_most_its_window(
         with trio.fail_after(60):
             honest = await w.meter_for()
             book = UnpaidBook()
+            codes = []
             for _ in range(2):
                 with pytest.raises(WorkerFailure) as err:
-                    await w.run(chat(200), WithholdingMeter(honest, book))
-                assert err.value.code == "payment"
-            assert book.requests == 2 and book.prompt_tokens == 400
-            await wait_until(lambda: honest.channel.paid == 400 * PP, timeout=10)  # prompts are paid
+                    await w.run(chat(50), WithholdingMeter(honest, book))
+                codes.append(err.value.code)
+            # The first is cut off at the window; the payer still owes the window, so the second is refused
+            # before any prefill.
+            assert codes == ["payment", "payment_required"]
+            assert book.requests == 1 and book.prompt_tokens == 50
+            await wait_until(lambda: honest.channel.paid == 50 * PP, timeout=10)  # the prompt is paid
             unpaid = book.received_amount - honest.channel.paid
             assert unpaid == book.completion_tokens * PC and 0 < unpaid <= WINDOW
 

@@ -134,8 +134,10 @@ async def test_retry_before_first_token_and_worker_killed_mid_stream(tmp_path: P
         # The cheap worker ranks first; it will be dead when the request comes.
         cheap = await cluster.start_node("cheap", worker_args(req.addr, "synthetic", extra=[
             *FAST, "--price-prompt", "1", "--price-completion", "1", "--announce-ttl", "30"]))
+        # Dear, yet its 200-word prompt below (18 M nanotons) fits the default 20 M credit window: a worker admits
+        # no prompt that costs more.
         dear = await cluster.start_node("dear", worker_args(req.addr, "synthetic", extra=[
-            *FAST, "--price-prompt", "900000", "--price-completion", "900000", "--synthetic-rate", "20"]))
+            *FAST, "--price-prompt", "90000", "--price-completion", "90000", "--synthetic-rate", "20"]))
         url = api_url(cluster)
 
         async def both() -> bool:

@@ -37,6 +37,8 @@ T0 = 1_800_000_000
 GOOD_MODEL = b"\x07" * 32
 OTHER_MODEL = b"\x08" * 32
 OWNER_ADDR = "EQD3eLbcV60CnZbStVzPzYtPetz9_qDk2TYOnUqQ0g4CiqX9"
+MRTD = b"\x11" * 48
+RTMR_SET = b"\x22" * 32
 
 
 def h(b: bytes) -> int:
@@ -67,12 +69,12 @@ async def owner() -> AsyncIterator[LocalChain]:
             yield chain
 
 
-async def deploy(owner: LocalChain, models: list[bytes]) -> str:
+async def deploy(owner: LocalChain, models: list[bytes], name: str = "m") -> str:
     with trio.fail_after(20):
         reg = await owner.deploy_registry(min_deposit=TON, min_challenge_period=3600)
         assert (await owner.registry_update(reg, "add_image", hash=h(dev_image_hash(__version__)))).success
         for m in models:
-            assert (await owner.registry_update(reg, "add_model", hash=h(m))).success
+            assert (await owner.registry_update(reg, "add_model", hash=h(m), name=name)).success
     return reg
 
 
@@ -82,11 +84,12 @@ async def test_read_merge_and_check(owner: LocalChain, tmp_path: Path) -> None:
     with trio.fail_after(20):
         reg = await read_registry_policy(reader, reg_addr)
     assert reg == RegistryPolicy(version=2, image_hashes=frozenset({dev_image_hash(__version__)}),
-                                 model_hashes=frozenset({GOOD_MODEL}), min_deposit=TON, min_challenge_period=3600,
+                                 models=frozenset({("m", GOOD_MODEL)}), min_deposit=TON, min_challenge_period=3600,
                                  owner=owner.wallet_address)
 
     policy = merge_policy(base_policy(), reg)
-    assert policy.image_hashes == reg.image_hashes and policy.model_hashes == reg.model_hashes
+    assert policy.image_hashes == reg.image_hashes and policy.models == reg.models
+    assert policy.model_hashes == frozenset()  # the registry replaces name-agnostic hashes too
     assert policy.tee_kinds == base_policy().tee_kinds  # everything else stays as configured
 
     good, good_peer = report(tmp_path, GOOD_MODEL)
@@ -97,7 +100,7 @@ async def test_read_merge_and_check(owner: LocalChain, tmp_path: Path) -> None:
     assert not v.ok and v.check == "model_hash"
 
     # an image the registry does not list fails on the image, even for an allowed model
-    no_image = merge_policy(base_policy(), RegistryPolicy(3, frozenset({b"\x01" * 32}), reg.model_hashes, 0, 0))
+    no_image = merge_policy(base_policy(), RegistryPolicy(3, frozenset({b"\x01" * 32}), reg.models, 0, 0))
     v = check_report(good, good_peer, no_image, now)
     assert not v.ok and v.check == "image_hash"
 
@@ -106,7 +109,8 @@ async def test_empty_registry_allows_nothing(owner: LocalChain, tmp_path: Path) 
     with trio.fail_after(20):
         reg_addr = await owner.deploy_registry(min_deposit=TON, min_challenge_period=3600)
         reg = await read_registry_policy(owner, reg_addr)
-    assert reg.version == 0 and reg.image_hashes == frozenset() and reg.model_hashes == frozenset()
+    assert reg.version == 0 and reg.image_hashes == frozenset() and reg.models == frozenset()
+    assert reg.mrtds == frozenset() and reg.rtmr_sets == frozenset() and reg.tcb_statuses == {"UpToDate"}
     record, peer = report(tmp_path, GOOD_MODEL)
     v = check_report(record, peer, merge_policy(base_policy(), reg), int(time.time()))
     assert not v.ok and v.check in ("image_hash", "model_hash")
@@ -135,6 +139,7 @@ async def test_refresher_applies_new_versions_and_verdicts_flip(
     refresher = RegistryPolicyRefresher(gate, owner, reg_addr, gate.policy, interval=0.2)
     # before the first read the gate fails closed
     assert gate.policy.image_hashes == frozenset() and gate.policy.model_hashes == frozenset()
+    assert gate.policy.models == frozenset() and gate.policy.mrtds == frozenset()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(refresher.run)
@@ -148,7 +153,7 @@ async def test_refresher_applies_new_versions_and_verdicts_flip(
             v = await gate.check(peer)  # cache was cleared with the policy change: re-checked at once
             assert not v.ok and v.check == "model_hash" and gate.fetches == 2
 
-            assert (await owner.registry_update(reg_addr, "add_model", hash=h(GOOD_MODEL))).success
+            assert (await owner.registry_update(reg_addr, "add_model", hash=h(GOOD_MODEL), name="m")).success
             await wait_until(lambda: refresher.current.version == 5, timeout=10)
             assert (await gate.check(peer)).ok
 
@@ -183,8 +188,9 @@ class FlakyChain:
 
 
 def state(version: int, models: list[bytes]) -> dict[str, Any]:
-    return {"version": version, "min_deposit": "1", "min_challenge_period": 60, "owner": "",
-            "images": [dev_image_hash(__version__).hex()], "models": [m.hex() for m in models]}
+    return {"version": version, "min_deposit": "1", "min_challenge_period": 60, "max_challenge_period": 600,
+            "owner": "",
+            "images": [dev_image_hash(__version__).hex()], "models": [{"hash": m.hex(), "name": "m"} for m in models]}
 
 
 async def test_refresher_retries_errors_and_timeouts_and_ignores_stale_versions(tmp_path: Path) -> None:
@@ -219,9 +225,18 @@ async def test_refresher_retries_errors_and_timeouts_and_ignores_stale_versions(
 def registry_dict(hashes: list[bytes]) -> Any:
     if not hashes:
         return None
-    m = HashMap(256, value_serializer=lambda v, b: b.store_uint(v, 32))
+    m = HashMap(len(hashes[0]) * 8, value_serializer=lambda v, b: b.store_uint(v, 32))
     for x in hashes:
         m.set_int_key(h(x), 1)
+    return m.serialize()
+
+
+def models_dict(models: dict[bytes, str]) -> Any:
+    """The registry's ``models`` map: weight hash -> ModelEntry (addedIn:uint32 ^name)."""
+    m = HashMap(256, value_serializer=lambda v, b: b.store_uint(1, 32).store_ref(
+        begin_cell().store_bytes(v.encode()).end_cell()))
+    for x, name in models.items():
+        m.set_int_key(h(x), name)
     return m.serialize()
 
 
@@ -236,9 +251,10 @@ class FakeLiteClient:
         self.calls.append((address.to_str(), method))
         owner = begin_cell().store_address(Address(OWNER_ADDR)).end_cell().begin_parse()
         return {
-            "get_params": [self.version, 5 * TON, 600, owner],
+            "get_params": [self.version, 5 * TON, 600, owner, 86_400],
             "get_images": [registry_dict([dev_image_hash(__version__)])],
-            "get_models": [registry_dict([GOOD_MODEL, OTHER_MODEL])],
+            "get_models": [models_dict({GOOD_MODEL: "m", OTHER_MODEL: "modèle-ß"})],
+            "get_measurements": [registry_dict([MRTD]), registry_dict([RTMR_SET]), -1, 0b11, 600],
             "get_version": [self.version],
         }[method]
 
@@ -249,14 +265,18 @@ async def test_ton_chain_reads_the_registry_get_methods() -> None:
     with trio.fail_after(5):
         reg = await read_registry_policy(chain, OWNER_ADDR)
     assert reg == RegistryPolicy(version=4, image_hashes=frozenset({dev_image_hash(__version__)}),
-                                 model_hashes=frozenset({GOOD_MODEL, OTHER_MODEL}), min_deposit=5 * TON,
-                                 min_challenge_period=600, owner=OWNER_ADDR)
-    assert [m for _, m in lite.calls] == ["get_params", "get_images", "get_models", "get_version"]
-    empty = registry_policy_from_stacks([0, 0, 0, begin_cell().store_address(Address(OWNER_ADDR)).end_cell()],
-                                        [None], [None])
-    assert empty.image_hashes == frozenset() and empty.model_hashes == frozenset()
+                                 models=frozenset({("m", GOOD_MODEL), ("modèle-ß", OTHER_MODEL)}), min_deposit=5 * TON,
+                                 min_challenge_period=600, owner=OWNER_ADDR, max_challenge_period=86_400,
+                                 mrtds=frozenset({MRTD}),
+                                 rtmr_sets=frozenset({RTMR_SET}), require_tcb_check=True,
+                                 tcb_statuses=frozenset({"UpToDate", "SWHardeningNeeded"}), max_report_age=600)
+    assert [m for _, m in lite.calls] == ["get_params", "get_images", "get_models", "get_measurements",
+                                          "get_version"]
+    empty = registry_policy_from_stacks([0, 0, 0, begin_cell().store_address(Address(OWNER_ADDR)).end_cell(), 0],
+                                        [None], [None], [None, None, 0, 1, 0])
+    assert empty.image_hashes == frozenset() and empty.models == frozenset() and empty.mrtds == frozenset()
     with pytest.raises(ChainError):
-        registry_policy_from_stacks([1, 2], [None], [None])
+        registry_policy_from_stacks([1, 2], [None], [None], [None, None, 0, 1, 0])
     with pytest.raises(ChainError, match="cannot read"):
         await read_registry_policy(object(), OWNER_ADDR)
 
@@ -288,7 +308,7 @@ async def test_requester_process_follows_the_registry(tmp_path: Path) -> None:
     async with cluster.running():
         assert cluster.chain_url is not None
         async with LocalChain.connect(cluster.chain_url, "registry-owner", balance=100 * TON) as owner:
-            reg_addr = await deploy(owner, [good])
+            reg_addr = await deploy(owner, [good], name="synthetic-echo")
             req = await cluster.start_node("requester", ["--requester", "--local-cluster", "--allow-dev-tee",
                                                          "--api-port", "0", "--registry-address", reg_addr])
             await cluster.start_node("w", worker_args(req.addr, "synthetic", extra=[*FAST, "--model-path",
@@ -309,5 +329,5 @@ async def test_requester_process_follows_the_registry(tmp_path: Path) -> None:
             verdict = (await cluster.status("requester"))["attestation"][cluster.nodes["w"].peer_id]
             assert verdict["ok"] is False and verdict["check"] == "model_hash"
             with trio.fail_after(20):
-                assert (await owner.registry_update(reg_addr, "add_model", hash=h(good))).success
+                assert (await owner.registry_update(reg_addr, "add_model", hash=h(good), name="synthetic-echo")).success
             await wait_until(served, timeout=30, interval=0.5)

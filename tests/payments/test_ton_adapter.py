@@ -74,9 +74,9 @@ async def test_ton_chain_sends_the_same_bodies_and_reads_exit_codes() -> None:
         assert sent.info.bounce is True
         assert sent.info.dest == Address(CHANNEL)
 
-        net.exit_code = 108
+        net.exit_code = 110
         r = await chain.unilateral_close(CHANNEL, v)
-        assert not r.success and r.error_name == "STALE_SEQNO"
+        assert not r.success and r.error_name == "OVERDRAW"
         assert net.sent[-1].message.body.hash == start_close_body(v).hash
 
         st = await chain.get_channel_state(CHANNEL)

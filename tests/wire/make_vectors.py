@@ -1,4 +1,4 @@
-"""Regenerate the golden vectors of the envelope, announcement and inference-frame protocols.
+"""Regenerate the golden vectors of the envelope, announcement, inference, channel and dial-back protocols.
 
 Run ``python -m tests.wire.make_vectors``. Keys are fixed seeds and Ed25519 signatures are deterministic,
 so the output is byte-for-byte reproducible; the tests check both decoding and re-encoding against it.
@@ -88,22 +88,40 @@ def channel_frames() -> list[dict[str, Any]]:
     ]
 
 
+def dialback_frames() -> list[dict[str, Any]]:
+    peer = "12D3KooWHFrmLWTTDD4NodngtRMEVYgxrsDbhjqH3eqWqtfh6Gp6"
+    nonce = bytes(range(16))
+    return [
+        {"t": "dial_request", "v": 1, "nonce": nonce,
+         "addrs": ["/ip4/10.1.0.2/tcp/4001", f"/ip4/198.18.1.1/tcp/4001/p2p/{peer}"]},
+        {"t": "dial_response", "observed": "/ip4/198.18.1.1/tcp/53412",
+         "results": [{"addr": "/ip4/10.1.0.2/tcp/4001", "status": "refused",
+                      "reason": "not the address the request came from"},
+                     {"addr": f"/ip4/198.18.1.1/tcp/4001/p2p/{peer}", "status": "dial_error", "reason": "timed out"}]},
+        {"t": "dial_back", "nonce": nonce, "addr": "/ip4/198.18.3.1/tcp/4001"},
+        {"t": "dial_back_ok"},
+    ]
+
+
 def build() -> dict[str, list[dict[str, Any]]]:
     ann, key_pair = sample_announcement()
-    payload = canonical_dumps(ann.to_wire())
     sealed = ann.seal(key_pair.private_key)
     import cbor2
 
-    # Payload version 2 (issue 15): the same offer with the hardware it runs on.
-    ann2 = replace(ann, v=2, hardware=Hardware(accelerator="NVIDIA H200", accelerator_count=8,
-                                               accelerator_memory_mib=143_771, hardware_source="detected",
-                                               context_length=32_768, context_source="declared"))
-    payload2 = canonical_dumps(ann2.to_wire())
+    # Payload version 2 carries a tokenizer (issue 19), the hardware it runs on (issue 15), or both.
+    tokenizer = bytes.fromhex("9ebd23ced59c16a4fdd027e7799e067e4395ac26f29f10ac0d4d4bd0fccc84ca")
+    hardware = Hardware(accelerator="NVIDIA H200", accelerator_count=8, accelerator_memory_mib=143_771,
+                        hardware_source="detected", context_length=32_768, context_source="declared")
+    announcements = [
+        ("announcement-payload", ann),
+        # a worker that names its tokenizer (requesters holding it count claimed tokens themselves)
+        ("announcement-payload-v2-tokenizer", replace(ann, v=2, tokenizer=tokenizer)),
+        ("announcement-payload-v2-hardware", replace(ann, v=2, hardware=hardware)),
+        ("announcement-payload-v2-tokenizer-hardware", replace(ann, v=2, tokenizer=tokenizer, hardware=hardware)),
+    ]
     return {
-        "announce/announcement.json": [{"name": "announcement-payload", "hex": payload.hex(),
-                                        "value": to_json_value(ann.to_wire())},
-                                       {"name": "announcement-payload-v2-hardware", "hex": payload2.hex(),
-                                        "value": to_json_value(ann2.to_wire())}],
+        "announce/announcement.json": [{"name": name, "hex": canonical_dumps(a.to_wire()).hex(),
+                                        "value": to_json_value(a.to_wire())} for name, a in announcements],
         "envelope/envelope.json": [{"name": "announcement-envelope", "hex": sealed.hex(),
                                     "value": to_json_value(cbor2.loads(sealed))}],
         "inference/frames.json": [{"name": vector_name(f),
@@ -111,6 +129,8 @@ def build() -> dict[str, list[dict[str, Any]]]:
                                   for f in frames()],
         "channel/frames.json": [{"name": f["t"], "hex": encode_frame("channel", f).hex(), "value": to_json_value(f)}
                                 for f in channel_frames()],
+        "dialback/frames.json": [{"name": f["t"], "hex": encode_frame("dialback", f).hex(), "value": to_json_value(f)}
+                                 for f in dialback_frames()],
     }
 
 

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+import struct
+import types
 
 import cbor2
+import msgpack
 import pytest
 
 from cocoon_node.mesh import Announcement, decode_announcement
-from cocoon_node.wire import canonical_dumps, canonical_loads, decode_frame, encode_frame, open_envelope
+from cocoon_node.wire import (
+    FrameError,
+    canonical_dumps,
+    canonical_loads,
+    decode_frame,
+    encode_frame,
+    open_envelope,
+    to_builtins,
+)
+from cocoon_node.wire.messages import channel, dialback, inference
 
 from .make_vectors import VECTOR_DIR, build, from_json_value
 
@@ -41,15 +53,41 @@ def test_envelope_round_trip_and_verifies() -> None:
         assert signer == env.peer_id and ann.peer_id == signer.to_bytes()
 
 
-@pytest.mark.parametrize(
-    ("protocol", "vec"),
-    [("inference", v) for v in load("inference/frames.json")] + [("channel", v) for v in load("channel/frames.json")],
-    ids=lambda x: x["name"] if isinstance(x, dict) else x,
-)
-def test_stream_frames_round_trip(protocol: str, vec: dict) -> None:
+FRAME_VECTORS = [(inference, v) for v in load("inference/frames.json")] + [
+    (channel, v) for v in load("channel/frames.json")] + [(dialback, v) for v in load("dialback/frames.json")]
+
+
+@pytest.mark.parametrize(("module", "vec"), FRAME_VECTORS,
+                         ids=lambda x: x["name"] if isinstance(x, dict) else x.PROTOCOL)
+def test_stream_frames_round_trip(module: types.ModuleType, vec: dict) -> None:
+    """Each golden frame decodes into its declared type with the vector's values and re-encodes to the
+    identical bytes (field order, omitted defaults, float64 kept)."""
     raw = bytes.fromhex(vec["hex"])
     value = from_json_value(vec["value"])
     length = int.from_bytes(raw[:4], "big")
     assert length == len(raw) - 4
-    assert decode_frame(protocol, raw[4:]) == value
-    assert encode_frame(protocol, value) == raw
+    frame = module.CODEC.decode(raw[4:])
+    assert type(frame) is module.MESSAGES[value["t"]]
+    assert list(to_builtins(frame).items()) == list(value.items())  # same fields, same order
+    assert module.CODEC.encode(frame) == raw
+    assert len(raw) - 4 <= frame.MAX_BYTES
+    # the schema's dict path (still used for the vectors' generation) agrees
+    assert decode_frame(module.PROTOCOL, raw[4:]) == value
+    assert encode_frame(module.PROTOCOL, value) == raw
+
+
+def test_final_frame_floats_from_a_peer() -> None:
+    """A peer may write a float field as an integer (the TOML's float accepts one): it decodes to a float,
+    and what we write is float64 as in the vectors."""
+    body = msgpack.packb({"t": "final", "id": "r1", "finish_reason": "stop", "prompt_tokens": 31,
+                          "completion_tokens": 5, "total_tokens": 36, "ttft_ms": 12, "generation_ms": 200,
+                          "tokens_per_second": 0})
+    frame = inference.CODEC.decode(body)
+    assert isinstance(frame, inference.FinalFrame)
+    assert (frame.ttft_ms, frame.generation_ms, frame.tokens_per_second) == (12.0, 200.0, 0.0)
+    assert all(isinstance(x, float) for x in (frame.ttft_ms, frame.generation_ms, frame.tokens_per_second))
+    again = msgpack.unpackb(inference.CODEC.encode(frame)[4:])
+    assert again["ttft_ms"] == 12.0 and isinstance(again["ttft_ms"], float)
+    assert b"\xcb" + struct.pack(">d", 200.0) in inference.CODEC.encode(frame)  # float64, not float32 or int
+    with pytest.raises(FrameError, match="ttft_ms"):
+        inference.CODEC.decode(msgpack.packb({**msgpack.unpackb(body), "ttft_ms": -1}))

@@ -119,7 +119,10 @@ class Chain(Protocol):
         ...
 
     async def open_channel(self, params: ChannelParams, deposit: int, *, gas: int = DEFAULT_DEPLOY_GAS) -> str:
-        """Deploy a channel from this wallet (the payer) with ``deposit``; returns its address."""
+        """Deploy a channel from this wallet (the payer) with ``deposit``; returns its address.
+
+        Raises :class:`~cocoon_node.payments.voucher.VoucherError` before sending anything when the contract
+        would refuse the terms (challenge period above the maximum, ``gas`` below the minimum reserve)."""
         ...
 
     async def top_up(self, address: str, amount: int, *, gas: int = DEFAULT_DEPLOY_GAS) -> TxResult:
@@ -137,11 +140,12 @@ class Chain(Protocol):
     async def unilateral_close(
         self, address: str, voucher: SignedVoucher | None, *, value: int = DEFAULT_OP_VALUE
     ) -> TxResult:
-        """Start the challenge period (payee must present a voucher; payer may pass None)."""
+        """Start the challenge period (payee must present a voucher; payer may pass None). A voucher below
+        what the chain already committed changes nothing: vouchers rank by amount, not seqno."""
         ...
 
     async def challenge(self, address: str, voucher: SignedVoucher, *, value: int = DEFAULT_OP_VALUE) -> TxResult:
-        """Present a newer voucher during the challenge period."""
+        """Present a voucher with a higher amount than the committed one during the challenge period."""
         ...
 
     async def finish(self, address: str, *, value: int = DEFAULT_OP_VALUE) -> TxResult:

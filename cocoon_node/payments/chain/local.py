@@ -36,9 +36,11 @@ from cocoon_node.payments.chain.base import (
     poll_closes,
 )
 from cocoon_node.payments.voucher import (
+    MAX_CHALLENGE_PERIOD,
     ChannelParams,
     SignedClose,
     SignedVoucher,
+    check_channel_terms,
     contracts_dir,
     finish_body,
     start_close_body,
@@ -273,6 +275,7 @@ class LocalChain:
         return parse_channel_state(address, await self.call("channel_state", {"address": address}))
 
     async def open_channel(self, params: ChannelParams, deposit: int, *, gas: int = DEFAULT_DEPLOY_GAS) -> str:
+        check_channel_terms(params, deposit, gas)  # what the contract would refuse never leaves the node
         r = await self.call(
             "deploy_channel", {"from": self.wallet, **params.to_json(), "deposit": str(deposit), "gas": str(gas)}
         )
@@ -341,12 +344,16 @@ class LocalChain:
         r = await self.call("total_supply")
         return {k: int(v) for k, v in r.items()}
 
-    async def deploy_registry(self, *, min_deposit: int, min_challenge_period: int, owner: str | None = None) -> str:
+    async def deploy_registry(
+        self, *, min_deposit: int, min_challenge_period: int, owner: str | None = None,
+        max_challenge_period: int = MAX_CHALLENGE_PERIOD,
+    ) -> str:
         """Deploy the policy registry owned by ``owner`` (default: this wallet)."""
         p: dict[str, Any] = {
             "from": self.wallet,
             "min_deposit": str(min_deposit),
             "min_challenge_period": min_challenge_period,
+            "max_challenge_period": max_challenge_period,
         }
         if owner:
             p["owner"] = owner
@@ -355,20 +362,32 @@ class LocalChain:
         return str(r["address"])
 
     async def registry_update(self, address: str, action: str, **args: Any) -> TxResult:
-        """Owner update: add_image/remove_image/add_model/remove_model (hash=int), set_params, transfer_ownership."""
+        """Owner update: add_image/remove_image/remove_model/add_rtmr_set/remove_rtmr_set (hash=int), add_model
+        (hash=int, name=str), add_mrtd/remove_mrtd (mrtd=bytes), set_tcb_rule (require_tcb_check=bool,
+        tcb_statuses=[names], max_report_age=int), set_params, transfer_ownership."""
         p: dict[str, Any] = {"from": self.wallet, "address": address, "action": action}
         if "hash" in args:
             p["hash"] = str(args["hash"])
+        for key in ("name", "require_tcb_check", "max_report_age"):
+            if key in args:
+                p[key] = args[key]
+        if "mrtd" in args:
+            p["mrtd"] = bytes(args["mrtd"]).hex()
+        if "tcb_statuses" in args:
+            p["tcb_statuses"] = list(args["tcb_statuses"])
         if "min_deposit" in args:
             p["min_deposit"] = str(args["min_deposit"])
         if "min_challenge_period" in args:
             p["min_challenge_period"] = int(args["min_challenge_period"])
+        if "max_challenge_period" in args:
+            p["max_challenge_period"] = int(args["max_challenge_period"])
         if "new_owner" in args:
             p["new_owner"] = args["new_owner"]
         return _tx_result(await self.call("registry_update", p))
 
     async def registry_state(self, address: str) -> dict[str, Any]:
-        """Decoded policy: version, min_deposit, min_challenge_period, owner, images, models (hex)."""
+        """Decoded policy: version, min_deposit, min/max_challenge_period, owner, images (hex), models
+        ({hash, name}), mrtds and rtmr_sets (hex), tcb ({require_tcb_check, tcb_statuses, max_report_age})."""
         return dict(await self.call("registry_state", {"address": address}))
 
     async def save_state(self, path: Path | None = None) -> None:

@@ -36,6 +36,7 @@ from cocoon_node.payments.voucher import (
     SignedVoucher,
     channel_address,
     channel_state_init,
+    check_channel_terms,
     finish_body,
     start_close_body,
     top_up_body,
@@ -302,5 +303,8 @@ class TonChain:
 def build_open_channel(
     params: ChannelParams, deposit: int, gas: int = DEFAULT_DEPLOY_GAS
 ) -> tuple[str, StateInit, Cell, int]:
-    """(address, state_init, body, value) of the deploy+deposit message — pure, offline-testable."""
+    """(address, state_init, body, value) of the deploy+deposit message — pure, offline-testable.
+
+    Raises VoucherError for terms the contract would refuse (see :func:`check_channel_terms`)."""
+    check_channel_terms(params, deposit, gas)
     return channel_address(params), channel_state_init(params), top_up_body(deposit), deposit + gas

@@ -1,0 +1,75 @@
+"""``protocols/attestation.toml``: the attestation report (canonical CBOR) and dev-INSECURE evidence.
+
+The claims are the record without ``evidence``; the TEE evidence commits to SHA-512 of their canonical
+CBOR, so :class:`AttestationReport` extends :class:`AttestationClaims` rather than repeating its fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Final, Literal
+
+from msgspec import Meta
+
+from cocoon_node.wire.typed import Message, Uint, utf8_max
+
+#: The record version this code speaks; v2 added ``backend`` and ``upstream`` (where prompts go).
+REPORT_VERSION: Final = 2
+TeeKind = Literal["tdx", "dev-INSECURE"]
+MAX_ENVELOPE_BYTES: Final = 16384
+MAX_EVIDENCE_BYTES: Final = 12288
+
+
+class AttestationEnvelope(Message, frozen=True):
+    """``{payload, signature}``: signature = Ed25519(node key, domain prefix || payload), see wire.envelope."""
+
+    MAX_BYTES: ClassVar[int] = MAX_ENVELOPE_BYTES
+
+    payload: Annotated[bytes, Meta(max_length=MAX_ENVELOPE_BYTES)]
+    signature: Annotated[bytes, Meta(min_length=64, max_length=64)]
+
+
+class AttestationClaims(Message, frozen=True):
+    """What a node asserts about itself; only ever hashed (into the evidence's report data), never sent alone."""
+
+    MAX_BYTES: ClassVar[int] = 4096
+
+    version: Literal[2]
+    peer_id: Annotated[bytes, Meta(max_length=64)]
+    public_key: Annotated[bytes, Meta(max_length=128)]
+    model_name: Annotated[str, utf8_max(256)]
+    model_hash: Annotated[bytes, Meta(min_length=32, max_length=32)]
+    node_version: Annotated[str, utf8_max(64)]
+    issued_at: Uint
+    expires_at: Uint
+    tee_kind: TeeKind
+    backend: Annotated[str, utf8_max(32)]
+    upstream: Annotated[str, utf8_max(256)]
+
+
+class AttestationReport(AttestationClaims, frozen=True):
+    """The signed record: the claims plus the TEE evidence (a raw TDX quote or dev evidence)."""
+
+    MAX_BYTES: ClassVar[int] = MAX_ENVELOPE_BYTES
+
+    evidence: Annotated[bytes, Meta(max_length=MAX_EVIDENCE_BYTES)]
+
+
+class DevEvidenceRecord(Message, frozen=True):
+    """Evidence of the INSECURE software dev TEE: it proves nothing about hardware."""
+
+    MAX_BYTES: ClassVar[int] = 1024
+
+    kind: Literal["dev-INSECURE"]
+    report_data: Annotated[bytes, Meta(min_length=64, max_length=64)]
+    image_hash: Annotated[bytes, Meta(min_length=32, max_length=32)]
+    platform_key: Annotated[bytes, Meta(min_length=32, max_length=32)]
+    signature: Annotated[bytes, Meta(min_length=64, max_length=64)]
+
+
+PROTOCOL = "attestation"
+MESSAGES: dict[str, type[Message]] = {
+    "attestation_envelope": AttestationEnvelope,
+    "attestation_report": AttestationReport,
+    "attestation_claims": AttestationClaims,
+    "dev_evidence": DevEvidenceRecord,
+}

@@ -1,0 +1,139 @@
+"""``protocols/inference.toml``: the frames of a direct inference stream, a tagged union on ``t``.
+
+The request's ``chat`` stays a free-form map: it is an OpenAI chat request, which
+:mod:`cocoon_node.inference.chat` validates (with OpenAI's error messages) once the frame is decoded.
+Fields are declared in the order the golden vectors have them (msgpack writes them in declaration order).
+Type names end in ``Frame`` so they never clash with the requester's ``Delta`` / ``Final`` results.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+import msgspec
+from msgspec import Meta
+
+from cocoon_node.wire.typed import FrameCodec, Message, Uint, utf8_max
+
+PROTOCOL_ID: Final = "/cocoon/inference/1.0.0"
+MAX_FRAME_BYTES: Final = 262144
+
+RequestId = Annotated[str, utf8_max(64)]
+Millis = Annotated[float, Meta(ge=0)]
+RejectCode = Literal["overloaded", "invalid_request", "model_mismatch", "price_mismatch", "payment_required",
+                     "context_length", "internal"]
+ErrorCode = Literal["backend", "timeout", "protocol", "payment", "internal"]
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class _Frame(Message, frozen=True, tag_field="t"):
+    """Base of the inference frames: the type travels in ``t``."""
+
+
+class PaymentRef(Message, frozen=True):
+    """The request's ``payment``: which channel pays (vouchers are bound to ``channel_id``)."""
+
+    MAX_BYTES: ClassVar[int] = 1024
+
+    channel: Annotated[str, utf8_max(128)]
+    channel_id: Annotated[bytes, Meta(min_length=32, max_length=32)]
+
+
+class RequestFrame(_Frame, frozen=True, kw_only=True, tag="request"):
+    MAX_BYTES: ClassVar[int] = 262144
+
+    v: Literal[1]
+    id: RequestId
+    chat: dict[str, Any]
+    price_prompt: Uint
+    price_completion: Uint
+    payment: PaymentRef | msgspec.UnsetType = msgspec.UNSET
+
+
+class AcceptFrame(_Frame, frozen=True, kw_only=True, tag="accept"):
+    MAX_BYTES: ClassVar[int] = 256
+
+    id: RequestId
+    prompt_tokens: Uint
+    credit_window: Uint
+    keep_open: bool = False
+
+
+class RejectFrame(_Frame, frozen=True, kw_only=True, tag="reject"):
+    MAX_BYTES: ClassVar[int] = 2048
+
+    id: RequestId
+    code: RejectCode
+    field: Annotated[str, utf8_max(128)] = ""
+    message: Annotated[str, utf8_max(1024)]
+
+
+class DeltaFrame(_Frame, frozen=True, tag="delta"):
+    MAX_BYTES: ClassVar[int] = 65536
+
+    id: RequestId
+    text: Annotated[str, utf8_max(60000)]
+    tokens: Uint
+
+
+class UsageFrame(_Frame, frozen=True, tag="usage"):
+    MAX_BYTES: ClassVar[int] = 256
+
+    id: RequestId
+    prompt_tokens: Uint
+    completion_tokens: Uint
+
+
+class FinalFrame(_Frame, frozen=True, tag="final"):
+    MAX_BYTES: ClassVar[int] = 512
+
+    id: RequestId
+    finish_reason: FinishReason
+    prompt_tokens: Uint
+    completion_tokens: Uint
+    total_tokens: Uint
+    ttft_ms: Millis
+    generation_ms: Millis
+    tokens_per_second: Annotated[float, Meta(ge=0)]
+
+
+class ErrorFrame(_Frame, frozen=True, tag="error"):
+    MAX_BYTES: ClassVar[int] = 2048
+
+    id: RequestId
+    code: ErrorCode
+    message: Annotated[str, utf8_max(1024)]
+
+
+class CancelFrame(_Frame, frozen=True, tag="cancel"):
+    MAX_BYTES: ClassVar[int] = 128
+
+    id: RequestId
+
+
+class VoucherFrame(_Frame, frozen=True, tag="voucher"):
+    MAX_BYTES: ClassVar[int] = 4096
+
+    id: RequestId
+    voucher: Annotated[bytes, Meta(max_length=2048)]
+
+
+InferenceFrame = (RequestFrame | AcceptFrame | RejectFrame | DeltaFrame | UsageFrame | FinalFrame | ErrorFrame
+                  | CancelFrame | VoucherFrame)
+
+#: Encodes and decodes (validating) every frame of the protocol.
+CODEC: FrameCodec[InferenceFrame] = FrameCodec(InferenceFrame, max_frame=MAX_FRAME_BYTES)
+
+PROTOCOL = "inference"
+MESSAGES: dict[str, type[Message]] = {
+    "request": RequestFrame,
+    "payment_ref": PaymentRef,
+    "accept": AcceptFrame,
+    "reject": RejectFrame,
+    "delta": DeltaFrame,
+    "usage": UsageFrame,
+    "final": FinalFrame,
+    "error": ErrorFrame,
+    "cancel": CancelFrame,
+    "voucher": VoucherFrame,
+}
