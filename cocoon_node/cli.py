@@ -32,6 +32,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "price_completion": ("worker", "price_completion"), "max_concurrent": ("worker", "max_concurrent"),
         "synthetic_rate": ("worker", "synthetic_tokens_per_second"),
         "announce_interval": ("worker", "announce_interval"), "announce_ttl": ("worker", "announce_ttl"),
+        "announce_min_interval": ("worker", "announce_min_interval"),  # issue 15
+        "directory_interval": ("worker", "directory_interval"), "buy_model": ("requester", "models"),
+        "accelerator": ("worker", "accelerator"), "accelerator_count": ("worker", "accelerator_count"),
+        "accelerator_memory_mib": ("worker", "accelerator_memory_mib"),
+        "context_length": ("worker", "context_length"),
         "requester": ("requester", "enabled"), "api_port": ("requester", "api_port"),
         "api_host": ("requester", "api_host"), "api_key": ("requester", "api_key"),
         "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
@@ -106,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--synthetic-rate", dest="synthetic_rate", type=float)
     run.add_argument("--announce-interval", dest="announce_interval", type=float)
     run.add_argument("--announce-ttl", dest="announce_ttl", type=int)
+    run.add_argument("--announce-min-interval", dest="announce_min_interval", type=float,
+                     help="least seconds between load-change announcements")
+    run.add_argument("--directory-interval", dest="directory_interval", type=float,
+                     help="seconds between announcements on the every-model directory topic")
+    run.add_argument("--buy-model", dest="buy_model", action="append",
+                     help="requester: follow only this model's topic (repeatable; default: every model)")
+    run.add_argument("--accelerator", help="declare the accelerator (e.g. 'NVIDIA H200') when not detected")
+    run.add_argument("--accelerator-count", dest="accelerator_count", type=int)
+    run.add_argument("--accelerator-memory-mib", dest="accelerator_memory_mib", type=int,
+                     help="memory per accelerator, MiB, when not detected")
+    run.add_argument("--context-length", dest="context_length", type=int,
+                     help="declare the context length served (tokens) when the backend cannot tell")
     run.add_argument("--api-host", dest="api_host")
     run.add_argument("--api-port", dest="api_port", type=int)
     run.add_argument("--api-key", dest="api_key")

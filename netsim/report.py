@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from netsim.coverage import invariant as coverage_invariant
 from netsim.misnamed import invariant as misnamed_invariant
 from netsim.rogue_report import rogue_invariants
 from netsim.simdata import SimData
@@ -110,6 +111,7 @@ def invariants(data: SimData) -> list[dict[str, str]]:
 
     add("workload_ran", "PASS" if len(ok) >= s.invariants.min_completed else "FAIL",
         f"{len(ok)} completed of {len(data.results)} (minimum {s.invariants.min_completed})")
+    coverage_invariant(data, good_ids, add)
 
     if data.flooder is not None:
         rejected = _rejected_total(data)

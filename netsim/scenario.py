@@ -190,6 +190,8 @@ class Links:
 class Invariants:
     convergence_bound: float = 30.0      # seconds for every requester to list every live worker
     min_completed: int = 1
+    min_answered_fraction: float = 0.0   # issue 15: of all requests sent, at least this share answered
+    all_workers_verified: bool = False   # issue 15: every requester verified every good worker's attestation
     relay_recovery_bound: float = 30.0   # [topology]: seconds after a relay dies until its workers are reachable
 
 

@@ -181,7 +181,7 @@ class ChatStreamResponse(Response):
 
 
 def openai_app(requester: Requester, *, api_key: str = "",
-               models: Callable[[], list[dict[str, Any]]] | None = None,
+               models: Callable[..., list[dict[str, Any]]] | None = None,
                channels: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> Starlette:
     """Build the ASGI app. ``models`` returns the model list entries (see the node)."""
 
@@ -194,7 +194,12 @@ def openai_app(requester: Requester, *, api_key: str = "",
     async def list_models(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
             return denied
-        return JSONResponse({"object": "list", "data": models() if models else []})
+        # issue 15: ?min_context_length=N&accelerator=TEXT keep only workers announcing such hardware
+        filters = {k: v for k, v in request.query_params.items() if k in ("min_context_length", "accelerator")}
+        if not filters.get("min_context_length", "0").isdigit():
+            return error_response(400, "min_context_length must be a whole number of tokens",
+                                  type_="invalid_request_error", code="invalid_filter")
+        return JSONResponse({"object": "list", "data": (models(filters) if filters else models()) if models else []})
 
     async def chat_completions(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:

@@ -137,6 +137,11 @@ class ExLlamaV2Backend:
     def in_flight(self) -> int:
         return self._slots.in_flight
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the loaded model's context holds (0 before load); workers announce it (issue 15)."""
+        return self._context_len
+
     async def load(self) -> None:
         ok, reason = exllamav2_available()
         if not ok:

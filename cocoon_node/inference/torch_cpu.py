@@ -110,6 +110,11 @@ class TorchBackend:
     def in_flight(self) -> int:
         return self._slots.in_flight
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the loaded model's context holds (0 before load); workers announce it (issue 15)."""
+        return self._context_len
+
     async def load(self) -> None:
         """Load tokenizer and weights in a worker thread (about 20 s on 2 cores); idempotent."""
         if self._model is None:

@@ -18,6 +18,7 @@ from cocoon_node.mesh.announce import (
     AnnouncementError,
     AnnouncementValidator,
     decode_announcement,
+    model_topic,
 )
 from cocoon_node.mesh.announce import (
     TOPIC as WORKERS_TOPIC,
@@ -59,6 +60,7 @@ __all__ = [
     "identity_path",
     "load_identity",
     "load_or_create_identity",
+    "model_topic",
     "peer_id_of",
     "stream_path",
 ]

@@ -38,8 +38,13 @@ from cocoon_node.mesh import (
     TransportFactory,
     WorkerTable,
     load_or_create_identity,
+    model_topic,
 )
+from cocoon_node.mesh.announce import MODEL_TOPIC_PREFIX
+from cocoon_node.mesh.liveness import WorkerLiveness
+from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
+from cocoon_node.node.hardware import hardware_matches, hardware_summary
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
 from cocoon_node.observe import DashboardAccess, NodeMetrics, ObservedRequester, observed_surface
@@ -97,13 +102,16 @@ class Node:
         self.table = WorkerTable()
         self.validator.on_accept = self._on_announcement
         self.mesh = Mesh(self.key_pair, self._mesh_settings(), namespaces=[AttestationNamespace()],
-                         topic_validators={WORKERS_TOPIC: self.validator})
+                         topic_validators={WORKERS_TOPIC: self.validator},
+                         prefix_validators={MODEL_TOPIC_PREFIX: self.validator})
+        self._follow: trio.MemorySendChannel[str] | None = None  # models seen on the directory, to join
         self.connectivity = Connectivity(self.mesh, self._connectivity_settings())  # NAT traversal (issue 14)
         self.connectivity.install()
         self.worker: WorkerRole | None = None
         self.requester: Requester | None = None
         self.gate: AttestationGate | None = None
         self.payments: PaymentsRole | None = None
+        self.liveness: WorkerLiveness | None = None
         self.info: NodeInfo | None = None
         self.started_at = time.time()
         self.metrics = NodeMetrics(offered_models=lambda: {a.model for a in self.table.live()})
@@ -112,7 +120,7 @@ class Node:
     def _mesh_settings(self) -> MeshSettings:
         n = self.config.node
         return MeshSettings(listen_addrs=n.listen, bootstrap=n.bootstrap, max_connections=n.max_connections,
-                            target_peers=n.target_peers, local_cluster=n.local_cluster, topics=(WORKERS_TOPIC,),
+                            target_peers=n.target_peers, local_cluster=n.local_cluster, topics=self._topics(),
                             heartbeat_interval=n.gossip_heartbeat, gossip_degree=n.gossip_degree,
                             gossip_degree_low=max(1, n.gossip_degree * 2 // 3), gossip_degree_high=2 * n.gossip_degree,
                             peer_cache=self.config.data_dir / "peers.json",
@@ -128,9 +136,44 @@ class Node:
                                     relay_reservations=n.relay_reservations if self.config.worker.enabled else 0,
                                     relay_limits=limits)
 
+    def _topics(self) -> tuple[str, ...]:
+        """Announcement topics joined at start (a worker joins its model's own; see WorkerRole).
+
+        A requester that names the models it buys follows only their topics; one that does not, and a node
+        with no role (a relay), follow the directory, and a requester then joins each model's topic it sees
+        there (:meth:`_follow_models`)."""
+        cfg = self.config
+        if cfg.requester.enabled and cfg.requester.models:
+            return tuple(model_topic(m) for m in cfg.requester.models)
+        if cfg.requester.enabled or not cfg.worker.enabled:
+            return (WORKERS_TOPIC,)
+        return ()
+
     def _on_announcement(self, announcement: Announcement) -> None:
-        if self.table.update(announcement) and self.gate is not None:
-            self.gate.prefetch(announcement)  # verify in the background, before any request needs it
+        if self.table.update(announcement):
+            # Where to dial it: the attestation lookup asks the worker its key names first (it holds its own
+            # report), which needs an address when we are not connected to it (most workers, at scale).
+            self.mesh.remember_addrs(announcement.peer, announcement.addrs, ttl=announcement.expires_at)
+            if self.gate is not None:
+                self.gate.prefetch(announcement)  # verify in the background, before any request needs it
+        topic = model_topic(announcement.model)
+        if self._follow is not None and topic not in self.mesh.subscribed and self.mesh.pubsub is not None:
+            try:
+                self._follow.send_nowait(topic)
+            except trio.WouldBlock:
+                pass  # seen again on its next directory announcement
+
+    async def _follow_models(self, recv: trio.MemoryReceiveChannel[str]) -> None:
+        """Join each model topic we want, and keep looking for its peers while it has none."""
+        rendezvous = TopicRendezvous(self.mesh)
+        followed: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            async for topic in recv:
+                if topic in followed:
+                    continue
+                followed.add(topic)
+                await self.mesh.subscribe(topic)
+                nursery.start_soon(rendezvous.seek, topic)
 
     @property
     def peer_id(self) -> ID:
@@ -168,6 +211,20 @@ class Node:
                 nursery.start_soon(pay.settlement.run)
                 self.mesh.set_stream_handler(CHANNEL_PROTOCOL_ID, pay.handle_close_stream)
         api_url = None
+        # A requester joins the topics of the models it buys (looking for their peers through the DHT); a
+        # directory follower (a requester that names no model, a node with no role: a relay, a bootstrap node)
+        # joins every model's topic it sees there, so it also forwards them: behind NATs, or in a sparse mesh,
+        # such a node may be the only path between a model's workers and its buyers.
+        bought = cfg.requester.models if cfg.requester.enabled else ()
+        if bought or WORKERS_TOPIC in self._topics():
+            send, recv = trio.open_memory_channel[str](64)
+            nursery.start_soon(self._follow_models, recv)
+            for model in bought:
+                send.send_nowait(model_topic(model))
+            if not bought:
+                self._follow = send
+                for seen in {a.model for a in self.table.live()}:
+                    send.send_nowait(model_topic(seen))
         if cfg.requester.enabled:
             roles.append("requester")
             self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
@@ -207,6 +264,9 @@ class Node:
         nursery.start_soon(self._expire_workers)
         if cfg.node.bootstrap and cfg.node.bootstrap_timeout > 0:
             nursery.start_soon(self._require_a_peer, cfg.node.bootstrap_timeout)
+        assert self.mesh.host is not None
+        self.liveness = WorkerLiveness(self.mesh.host.get_network(), self.mesh.connected_peers, self.table)
+        nursery.start_soon(self.liveness.run)
         token = secrets.token_hex(16)
         admin_access = DashboardAccess(token)
         admin = observed_surface(self._http.admin_app(self.status, token), metrics=self.metrics,
@@ -261,7 +321,12 @@ class Node:
 
     async def _open_attested_stream(self, worker: Announcement) -> Any:
         """Open the inference stream to exactly the peer whose key the attestation report binds."""
-        stream = await self.mesh.new_stream(worker.peer, PROTOCOL_ID, worker.addrs)
+        try:
+            stream = await self.mesh.new_stream(worker.peer, PROTOCOL_ID, worker.addrs)
+        except Exception:
+            if self.liveness is not None:
+                self.liveness.suspect(worker.peer)  # a dead worker is delisted now, not at its TTL
+            raise
         remote = stream.muxed_conn.peer_id
         if remote != worker.peer:
             await stream.reset()
@@ -284,16 +349,24 @@ class Node:
             for pid in self.table.expire():
                 log.info("worker %s expired (no announcement)", ID(pid))
 
-    def models(self) -> list[dict[str, Any]]:
-        """Entries for ``GET /v1/models``: worker count, price range and, per worker, the verdict the gate
-        would apply now (binding to the announcement included), never what the announcement claims."""
+    def models(self, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Entries for ``GET /v1/models``: worker count, price range, announced hardware and, per worker, the
+        verdict the gate would apply now (binding to the announcement included), never what the announcement
+        claims. ``hardware`` is what the worker announces (detected or declared, as it says): attestation
+        binds none of it.
+
+        ``filters`` (query parameters): ``min_context_length`` (tokens) and ``accelerator`` (a substring of the
+        announced accelerator, case-insensitive) keep only the workers that announce them."""
         by_model: dict[str, list[Announcement]] = {}
         for a in self.table.live():
-            by_model.setdefault(a.model, []).append(a)
+            if hardware_matches(a.hardware, filters or {}):
+                by_model.setdefault(a.model, []).append(a)
         out = []
         for model, workers in sorted(by_model.items()):
-            verdicts = [self.gate.describe(w) if self.gate else {"worker": w.peer.to_base58(), "verified": False,
-                                                                 "reasons": ["this node is not a requester"]}
+            verdicts = [{**(self.gate.describe(w) if self.gate else
+                            {"worker": w.peer.to_base58(), "verified": False,
+                             "reasons": ["this node is not a requester"]}),
+                         "hardware": w.hardware.to_dict() if w.hardware else None}
                         for w in workers]
             out.append({
                 "id": model, "object": "model", "created": 0, "owned_by": "cocoon-mesh",
@@ -305,6 +378,7 @@ class Node:
                     "price_completion": [min(w.price_completion for w in workers),
                                          max(w.price_completion for w in workers)],
                     "attestation": verdicts,
+                    **hardware_summary(workers),
                 },
             })
         return out
@@ -324,14 +398,19 @@ class Node:
             "uptime_s": round(time.time() - self.started_at, 1),
             "connected_peers": len(self.mesh.connected_peers()) if self.mesh.host else 0,
             "topic_peers": self.mesh.topic_peers(WORKERS_TOPIC) if self.mesh.pubsub else 0,
+            "topics": {t: self.mesh.topic_peers(t) for t in sorted(self.mesh.subscribed)} if self.mesh.pubsub else {},
+            "gossip": self.mesh.gossip_stats() if self.mesh.gossipsub else {},
             "announcements": self.validator.stats(),
             "attestation_verdicts": dict(self.gate.verdicts) if self.gate else {},
             "dht": dict(vars(self.mesh.lookup.stats)) if self.mesh.lookup is not None else {},
+            "liveness": ({"probes": self.liveness.probes, "delisted": self.liveness.delisted}
+                         if self.liveness else {}),
             "workers": [
                 {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
                  "price_prompt": a.price_prompt, "price_completion": a.price_completion,
                  "announced_tee_kind": a.tee_kind, "synthetic": a.synthetic, "seqno": a.seqno,
                  "expires_at": a.expires_at, "gate": self.gate.describe(a) if self.gate else None,
+                 "hardware": a.hardware.to_dict() if a.hardware else None,
                  "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer),  # how it is reached now
                  **self._latency(a)}
                 for a in self.table.live()

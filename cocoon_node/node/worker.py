@@ -13,12 +13,16 @@ from typing import Any
 
 import trio
 from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
 
 from cocoon_node.attestation import TEE_DEV, TEE_TDX, measurements_of_report, model_hash, upstream_origin
 from cocoon_node.config import Config
 from cocoon_node.inference import PROTOCOL_ID, Backend, InferenceServer, WorkerMeter, WorkerTerms, make_backend
-from cocoon_node.mesh import TOKENIZER_VERSION, WORKERS_TOPIC, Announcement, Mesh
+from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh, model_topic
+from cocoon_node.mesh.announce import Hardware, payload_version
+from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import ReportPublisher
+from cocoon_node.node.hardware import describe_hardware
 from cocoon_node.observe.progress import LoadProgress
 
 log = logging.getLogger(__name__)
@@ -71,10 +75,14 @@ def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") ->
     return hashlib.sha256(config.encode()).digest()
 
 
-def _tokenizer_fields(backend: Backend) -> dict[str, Any]:
-    """Announce the backend's tokenizer (v2) when it names one, so requesters can count our tokens."""
-    tokenizer = getattr(backend, "tokenizer_hash", b"")
-    return {"tokenizer": tokenizer, "v": TOKENIZER_VERSION} if tokenizer else {}
+def load_bucket(load: int, max_concurrent: int) -> int:
+    """Coarse load for announcements: 0 idle, 1-4 by quarter of capacity, 5 full. Only a change of bucket is
+    worth an announcement; requesters re-check capacity when the worker answers anyway."""
+    if load <= 0:
+        return 0
+    if load >= max_concurrent:
+        return 5
+    return 1 + (4 * load) // max_concurrent
 
 
 class WorkerRole:
@@ -93,6 +101,9 @@ class WorkerRole:
         self.publisher: ReportPublisher | None = None
         self.ready = trio.Event()
         self._load_changed = trio.Event()
+        self._addrs_changed = False
+        self.announcements_sent = 0
+        self.hardware: Hardware | None = None
 
     async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         w = self.config.worker
@@ -117,16 +128,22 @@ class WorkerRole:
                                          model_hash=weights, data_dir=self.config.data_dir,
                                          backend=self.backend.kind, upstream=upstream)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
+        self.hardware = await describe_hardware(self.backend, w)
+        log.info("serving on %s", self.hardware)
         now = int(time.time())
+        tokenizer: bytes = getattr(self.backend, "tokenizer_hash", b"")
         self.announcement = Announcement(
             peer_id=self.mesh.peer_id.to_bytes(), addrs=tuple(self.mesh.advertised_addrs()[:8]), model=w.model,
             model_hash=weights, backend=self.backend.kind, synthetic=self.backend.synthetic,
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
             issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
-            **_tokenizer_fields(self.backend),
+            # v2 fields: the backend's tokenizer when it names one (requesters can count our tokens), hardware
+            tokenizer=tokenizer, hardware=self.hardware, v=payload_version(tokenizer=tokenizer, hardware=self.hardware),
         )
+        await self.mesh.subscribe(model_topic(w.model))  # the topic's mesh: workers and buyers of the model
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(TopicRendezvous(self.mesh).provide, model_topic(w.model))
             nursery.start_soon(self.publisher.run)
             with trio.move_on_after(30):  # the report is stored locally at once; propagation may lag
                 await self.publisher.published.wait()
@@ -136,27 +153,67 @@ class WorkerRole:
             task_status.started()
 
     async def _announce_loop(self) -> None:
-        """Announce on a heartbeat, and at once when the load changes (at most 5 times a second)."""
+        """Announce on the model's topic: a liveness beat every ``announce_interval``, and when the load bucket
+        moves (idle, each quarter of ``max_concurrent``, full), at most once per ``announce_min_interval``.
+        A peer newly connected on the model's topic gets one at once too (rate-limited the same way), so a
+        requester that just started, or a mesh formed after our first announcement, does not wait a whole
+        beat; so does an address change (reachability, relays). The first announcement, one per
+        ``directory_interval``, and one whenever a peer following the directory connects also go to the
+        directory topic: one message on both topics."""
         w = self.config.worker
         assert self.announcement is not None and self.server is not None
+        topic = ""
+        last_directory = -float("inf")
+        told: set[ID] = set()  # directory followers among our peers when we last announced there
+        met: set[ID] = set()  # our model topic's peers when we last announced (a new one hears from us soon)
+        min_gap = min(w.announce_min_interval, w.announce_interval)
         while True:
             now = int(time.time())
             self.announcement = self.announcement.bump(load=self.server.load, now=now, ttl=w.announce_ttl)
+            if model_topic(self.announcement.model) != topic:
+                # The announced model's topic (a message there must announce that model): the configured
+                # model's, unless the announcement was changed from outside (netsim's misnamed worker).
+                topic = model_topic(self.announcement.model)
+                await self.mesh.subscribe(topic)
             # Only addresses that work right now (reachability and relay reservations change them).
             self.announcement = replace(self.announcement, addrs=tuple(self.mesh.advertised_addrs()[:8]))
+            self._addrs_changed = False
+            sent_bucket = load_bucket(self.server.load, w.max_concurrent)
+            sent_at = trio.current_time()
+            topics = [topic]
+            followers = self.mesh.topic_peer_ids(WORKERS_TOPIC)
+            if sent_at - last_directory >= w.directory_interval or self._new_peers(WORKERS_TOPIC, told):
+                topics.append(WORKERS_TOPIC)
+                last_directory, told = sent_at, followers
+            met = self.mesh.topic_peer_ids(topic)
             try:
-                await self.mesh.publish(WORKERS_TOPIC, self.announcement.seal(self.key_pair.private_key))
+                await self.mesh.publish(topics, self.announcement.seal(self.key_pair.private_key))
+                self.announcements_sent += 1
             except Exception as exc:
                 log.warning("announcement not published: %s", exc)
-            self._load_changed = trio.Event()
             # +-10 % jitter: workers started together (a restarted host, a netsim pool) would otherwise keep
             # announcing in lockstep, and every node would verify a whole round of announcements at once.
-            with trio.move_on_after(w.announce_interval * random.uniform(0.9, 1.1)):
-                await self._load_changed.wait()
-                await trio.sleep(0.2)
+            beat_at = sent_at + w.announce_interval * random.uniform(0.9, 1.1)
+            with trio.move_on_at(beat_at):
+                while (load_bucket(self.server.load, w.max_concurrent) == sent_bucket and not self._addrs_changed
+                       and not self._new_peers(WORKERS_TOPIC, told) and not self._new_peers(topic, met)):
+                    self._load_changed = trio.Event()  # no checkpoint since the check: no change is missed
+                    with trio.move_on_after(1.0):  # and new topic peers are noticed within a second
+                        await self._load_changed.wait()
+                await trio.sleep_until(sent_at + min_gap)
+
+    def _new_peers(self, topic: str, told: set[ID]) -> bool:
+        """Whether a peer joined ``topic`` among our connections since we last announced there (a requester
+        that just started must not wait a whole beat to hear of us; at start, our first announcement may have
+        gone out before the topic's mesh formed). ``told`` forgets peers that left, so one that restarts
+        with the same identity hears from us again."""
+        now = self.mesh.topic_peer_ids(topic)
+        told &= now
+        return bool(now - told)
 
     def addresses_changed(self) -> None:
-        """Our advertised addresses changed (reachability, relays): announce again now."""
+        """Our advertised addresses changed (reachability, relays): announce again now (rate-limited)."""
+        self._addrs_changed = True
         self._load_changed.set()
 
     def status(self) -> dict[str, Any]:
@@ -177,6 +234,7 @@ class WorkerRole:
             "price_completion": self.config.worker.price_completion,
             "max_concurrent": self.config.worker.max_concurrent,
             "load": self.server.load if self.server else 0,
+            "hardware": self.hardware.to_dict() if self.hardware else None,
             "seqno": a.seqno if a else None,
             "served": s.served if s else 0,
             "rejected": s.rejected if s else 0,
