@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model")
     run.add_argument("--model-path", dest="model_path")
     run.add_argument("--upstream-url", dest="upstream_url")
-    run.add_argument("--tee", choices=["dev", "tdx"])
+    run.add_argument("--tee", choices=["dev", "tdx", "snp"])
     run.add_argument("--price-prompt", dest="price_prompt", type=int)
     run.add_argument("--price-completion", dest="price_completion", type=int)
     run.add_argument("--max-concurrent", dest="max_concurrent", type=int)

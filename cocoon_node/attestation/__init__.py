@@ -1,8 +1,9 @@
 """TEE attestation: prove which code and model a worker runs, and check such proofs.
 
 Producing a report: build :class:`Claims`, get evidence over ``claims.report_data()`` (a TDX quote
-via :func:`get_tdx_quote`, or INSECURE dev evidence via :class:`DevPlatform`), then
-:func:`sign_report`. Checking one: :func:`verify_report` (raises) or :func:`check_report` (Verdict).
+via :func:`get_tdx_quote`, SEV-SNP evidence via :func:`collect_snp_evidence`, or INSECURE dev evidence
+via :class:`DevPlatform`), then :func:`sign_report`. Checking one: :func:`verify_report` (raises) or
+:func:`check_report` (Verdict).
 """
 
 from .dev import DevEvidence, DevPlatform, dev_image_hash, verify_dev_evidence
@@ -23,6 +24,7 @@ from .report import (
     MAX_ENVELOPE_BYTES,
     REPORT_VERSION,
     TEE_DEV,
+    TEE_SNP,
     TEE_TDX,
     Claims,
     Report,
@@ -33,6 +35,7 @@ from .report import (
     sign_report,
 )
 from .snp import SnpPolicy, SnpReport, SnpVerification, TcbVersion, parse_snp_report, verify_snp_report
+from .snp_evidence import collect_snp_evidence, decode_snp_evidence, encode_snp_evidence, snp_image_hash
 from .tdx import (
     INTEL_SGX_ROOT_CA_PEM,
     TdReport,
@@ -52,6 +55,7 @@ __all__ = [
     "REPORT_VERSION",
     "TCB_STATUSES",
     "TEE_DEV",
+    "TEE_SNP",
     "TEE_TDX",
     "UPSTREAM_ANYWHERE",
     "UPSTREAM_IN_TD",
@@ -75,8 +79,11 @@ __all__ = [
     "TsmError",
     "Verdict",
     "check_report",
+    "collect_snp_evidence",
     "decode_and_verify_envelope",
+    "decode_snp_evidence",
     "dev_image_hash",
+    "encode_snp_evidence",
     "get_tdx_quote",
     "libp2p_pubkey_protobuf",
     "model_hash",
@@ -86,6 +93,7 @@ __all__ = [
     "raw_from_libp2p_pubkey",
     "rtmr_set_digest",
     "sign_report",
+    "snp_image_hash",
     "upstream_in_td",
     "upstream_origin",
     "verify_dev_evidence",

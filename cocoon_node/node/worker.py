@@ -14,7 +14,7 @@ from typing import Any
 import trio
 from libp2p.crypto.keys import KeyPair
 
-from cocoon_node.attestation import TEE_DEV, TEE_TDX, model_hash, upstream_origin
+from cocoon_node.attestation import TEE_DEV, TEE_SNP, TEE_TDX, model_hash, upstream_origin
 from cocoon_node.attestation.measure import measurements_of_report
 from cocoon_node.config import Config
 from cocoon_node.inference.backend import Backend
@@ -107,13 +107,14 @@ class WorkerRole:
                             max_concurrent=w.max_concurrent, max_tokens_cap=w.max_tokens_cap)
         self.server = InferenceServer(self.backend, terms, meter=self.meter,
                                       on_load_change=lambda _load: self._load_changed.set())
-        tee_kind = TEE_DEV if w.tee == "dev" else TEE_TDX
+        tee_kind = {"dev": TEE_DEV, "tdx": TEE_TDX, "snp": TEE_SNP}[w.tee]
         upstream = upstream_of(self.backend)
         if upstream:
             log.warning("prompts are forwarded to the upstream %s; the attestation report says so", upstream)
         self.publisher = ReportPublisher(self.mesh, self.key_pair, tee=tee_kind, model_name=w.model,
                                          model_hash=weights, data_dir=self.config.data_dir,
-                                         backend=self.backend.kind, upstream=upstream)
+                                         backend=self.backend.kind, upstream=upstream,
+                                         snp_vcek_file=w.snp_vcek_file or None)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
         now = int(time.time())
         self.announcement = Announcement(
