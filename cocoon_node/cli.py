@@ -195,6 +195,7 @@ def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: Tran
     injects its NETSIM-ONLY shaped TCP this way; ``cocoon-node run`` never sets it)."""
     from cocoon_node.mesh import IdentityError
     from cocoon_node.node import Node
+    from cocoon_node.node.datadir import DataDirError
 
     if not (config.worker.enabled or config.requester.enabled):
         logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip%s) only",
@@ -206,7 +207,7 @@ def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: Tran
             config.node.netsim_clock_skew)
     try:
         node = Node(config, transport_factory=transport_factory)
-    except IdentityError as exc:
+    except (IdentityError, DataDirError) as exc:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2
 

@@ -39,6 +39,7 @@ from cocoon_node.mesh import (
     load_or_create_identity,
 )
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
+from cocoon_node.node.datadir import secure_data_dir
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
 
@@ -69,6 +70,7 @@ class Node:
                  transport_factory: TransportFactory | None = None) -> None:
         self.config = config
         self._transport_factory = transport_factory  # None in production; netsim injects its shaped TCP
+        secure_data_dir(config.data_dir)  # 0700, everything in it 0600: refused otherwise, like the identity key
         self.key_pair = key_pair or load_or_create_identity(config.data_dir)
         self.validator = AnnouncementValidator()
         self.table = WorkerTable()
@@ -114,7 +116,7 @@ class Node:
 
     async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(cfg.data_dir)  # again: the files may have changed since the node was built
         paid = cfg.payments.enabled and (cfg.worker.enabled or cfg.requester.enabled)
         async with AsyncExitStack() as stack:
             if paid:
