@@ -7,7 +7,8 @@ across all its channels to this worker.
 
 Worker: ``served`` (nanotons of tokens sent, prompt charged at admission) minus the newest voucher's
 ``cumulative`` is a channel's debt. :meth:`WorkerPaymentMeter.admit` admits a prompt (before any prefill)
-only while the payer's debt plus the prompt fits in the window, and :meth:`WorkerPaymentMeter.before_tokens`
+only while the payer's debt plus the prompt and its first tokens fits in the window (requesters pay a prompt
+with its first token), and :meth:`WorkerPaymentMeter.before_tokens`
 waits while more tokens would not; both give up after ``payment_timeout``. A channel that is closing or
 closed (a cooperative close we co-signed, the watcher, a failed claim, the chain itself on a periodic
 re-check) is refused at once, in flight too.
@@ -52,6 +53,11 @@ __all__ = [
     "WorkerPaymentMeter",
     "norm_address",
 ]
+
+#: Completion tokens a prompt's admission keeps room for in the payer's credit window: the first token, which
+#: brings the prompt's voucher (backends yield one token per delta; a first delta of more tokens than this may
+#: wait for a voucher of the payer's other streams, up to ``payment_timeout``).
+FIRST_TOKENS_ROOM = 1
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +186,9 @@ class WorkerPaymentMeter:
         self.credit_window = credit_window
         self.payment_timeout = payment_timeout
         self.tail_slack = tail_slack_tokens * price_completion
+        # Requesters pay a prompt when its first token arrives, so a prompt is admitted only with room left in
+        # the window for its first tokens too: the newest admitted request can always stream them and be paid.
+        self.first_tokens_room = FIRST_TOKENS_ROOM * price_completion
         self.forgive_cap = credit_window if forgive_cap is None else forgive_cap
         self.chain_recheck = chain_recheck
         self.stats = WorkerMeterStats()
@@ -297,9 +306,10 @@ class WorkerPaymentMeter:
                 channel_id = int.from_bytes(payment.channel_id, "big")
             except (ValueError, TypeError) as e:
                 raise PaymentRequired(f"malformed payment reference: {e}") from e
-            if cost > self.credit_window:
-                raise PaymentRequired(f"a prompt of {prompt_tokens} tokens costs {cost} nanotons, more than this "
-                                      f"worker's credit window of {self.credit_window}")
+            need = cost + self.first_tokens_room
+            if need > self.credit_window:
+                raise PaymentRequired(f"a prompt of {prompt_tokens} tokens costs {cost} nanotons; with its first "
+                                      f"token more than this worker's credit window of {self.credit_window}")
             acct = await self._load_account(address, channel_id)
             if payer_key is not None and acct.params.payer_key != payer_key:
                 raise PaymentRequired("this payment channel belongs to another requester")
@@ -307,10 +317,10 @@ class WorkerPaymentMeter:
                 while True:
                     await self._reserve(acct, cost)
                     self._refuse_ended(address)
-                    if not self._no_room(acct.payer, cost):
+                    if not self._no_room(acct.payer, need):
                         break
                     await acct.payer.changed.wait()
-            if self._no_room(acct.payer, cost) or acct.served + cost > acct.deposit:
+            if self._no_room(acct.payer, need) or acct.served + cost > acct.deposit:
                 raise PaymentRequired(f"no voucher for {self.payment_timeout}s and this payer owes "
                                       f"{acct.payer.exposure} of a {self.credit_window} credit window")
         except StoreError as e:
