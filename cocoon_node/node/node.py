@@ -65,6 +65,16 @@ class NodeInfo:
     roles: list[str] = field(default_factory=list)
 
 
+class _PolicySink:
+    """Where a node without a gate (a worker) keeps the registry-merged policy it reads for the channel rules."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def set_policy(self, policy: Any) -> None:
+        self.policy = policy
+
+
 class Node:
     def __init__(self, config: Config, key_pair: KeyPair | None = None, *,
                  transport_factory: TransportFactory | None = None) -> None:
@@ -136,6 +146,14 @@ class Node:
                                      meter=pay.worker_meter if pay else None,
                                      payout=pay.payout_address if pay else "")
             self.connectivity.on_change(self.worker.addresses_changed)
+            if cfg.policy.registry_address and pay is not None and pay.worker_meter is not None:
+                # The registry's channel rules: a worker serves no channel breaking them.
+                from cocoon_node.node.registry_policy import RegistryPolicyRefresher
+                rules = RegistryPolicyRefresher(_PolicySink(policy_from_config(cfg)), pay.chain,
+                                                cfg.policy.registry_address, policy_from_config(cfg),
+                                                cfg.policy.registry_refresh)
+                pay.worker_meter.rules = rules.channel_rules
+                nursery.start_soon(rules.run)
             await nursery.start(self.worker.run)
             if pay is not None and pay.settlement is not None:
                 nursery.start_soon(pay.settlement.run)
@@ -151,6 +169,8 @@ class Node:
                 from cocoon_node.node.registry_policy import RegistryPolicyRefresher
                 refresher = RegistryPolicyRefresher(self.gate, pay.chain, cfg.policy.registry_address,
                                                     self.gate.policy, cfg.policy.registry_refresh)
+                if pay.channels is not None:
+                    pay.channels.rules = refresher.channel_rules  # no deploy the network's workers would refuse
                 nursery.start_soon(refresher.run)
             if pay is not None and pay.channels is not None:
                 nursery.start_soon(partial(pay.channels.watch, poll_interval=cfg.payments.watch_interval))

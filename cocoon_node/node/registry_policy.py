@@ -25,6 +25,7 @@ import trio
 
 from cocoon_node.attestation import TCB_STATUSES, Policy
 from cocoon_node.payments.chain.base import ChainError
+from cocoon_node.payments.rules import ChannelRules
 from cocoon_node.payments.voucher import MAX_CHALLENGE_PERIOD
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,12 @@ class RegistryPolicyRefresher:
                             self.errors, f"version {self.current.version}" if self.current else "fail-closed policy",
                             exc)
             await trio.sleep(self._interval)
+
+    def channel_rules(self) -> ChannelRules | None:
+        """The registry's channel rules as last read (None before the first read)."""
+        reg = self.current
+        return None if reg is None else ChannelRules(reg.min_deposit, reg.min_challenge_period,
+                                                     reg.max_challenge_period)
 
     def status(self) -> dict[str, Any]:
         reg = self.current

@@ -35,6 +35,7 @@ from pytoniq_core import Address
 from cocoon_node.inference.port import PaymentRef, PaymentRequired
 from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus
 from cocoon_node.payments.payer import VOUCHER_INTERVAL, PayerChannel, PaymentStoreFailed, RequesterPaymentMeter
+from cocoon_node.payments.rules import RulesSource
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import (
     ChannelParams,
@@ -176,6 +177,7 @@ class WorkerPaymentMeter:
         tail_slack_tokens: int = 8,
         forgive_cap: int | None = None,
         chain_recheck: float = 30.0,
+        rules: RulesSource | None = None,
     ) -> None:
         self.chain = chain
         self.store = store
@@ -189,6 +191,7 @@ class WorkerPaymentMeter:
         # Requesters pay a prompt when its first token arrives, so a prompt is admitted only with room left in
         # the window for its first tokens too: the newest admitted request can always stream them and be paid.
         self.first_tokens_room = FIRST_TOKENS_ROOM * price_completion
+        self.rules = rules  # the network's channel rules (registry): a channel breaking them is not served
         self.forgive_cap = credit_window if forgive_cap is None else forgive_cap
         self.chain_recheck = chain_recheck
         self.stats = WorkerMeterStats()
@@ -251,6 +254,10 @@ class WorkerPaymentMeter:
                     raise PaymentRequired("channel does not pay this worker")
                 if st.deposit > st.balance:
                     raise PaymentRequired("channel deposit exceeds its balance")
+                rules = self.rules() if self.rules is not None else None
+                problems = rules.problems(st.deposit, st.challenge_period) if rules is not None else []
+                if problems:
+                    raise PaymentRequired("channel breaks the network's rules: " + "; ".join(problems))
                 rec = await self.store.run(self.store.channel, address)
                 if rec is None:
                     await self.store.run(self.store.upsert_channel, address, "payee", st.payer, params, st.deposit)

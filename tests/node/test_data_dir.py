@@ -78,7 +78,7 @@ def test_a_node_refuses_an_exposed_data_dir(tmp_path: Path, loose_umask: None) -
     (d / "payments.db").chmod(0o644)
     d.chmod(0o700)
     config = load_config(env={}, overrides={"node": {"data_dir": str(d)}})
-    with pytest.raises(DataDirError, match="payments.db"):
+    with pytest.raises(DataDirError, match=r"payments\.db"):
         Node(config)
     assert not (d / "identity.key").exists()  # refused before anything was written
     # and `cocoon-node run` says so and exits 2, without a traceback
