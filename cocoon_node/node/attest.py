@@ -119,12 +119,17 @@ class ReportPublisher:
         )
         if self._dev is not None:
             log.warning("attesting with the dev-INSECURE TEE: fine for local clusters, worthless elsewhere")
-            evidence = self._dev.evidence(claims.report_data(), dev_image_hash(__version__))
-        elif self._tee == TEE_SNP:
-            evidence = collect_snp_evidence(claims.report_data(), tsm=self._tsm, vcek_file=self._snp_vcek_file)
-        else:
-            evidence = self._tsm.get_quote(claims.report_data())
-        return sign_report(claims, evidence, signing_key)
+        return sign_report(claims, self.evidence(claims.report_data()), signing_key)
+
+    def evidence(self, report_data: bytes) -> bytes:
+        """TEE evidence of our kind over ``report_data`` (blocking: configfs-tsm; run it in a thread).
+
+        Used for the report (over the claims) and for fresh, nonce-bound evidence (``protocols/attest.toml``)."""
+        if self._dev is not None:
+            return self._dev.evidence(report_data, dev_image_hash(__version__))
+        if self._tee == TEE_SNP:
+            return collect_snp_evidence(report_data, tsm=self._tsm, vcek_file=self._snp_vcek_file)
+        return self._tsm.get_quote(report_data)
 
     async def run(self) -> None:
         """Publish now and before every expiry. ``published`` is set after the first attempt either way:

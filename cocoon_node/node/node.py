@@ -189,7 +189,7 @@ class Node:
                 meter_factory=pay.meter_for if pay else None,
             )
             app = openai_app(self.requester, api_key=cfg.requester.api_key, models=self.models,
-                             channels=self.payments_status)
+                             channels=self.payments_status, attestation=self.fresh_attestation)
             api_url = await nursery.start(serve_http, app, cfg.requester.api_host, cfg.requester.api_port)
         nursery.start_soon(self._expire_workers)
         token = secrets.token_hex(16)
@@ -223,6 +223,19 @@ class Node:
         worker = next((a for a in self.table.live() if a.peer.to_base58() == peer), None)
         addrs = worker.addrs if worker else ()
         return await self.mesh.new_stream(ID.from_base58(peer), protocol, addrs)
+
+    async def fresh_attestation(self, worker: str, nonce: bytes) -> dict[str, Any]:
+        """A worker's report and fresh evidence over ``nonce``, with our verdict (``/v1/cocoon/attestation``)."""
+        from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_ID
+        from cocoon_node.node.fresh_attest import describe_fresh, fetch_fresh_attestation
+
+        known = {a.peer.to_base58(): a for a in self.table.live()}
+        announcement = known.get(worker)
+        if announcement is None or self.gate is None:
+            raise LookupError(f"no live worker {worker}")
+        answer = await fetch_fresh_attestation(
+            lambda: self.mesh.new_stream(announcement.peer, ATTEST_ID, announcement.addrs), nonce)
+        return describe_fresh(worker, nonce, answer, self.gate.policy)
 
     async def _open_attested_stream(self, worker: Announcement) -> Any:
         """Open the inference stream to exactly the peer whose key the attestation report binds."""

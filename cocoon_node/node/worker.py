@@ -23,6 +23,8 @@ from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerMet
 from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh
 from cocoon_node.mesh.announce import TOKENIZER_VERSION
 from cocoon_node.node.attest import ReportPublisher
+from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_PROTOCOL_ID
+from cocoon_node.node.fresh_attest import FreshAttestServer
 
 log = logging.getLogger(__name__)
 # trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
@@ -116,6 +118,8 @@ class WorkerRole:
                                          backend=self.backend.kind, upstream=upstream,
                                          snp_vcek_file=w.snp_vcek_file or None)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
+        # fresh evidence over a client's nonce (protocols/attest.toml)
+        self.mesh.set_stream_handler(ATTEST_PROTOCOL_ID, FreshAttestServer(self.publisher).handle)
         now = int(time.time())
         self.announcement = Announcement(
             peer_id=self.mesh.peer_id.to_bytes(), addrs=tuple(self.mesh.advertised_addrs()[:8]), model=w.model,
