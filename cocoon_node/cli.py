@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--api-key", dest="api_key", default=os.environ.get("COCOON_REQUESTER_API_KEY", ""))
     chat.add_argument("--no-stream", dest="stream", action="store_false")
 
+    verify = sub.add_parser("verify-receipt", help="check a saved receipt offline (no node needed)")
+    verify.add_argument("file", type=Path, help='JSON {"receipt": HEX, "attestation_report": HEX}')
+    verify.add_argument("--allow-dev-tee", dest="allow_dev_tee", action="store_true",
+                        help="accept a dev-INSECURE report (it proves nothing about hardware)")
     cluster = sub.add_parser("cluster", help="the main job: a local cluster answering a real chat request")
     cluster.add_argument("--workers", type=int, default=2)
     cluster.add_argument("--backend", default="torch", choices=["torch", "synthetic"])
@@ -163,6 +167,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "verify-receipt":
+        from cocoon_node.receipts.cli import verify_receipt_file
+
+        raise SystemExit(verify_receipt_file(args.file, allow_dev_tee=args.allow_dev_tee))
     if args.command == "cluster":
         from cocoon_node.cluster import run_main_job
 

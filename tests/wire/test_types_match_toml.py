@@ -28,10 +28,11 @@ from cocoon_node.wire.messages import (
     dialback,
     envelope,
     inference,
+    receipt,
 )
 from cocoon_node.wire.typed import MAX_UTF8_BYTES, UINT64, UINT64_MAX
 
-CONVERTED: list[types.ModuleType] = [attestation, envelope, inference, channel, dialback, attest]
+CONVERTED: list[types.ModuleType] = [attestation, envelope, inference, channel, dialback, attest, receipt]
 
 
 def _toml(protocol: str) -> dict[str, Any]:
