@@ -55,9 +55,8 @@ __all__ = [
     "norm_address",
 ]
 
-#: Completion tokens a prompt's admission keeps room for in the payer's credit window: the first token, which
-#: brings the prompt's voucher (backends yield one token per delta; a first delta of more tokens than this may
-#: wait for a voucher of the payer's other streams, up to ``payment_timeout``).
+#: Completion tokens an admitted prompt keeps room for in the window: its first token, which brings the prompt's
+#: voucher (backends yield a token per delta; a larger first delta may wait for the payer's other vouchers).
 FIRST_TOKENS_ROOM = 1
 
 log = logging.getLogger(__name__)
@@ -188,8 +187,7 @@ class WorkerPaymentMeter:
         self.credit_window = credit_window
         self.payment_timeout = payment_timeout
         self.tail_slack = tail_slack_tokens * price_completion
-        # Requesters pay a prompt when its first token arrives, so a prompt is admitted only with room left in
-        # the window for its first tokens too: the newest admitted request can always stream them and be paid.
+        # Requesters pay a prompt with its first token: the newest admitted request can always stream it.
         self.first_tokens_room = FIRST_TOKENS_ROOM * price_completion
         self.rules = rules  # the network's channel rules (registry): a channel breaking them is not served
         self.forgive_cap = credit_window if forgive_cap is None else forgive_cap

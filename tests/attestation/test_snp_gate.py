@@ -258,3 +258,20 @@ def test_policy_from_config_accepts_snp_only_when_asked(test_roots: None) -> Non
         assert any(f"policy.{setting}" in p for p in ei.value.problems), ei.value.problems
     snp_worker = {"enabled": True, "tee": "snp", "backend": "synthetic"}
     assert load_config(env={}, overrides={**TESTNET, "worker": snp_worker}).worker.tee == "snp"
+
+
+def test_measure_prints_what_approves_an_snp_image(test_roots: None) -> None:
+    """`python -m cocoon_node.attestation.measure REPORT` on an SNP report: the [policy] lines it prints approve it."""
+    import tomllib
+
+    from cocoon_node.attestation.measure import measurements_of_report, policy_lines
+    from cocoon_node.config import load_config
+    from cocoon_node.node.attest_policy import policy_from_config
+
+    c = claims()
+    env = snp_envelope(c)
+    m = measurements_of_report(env)
+    assert m is not None and m["snp_measurement"] == MEAS.hex() and m["image_hash"] == snp_image_hash(REP).hex()
+    settings = tomllib.loads("\n".join(policy_lines(m)))
+    policy = policy_from_config(load_config(env={}, overrides={**TESTNET, "policy": settings}))
+    assert verify_report(env, c.peer_id, policy, NOW).ok
