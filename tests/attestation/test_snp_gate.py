@@ -275,3 +275,35 @@ def test_measure_prints_what_approves_an_snp_image(test_roots: None) -> None:
     settings = tomllib.loads("\n".join(policy_lines(m)))
     policy = policy_from_config(load_config(env={}, overrides={**TESTNET, "policy": settings}))
     assert verify_report(env, c.peer_id, policy, NOW).ok
+
+
+async def test_the_requesters_gate_accepts_an_snp_worker_and_refuses_a_tampered_one(test_roots: None) -> None:
+    """The AttestationGate (DHT lookup, verdict, announcement binding) on SNP reports."""
+    from libp2p.peer.id import ID
+
+    from cocoon_node.mesh import Announcement
+    from cocoon_node.node.attest import AttestationGate, report_key
+    from tests.node.gate_helpers import FakeDht
+
+    c = claims()
+    announcement = Announcement(peer_id=c.peer_id, addrs=(), model="m", model_hash=MODEL, backend="",
+                                synthetic=False, price_prompt=1, price_completion=1, max_concurrent=1, load=0,
+                                protocols=("/cocoon/inference/1.0.0",), tee_kind=TEE_SNP, seqno=1,
+                                issued_at=NOW, expires_at=NOW + 15)
+
+    def gate(record: bytes) -> AttestationGate:
+        dht = FakeDht()
+        dht.records[report_key(ID(c.peer_id))] = record
+        return AttestationGate(dht, POLICY, clock=lambda: float(NOW))  # type: ignore[arg-type]
+
+    good = gate(snp_envelope(c))
+    assert await good.is_attested(announcement)
+    assert good.describe(announcement)["tee_kind"] == TEE_SNP
+    # the same report with one byte of its SNP report flipped (the worker's envelope re-signed: only the
+    # VCEK's signature can tell)
+    signed = bytearray(resign(patch(RAW, REPORT_DATA_AT, c.report_data()), KEY))
+    signed[0x90] ^= 1  # MEASUREMENT, after the VCEK signed it
+    tampered = sign_report(c, encode_snp_evidence(bytes(signed), TEST_VCEK), NODE)
+    bad = gate(tampered)
+    assert not await bad.is_attested(announcement)
+    assert bad.verdict(c.peer_id) is not None and bad.verdict(c.peer_id).check == "report_signature"  # type: ignore[union-attr]
