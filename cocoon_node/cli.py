@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model")
     run.add_argument("--model-path", dest="model_path")
     run.add_argument("--upstream-url", dest="upstream_url")
-    run.add_argument("--tee", choices=["dev", "tdx"])
+    run.add_argument("--tee", choices=["dev", "tdx", "snp"])
     run.add_argument("--price-prompt", dest="price_prompt", type=int)
     run.add_argument("--price-completion", dest="price_completion", type=int)
     run.add_argument("--max-concurrent", dest="max_concurrent", type=int)
@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--api-key", dest="api_key", default=os.environ.get("COCOON_REQUESTER_API_KEY", ""))
     chat.add_argument("--no-stream", dest="stream", action="store_false")
 
+    verify = sub.add_parser("verify-receipt", help="check a saved receipt offline (no node needed)")
+    verify.add_argument("file", type=Path, help='JSON {"receipt": HEX, "attestation_report": HEX}')
+    verify.add_argument("--allow-dev-tee", dest="allow_dev_tee", action="store_true",
+                        help="accept a dev-INSECURE report (it proves nothing about hardware)")
     cluster = sub.add_parser("cluster", help="the main job: a local cluster answering a real chat request")
     cluster.add_argument("--workers", type=int, default=2)
     cluster.add_argument("--backend", default="torch", choices=["torch", "synthetic"])
@@ -181,6 +185,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "verify-receipt":
+        from cocoon_node.receipts.cli import verify_receipt_file
+
+        raise SystemExit(verify_receipt_file(args.file, allow_dev_tee=args.allow_dev_tee))
     if args.command == "cluster":
         from cocoon_node.cluster import run_main_job
 
@@ -205,6 +213,7 @@ def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: Tran
     from cocoon_node.api import NodeHttp
     from cocoon_node.mesh import IdentityError
     from cocoon_node.node import Node
+    from cocoon_node.node.datadir import DataDirError
 
     if not (config.worker.enabled or config.requester.enabled):
         logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip%s) only",
@@ -216,7 +225,7 @@ def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: Tran
         return 2
     try:
         node = Node(config, http=NodeHttp(), transport_factory=transport_factory)
-    except IdentityError as exc:
+    except (IdentityError, DataDirError) as exc:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2
     try:

@@ -82,12 +82,13 @@ class Cluster:
         take the same ``run`` flags)."""
         assert self._nursery is not None, "use `async with cluster.running()`"
         data_dir = self.base_dir / name
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a node refuses a data dir others can read
         log_path = data_dir / "node.log"
         full = ["run", "--data-dir", str(data_dir), *args]
         full += ["--chain-url", self.chain_url] if self.chain_url else ["--no-payments"]
         node = NodeProcess(name, data_dir, list(args), log_path=log_path)
-        log_file = open(log_path, "ab")  # noqa: ASYNC230 - instant local open; lives with the process
+        # 0600: the log sits in the private data dir (a node refuses to start on one with readable files).
+        log_file = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         cmd = [*command, *full] if command is not None else node_command(full)
         process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=log_file,
                                                    env=self._env)

@@ -16,7 +16,7 @@ from multiaddr import Multiaddr
 
 NETWORKS = ("local", "testnet", "mainnet")
 BACKENDS = ("torch", "exllamav2", "openai-upstream", "synthetic")
-TEE_KINDS = ("dev", "tdx")
+TEE_KINDS = ("dev", "tdx", "snp")
 
 
 class ConfigError(ValueError):
@@ -75,6 +75,8 @@ class WorkerSection:
     price_completion: int = 2_000     # nanotons per completion token
     max_concurrent: int = 2
     tee: str = "dev"
+    # SEV-SNP: the chip's VCEK (DER or PEM, from AMD's KDS) for hosts that put none in the certificate table.
+    snp_vcek_file: str = ""
     # Load changes are announced at once; the periodic announcement is a liveness beat. Every 3 s with a 15 s TTL a
     # requester drops a worker after 4 missed beats; at 2 s the beats alone kept an idle node at ~2 % of a core.
     announce_interval: float = 3.0
@@ -135,6 +137,13 @@ class PolicySection:
     require_tcb_check: bool = False            # refuse TDX reports whose TCB status was not checked
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
     upstream: str = "in-td"           # where workers may send prompts: in-td (TD loopback), none, anywhere
+    # AMD SEV-SNP workers: accepted only with allow_snp, whose launch MEASUREMENT (96 hex digits) is listed,
+    # with debugging off, at a VMPL listed here and, per product, at least the minimum TCB
+    # ("Milan=BL:TEE:SNP:UCODE", Turin adds ":FMC"). require_tcb_check refuses a product without a minimum.
+    allow_snp: bool = False
+    allowed_snp_measurements: tuple[str, ...] = ()
+    snp_min_tcb: tuple[str, ...] = ()
+    snp_vmpls: tuple[str, ...] = ("0",)
     max_report_age: int = 24 * 3600
     registry_address: str = ""        # registry contract: its lists and TCB rules replace the ones above
     registry_refresh: float = 60.0    # seconds between registry reads
@@ -328,6 +337,9 @@ def _policy_lists(config: Config) -> list[str]:
         ("allowed_mrtds", lambda v: al.hex_set(v, 48, "MRTD")),
         ("allowed_rtmrs", al.rtmr_sets),
         ("dev_platform_keys", lambda v: al.hex_set(v, 32, "dev platform key")),
+        ("allowed_snp_measurements", lambda v: al.hex_set(v, 48, "SEV-SNP measurement")),
+        ("snp_min_tcb", al.snp_min_tcbs),
+        ("snp_vmpls", al.vmpl_set),
     ):
         try:
             parsed[key] = parse(getattr(policy, key))
@@ -348,6 +360,8 @@ def _policy_lists(config: Config) -> list[str]:
                                                                  parsed.get("allowed_rtmrs")):
             out.append("policy.allowed_image_hashes: 'any' image needs pinned MRTDs and RTMR sets on "
                        "testnet/mainnet")
+        if policy.allow_snp and parsed.get("allowed_snp_measurements") is ANY:
+            out.append("policy.allowed_snp_measurements: 'any' is refused on testnet/mainnet; list the measurements")
     return out
 
 

@@ -301,15 +301,15 @@ class WithholdingMeter(RequesterPaymentMeter):
 
     async def on_tokens(self, completion_tokens: int) -> bytes | None:
         n = completion_tokens - self.completion_tokens
+        first = n > 0 and self.charge_prompt()  # prompts fall due with the first token, as for honest payers
         if n > 0:
             self.completion_tokens = completion_tokens
             self.book.completion_tokens += n
             self.book.received_amount += n * self.price_completion
-        return None
+        return await self._voucher() if first else None
 
     async def on_final(self, completion_tokens: int) -> bytes | None:
-        await self.on_tokens(completion_tokens)
-        return None
+        return await self.on_tokens(completion_tokens)
 
 
 # ----- the node ------------------------------------------------------------------------------------------

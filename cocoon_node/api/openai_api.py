@@ -182,8 +182,10 @@ class ChatStreamResponse(Response):
 
 def openai_app(requester: Requester, *, api_key: str = "",
                models: Callable[..., list[dict[str, Any]]] | None = None,
-               channels: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> Starlette:
-    """Build the ASGI app. ``models`` returns the model list entries (see the node)."""
+               channels: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+               attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None) -> Starlette:
+    """Build the ASGI app. ``models`` returns the model list entries (see the node); ``attestation`` fetches
+    a worker's fresh, nonce-bound attestation (``GET /v1/cocoon/attestation/{worker}?nonce=HEX``)."""
 
     def unauthorized(request: Request) -> JSONResponse | None:
         if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
@@ -232,12 +234,42 @@ def openai_app(requester: Requester, *, api_key: str = "",
             return denied
         return JSONResponse(await channels() if channels else {"enabled": False})
 
+    async def fresh_attestation(request: Request) -> Response:
+        """A worker's report plus new evidence over the client's 32-byte nonce, to check freshness oneself."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        if attestation is None:
+            return error_response(404, "fresh attestation is not served here", type_="invalid_request_error")
+        raw = request.query_params.get("nonce", "")
+        try:
+            nonce = bytes.fromhex(raw)
+        except ValueError:
+            nonce = b""
+        if len(nonce) != 32:
+            return error_response(400, "nonce must be 32 bytes in hex (64 hex digits)",
+                                  type_="invalid_request_error", param="nonce", code="invalid_value")
+        return await attestation_response(attestation, request.path_params["worker"], nonce)
+
     routes = [
+        Route("/v1/cocoon/attestation/{worker}", fresh_attestation, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/cocoon/channels", list_channels, methods=["GET"]),
     ]
     return Starlette(routes=routes)
+
+
+async def attestation_response(fetch: Callable[[str, bytes], Awaitable[dict[str, Any]]], worker: str,
+                               nonce: bytes) -> JSONResponse:
+    """``fetch``'s answer as JSON; LookupError is an unknown worker (404), other failures the worker's (502)."""
+    try:
+        return JSONResponse(await fetch(worker, nonce))
+    except LookupError as exc:
+        return error_response(404, str(exc).strip("'\""), type_="invalid_request_error", param="worker",
+                              code="unknown_worker")
+    except Exception as exc:  # the worker's failure (unreachable, busy, no TEE): not the client's
+        return error_response(502, f"worker gave no fresh attestation: {exc}", type_="upstream_error",
+                              code=getattr(exc, "code", None))
 
 
 async def _complete(requester: Requester, chat: ChatRequest) -> Response:

@@ -21,8 +21,9 @@ class NodeHttp:
     """Starlette apps served by hypercorn: the OpenAI-compatible API and the admin endpoint."""
 
     def requester_app(self, requester: Requester, *, api_key: str, models: Callable[[], list[dict[str, Any]]],
-                      channels: Callable[[], Awaitable[dict[str, Any]]]) -> Any:
-        return openai_app(requester, api_key=api_key, models=models, channels=channels)
+                      channels: Callable[[], Awaitable[dict[str, Any]]],
+                      attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None) -> Any:
+        return openai_app(requester, api_key=api_key, models=models, channels=channels, attestation=attestation)
 
     def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Any:
         return admin_app(status, token)

@@ -44,6 +44,7 @@ from cocoon_node.mesh.announce import MODEL_TOPIC_PREFIX
 from cocoon_node.mesh.liveness import WorkerLiveness
 from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
+from cocoon_node.node.datadir import secure_data_dir
 from cocoon_node.node.hardware import hardware_matches, hardware_summary
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
@@ -61,8 +62,10 @@ class HttpSurfaces(Protocol):
     """The node's HTTP faces, built and served by the layer above (:class:`cocoon_node.api.NodeHttp`)."""
 
     def requester_app(self, requester: Requester, *, api_key: str, models: Callable[[], list[dict[str, Any]]],
-                      channels: Callable[[], Awaitable[dict[str, Any]]]) -> Any:
-        """The OpenAI-compatible ASGI app over ``requester``."""
+                      channels: Callable[[], Awaitable[dict[str, Any]]],
+                      attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None) -> Any:
+        """The OpenAI-compatible ASGI app over ``requester`` (``attestation``: a worker's fresh, nonce-bound
+        attestation for ``GET /v1/cocoon/attestation/{worker}``)."""
         ...
 
     def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Any:
@@ -91,12 +94,23 @@ class NodeInfo:
     dashboard_url: str | None = None  # a one-time login link (or the bare page when the listener has no key)
 
 
+class _PolicySink:
+    """Where a node without a gate (a worker) keeps the registry-merged policy it reads for the channel rules."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def set_policy(self, policy: Any) -> None:
+        self.policy = policy
+
+
 class Node:
     def __init__(self, config: Config, key_pair: KeyPair | None = None, *, http: HttpSurfaces,
                  transport_factory: TransportFactory | None = None) -> None:
         self.config = config
         self._http = http
         self._transport_factory = transport_factory  # None in production; netsim injects its shaped TCP
+        secure_data_dir(config.data_dir)  # 0700, everything in it 0600: refused otherwise, like the identity key
         self.key_pair = key_pair or load_or_create_identity(config.data_dir)
         self.validator = AnnouncementValidator()
         self.table = WorkerTable()
@@ -181,7 +195,7 @@ class Node:
 
     async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(cfg.data_dir)  # again: the files may have changed since the node was built
         paid = cfg.payments.enabled and (cfg.worker.enabled or cfg.requester.enabled)
         async with AsyncExitStack() as stack:
             if paid:
@@ -206,6 +220,14 @@ class Node:
                                      meter=pay.worker_meter if pay else None,
                                      payout=pay.payout_address if pay else "")
             self.connectivity.on_change(self.worker.addresses_changed)
+            if cfg.policy.registry_address and pay is not None and pay.worker_meter is not None:
+                # The registry's channel rules: a worker serves no channel breaking them.
+                from cocoon_node.payments import RegistryPolicyRefresher
+                rules = RegistryPolicyRefresher(_PolicySink(policy_from_config(cfg)), pay.chain,
+                                                cfg.policy.registry_address, policy_from_config(cfg),
+                                                cfg.policy.registry_refresh)
+                pay.worker_meter.rules = rules.channel_rules
+                nursery.start_soon(rules.run)
             await nursery.start(self.worker.run)
             if pay is not None and pay.settlement is not None:
                 nursery.start_soon(pay.settlement.run)
@@ -235,6 +257,8 @@ class Node:
                 from cocoon_node.payments import RegistryPolicyRefresher
                 refresher = RegistryPolicyRefresher(self.gate, pay.chain, cfg.policy.registry_address,
                                                     self.gate.policy, cfg.policy.registry_refresh)
+                if pay.channels is not None:
+                    pay.channels.rules = refresher.channel_rules  # no deploy the network's workers would refuse
                 nursery.start_soon(refresher.run)
             if pay is not None and pay.channels is not None:
                 nursery.start_soon(partial(pay.channels.watch, poll_interval=cfg.payments.watch_interval))
@@ -255,7 +279,7 @@ class Node:
             # The API sees the requester through a wrapper that times its events (cocoon_node/observe).
             app = self._http.requester_app(cast(Requester, ObservedRequester(self.requester, self.metrics)),
                                            api_key=cfg.requester.api_key, models=self.models,
-                                           channels=self.payments_status)
+                                           channels=self.payments_status, attestation=self.fresh_attestation)
             api_access = DashboardAccess(cfg.requester.api_key)
             surface = observed_surface(app, metrics=self.metrics, status=self.status, access=api_access,
                                        models=self.models, listener="requester API")
@@ -318,6 +342,19 @@ class Node:
         worker = next((a for a in self.table.live() if a.peer.to_base58() == peer), None)
         addrs = worker.addrs if worker else ()
         return await self.mesh.new_stream(ID.from_base58(peer), protocol, addrs)
+
+    async def fresh_attestation(self, worker: str, nonce: bytes) -> dict[str, Any]:
+        """A worker's report and fresh evidence over ``nonce``, with our verdict (``/v1/cocoon/attestation``)."""
+        from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_ID
+        from cocoon_node.node.fresh_attest import describe_fresh, fetch_fresh_attestation
+
+        known = {a.peer.to_base58(): a for a in self.table.live()}
+        announcement = known.get(worker)
+        if announcement is None or self.gate is None:
+            raise LookupError(f"no live worker {worker}")
+        answer = await fetch_fresh_attestation(
+            lambda: self.mesh.new_stream(announcement.peer, ATTEST_ID, announcement.addrs), nonce)
+        return describe_fresh(worker, nonce, answer, self.gate.policy)
 
     async def _open_attested_stream(self, worker: Announcement) -> Any:
         """Open the inference stream to exactly the peer whose key the attestation report binds."""

@@ -15,13 +15,15 @@ import trio
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
-from cocoon_node.attestation import TEE_DEV, TEE_TDX, measurements_of_report, model_hash, upstream_origin
+from cocoon_node.attestation import TEE_DEV, TEE_SNP, TEE_TDX, measurements_of_report, model_hash, upstream_origin
 from cocoon_node.config import Config
 from cocoon_node.inference import PROTOCOL_ID, Backend, InferenceServer, WorkerMeter, WorkerTerms, make_backend
 from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh, model_topic
 from cocoon_node.mesh.announce import Hardware, payload_version
 from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import ReportPublisher
+from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_PROTOCOL_ID
+from cocoon_node.node.fresh_attest import FreshAttestServer
 from cocoon_node.node.hardware import describe_hardware
 from cocoon_node.observe.progress import LoadProgress
 
@@ -120,16 +122,19 @@ class WorkerRole:
                             max_concurrent=w.max_concurrent, max_tokens_cap=w.max_tokens_cap)
         self.server = InferenceServer(self.backend, terms, meter=self.meter,
                                       on_load_change=lambda _load: self._load_changed.set())
-        tee_kind = TEE_DEV if w.tee == "dev" else TEE_TDX
+        tee_kind = {"dev": TEE_DEV, "tdx": TEE_TDX, "snp": TEE_SNP}[w.tee]
         upstream = upstream_of(self.backend)
         if upstream:
             log.warning("prompts are forwarded to the upstream %s; the attestation report says so", upstream)
         self.publisher = ReportPublisher(self.mesh, self.key_pair, tee=tee_kind, model_name=w.model,
                                          model_hash=weights, data_dir=self.config.data_dir,
-                                         backend=self.backend.kind, upstream=upstream)
+                                         backend=self.backend.kind, upstream=upstream,
+                                         snp_vcek_file=w.snp_vcek_file or None)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
         self.hardware = await describe_hardware(self.backend, w)
         log.info("serving on %s", self.hardware)
+        # fresh evidence over a client's nonce (protocols/attest.toml)
+        self.mesh.set_stream_handler(ATTEST_PROTOCOL_ID, FreshAttestServer(self.publisher).handle)
         now = int(time.time())
         tokenizer: bytes = getattr(self.backend, "tokenizer_hash", b"")
         self.announcement = Announcement(

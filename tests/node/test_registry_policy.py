@@ -163,6 +163,8 @@ async def test_refresher_applies_new_versions_and_verdicts_flip(
                                                 min_challenge_period=7200)).success
             await wait_until(lambda: refresher.current.version == 6, timeout=10)
             assert refresher.current.min_deposit == 2 * TON
+            rules = refresher.channel_rules()  # what both ends enforce when a channel opens
+            assert rules is not None and (rules.min_deposit, rules.min_challenge_period) == (2 * TON, 7200)
             assert (await gate.check(peer)).ok and gate.fetches == fetches
             nursery.cancel_scope.cancel()
     versions = [r.getMessage() for r in caplog.records if "policy version" in r.getMessage()]

@@ -103,6 +103,14 @@ def dialback_frames() -> list[dict[str, Any]]:
     ]
 
 
+def attest_frames() -> list[dict[str, Any]]:
+    return [
+        {"t": "attest_request", "v": 1, "nonce": bytes(range(32))},
+        {"t": "attest_response", "report": b"\x82" + bytes(8), "evidence": b"\xa5" + bytes(8)},
+        {"t": "attest_error", "code": "busy", "message": "2 fresh attestations in flight"},
+    ]
+
+
 def build() -> dict[str, list[dict[str, Any]]]:
     ann, key_pair = sample_announcement()
     sealed = ann.seal(key_pair.private_key)
@@ -131,6 +139,8 @@ def build() -> dict[str, list[dict[str, Any]]]:
                                 for f in channel_frames()],
         "dialback/frames.json": [{"name": f["t"], "hex": encode_frame("dialback", f).hex(), "value": to_json_value(f)}
                                  for f in dialback_frames()],
+        "attest/frames.json": [{"name": f["t"], "hex": encode_frame("attest", f).hex(), "value": to_json_value(f)}
+                               for f in attest_frames()],
     }
 
 

@@ -22,6 +22,7 @@ import trio
 from cocoon_node.attestation import Policy
 from cocoon_node.payments.chain.base import ChainError
 from cocoon_node.payments.registry.contract import RegistryPolicy, read_registry_policy
+from cocoon_node.payments.rules import ChannelRules
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,12 @@ class RegistryPolicyRefresher:
                             self.errors, f"version {self.current.version}" if self.current else "fail-closed policy",
                             exc)
             await trio.sleep(self._interval)
+
+    def channel_rules(self) -> ChannelRules | None:
+        """The registry's channel rules as last read (None before the first read)."""
+        reg = self.current
+        return None if reg is None else ChannelRules(reg.min_deposit, reg.min_challenge_period,
+                                                     reg.max_challenge_period)
 
     def status(self) -> dict[str, Any]:
         reg = self.current
