@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cocoon_node.api import NodeHttp
 from cocoon_node.config import load_config
 from cocoon_node.node import Node
 from cocoon_node.node.datadir import DataDirError, exposed_paths, secure_data_dir
@@ -79,7 +80,7 @@ def test_a_node_refuses_an_exposed_data_dir(tmp_path: Path, loose_umask: None) -
     d.chmod(0o700)
     config = load_config(env={}, overrides={"node": {"data_dir": str(d)}})
     with pytest.raises(DataDirError, match=r"payments\.db"):
-        Node(config)
+        Node(config, http=NodeHttp())
     assert not (d / "identity.key").exists()  # refused before anything was written
     # and `cocoon-node run` says so and exits 2, without a traceback
     out = subprocess.run([sys.executable, "-m", "cocoon_node", "run", "--data-dir", str(d), "--no-payments"],
