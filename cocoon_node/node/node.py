@@ -9,16 +9,13 @@ names no web framework and a test can drive the same apps without a node.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import trio
 from libp2p.crypto.keys import KeyPair
@@ -45,6 +42,14 @@ from cocoon_node.mesh.liveness import WorkerLiveness
 from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
 from cocoon_node.node.datadir import secure_data_dir
+from cocoon_node.node.faces import (
+    NODE_INFO_FILE,
+    AttestedPeerMismatch,
+    HttpSurfaces,
+    NodeInfo,
+    TaskStatus,
+    write_node_info,
+)
 from cocoon_node.node.hardware import hardware_matches, hardware_summary
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
@@ -52,47 +57,6 @@ from cocoon_node.observe import DashboardAccess, NodeMetrics, ObservedRequester,
 from cocoon_node.observe.startup import StartupFailure, chain_unreachable, is_port_in_use, port_in_use
 
 log = logging.getLogger(__name__)
-# trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
-TaskStatus = Any
-
-NODE_INFO_FILE = "node.json"
-
-
-class HttpSurfaces(Protocol):
-    """The node's HTTP faces, built and served by the layer above (:class:`cocoon_node.api.NodeHttp`)."""
-
-    def requester_app(self, requester: Requester, *, api_key: str, models: Callable[[], list[dict[str, Any]]],
-                      channels: Callable[[], Awaitable[dict[str, Any]]],
-                      attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None) -> Any:
-        """The OpenAI-compatible ASGI app over ``requester`` (``attestation``: a worker's fresh, nonce-bound
-        attestation for ``GET /v1/cocoon/attestation/{worker}``)."""
-        ...
-
-    def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Any:
-        """The local admin ASGI app (``GET /status`` behind ``token``)."""
-        ...
-
-    async def serve(self, app: Any, host: str, port: int, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED
-                    ) -> None:
-        """Serve ``app`` until cancelled; report the bound base URL through ``task_status``."""
-        ...
-
-
-class AttestedPeerMismatch(Exception):
-    """The stream's authenticated remote key is not the key the attestation report binds."""
-
-
-@dataclass
-class NodeInfo:
-    peer_id: str
-    addrs: list[str]
-    admin_url: str
-    admin_token: str
-    api_url: str | None
-    pid: int
-    roles: list[str] = field(default_factory=list)
-    dashboard_url: str | None = None  # a one-time login link (or the bare page when the listener has no key)
-
 
 class _PolicySink:
     """Where a node without a gate (a worker) keeps the registry-merged policy it reads for the channel rules."""
@@ -467,19 +431,4 @@ class Node:
         return {"ttft_ms": round(rep.ttft_ms, 1), "tokens_per_second": round(rep.tokens_per_second, 1)}
 
     def _write_info(self, info: NodeInfo) -> None:
-        path = self.config.data_dir / NODE_INFO_FILE
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info.__dict__, fh)
-        os.replace(tmp, path)
-
-
-
-
-def read_node_info(data_dir: Any) -> dict[str, Any]:
-    from pathlib import Path
-
-    with open(Path(data_dir) / NODE_INFO_FILE) as fh:
-        data: dict[str, Any] = json.load(fh)
-    return data
+        write_node_info(self.config.data_dir, info)
