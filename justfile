@@ -104,7 +104,10 @@ netsim SCENARIO: setup
     s="{{SCENARIO}}"; [ -f "$s" ] || s="netsim/scenarios/$s.toml"
     {{venv}}/bin/cocoon-netsim run "$s"
 
-# ruff and mypy.
+# ruff, mypy, the layer contracts (import-linter, [tool.importlinter] in pyproject.toml) and the check that
+# no code reaches another package's private names (tests/test_private_names.py).
 lint: setup
     {{venv}}/bin/ruff check cocoon_node netsim tests bench
     {{venv}}/bin/mypy
+    {{venv}}/bin/lint-imports --no-cache
+    {{py}} -m pytest -q -p no:cacheprovider tests/test_private_names.py

@@ -122,6 +122,7 @@ def _record_codecs(r: dict[str, Any]) -> dict[str, tuple[Callable[[], object], C
         from cocoon_node.attestation import dev as att_dev
         from cocoon_node.wire import canonical_loads, validate
 
+        # private-name-ok: the commit before typed messages had no public name for these field tables
         rep, dev_fields, cc = att_report, att_dev._FIELDS, att_report.canonical_cbor  # type: ignore[attr-defined]
         dev_map = cbor2.loads(r["evidence"])
         return {

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +25,18 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "data_dir": ("node", "data_dir"), "listen": ("node", "listen"), "bootstrap": ("node", "bootstrap"),
         "network": ("node", "network"), "local_cluster": ("node", "local_cluster"),
         "admin_port": ("node", "admin_port"), "log_level": ("node", "log_level"),
+        "bootstrap_timeout": ("node", "bootstrap_timeout"),
         "worker": ("worker", "enabled"), "backend": ("worker", "backend"), "model": ("worker", "model"),
         "model_path": ("worker", "model_path"), "upstream_url": ("worker", "upstream_url"),
         "tee": ("worker", "tee"), "price_prompt": ("worker", "price_prompt"),
         "price_completion": ("worker", "price_completion"), "max_concurrent": ("worker", "max_concurrent"),
         "synthetic_rate": ("worker", "synthetic_tokens_per_second"),
         "announce_interval": ("worker", "announce_interval"), "announce_ttl": ("worker", "announce_ttl"),
+        "announce_min_interval": ("worker", "announce_min_interval"),  # issue 15
+        "directory_interval": ("worker", "directory_interval"), "buy_model": ("requester", "models"),
+        "accelerator": ("worker", "accelerator"), "accelerator_count": ("worker", "accelerator_count"),
+        "accelerator_memory_mib": ("worker", "accelerator_memory_mib"),
+        "context_length": ("worker", "context_length"),
         "requester": ("requester", "enabled"), "api_port": ("requester", "api_port"),
         "api_host": ("requester", "api_host"), "api_key": ("requester", "api_key"),
         "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
@@ -40,7 +45,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "credit_window": ("payments", "credit_window"),
         "payment_timeout": ("payments", "payment_timeout"),
         "registry_address": ("policy", "registry_address"),
-        "netsim_clock_skew": ("node", "netsim_clock_skew"),
         "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
         "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
         "relay": ("node", "relay"), "reachability": ("node", "reachability"),  # NAT traversal (issue 14)
@@ -74,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", action="append", help="listen multiaddr (repeatable)")
     run.add_argument("--bootstrap", action="append", help="bootstrap multiaddr with /p2p/ID (repeatable)")
     run.add_argument("--network", choices=["local", "testnet", "mainnet"])
+    run.add_argument("--bootstrap-timeout", dest="bootstrap_timeout", type=float, metavar="SECONDS",
+                     help="stop with that cause if no bootstrap peer is reached within SECONDS (default 120; 0: never)")
     run.add_argument("--local-cluster", dest="local_cluster", action="store_true", default=None,
                      help="loopback cluster: lift IP-diversity rules")
     run.add_argument("--admin-port", dest="admin_port", type=int)
@@ -93,17 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-hole-punching", dest="hole_punching", action="store_false", default=None,
                      help="keep relayed connections relayed (no DCUtR)")
     run.add_argument("--log-level", dest="log_level")
+    run.add_argument("--debug", action="store_true", help="show a failed start's traceback too")
     run.add_argument("--backend", choices=["torch", "exllamav2", "openai-upstream", "synthetic"])
     run.add_argument("--model")
     run.add_argument("--model-path", dest="model_path")
     run.add_argument("--upstream-url", dest="upstream_url")
-    run.add_argument("--tee", choices=["dev", "tdx"])
+    run.add_argument("--tee", choices=["dev", "tdx", "snp"])
     run.add_argument("--price-prompt", dest="price_prompt", type=int)
     run.add_argument("--price-completion", dest="price_completion", type=int)
     run.add_argument("--max-concurrent", dest="max_concurrent", type=int)
     run.add_argument("--synthetic-rate", dest="synthetic_rate", type=float)
     run.add_argument("--announce-interval", dest="announce_interval", type=float)
     run.add_argument("--announce-ttl", dest="announce_ttl", type=int)
+    run.add_argument("--announce-min-interval", dest="announce_min_interval", type=float,
+                     help="least seconds between load-change announcements")
+    run.add_argument("--directory-interval", dest="directory_interval", type=float,
+                     help="seconds between announcements on the every-model directory topic")
+    run.add_argument("--buy-model", dest="buy_model", action="append",
+                     help="requester: follow only this model's topic (repeatable; default: every model)")
+    run.add_argument("--accelerator", help="declare the accelerator (e.g. 'NVIDIA H200') when not detected")
+    run.add_argument("--accelerator-count", dest="accelerator_count", type=int)
+    run.add_argument("--accelerator-memory-mib", dest="accelerator_memory_mib", type=int,
+                     help="memory per accelerator, MiB, when not detected")
+    run.add_argument("--context-length", dest="context_length", type=int,
+                     help="declare the context length served (tokens) when the backend cannot tell")
     run.add_argument("--api-host", dest="api_host")
     run.add_argument("--api-port", dest="api_port", type=int)
     run.add_argument("--api-key", dest="api_key")
@@ -122,9 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
     run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
                      help="seconds a worker waits for a voucher before stopping a stream")
-    run.add_argument("--netsim-clock-skew", dest="netsim_clock_skew", type=float, metavar="SECONDS",
-                     help="NETSIM-ONLY; refused outside the local network: run this node's wall clock SECONDS "
-                          "ahead (negative: behind), as a skewed system clock would")
 
     ident = sub.add_parser("id", help="print the peer id (and addresses of the running node)")
     _add_common(ident)
@@ -133,15 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true", help="replace an existing key (changes the peer id)")
     status = sub.add_parser("status", help="ask the running node for its status")
     _add_common(status)
+    status.add_argument("--json", action="store_true", help="the whole status as JSON (default: a table)")
     chat = sub.add_parser("chat", help="one-shot chat request through a requester node")
     _add_common(chat)
     chat.add_argument("prompt")
     chat.add_argument("--api", help="requester API base URL (default: from the node's data dir)")
-    chat.add_argument("--model", default="SmolLM2-135M-Instruct")
+    chat.add_argument("--model", help="model to ask for (default: the one the API offers, verified workers first)")
     chat.add_argument("--max-tokens", dest="max_tokens", type=int, default=128)
     chat.add_argument("--api-key", dest="api_key", default=os.environ.get("COCOON_REQUESTER_API_KEY", ""))
     chat.add_argument("--no-stream", dest="stream", action="store_false")
 
+    verify = sub.add_parser("verify-receipt", help="check a saved receipt offline (no node needed)")
+    verify.add_argument("file", type=Path, help='JSON {"receipt": HEX, "attestation_report": HEX}')
+    verify.add_argument("--allow-dev-tee", dest="allow_dev_tee", action="store_true",
+                        help="accept a dev-INSECURE report (it proves nothing about hardware)")
     cluster = sub.add_parser("cluster", help="the main job: a local cluster answering a real chat request")
     cluster.add_argument("--workers", type=int, default=2)
     cluster.add_argument("--backend", default="torch", choices=["torch", "synthetic"])
@@ -149,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--api-port", dest="api_port", type=int, default=8080)
     cluster.add_argument("--base-dir", dest="base_dir", default=".cocoon/cluster")
     cluster.add_argument("--once", action="store_true", help="exit after the answer instead of serving on")
+    cluster.add_argument("--debug", action="store_true", help="show a failed start's traceback too")
     return parser
 
 
@@ -163,6 +185,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "verify-receipt":
+        from cocoon_node.receipts.cli import verify_receipt_file
+
+        raise SystemExit(verify_receipt_file(args.file, allow_dev_tee=args.allow_dev_tee))
     if args.command == "cluster":
         from cocoon_node.cluster import run_main_job
 
@@ -181,36 +207,33 @@ def setup_logging(config: Config) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def skew_wall_clock(seconds: float) -> None:
-    """NETSIM-ONLY: shift this process's wall clock (``time.time``/``time_ns``) as a skewed system clock
-    would; monotonic time, which only measures intervals, is left alone, as the kernel would leave it."""
-    real_time, real_time_ns = time.time, time.time_ns
-    offset_ns = int(seconds * 1e9)
-    time.time = lambda: real_time() + seconds  # type: ignore[assignment]
-    time.time_ns = lambda: real_time_ns() + offset_ns  # type: ignore[assignment]
-
-
 def cmd_run(config: Config, args: argparse.Namespace, *, transport_factory: TransportFactory | None = None) -> int:
     """Run the node until signalled. ``transport_factory`` replaces py-libp2p's transports (netsim's entry point
     injects its NETSIM-ONLY shaped TCP this way; ``cocoon-node run`` never sets it)."""
+    from cocoon_node.api import NodeHttp
     from cocoon_node.mesh import IdentityError
     from cocoon_node.node import Node
+    from cocoon_node.node.datadir import DataDirError
 
     if not (config.worker.enabled or config.requester.enabled):
         logging.getLogger("cocoon_node").info("no role given: running as a relay (DHT + gossip%s) only",
                                               " + circuit relay" if config.node.relay else "")
-    if config.node.netsim_clock_skew:
-        skew_wall_clock(config.node.netsim_clock_skew)
-        logging.getLogger("cocoon_node").warning(
-            "NETSIM-ONLY clock skew: this node's wall clock runs %+.0f s off (local network only)",
-            config.node.netsim_clock_skew)
+    w = config.worker
+    if w.enabled and w.model_path and not Path(w.model_path).exists():
+        print(f"cocoon-node: model file not found: {w.model_path}: pass --model-path with an existing model file "
+              f"(or leave it out for the {w.backend} backend's default)", file=sys.stderr)
+        return 2
     try:
-        node = Node(config, transport_factory=transport_factory)
-    except IdentityError as exc:
+        node = Node(config, http=NodeHttp(), transport_factory=transport_factory)
+    except (IdentityError, DataDirError) as exc:
         print(f"cocoon-node: {exc}", file=sys.stderr)
         return 2
+    try:
+        trio.run(serve_until_signalled, node)
+    except Exception as exc:
+        from cocoon_node.observe.startup import report_failure
 
-    trio.run(serve_until_signalled, node)
+        return report_failure(exc, debug=getattr(args, "debug", False))
     return 0
 
 
@@ -228,12 +251,12 @@ async def serve_until_signalled(node: Any, ready_extra: dict[str, Any] | None = 
         nursery.start_soon(stop_on_signal)
         info = await nursery.start(node.run)
         print(json.dumps({"event": "ready", "peer_id": info.peer_id, "addrs": info.addrs,
-                          "api_url": info.api_url, "admin_url": info.admin_url, **(ready_extra or {})}), flush=True)
+                          "api_url": info.api_url, "admin_url": info.admin_url, "dashboard_url": info.dashboard_url,
+                          **(ready_extra or {})}), flush=True)
 
 
 def cmd_id(config: Config, args: argparse.Namespace) -> int:
-    from cocoon_node.mesh import IdentityError, load_identity
-    from cocoon_node.mesh.identity import peer_id_of
+    from cocoon_node.mesh import IdentityError, load_identity, peer_id_of
     from cocoon_node.node import read_node_info
 
     try:
@@ -251,8 +274,7 @@ def cmd_id(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(config: Config, args: argparse.Namespace) -> int:
-    from cocoon_node.mesh import IdentityError, generate_identity
-    from cocoon_node.mesh.identity import identity_path, peer_id_of
+    from cocoon_node.mesh import IdentityError, generate_identity, identity_path, peer_id_of
 
     try:
         key_pair = generate_identity(config.data_dir, overwrite=args.force)
@@ -271,16 +293,26 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     try:
         info = read_node_info(config.data_dir)
     except (OSError, ValueError):
-        print(f"cocoon-node: no running node found in {config.data_dir}", file=sys.stderr)
+        print(f"cocoon-node: no running node found in {config.data_dir}: pass --data-dir of a running node",
+              file=sys.stderr)
         return 1
     try:
         resp = httpx.get(info["admin_url"] + "/status", headers={"authorization": f"Bearer {info['admin_token']}"},
                          timeout=10)
     except httpx.HTTPError as exc:
-        print(f"cocoon-node: admin endpoint {info['admin_url']} unreachable: {exc}", file=sys.stderr)
+        print(f"cocoon-node: admin endpoint {info['admin_url']} unreachable ({exc}): the node may have stopped; "
+              f"start it with `cocoon-node run --data-dir {config.data_dir}`", file=sys.stderr)
         return 1
-    print(json.dumps(resp.json(), indent=2))
-    return 0 if resp.status_code == 200 else 1
+    if resp.status_code != 200:
+        print(f"cocoon-node: admin endpoint answered {resp.status_code}: {resp.text[:200]}", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps(resp.json(), indent=2))
+    else:
+        from cocoon_node.observe.status_table import format_status
+
+        print(format_status(resp.json()))
+    return 0
 
 
 def cmd_chat(config: Config, args: argparse.Namespace) -> int:
@@ -297,7 +329,16 @@ def cmd_chat(config: Config, args: argparse.Namespace) -> int:
             print("cocoon-node: no requester API found; pass --api or --data-dir of a running requester",
                   file=sys.stderr)
             return 1
-    return chat_once(api, args.prompt, model=args.model, max_tokens=args.max_tokens, api_key=args.api_key,
+    from cocoon_node.chat_client import ChatError, offered_model
+
+    model = args.model
+    if not model:
+        try:
+            model = offered_model(api, api_key=args.api_key)
+        except ChatError as exc:
+            print(f"cocoon-node: {exc}", file=sys.stderr)
+            return 1
+    return chat_once(api, args.prompt, model=model, max_tokens=args.max_tokens, api_key=args.api_key,
                      stream=args.stream)
 
 

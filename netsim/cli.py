@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("libp2p", "hypercorn", "httpx", "multiaddr", "cocoon_node"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Progress through the timeline (cluster up, converged, each fault, workload done) even without -v.
+    logging.getLogger("netsim.runner").setLevel(logging.INFO)
     setattr(run_scenario, "_keep_logs", args.keep_logs)  # noqa: B010
     try:
         report = run_scenario(args.scenario, seed=args.seed, out=args.out)

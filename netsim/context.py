@@ -53,7 +53,7 @@ class SimContext:
 
     def event(self, kind: str, target: str, **detail: Any) -> None:
         self.data.events.append({"t": self.now(), "kind": kind, "target": target, **detail})
-        log.info("t=%.1f %s %s %s", self.now(), kind, target, detail or "")
+        log.info("t=%.1f/%.0fs %s %s %s", self.now(), self.s.duration, kind, target, detail or "")
 
     def live_workers(self) -> dict[str, str]:
         """name -> peer id of workers that are running, not frozen and not clock-skewed (those that should be

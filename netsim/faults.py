@@ -91,11 +91,9 @@ class Faults:
             ctx.data.errors.append(f"skew fault on {name} ignored (only separate worker processes)")
             return
         await self.lifecycle.take_down(name, signal.SIGKILL, "dead", "skew")  # a clock change is a restart
-        args = without_flags(ctx.cluster.nodes[name].args, ("--bootstrap", "--netsim-clock-skew"))  # replaced
-        if seconds:
-            args += ["--netsim-clock-skew", str(seconds)]
-        try:
-            await self.lifecycle.restart_worker(name, args)
+        args = without_flags(ctx.cluster.nodes[name].args, ("--bootstrap",))  # replaced
+        try:  # the skew is netsim.node's own --clock-skew (in the command), never a cocoon-node flag
+            await self.lifecycle.restart_worker(name, args, clock_skew=seconds)
         except Exception as exc:
             ctx.data.errors.append(f"restart of {name} with a skewed clock failed: {exc}")
             return

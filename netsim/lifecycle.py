@@ -40,14 +40,18 @@ class Lifecycle:
         self.ctx = ctx
 
     # ----- how nodes are started ---------------------------------------------------------------------------
-    def command(self, rogue: list[str] | None = None) -> list[str] | None:
+    def command(self, rogue: list[str] | None = None, *, clock_skew: float = 0.0) -> list[str] | None:
         """The command line before ``run <flags>``: ``rogue`` (a netsim rogue entry point) or, for None, the
         honest node; with shaped links, each gets ``--link-table`` and the honest node starts as
-        ``python -m netsim.node`` (NETSIM-ONLY shaping is injected there, never by ``cocoon-node`` itself)."""
+        ``python -m netsim.node``, as it does with a ``clock_skew`` (NETSIM-ONLY shaping and clock skew are
+        applied there, never by ``cocoon-node`` itself)."""
         links = self.ctx.links
+        honest = [sys.executable, "-m", "netsim.node"]
+        if clock_skew:
+            honest += ["--clock-skew", str(clock_skew)]
         if links is None:
-            return rogue  # None: Cluster's own ``python -m cocoon_node``
-        return [*(rogue or [sys.executable, "-m", "netsim.node"]), "--link-table", str(links.path)]
+            return rogue or (honest if clock_skew else None)  # None: Cluster's own ``python -m cocoon_node``
+        return [*(rogue or honest), "--link-table", str(links.path)]
 
     def bootstrap_args(self, exclude: str = "") -> list[str]:
         ctx = self.ctx
@@ -235,11 +239,12 @@ class Lifecycle:
         ctx.event("restart", name)
         ctx.expect(name, True, "restart")
 
-    async def restart_worker(self, name: str, args: list[str]) -> None:
-        """Start worker ``name`` again with ``args`` and fresh bootstrap peers; re-register its link ends."""
+    async def restart_worker(self, name: str, args: list[str], *, clock_skew: float = 0.0) -> None:
+        """Start worker ``name`` again with ``args`` and fresh bootstrap peers (and its wall clock ``clock_skew``
+        seconds off); re-register its link ends."""
         ctx = self.ctx
         await ctx.cluster.start_node(name, [*args, *self.bootstrap_args(exclude=name)],
-                                     timeout=ctx.s.start_timeout, command=self.command())
+                                     timeout=ctx.s.start_timeout, command=self.command(clock_skew=clock_skew))
         self.register_link_ends(name)
 
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
+from cocoon_node.api import NodeHttp
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
 from cocoon_node.mesh import TransportFactory
@@ -98,10 +99,12 @@ class LowballCloser:
         self.spared: list[str] = []  # channels to workers outside the targets, left alone
         self.triggered = False
         self.done = False
+        self.trigger_checks = 0  # looks for the trigger file so far (a test sees the watch run before it fires)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while not await trio.Path(self.trigger).exists():
+            self.trigger_checks += 1
             await trio.sleep(0.2)
         self.triggered = True
         try:
@@ -160,7 +163,7 @@ class LowballNode(Node):
 
     def __init__(self, config: Config, *, targets: frozenset[str], trigger: Path, modes: tuple[str, ...],
                  transport_factory: TransportFactory | None = None) -> None:
-        super().__init__(config, transport_factory=transport_factory)
+        super().__init__(config, http=NodeHttp(), transport_factory=transport_factory)
         self._closer_args = {"targets": targets, "trigger": trigger, "modes": modes}
         self.closer: LowballCloser | None = None
 

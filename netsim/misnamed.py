@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+from cocoon_node.api import NodeHttp
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
 from cocoon_node.inference.stream import PROTOCOL_ID
@@ -53,7 +54,7 @@ class MisnamedNode(Node):
     """A worker whose config (and so its report and weights) is ``attested_model``, announcing ``offered``."""
 
     def __init__(self, config: Config, *, offered: str, transport_factory: TransportFactory | None = None) -> None:
-        super().__init__(config, transport_factory=transport_factory)
+        super().__init__(config, http=NodeHttp(), transport_factory=transport_factory)
         self.offered = offered
         self.streams_opened = 0     # inference streams any requester opened to us: each could carry a prompt
         self.requests_seen = 0

@@ -1,20 +1,28 @@
-"""NETSIM-ONLY: run a ``cocoon-node`` whose mesh dials through netsim's shaped TCP transport.
+"""NETSIM-ONLY: run a ``cocoon-node`` whose mesh dials through netsim's shaped TCP transport, or whose wall
+clock is skewed.
 
-``python -m netsim.node --link-table PATH run <cocoon-node run flags>`` runs exactly what ``cocoon-node run``
-runs (same flags, config, logging and ready line), except that the node's mesh is given
-:func:`netsim.shaping.shaped_transport_factory`: every TCP connection it dials is delayed, throttled or
-blocked as the link table at ``PATH`` says. Production code has no flag or setting for this; netsim's other
-node entry points (``netsim.rogue``, ``netsim.lowball``, ``netsim.misnamed``, ``netsim.pool``) take the same
-``--link-table`` option through :func:`add_link_table_option` and :func:`link_shaping`.
+``python -m netsim.node [--link-table PATH] [--clock-skew SECONDS] run <cocoon-node run flags>`` runs exactly
+what ``cocoon-node run`` runs (same flags, config, logging and ready line), except that:
 
-Refused (NETSIM-ONLY): outside the ``local`` network, next to a QUIC listen address (shaping is TCP-only), and
-when the table file does not exist.
+- with ``--link-table``, the node's mesh is given :func:`netsim.shaping.shaped_transport_factory`: every TCP
+  connection it dials is delayed, throttled or blocked as the link table at ``PATH`` says;
+- with ``--clock-skew``, the process's wall clock runs ``SECONDS`` ahead (negative: behind), netsim's
+  ``skew`` fault (:func:`skew_wall_clock`).
+
+Production code has no flag or setting for either; netsim's other node entry points (``netsim.rogue``,
+``netsim.lowball``, ``netsim.misnamed``, ``netsim.pool``) take the same ``--link-table`` option through
+:func:`add_link_table_option` and :func:`link_shaping`.
+
+Refused (NETSIM-ONLY): both outside the ``local`` network; shaping next to a QUIC listen address (it is
+TCP-only) and when the table file does not exist.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from pathlib import Path
 
 from cocoon_node.cli import build_parser, cmd_run, overrides_from_args, setup_logging
@@ -54,6 +62,23 @@ def link_shaping(config: Config, link_table: Path | None, prog: str) -> Transpor
     return shaped_transport_factory(link_table)
 
 
+def skew_wall_clock(seconds: float) -> None:
+    """NETSIM-ONLY: shift this process's wall clock (``time.time``/``time_ns``) as a skewed system clock
+    would; monotonic time, which only measures intervals, is left alone, as the kernel would leave it."""
+    real_time, real_time_ns = time.time, time.time_ns
+    offset_ns = int(seconds * 1e9)
+    time.time = lambda: real_time() + seconds  # type: ignore[assignment]
+    time.time_ns = lambda: real_time_ns() + offset_ns  # type: ignore[assignment]
+
+
+def clock_skew_problems(config: Config, seconds: float) -> list[str]:
+    """Why ``config``'s node may not run with its clock ``seconds`` off (empty: it may)."""
+    if seconds and config.node.network != "local":
+        return [f"--clock-skew: {NETSIM_ONLY}; refused outside the local network "
+                f"(node.network is {config.node.network!r})"]
+    return []
+
+
 def load_run_config(prog: str, node_args: list[str]) -> tuple[Config, argparse.Namespace]:
     """``cocoon-node run`` flags as the node CLI reads them; exits 2 on a config error."""
     args = build_parser().parse_args(node_args)
@@ -69,12 +94,22 @@ def load_run_config(prog: str, node_args: list[str]) -> tuple[Config, argparse.N
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="netsim.node", description=__doc__.split("\n\n")[0])
-    add_link_table_option(parser, required=True)
+    add_link_table_option(parser)
+    parser.add_argument("--clock-skew", dest="clock_skew", type=float, default=0.0, metavar="SECONDS",
+                        help=f"{NETSIM_ONLY}: run this node's wall clock SECONDS ahead (negative: behind), as a "
+                             "skewed system clock would")
     parser.add_argument("node_args", nargs=argparse.REMAINDER, help="run <cocoon-node run flags>")
     args = parser.parse_args(argv)
     config, node_args = load_run_config("netsim.node", args.node_args)
+    for problem in clock_skew_problems(config, args.clock_skew):
+        print(f"netsim.node: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     transport_factory = link_shaping(config, args.link_table, "netsim.node")
     setup_logging(config)
+    if args.clock_skew:
+        skew_wall_clock(args.clock_skew)
+        logging.getLogger("netsim.node").warning(
+            "NETSIM-ONLY clock skew: this node's wall clock runs %+.0f s off (local network only)", args.clock_skew)
     raise SystemExit(cmd_run(config, node_args, transport_factory=transport_factory))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from cocoon_node.api import NodeHttp
 from cocoon_node.cli import build_parser, overrides_from_args
 from cocoon_node.config import load_config
 from cocoon_node.node import Node
@@ -34,7 +35,7 @@ def _config_for(data_dir: Path, run_args: list[str]) -> Any:
 
 def _node(data_dir: Path, run_args: list[str], link_table: Path | None) -> Node:
     config = _config_for(data_dir, run_args)
-    return Node(config, transport_factory=link_shaping(config, link_table, "netsim.pool"))
+    return Node(config, http=NodeHttp(), transport_factory=link_shaping(config, link_table, "netsim.pool"))
 
 
 async def _run_pool(base_dir: Path, prefix: str, count: int, start_index: int, run_args: list[str],

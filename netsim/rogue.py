@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 import trio
 
+from cocoon_node.api import NodeHttp
 from cocoon_node.cli import build_parser, overrides_from_args, serve_until_signalled
 from cocoon_node.config import Config, ConfigError, load_config
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer
@@ -300,15 +301,15 @@ class WithholdingMeter(RequesterPaymentMeter):
 
     async def on_tokens(self, completion_tokens: int) -> bytes | None:
         n = completion_tokens - self.completion_tokens
+        first = n > 0 and self.charge_prompt()  # prompts fall due with the first token, as for honest payers
         if n > 0:
             self.completion_tokens = completion_tokens
             self.book.completion_tokens += n
             self.book.received_amount += n * self.price_completion
-        return None
+        return await self._voucher() if first else None
 
     async def on_final(self, completion_tokens: int) -> bytes | None:
-        await self.on_tokens(completion_tokens)
-        return None
+        return await self.on_tokens(completion_tokens)
 
 
 # ----- the node ------------------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ class RogueNode(Node):
                  transport_factory: TransportFactory | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown rogue kind {kind!r}")
-        super().__init__(config, transport_factory=transport_factory)
+        super().__init__(config, http=NodeHttp(), transport_factory=transport_factory)
         self.kind = kind
         self.overclaim_tokens = overclaim_tokens
         self.stale_after = stale_after

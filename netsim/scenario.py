@@ -131,7 +131,7 @@ class Fault:
     # stop: SIGCONT after this delay; partition: heal after it. A partition blocks every link between the
     # targets and everyone else (shaped links, so the processes keep running); stop freezes the targets.
     duration: float | None = None
-    # skew: restart the targets with their wall clock this many seconds off (NETSIM-ONLY --netsim-clock-skew);
+    # skew: restart the targets with their wall clock this many seconds off (NETSIM-ONLY, ``netsim.node --clock-skew``);
     # with a duration, restart them again with a true clock after it.
     seconds: float | None = None
     # partition with a [topology]: the other side (node, relay or NAT names; default: everyone else). A target
@@ -190,6 +190,8 @@ class Links:
 class Invariants:
     convergence_bound: float = 30.0      # seconds for every requester to list every live worker
     min_completed: int = 1
+    min_answered_fraction: float = 0.0   # issue 15: of all requests sent, at least this share answered
+    all_workers_verified: bool = False   # issue 15: every requester verified every good worker's attestation
     relay_recovery_bound: float = 30.0   # [topology]: seconds after a relay dies until its workers are reachable
 
 

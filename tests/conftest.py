@@ -52,3 +52,118 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         sys.stderr.write("\nFiles outside the checkout were opened; keep test data inside the repository:\n")
         sys.stderr.write("\n".join(lines) + "\n")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# ----- shared fixtures: chat requests, two hosts, an in-process requester app --------------------------------
+# Imported here rather than at the top so the guard above is installed before any project code is imported.
+import time  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+from contextlib import AsyncExitStack, asynccontextmanager  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+from libp2p.crypto.ed25519 import create_new_key_pair  # noqa: E402
+
+from cocoon_node.api import openai_app  # noqa: E402
+from cocoon_node.inference import (  # noqa: E402
+    PROTOCOL_ID,
+    ChatRequest,
+    InferenceServer,
+    Requester,
+    SyntheticBackend,
+    WorkerTerms,
+    parse_chat_request,
+)
+from cocoon_node.mesh import Announcement, Mesh, MeshSettings  # noqa: E402
+
+#: The model every synthetic worker of these fixtures serves.
+MODEL = "synthetic-echo"
+
+
+def chat_request(content: int | str = "hello world", *, model: str = MODEL, **fields: Any) -> ChatRequest:
+    """A chat request as the API would build it (through :func:`parse_chat_request`): one user message of
+    ``content``, or for an int that many distinct words ``w0 w1 ...`` (one synthetic token each); other OpenAI
+    fields (``max_tokens``, ``stream``, ...) as given, None meaning absent."""
+    text = " ".join(f"w{i}" for i in range(content)) if isinstance(content, int) else content
+    given = {k: v for k, v in fields.items() if v is not None}
+    return parse_chat_request({"model": model, "messages": [{"role": "user", "content": text}], **given})
+
+
+@asynccontextmanager
+async def started_hosts(count: int = 2) -> AsyncIterator[list[Mesh]]:
+    """``count`` real libp2p hosts on 127.0.0.1, each bootstrapped from the first; stopped on exit."""
+    async with AsyncExitStack() as stack:
+        first = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
+        await stack.enter_async_context(first.start())
+        hosts = [first]
+        for _ in range(count - 1):
+            host = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True, bootstrap=(first.listen_addrs()[0],)))
+            await stack.enter_async_context(host.start())
+            hosts.append(host)
+        yield hosts
+
+
+@pytest.fixture
+async def two_hosts() -> AsyncIterator[tuple[Mesh, Mesh]]:
+    """A worker host and a client host bootstrapped from it (real Noise + yamux over loopback TCP)."""
+    async with started_hosts(2) as (worker, client):
+        yield worker, client
+
+
+class TrustingAttestor:
+    """Takes every worker as attested. The attestation gate has its own tests (tests/node); the API tests
+    are about what the HTTP surface does with the requester's events."""
+
+    def known(self, announcement: Announcement) -> bool:
+        return True
+
+    async def is_attested(self, announcement: Announcement) -> bool:
+        return True
+
+
+def worker_announcement(worker: Mesh, *, model: str = MODEL, price: int = 1) -> Announcement:
+    """The announcement a synthetic worker on ``worker`` would gossip (not sealed: the requester reads fields)."""
+    now = int(time.time())
+    return Announcement(
+        peer_id=worker.peer_id.to_bytes(), addrs=tuple(worker.listen_addrs()), model=model, model_hash=b"\x01" * 32,
+        backend="synthetic", synthetic=True, price_prompt=price, price_completion=price, max_concurrent=4, load=0,
+        protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 600,
+    )
+
+
+@dataclass
+class RequesterApp:
+    """A requester's OpenAI app in this process, buying from one synthetic worker over real libp2p streams."""
+
+    app: Any
+    requester: Requester
+    server: InferenceServer
+    backend: SyntheticBackend
+    workers: list[Announcement]
+
+    def http(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An HTTP client that drives the ASGI app directly (no socket, no server)."""
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://requester", **kwargs)
+
+
+@pytest.fixture
+async def requester_app(two_hosts: tuple[Mesh, Mesh]) -> AsyncIterator[RequesterApp]:
+    """An in-process requester app: :func:`cocoon_node.api.openai_app` over a real :class:`Requester`, whose
+    one worker (a :class:`SyntheticBackend` behind an :class:`InferenceServer`) is another host of this process.
+    ``workers`` is the requester's live worker list: clear it to have no worker."""
+    worker, client = two_hosts
+    backend = SyntheticBackend(tokens_per_second=500)
+    server = InferenceServer(backend, WorkerTerms(MODEL, price_prompt=1, price_completion=1, max_concurrent=4,
+                                                  max_tokens_cap=512))
+    worker.set_stream_handler(PROTOCOL_ID, server.handle)
+    workers = [worker_announcement(worker)]
+
+    async def open_stream(a: Announcement) -> Any:
+        return await client.new_stream(a.peer, PROTOCOL_ID, a.addrs)
+
+    requester = Requester(lambda: workers, open_stream, TrustingAttestor(), max_price_prompt=10,
+                          max_price_completion=10, first_token_timeout=10)
+    models = [{"id": MODEL, "object": "model", "created": 0, "owned_by": "cocoon-mesh"}]
+    yield RequesterApp(openai_app(requester, api_key="sk-test", models=lambda: models), requester, server, backend,
+                       workers)

@@ -22,18 +22,24 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_response, invalid, parse_json, read_body
-from cocoon_node.inference.chat import ChatRequest, RequestValidationError, parse_chat_request
-from cocoon_node.inference.client import RequestTooLarge, check_sendable
-from cocoon_node.inference.extras import ToolCallAccumulator, merge_tool_calls
-from cocoon_node.inference.requester import (
+from cocoon_node.inference import (
     CapabilityUnavailable,
+    ChatRequest,
+    Delta,
     Event,
+    Final,
     ModelNotFound,
     NoWorkerAvailable,
     Requester,
+    RequestTooLarge,
+    RequestValidationError,
     StreamStart,
+    ToolCallAccumulator,
+    WorkerFailure,
+    check_sendable,
+    merge_tool_calls,
+    parse_chat_request,
 )
-from cocoon_node.inference.stream import Delta, Final, WorkerFailure
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +220,11 @@ _LAST_SEND_TIMEOUT = 10.0
 
 
 def openai_app(requester: Requester, *, api_key: str = "",
-               models: Callable[[], list[dict[str, Any]]] | None = None,
-               channels: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> Starlette:
-    """Build the ASGI app. ``models`` returns the model list entries (see the node)."""
+               models: Callable[..., list[dict[str, Any]]] | None = None,
+               channels: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+               attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None) -> Starlette:
+    """Build the ASGI app. ``models`` returns the model list entries (see the node); ``attestation`` fetches
+    a worker's fresh, nonce-bound attestation (``GET /v1/cocoon/attestation/{worker}?nonce=HEX``)."""
 
     def unauthorized(request: Request) -> JSONResponse | None:
         if api_key and not bearer_ok(request.headers.get("authorization"), api_key):
@@ -227,7 +235,12 @@ def openai_app(requester: Requester, *, api_key: str = "",
     async def list_models(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
             return denied
-        return JSONResponse({"object": "list", "data": models() if models else []})
+        # issue 15: ?min_context_length=N&accelerator=TEXT keep only workers announcing such hardware
+        filters = {k: v for k, v in request.query_params.items() if k in ("min_context_length", "accelerator")}
+        if not filters.get("min_context_length", "0").isdigit():
+            return error_response(400, "min_context_length must be a whole number of tokens",
+                                  type_="invalid_request_error", code="invalid_filter")
+        return JSONResponse({"object": "list", "data": (models(filters) if filters else models()) if models else []})
 
     async def chat_completions(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
@@ -253,12 +266,42 @@ def openai_app(requester: Requester, *, api_key: str = "",
             return denied
         return JSONResponse(await channels() if channels else {"enabled": False})
 
+    async def fresh_attestation(request: Request) -> Response:
+        """A worker's report plus new evidence over the client's 32-byte nonce, to check freshness oneself."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        if attestation is None:
+            return error_response(404, "fresh attestation is not served here", type_="invalid_request_error")
+        raw = request.query_params.get("nonce", "")
+        try:
+            nonce = bytes.fromhex(raw)
+        except ValueError:
+            nonce = b""
+        if len(nonce) != 32:
+            return error_response(400, "nonce must be 32 bytes in hex (64 hex digits)",
+                                  type_="invalid_request_error", param="nonce", code="invalid_value")
+        return await attestation_response(attestation, request.path_params["worker"], nonce)
+
     routes = [
+        Route("/v1/cocoon/attestation/{worker}", fresh_attestation, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/cocoon/channels", list_channels, methods=["GET"]),
     ]
     return Starlette(routes=routes)
+
+
+async def attestation_response(fetch: Callable[[str, bytes], Awaitable[dict[str, Any]]], worker: str,
+                               nonce: bytes) -> JSONResponse:
+    """``fetch``'s answer as JSON; LookupError is an unknown worker (404), other failures the worker's (502)."""
+    try:
+        return JSONResponse(await fetch(worker, nonce))
+    except LookupError as exc:
+        return error_response(404, str(exc).strip("'\""), type_="invalid_request_error", param="worker",
+                              code="unknown_worker")
+    except Exception as exc:  # the worker's failure (unreachable, busy, no TEE): not the client's
+        return error_response(502, f"worker gave no fresh attestation: {exc}", type_="upstream_error",
+                              code=getattr(exc, "code", None))
 
 
 async def _complete(requester: Requester, chat: ChatRequest) -> Response:

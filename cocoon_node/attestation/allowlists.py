@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ._snp_report import PRODUCTS, TcbVersion
 from .policy import ANY, _Any, rtmr_set_digest
 
 WILDCARD = "any"
@@ -68,4 +69,34 @@ def named_models(entries: Iterable[str]) -> frozenset[tuple[str, bytes]]:
         if len(name.strip().encode()) > 256:
             raise ValueError(f"allowed model name {name!r} is longer than 256 bytes")
         out.add((name.strip(), _hex(digest, 32, "model weight hash")))
+    return frozenset(out)
+
+
+def snp_min_tcbs(entries: Iterable[str]) -> dict[str, TcbVersion]:
+    """``PRODUCT=BL:TEE:SNP:UCODE`` (Turin: ``...:FMC``) per SEV-SNP product: the lowest TCB accepted there."""
+    out: dict[str, TcbVersion] = {}
+    for e in entries:
+        product, sep, spec = e.partition("=")
+        product = product.strip()
+        if not sep or product not in PRODUCTS:
+            raise ValueError(f"SEV-SNP minimum TCB {e!r} must be PRODUCT=BL:TEE:SNP:UCODE, PRODUCT one of {PRODUCTS}")
+        try:
+            parts = [int(p) for p in spec.split(":")]
+        except ValueError:
+            raise ValueError(f"SEV-SNP minimum TCB {e!r}: components must be integers") from None
+        if len(parts) not in (4, 5) or any(not 0 <= p <= 255 for p in parts):
+            raise ValueError(f"SEV-SNP minimum TCB {e!r}: 4 (Turin: 5) components of 0..255")
+        if product in out:
+            raise ValueError(f"SEV-SNP minimum TCB for {product} given twice")
+        out[product] = TcbVersion(*parts)
+    return out
+
+
+def vmpl_set(entries: Iterable[str]) -> frozenset[int]:
+    """VMPLs (0..3) an SEV-SNP report may be requested at; 0 is the guest kernel's own, most privileged level."""
+    out = set()
+    for e in entries:
+        if e.strip() not in ("0", "1", "2", "3"):
+            raise ValueError(f"VMPL {e!r} must be 0, 1, 2 or 3")
+        out.add(int(e))
     return frozenset(out)

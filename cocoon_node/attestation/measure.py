@@ -20,7 +20,9 @@ from typing import Any
 
 from .errors import AttestationError
 from .policy import rtmr_set_digest
-from .report import TEE_TDX, decode_and_verify_envelope
+from .report import TEE_SNP, TEE_TDX, decode_and_verify_envelope
+from .snp import parse_snp_report
+from .snp_evidence import decode_snp_evidence, snp_image_hash
 from .tdx import parse_tdx_quote
 
 
@@ -36,18 +38,32 @@ def measurements(quote: bytes) -> dict[str, Any]:
     }
 
 
+def snp_measurements(evidence: bytes) -> dict[str, Any]:
+    """Image hash and launch MEASUREMENT of SEV-SNP evidence (``snp_evidence``), hex."""
+    rep = parse_snp_report(decode_snp_evidence(evidence).report)
+    return {"image_hash": snp_image_hash(rep).hex(), "snp_measurement": rep.measurement.hex(), "debug_td": rep.debug,
+            "vmpl": rep.vmpl}
+
+
 def measurements_of_report(envelope: bytes) -> dict[str, Any] | None:
-    """The measurements inside a cocoon TDX attestation report; None for a dev-INSECURE report."""
+    """The measurements inside a cocoon TDX or SEV-SNP attestation report; None for a dev-INSECURE report."""
     report = decode_and_verify_envelope(envelope)
+    model = {"model": f"{report.claims.model_name}={report.claims.model_hash.hex()}"}
+    if report.claims.tee_kind == TEE_SNP:
+        return {**snp_measurements(report.evidence), **model}
     if report.claims.tee_kind != TEE_TDX:
         return None
-    return {**measurements(report.evidence), "model": f"{report.claims.model_name}={report.claims.model_hash.hex()}"}
+    return {**measurements(report.evidence), **model}
 
 
 def policy_lines(m: dict[str, Any]) -> list[str]:
     """The ``[policy]`` settings that approve exactly this image (and model, for a report)."""
-    lines = [f'allowed_image_hashes = ["{m["image_hash"]}"]', f'allowed_mrtds = ["{m["mrtd"]}"]',
-             f'allowed_rtmrs = ["{":".join(m["rtmrs"])}"]  # or its digest "{m["rtmr_set_digest"]}"']
+    if "snp_measurement" in m:
+        lines = [f'allowed_image_hashes = ["{m["image_hash"]}"]', "allow_snp = true",
+                 f'allowed_snp_measurements = ["{m["snp_measurement"]}"]']
+    else:
+        lines = [f'allowed_image_hashes = ["{m["image_hash"]}"]', f'allowed_mrtds = ["{m["mrtd"]}"]',
+                 f'allowed_rtmrs = ["{":".join(m["rtmrs"])}"]  # or its digest "{m["rtmr_set_digest"]}"']
     if "model" in m:
         lines.append(f'allowed_models = ["{m["model"]}"]')
     return lines

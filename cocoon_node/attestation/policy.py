@@ -8,31 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ._allow import ANY, _Any
 from .report import TEE_DEV, TEE_KINDS, TEE_TDX
-
-
-class _Any:
-    """Type of :data:`ANY`, the explicit wildcard for an allow-list."""
-
-    _instance: _Any | None = None
-
-    def __new__(cls) -> _Any:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "ANY"
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-ANY: Final = _Any()
+from .snp import SnpPolicy
 
 Rtmrs = tuple[bytes, bytes, bytes, bytes]
 
@@ -93,6 +74,8 @@ class Policy:
     requester still binds the report's name to the model it asks for). ``dev_platform_keys`` (raw Ed25519
     keys) lets a test cluster accept only its own dev machines. Without collateral the TCB is unchecked;
     set ``require_tcb_check`` to refuse such reports. ``upstream`` says where a worker may send prompts.
+    ``snp`` is what an AMD SEV-SNP report must meet (measurements, debug off, minimum TCB, VMPL); its empty
+    default accepts no SNP measurement, and ``tee_kinds`` must name ``snp`` for SNP reports to count at all.
     """
 
     tee_kinds: frozenset[str] = frozenset({TEE_TDX})
@@ -108,6 +91,7 @@ class Policy:
     allowed_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
     allow_debug_td: bool = False
     upstream: str = UPSTREAM_IN_TD
+    snp: SnpPolicy = field(default_factory=SnpPolicy)
 
     def __post_init__(self) -> None:
         unknown = set(self.tee_kinds) - set(TEE_KINDS)

@@ -54,6 +54,7 @@ __all__ = [
     "REPORT_VERSION",
     "TEE_DEV",
     "TEE_KINDS",
+    "TEE_SNP",
     "TEE_TDX",
     "Claims",
     "Report",
@@ -68,8 +69,9 @@ __all__ = [
 
 ENVELOPE_DOMAIN = b"cocoon/attestation-report/v1"
 TEE_TDX: Final = "tdx"
+TEE_SNP: Final = "snp"
 TEE_DEV: Final = "dev-INSECURE"
-TEE_KINDS: tuple[str, ...] = (TEE_TDX, TEE_DEV)  # == typing.get_args(TeeKind), checked by the vector tests
+TEE_KINDS: tuple[str, ...] = (TEE_TDX, TEE_SNP, TEE_DEV)  # == typing.get_args(TeeKind), checked by the vector tests
 _CLAIM_NAMES = AttestationClaims.__struct_fields__
 
 

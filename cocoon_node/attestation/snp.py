@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from ._allow import _Any
 from ._snp_certtable import SnpCertTable, parse_snp_cert_table
 from ._snp_chain import AMD_SNP_ROOTS, SnpRoot, SnpVcek, verify_vcek_chain
 from ._snp_report import (
@@ -57,7 +58,6 @@ from ._snp_roots import (
     AMD_ASK_TURIN_PEM,
 )
 from .errors import AttestationError
-from .policy import _Any
 
 __all__ = [
     "AMD_ARK_GENOA_PEM",

@@ -15,7 +15,8 @@ from typing import Any
 from .dev import verify_dev_evidence
 from .errors import AttestationError
 from .policy import UPSTREAM_ANYWHERE, UPSTREAM_NONE, Policy, rtmr_set_digest, upstream_in_td
-from .report import TEE_DEV, TEE_TDX, Report, decode_and_verify_envelope
+from .report import TEE_DEV, TEE_SNP, TEE_TDX, Report, decode_and_verify_envelope
+from .snp_evidence import snp_image_hash, verify_snp_evidence
 from .tdx import verify_tdx_quote
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Verdict:
     issued_at: int | None = None
     backend: str | None = None
     upstream: str | None = None  # where the worker sends prompts ("" = nowhere: the model runs in the TD)
+    measurement: str | None = None  # SEV-SNP launch MEASUREMENT (the MRTD's counterpart)
 
     @property
     def prompts_leave_tee(self) -> bool:
@@ -83,6 +85,23 @@ def _check_upstream(report: Report, policy: Policy, reasons: list[str]) -> None:
     reasons.append(f"PROMPTS LEAVE THE TEE: forwarded to {c.upstream}")
 
 
+def _verify_snp(report: Report, policy: Policy, now: int, reasons: list[str]) -> tuple[bytes, bytes, str | None]:
+    """SNP evidence to AMD's pinned roots, REPORT_DATA = our claims, the SNP policy; (image hash, measurement,
+    TCB status). The report carries no time: the claims' validity window, checked by the caller, is bound to
+    it through REPORT_DATA."""
+    res = verify_snp_evidence(report.evidence, report.claims.report_data(), policy.snp, now=now)
+    floor = policy.snp.min_tcb.get(res.product)
+    if floor is None:
+        if policy.require_tcb_check:
+            raise AttestationError("tcb", f"TCB check required but the policy sets no minimum for {res.product}")
+        reasons.append(f"tcb not checked: no minimum TCB for {res.product} in the policy")
+        status = None
+    else:
+        status = f"meets minimum {floor}"
+    reasons.append(f"snp {res.product} VMPL {res.report.vmpl}, reported TCB {res.reported_tcb}; AMD CRL not checked")
+    return snp_image_hash(res.report), res.measurement, status
+
+
 def verify_report(
     report_bytes: bytes,
     expected_peer_id: bytes,
@@ -110,6 +129,7 @@ def verify_report(
 
     reasons: list[str] = []
     mrtd: str | None = None
+    measurement: bytes | None = None
     tcb_checked, tcb_status = False, None
     if c.tee_kind == TEE_TDX:
         res = verify_tdx_quote(report.evidence, c.report_data(), at=now, collateral=collateral)
@@ -131,6 +151,9 @@ def verify_report(
             raise AttestationError("tcb_status", f"TCB status {tcb_status} not allowed by policy")
         if res.advisory_ids:
             reasons.append("advisories: " + ",".join(res.advisory_ids))
+    elif c.tee_kind == TEE_SNP:
+        image_hash, measurement, tcb_status = _verify_snp(report, policy, now, reasons)
+        tcb_checked = tcb_status is not None
     elif c.tee_kind == TEE_DEV:
         dev = verify_dev_evidence(report.evidence, c.report_data())
         if dev.platform_key not in policy.dev_platform_keys:
@@ -163,6 +186,7 @@ def verify_report(
         issued_at=c.issued_at,
         backend=c.backend,
         upstream=c.upstream,
+        measurement=measurement.hex() if measurement is not None else None,
     )
 
 

@@ -126,6 +126,7 @@ class InferenceCall:
         self.final: Final | None = None
         self._first_token_at: float | None = None
         self.prompt_paid = trio.Event()
+        self.worker_failed = False  # the call ended in a WorkerFailure (see cancel)
         self._tokens_counted = trio.Event()
         self._pay_lock = trio.Lock()  # one meter call (sign, store, send) at a time, in order
 
@@ -145,8 +146,8 @@ class InferenceCall:
                                     before_first_token=self._first_token_at is None) from None
 
     async def pay(self) -> None:
-        """Pay as tokens arrive, off the token path: the prompt at once, then whatever is due each time the
-        reader has counted more tokens.
+        """Pay as tokens arrive, off the token path: whatever is due each time the reader has counted more
+        tokens (the prompt falls due with the first one).
 
         Signing a voucher means storing it with an fsync before it is sent; done inline, every voucher held
         the next token back, and with many streams on one channel they queued on the channel's lock. Charges
@@ -251,7 +252,9 @@ class InferenceCall:
         )
 
     async def cancel(self) -> None:
-        if self._meter is not None:
+        # A worker that failed before we counted a token of its answer is paid nothing, not even the prompt
+        # (payments.payer charges it with the first token); one our client walked away from is owed it.
+        if self._meter is not None and not (self.worker_failed and self.completion_tokens == 0):
             with trio.move_on_after(2):
                 try:
                     await self._settle(final=True)  # tokens already handed on are owed, cancelled or not
@@ -332,13 +335,15 @@ async def call_worker(
             async with trio.open_nursery() as nursery:
                 if meter is not None:
                     # Vouchers are signed and stored (fsync) while tokens keep flowing, not before reading
-                    # them; the prompt's goes first, so a worker whose credit window is smaller than the
-                    # prompt still gets it before it must produce a token.
+                    # them; the prompt is paid with the first token (payments.payer).
                     nursery.start_soon(call.pay)
                 else:
                     call.prompt_paid.set()
                 try:
                     yield call
+                except WorkerFailure:
+                    call.worker_failed = True
+                    raise
                 finally:
                     if call.final is None:
                         with trio.CancelScope(shield=True):

@@ -139,6 +139,12 @@ class ExLlamaV2Backend:
     def in_flight(self) -> int:
         return self._slots.in_flight
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the loaded model's context holds (0 before load): workers announce it (issue 15) and refuse
+        longer prompts (issue 13)."""
+        return self._context_len
+
     async def load(self) -> None:
         ok, reason = exllamav2_available()
         if not ok:
@@ -189,11 +195,6 @@ class ExLlamaV2Backend:
                 chat_template_messages(req), add_generation_prompt=True, tokenize=False
             )
             return self._tokenizer.encode(text, add_bos=False, encode_special_tokens=True)
-
-    @property
-    def context_length(self) -> int:
-        """The model's context window in tokens (0 until loaded): the worker refuses longer prompts."""
-        return self._context_len
 
     def count_tokens(self, req: ChatRequest) -> int:
         return int(self._prompt_ids(req).shape[-1])

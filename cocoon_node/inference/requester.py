@@ -37,8 +37,7 @@ from cocoon_node.inference.unservable import (
     lacking_capability,
 )
 from cocoon_node.inference.warm import WarmStreams
-from cocoon_node.mesh.announce import Announcement
-from cocoon_node.mesh.paths import stream_path
+from cocoon_node.mesh import Announcement, stream_path
 
 log = logging.getLogger(__name__)
 

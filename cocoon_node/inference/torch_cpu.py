@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -74,6 +75,8 @@ def chat_template_messages(req: ChatRequest) -> list[dict[str, str]]:
 class TorchBackend:
     """SmolLM2 (or another small GGUF causal LM) on CPU via transformers; see the module docstring."""
 
+    on_phase: Callable[[str], None] | None = None  # loading phases, for the worker's progress report
+
     kind = "torch"
     synthetic = False
     capabilities = frozenset({LOGPROBS, SEED})
@@ -115,10 +118,21 @@ class TorchBackend:
     def in_flight(self) -> int:
         return self._slots.in_flight
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the loaded model's context holds (0 before load): workers announce it (issue 15) and refuse
+        longer prompts (issue 13)."""
+        return self._context_len
+
     async def load(self) -> None:
         """Load tokenizer and weights in a worker thread (about 20 s on 2 cores); idempotent."""
         if self._model is None:
             await trio.to_thread.run_sync(self._load_sync, limiter=self._limiter)
+
+    def _phase(self, name: str) -> None:
+        """Report a loading phase to whoever set ``on_phase`` (the worker's progress report)."""
+        if self.on_phase is not None:
+            self.on_phase(name)
 
     def _load_sync(self) -> None:
         # Never reach for a model hub: everything needed is in the GGUF file.
@@ -127,13 +141,16 @@ class TorchBackend:
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        transformers.utils.logging.disable_progress_bar()
+        if not sys.stderr.isatty():  # on a terminal, transformers' own bar shows the weights converting
+            transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
         threads = self.num_threads or len(os.sched_getaffinity(0))
         torch.set_num_threads(max(1, threads))
         directory, name = str(self.model_path.parent), self.model_path.name
         try:
+            self._phase("reading the tokenizer")
             tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name, local_files_only=True)
+            self._phase(f"converting the weights of {name}")
             model = AutoModelForCausalLM.from_pretrained(
                 directory, gguf_file=name, local_files_only=True, dtype=torch.float32
             )
@@ -147,6 +164,7 @@ class TorchBackend:
             stop_ids.add(tokenizer.eos_token_id)
         self._stop_ids = frozenset(stop_ids)
         self._context_len = int(getattr(model.config, "max_position_embeddings", 2048))
+        self._phase("warming up")
         # The first forward passes are several times slower (allocator and kernel warm-up); pay that here
         # rather than in the first paying request's time to first token.
         with torch.inference_mode():
@@ -174,11 +192,6 @@ class TorchBackend:
                 chat_template_messages(req), add_generation_prompt=True, tokenize=False
             )
             return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    @property
-    def context_length(self) -> int:
-        """The model's context window in tokens (0 until loaded): the worker refuses longer prompts."""
-        return self._context_len
 
     def count_tokens(self, req: ChatRequest) -> int:
         return len(self.prompt_ids(req))

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from cocoon_node.mesh.announce import Announcement
+from cocoon_node.mesh import Announcement
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -17,6 +17,7 @@ from libp2p.crypto.keys import PrivateKey
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
+from cocoon_node.mesh.scoring import IGNORE, TopicVerdict
 from cocoon_node.wire import (
     CborError,
     EnvelopeError,
@@ -30,16 +31,33 @@ from cocoon_node.wire import (
 )
 
 _PROTO = load_protocol("announce")
-TOPIC: str = _PROTO.meta["topic"]
+TOPIC: str = _PROTO.meta["topic"]  # the directory topic (see protocols/announce.toml)
+MODEL_TOPIC_PREFIX: str = _PROTO.meta["model_topic_prefix"]
 DOMAIN: str = _PROTO.meta["domain"]
 MAX_CLOCK_SKEW = 30  # seconds an announcement's issue time may lie ahead of the validator's clock
 MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
 RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
 ANNOUNCEMENT_VERSION = 1
-#: Version 2 adds the optional ``tokenizer`` field; a worker that announces no tokenizer still sends version 1.
-TOKENIZER_VERSION = 2
-#: Version 3 adds ``capabilities`` (optional OpenAI features the backend serves) and makes ``tokenizer`` optional.
+#: Version 2 adds two optional fields, ``tokenizer`` (issue 19) and ``hardware`` (issue 15), and carries at least
+#: one of them; a worker that announces neither still sends version 1, byte for byte as before.
+V2_FIELDS = ("tokenizer", "hardware")
+TOKENIZER_VERSION = HARDWARE_VERSION = 2
+#: Version 3 adds ``capabilities`` (optional OpenAI features the backend serves, issue 13); it may carry the
+#: version-2 fields too. A worker whose backend serves no optional feature keeps sending v1/v2.
 CAPABILITIES_VERSION = 3
+STALE_REASONS = frozenset({"replayed", "expired"})
+
+
+def model_topic(model: str) -> str:
+    """The topic a model's announcements travel on: only nodes serving or buying it subscribe."""
+    return MODEL_TOPIC_PREFIX + model
+
+
+def payload_version(*, tokenizer: bytes, hardware: Hardware | None, capabilities: tuple[str, ...] = ()) -> int:
+    """The version an announcement with these optional fields is sent as (one offer, one encoding)."""
+    if capabilities:
+        return CAPABILITIES_VERSION
+    return 2 if tokenizer or hardware is not None else ANNOUNCEMENT_VERSION
 
 
 class AnnouncementError(ValueError):
@@ -48,6 +66,23 @@ class AnnouncementError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What serves the model (payload version 2): accelerator kind, count and memory, and the context length
+    served. ``*_source`` says whether the worker detected a fact (the backend could tell) or only declared it
+    (by flag; nothing checks it); attestation binds neither."""
+
+    accelerator: str = ""
+    accelerator_count: int = 0
+    accelerator_memory_mib: int = 0
+    hardware_source: str = "unknown"
+    context_length: int = 0
+    context_source: str = "unknown"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -70,6 +105,7 @@ class Announcement:
     issued_at: int
     expires_at: int
     payout: str = ""
+    hardware: Hardware | None = None  # versions 2 and 3
     v: int = ANNOUNCEMENT_VERSION
     # SHA-256 naming the tokenizer this worker counts tokens with (inference.tokencount); b"": not announced.
     tokenizer: bytes = b""
@@ -84,8 +120,10 @@ class Announcement:
         out = asdict(self)
         out["addrs"] = list(self.addrs)
         out["protocols"] = list(self.protocols)
+        if self.hardware is None:
+            del out["hardware"]
         if not self.tokenizer:
-            del out["tokenizer"]  # version 1 has no such field
+            del out["tokenizer"]  # versions 1 and 3 may leave it out
         if self.v >= CAPABILITIES_VERSION:
             out["capabilities"] = list(self.capabilities)
         else:
@@ -96,14 +134,18 @@ class Announcement:
     def from_wire(cls, fields: dict[str, Any]) -> Announcement:
         data = validate("announce", "announcement", fields)
         v = data["v"]
-        if v < CAPABILITIES_VERSION and ("tokenizer" in data) != (v >= TOKENIZER_VERSION):
-            raise SchemaError("tokenizer", f"version {v} announcements must "
-                              f"{'not ' if v < TOKENIZER_VERSION else ''}carry a tokenizer")
         if ("capabilities" in data) != (v >= CAPABILITIES_VERSION):
             raise SchemaError("capabilities", f"version {v} announcements must "
                               f"{'not ' if v < CAPABILITIES_VERSION else ''}carry capabilities")
+        present = [name for name in V2_FIELDS if name in data]
+        if v < 2 and present:
+            raise SchemaError(present[0], f"version {v} announcements must not carry {present[0]}")
+        if v == 2 and not present:
+            raise SchemaError("v", f"version {v} announcements carry {' or '.join(V2_FIELDS)}")
+        hardware = data.get("hardware")
         return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"]),
-                      "capabilities": tuple(data.get("capabilities", ()))})
+                      "capabilities": tuple(data.get("capabilities", ())),
+                      "hardware": Hardware(**hardware) if hardware is not None else None})
 
     def seal(self, private_key: PrivateKey) -> bytes:
         return seal_envelope(DOMAIN, canonical_dumps(self.to_wire()), private_key)
@@ -149,10 +191,19 @@ class AnnouncementValidator:
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
         self.on_accept: Callable[[Announcement], object] | None = None
+        # py-libp2p runs a topic's validator once per topic a message is on: a message on a model topic and
+        # the directory reaches us twice; the second call must give the first one's verdict (not "replayed").
+        self._last_msg: tuple[bytes, bytes] | None = None
+        self._last_verdict: TopicVerdict = False
 
-    def check(self, data: bytes, origin: ID | None) -> Announcement:
-        """Validate one announcement; raises :class:`AnnouncementError`. Updates replay/rate state."""
+    def check(self, data: bytes, origin: ID | None, topics: Sequence[str] = ()) -> Announcement:
+        """Validate one announcement; raises :class:`AnnouncementError`. Updates replay/rate state.
+
+        ``topics``: the pubsub topics it came on; a model topic must be the announced model's own."""
         announcement, signer = decode_announcement(data)
+        model_topics = [t for t in topics if t.startswith(MODEL_TOPIC_PREFIX)]
+        if any(t != model_topic(announcement.model) for t in model_topics):
+            raise AnnouncementError("wrong_topic", f"model {announcement.model!r} announced on {model_topics}")
         if signer.to_bytes() != announcement.peer_id:
             raise AnnouncementError("forged", "payload peer_id is not the signer")
         if origin is not None and origin.to_bytes() != announcement.peer_id:
@@ -176,14 +227,28 @@ class AnnouncementValidator:
         self._last_seqno[announcement.peer_id] = announcement.seqno
         return announcement
 
-    def __call__(self, forwarder: ID, msg: rpc_pb2.Message) -> bool:
-        """The py-libp2p sync topic-validator signature."""
+    def __call__(self, forwarder: ID, msg: rpc_pb2.Message) -> TopicVerdict:
+        """The py-libp2p sync topic-validator signature, plus IGNORE (see cocoon_node/mesh/scoring.py)."""
+        key = (bytes(msg.from_id), bytes(msg.seqno))
+        if len(msg.topicIDs) > 1 and key == self._last_msg:
+            return self._last_verdict
+        self._last_msg = key
+        self._last_verdict = verdict = self._verdict(forwarder, msg)
+        return verdict
+
+    def _verdict(self, forwarder: ID, msg: rpc_pb2.Message) -> TopicVerdict:
         try:
             origin = ID(msg.from_id) if msg.from_id else None
-            announcement = self.check(msg.data, origin)
+            announcement = self.check(msg.data, origin, msg.topicIDs)
         except AnnouncementError as exc:
             self.rejected[exc.reason] += 1
-            return False
+            # Stale, not forged: an honest peer may deliver these (reordered paths, slow links, py-libp2p
+            # replaying its recent messages to a peer that just joined the topic, the origin included); they
+            # are dropped without counting against it (see mesh/scoring.py). A rate excess counts when the
+            # origin itself sends it (a relay only forwards what passed its own, slightly shifted, window).
+            relayed = origin is not None and origin != forwarder
+            stale = exc.reason in STALE_REASONS or (relayed and exc.reason == "rate_limited")
+            return IGNORE if stale else False
         except Exception:  # anything unexpected from hostile bytes is a malformed message, not a crash
             self.rejected["malformed"] += 1
             return False

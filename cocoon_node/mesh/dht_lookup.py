@@ -31,8 +31,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import multiaddr
@@ -40,12 +41,13 @@ import trio
 import varint
 from libp2p.abc import IHost, INetStream
 from libp2p.kad_dht.common import MAX_DHT_MESSAGE_SIZE
-from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.id import ID
 from libp2p.records.validator import NamespacedValidator
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+from cocoon_node.mesh.kad_protocol import COCOON_KAD_PROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +138,25 @@ class RecordLookup:
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._rpc_time = RPC_TIME_START
         self.stats = LookupStats()
+        self.on_lookup: Callable[[float], None] | None = None
 
     # ----- public --------------------------------------------------------------------------------------
-    async def get(self, key: str, *, newest: bool = False) -> bytes | None:
+    async def get(self, key: str, *, avoid: Collection[ID] = (), newest: bool = False) -> bytes | None:
         """The best valid record for ``key``, or None. Never returns a record its namespace rejects.
+
+        ``avoid``: peers the walk must not ask (the sparse-topology test forbids asking a record's owner, so
+        the record has to be found where the put stored it).
+        Its duration goes to ``on_lookup`` when set (the node's metrics; cancelled lookups included).
+        """
+        started = time.monotonic()
+        try:
+            return await self._get(key, avoid=avoid, newest=newest)
+        finally:
+            if self.on_lookup is not None:
+                self.on_lookup(time.monotonic() - started)
+
+    async def _get(self, key: str, *, avoid: Collection[ID] = (), newest: bool = False) -> bytes | None:
+        """:meth:`get` without the timing.
 
         ``newest``: skip the shortcuts (local store, cache, first valid reply) and pick the newest among our
         copies and the network's, waiting for the peer the key names when it is reachable (it holds its own
@@ -147,7 +164,7 @@ class RecordLookup:
         """
         self.stats.lookups += 1
         if newest:
-            return await self._newest(key)
+            return await self._newest(key, frozenset(avoid))
         local = self._from_local_store(key)
         if local is not None:
             self.stats.local_hits += 1
@@ -156,8 +173,8 @@ class RecordLookup:
         if cached is not None:
             self.stats.cache_hits += 1
             return cached
-        found, answered = await self._walk(key)
-        if found is None and not answered:
+        found, answered = await self._walk(key, avoid=frozenset(avoid))
+        if found is None and not answered and not avoid:
             self.stats.fallbacks += 1
             found = await self._fallback(key)
         if found is None:
@@ -167,10 +184,10 @@ class RecordLookup:
         self._remember(key, found)
         return found
 
-    async def _newest(self, key: str) -> bytes | None:
+    async def _newest(self, key: str, avoid: frozenset[ID]) -> bytes | None:
         local = self._from_local_store(key)
         found = [v for v in (local, self._from_cache(key)) if v is not None]
-        walked, _ = await self._walk(key, newest=True)
+        walked, _ = await self._walk(key, avoid=avoid, newest=True)
         if walked is not None:
             found.append(walked)
         if not found:
@@ -227,7 +244,28 @@ class RecordLookup:
             self._cache.popitem(last=False)
 
     # ----- the network walk ------------------------------------------------------------------------------
-    async def _walk(self, key: str, *, newest: bool = False) -> tuple[bytes | None, bool]:
+    async def closest_peers(self, key: str) -> list[ID]:
+        """The ``k`` peers closest to ``key`` that answered a complete walk (what a put stores at).
+
+        The same GET_VALUE walk as a lookup (py-libp2p servers refuse FIND_NODE for keys that are not peer
+        ids, and every ``/cocoon-att/<peer id>`` key is such a key; GET_VALUE replies carry the closer peers
+        just the same), but it never stops early on a record: it ends, as Kademlia's does, once the ``k``
+        closest peers it knows of have all been asked, and it asks ``alpha`` at a time from the start.
+        """
+        key_bytes = key.encode()
+        walk = _Walk(target=hashlib.sha256(key_bytes).digest())
+        me = self._host.get_id()
+        connected = set(self._host.get_connected_peers())
+        for peer in [*self._dht.routing_table.find_local_closest_peers(key_bytes, self.k), *connected]:
+            if peer != me:
+                walk.add(peer)
+        if walk.candidates:
+            await self._run_walk(key, walk, None, connected, [], complete=True)
+        answered = sorted((d, p) for p, d in walk.candidates.items() if p in walk.asked and p not in walk.failed)
+        return [p for _, p in answered[: self.k]]
+
+    async def _walk(self, key: str, *, avoid: frozenset[ID] = frozenset(),
+                    newest: bool = False) -> tuple[bytes | None, bool]:
         """Iterative GET_VALUE walk; returns (best valid record or None, whether any peer answered).
 
         Hedged fan-out: one RPC goes out first (to the peer the key names, else to the closest connected
@@ -241,10 +279,13 @@ class RecordLookup:
         walk = _Walk(target=hashlib.sha256(key_bytes).digest())
         me = self._host.get_id()
         connected = set(self._host.get_connected_peers())
+        walk.failed.update(avoid)  # never asked: to the walk they are peers that are down
         for peer in [*self._dht.routing_table.find_local_closest_peers(key_bytes, self.k), *connected]:
             if peer != me:
                 walk.add(peer)
         first = self._named_peer(key, connected)
+        if first in avoid:
+            first = None
         if first is not None:
             walk.add(first)
         if not walk.candidates:
@@ -265,9 +306,10 @@ class RecordLookup:
         return best, True
 
     async def _run_walk(self, key: str, walk: _Walk, first: ID | None, connected: set[ID],
-                        found: list[bytes], *, newest: bool = False) -> str:
+                        found: list[bytes], *, complete: bool = False, newest: bool = False) -> str:
         """The walk's RPC loop (see :meth:`_walk`); fills ``found`` and says "found" or "not found".
 
+        ``complete``: walk until the k closest known peers have all been asked, whatever they hold.
         ``newest``: do not stop before the named peer ``first`` has replied (or, without one, before
         ``NEWEST_QUORUM`` records are in), so the newest record is among those found.
         """
@@ -276,7 +318,7 @@ class RecordLookup:
         send, recv = trio.open_memory_channel[_Reply](math.inf)
         async with trio.open_nursery() as nursery:
             inflight = 0
-            width = 1  # RPCs allowed in flight; widens up to alpha (see the docstring)
+            width = self.alpha if complete else 1  # RPCs allowed in flight; widens up to alpha (see the docstring)
 
             def launch() -> None:
                 nonlocal inflight
@@ -310,7 +352,9 @@ class RecordLookup:
                     for other in closer:
                         if other != me:
                             walk.add(other)
-                if value is not None and self._valid(key, value):
+                if complete:  # a put's walk: values are not wanted (nor validated: that may be costly)
+                    pass
+                elif value is not None and self._valid(key, value):
                     found.append(value)
                     if not newest:
                         enough = len(found) >= self.quorum
@@ -368,7 +412,7 @@ class RecordLookup:
         send.send_nowait((peer, value, closer))
 
     async def _get_value_rpc(self, peer: ID, key_bytes: bytes) -> Message:
-        stream: INetStream = await self._host.new_stream(peer, [KAD_PROTOCOL_ID])
+        stream: INetStream = await self._host.new_stream(peer, [COCOON_KAD_PROTOCOL])
         ok = False
         try:
             request = Message()

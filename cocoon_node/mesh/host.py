@@ -6,7 +6,7 @@ surface: publish/subscribe on topics, put/get of validated DHT records, and dire
 Two py-libp2p defaults are unsafe for us and are overridden here: it offers plaintext and secio next to
 Noise (we offer Noise only) and mplex next to yamux (we offer yamux only), and its DHT accepts records in
 any namespace (we run it strict, with our own validators). GossipSub scoring weights default to zero; we
-set real ones (see :func:`score_params`).
+set real ones, and make their thresholds act (see :mod:`cocoon_node.mesh.scoring`).
 
 Why gossip "did not arrive" in early trials: GossipSub only forwards a topic's messages through peers that
 are subscribed to that topic. In a star whose hub (the bootstrap node) is not subscribed, nothing ever
@@ -17,10 +17,9 @@ requester or not, so that every node relays; and each node dials a handful of pe
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -37,10 +36,6 @@ from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.pubsub.gossipsub import GossipSub
-from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.records.validator import NamespacedValidator
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -48,8 +43,23 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from cocoon_node.mesh import kad_protocol
 from cocoon_node.mesh.dht_lookup import RecordLookup
+from cocoon_node.mesh.dht_put import PutResult, RecordKeeper, RecordPutter
+from cocoon_node.mesh.joining import dial_bootstrap, refresh_while_sparse, stay_joined
+from cocoon_node.mesh.peer_cache import PeerCache
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
+from cocoon_node.mesh.scoring import (
+    ScoredGossipSub,
+    ScoredPubsub,
+    ScoredValidator,
+    as_pubsub_validator,
+    score_params,
+)
+from cocoon_node.mesh.tcp_addrs import install as install_tcp_addrs_fix
+
+# Before any KadDHT exists: py-libp2p would otherwise serve and dial IPFS's /ipfs/kad/1.0.0 (kad_protocol.py).
+kad_protocol.install()
 
 # py-libp2p's yamux answers every read with a WINDOW_UPDATE frame by default ("release on read"): one extra
 # encrypted frame back per token frame received. Its documented PY_YAMUX_* knob turns that off; its "partial
@@ -58,11 +68,12 @@ from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 log = logging.getLogger(__name__)
+install_tcp_addrs_fix()  # py-libp2p 0.8.1 lists closed listener sockets (tcp_addrs.py)
 
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DHT_PROTOCOL_PREFIX = TProtocol("/cocoon")
 
-TopicValidator = Callable[[ID, rpc_pb2.Message], bool]
+TopicValidator = ScoredValidator  # True/False, or IGNORE: dropped without counting against the forwarder
 # Called with the node's peer id; returns the transport and the context its background work runs in (entered
 # around the host, left after it).
 TransportFactory = Callable[[ID], tuple[ITransport, AbstractAsyncContextManager[object]]]
@@ -94,33 +105,15 @@ class MeshSettings:
     dht_alpha: int = 3
     dht_rpc_timeout: float = 5.0
     dht_cache_ttl: float = 30.0
+    # DHT writes (cocoon_node/mesh/dht_put.py): how many closest peers a record is stored at (Kademlia's k,
+    # also the width of a lookup's window), how often our own records are checked against the closest peers
+    # we now know of (re-put when new ones appeared), and the periodic re-put regardless.
+    dht_k: int = 20
+    dht_check_interval: float = 30.0
+    dht_republish_interval: float = 600.0
     # A transport to use instead of py-libp2p's own choice; None (production) keeps py-libp2p's. netsim injects
     # its NETSIM-ONLY shaped TCP (netsim/shaping/) this way, so the mesh never imports netsim.
     transport_factory: TransportFactory | None = None
-
-
-def score_params(*, local_cluster: bool) -> ScoreParams:
-    """GossipSub v1.1 peer-scoring weights (py-libp2p's default weights are all zero).
-
-    Invalid messages weigh heaviest (a squared counter, so a junk flooder is graylisted quickly), first
-    deliveries earn a capped bonus, behaviour penalties (IHAVE/IWANT spam, GRAFT floods) cost a lot, and IP
-    colocation is penalised past a threshold that a loopback cluster must lift.
-    """
-    return ScoreParams(
-        p1_time_in_mesh=TopicScoreParams(weight=0.01, cap=10.0, decay=0.99),
-        p2_first_message_deliveries=TopicScoreParams(weight=1.0, cap=20.0, decay=0.9),
-        p3_mesh_message_deliveries=TopicScoreParams(weight=0.0, cap=0.0, decay=0.9),
-        p4_invalid_messages=TopicScoreParams(weight=-20.0, cap=0.0, decay=0.95),
-        p5_behavior_penalty_weight=-10.0,
-        p5_behavior_penalty_decay=0.95,
-        p5_behavior_penalty_threshold=1.0,
-        p7_ip_colocation_weight=-5.0,
-        p7_ip_colocation_threshold=1_000_000 if local_cluster else 3,
-        publish_threshold=-100.0,
-        gossip_threshold=-50.0,
-        graylist_threshold=-200.0,
-        accept_px_threshold=5.0,
-    )
 
 
 class Mesh:
@@ -133,16 +126,23 @@ class Mesh:
         *,
         namespaces: Sequence[RecordNamespace] = (),
         topic_validators: dict[str, TopicValidator] | None = None,
+        prefix_validators: dict[str, TopicValidator] | None = None,
     ) -> None:
         self.settings = settings
         self._key_pair = key_pair
         self._namespaces = list(namespaces)
         self._topic_validators = dict(topic_validators or {})
+        # Topics joined later (a model's) take the validator of the longest prefix they start with.
+        self._prefix_validators = dict(prefix_validators or {})
         self.host: IHost | None = None
-        self.pubsub: Pubsub | None = None
-        self.gossipsub: GossipSub | None = None
+        self.pubsub: ScoredPubsub | None = None
+        self.gossipsub: ScoredGossipSub | None = None
         self.dht: KadDHT | None = None
         self.lookup: RecordLookup | None = None
+        self.keeper: RecordKeeper | None = None
+        self._peer_cache: PeerCache | None = None
+        self._nursery: trio.Nursery | None = None
+        self.subscribed: set[str] = set()
         self.refreshes_skipped = 0  # start-up routing-table refreshes skipped for being well connected
         # Hooks for NAT traversal (issue 14, cocoon_node/mesh/connectivity.py); None: plain behaviour.
         self.address_filter: Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]] | None = None
@@ -174,7 +174,7 @@ class Mesh:
             transports=[transport] if transport is not None else None,  # None: py-libp2p's own choice
             addrs_factory=self._advertise,  # issue 14: only addresses that work (identify, announcements)
         )
-        gossipsub = GossipSub(
+        gossipsub = ScoredGossipSub(
             protocols=GOSSIPSUB_PROTOCOLS,
             degree=settings.gossip_degree,
             degree_low=settings.gossip_degree_low,
@@ -192,7 +192,7 @@ class Mesh:
             # the heartbeat we configure (and the standard D_lazy gossip fan-out).
             adaptive_gossip_enabled=False,
         )
-        pubsub = Pubsub(host, gossipsub, strict_signing=True, max_inbound_rpc_size=settings.max_inbound_rpc_size)
+        pubsub = ScoredPubsub(host, gossipsub, strict_signing=True, max_inbound_rpc_size=settings.max_inbound_rpc_size)
         validator = NamespacedValidator(
             {ns.namespace: as_libp2p_validator(ns) for ns in self._namespaces}, strict_validation=True
         )
@@ -207,8 +207,11 @@ class Mesh:
             strict_validation=True,
         )
         self.host, self.pubsub, self.gossipsub, self.dht = host, pubsub, gossipsub, dht
-        self.lookup = RecordLookup(host, dht, validator, alpha=settings.dht_alpha,
+        self.lookup = RecordLookup(host, dht, validator, alpha=settings.dht_alpha, k=settings.dht_k,
                                    rpc_timeout=settings.dht_rpc_timeout, cache_ttl=settings.dht_cache_ttl)
+        putter = RecordPutter(host, dht, validator, self.lookup, rpc_timeout=settings.dht_rpc_timeout)
+        self.keeper = RecordKeeper(putter, check_interval=settings.dht_check_interval,
+                                   republish_interval=settings.dht_republish_interval)
         listen = [multiaddr.Multiaddr(a) for a in settings.listen_addrs]
         try:
             async with transport_running, self._run_services(host, pubsub, gossipsub, dht, listen):
@@ -232,7 +235,8 @@ class Mesh:
 
     @asynccontextmanager
     async def _run_services(
-        self, host: IHost, pubsub: Pubsub, gossipsub: GossipSub, dht: KadDHT, listen: list[multiaddr.Multiaddr]
+        self, host: IHost, pubsub: ScoredPubsub, gossipsub: ScoredGossipSub, dht: KadDHT,
+        listen: list[multiaddr.Multiaddr],
     ) -> AsyncIterator[None]:
         settings = self.settings
         async with AsyncExitStack() as stack:
@@ -242,20 +246,25 @@ class Mesh:
             await stack.enter_async_context(background_trio_service(dht))
             await pubsub.wait_until_ready()
             for topic, topic_validator in self._topic_validators.items():
-                pubsub.set_topic_validator(topic, topic_validator, False)
-            nursery = await stack.enter_async_context(trio.open_nursery())
+                pubsub.set_topic_validator(topic, as_pubsub_validator(topic_validator, gossipsub), False)
+            nursery = self._nursery = await stack.enter_async_context(trio.open_nursery())
             for topic in settings.topics:
-                nursery.start_soon(self._drain, await pubsub.subscribe(topic))
+                await self.subscribe(topic)
+            if self.settings.peer_cache is not None:
+                self._peer_cache = PeerCache(self.settings.peer_cache, host, self._dial_and_add,
+                                             dial_timeout=self.settings.dial_timeout)
+                nursery.start_soon(self._peer_cache.watch)
             await self._dial_bootstrap()
             nursery.start_soon(self._dial_cached_peers)
             nursery.start_soon(self._keep_connected)
             nursery.start_soon(self._stay_joined)
-            if self.settings.peer_cache is not None:
-                nursery.start_soon(self._watch_peers)
+            assert self.keeper is not None
+            nursery.start_soon(self.keeper.run)
             try:
                 yield
             finally:
-                self._save_peer_cache()
+                if self._peer_cache is not None:
+                    self._peer_cache.save()
                 nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._quiesce(host)
@@ -307,28 +316,61 @@ class Mesh:
         while True:
             await subscription.get()
 
-    async def publish(self, topic: str, data: bytes) -> None:
+    async def subscribe(self, topic: str, validator: TopicValidator | None = None) -> None:
+        """Join ``topic`` now (a model's, once we serve or buy it); idempotent. ``validator`` replaces the one
+        given at construction for this topic, if any."""
+        assert self.pubsub is not None and self.gossipsub is not None and self._nursery is not None
+        if validator is None and topic not in self._topic_validators:
+            prefixes = sorted((p for p in self._prefix_validators if topic.startswith(p)), key=len)
+            validator = self._prefix_validators[prefixes[-1]] if prefixes else None
+        if validator is not None:
+            self.pubsub.set_topic_validator(topic, as_pubsub_validator(validator, self.gossipsub), False)
+        if topic in self.subscribed:
+            return
+        self.subscribed.add(topic)
+        self._nursery.start_soon(self._drain, await self.pubsub.subscribe(topic))
+
+    async def publish(self, topic: str | list[str], data: bytes) -> None:
+        """Publish on one topic, or on several as one message (delivered once to a peer in more than one)."""
         assert self.pubsub is not None
         await self.pubsub.publish(topic, data)
+
+    def gossip_stats(self) -> dict[str, int]:
+        """Scoring at work: mesh peers pruned for a negative score, RPCs ignored from graylisted peers, stale
+        relayed messages forgiven."""
+        gs = self.gossipsub
+        assert gs is not None
+        return {"score_pruned": gs.score_pruned, "graylist_dropped": gs.graylist_dropped,
+                "stale_forgiven": getattr(gs.scorer, "forgiven", 0)}
 
     def topic_peers(self, topic: str) -> int:
         assert self.pubsub is not None
         return len(self.pubsub.peer_topics.get(topic, ()))
 
-    # ----- DHT ------------------------------------------------------------------------------------------
-    async def put_record(self, key: str, value: bytes) -> None:
-        assert self.dht is not None
-        await self.dht.put_value(key, value)
+    def topic_peer_ids(self, topic: str) -> set[ID]:
+        """Connected peers subscribed to ``topic``."""
+        assert self.pubsub is not None
+        return set(self.pubsub.peer_topics.get(topic, ()))
 
-    async def get_record(self, key: str, *, newest: bool = False) -> bytes | None:
+    # ----- DHT ------------------------------------------------------------------------------------------
+    async def put_record(self, key: str, value: bytes) -> PutResult:
+        """Store a record here and at the k peers closest to its key, and keep it there (re-puts).
+
+        See :mod:`cocoon_node.mesh.dht_put` for why this is not py-libp2p's ``KadDHT.put_value``.
+        """
+        assert self.keeper is not None
+        return await self.keeper.put(key, value)
+
+    async def get_record(self, key: str, *, avoid: Sequence[ID] = (), newest: bool = False) -> bytes | None:
         """A valid record for ``key`` (local store, recent lookups, then the network), or None.
 
         Only records that pass the key's namespace validator are ever returned; see :class:`RecordLookup`
-        for why this is not py-libp2p's ``KadDHT.get_value``. ``newest`` compares our copies with the
-        network's and waits for the peer the key names, for when a stale copy must not win.
+        for why this is not py-libp2p's ``KadDHT.get_value``. ``avoid``: peers the walk must not ask.
+        ``newest`` compares our copies with the network's and waits for the peer the key names, for when a
+        stale copy must not win.
         """
         assert self.lookup is not None
-        return await self.lookup.get(key, newest=newest)
+        return await self.lookup.get(key, avoid=avoid, newest=newest)
 
     # ----- direct streams ------------------------------------------------------------------------------
     def set_stream_handler(self, protocol: str, handler: Callable[[INetStream], Awaitable[None]]) -> None:
@@ -345,6 +387,23 @@ class Mesh:
                 await self.host.connect(PeerInfo(peer, [multiaddr.Multiaddr(a) for a in addrs]))
         return await self.host.new_stream(peer, [TProtocol(protocol)])
 
+    def remember_addrs(self, peer: ID, addrs: Sequence[str], *, ttl: int) -> None:
+        """Add a peer's announced direct addresses to the peerstore until ``ttl`` (unix seconds); bad ones and
+        relay circuits skipped (cut at its first ``/p2p/``, a circuit would read as the relay's own address;
+        :meth:`new_stream` dials circuits through the connectivity dialer)."""
+        if self.host is None or peer == self.peer_id:
+            return
+        maddrs = []
+        for addr in addrs:
+            if "/p2p-circuit" in addr:
+                continue
+            try:
+                maddrs.append(multiaddr.Multiaddr(addr.split("/p2p/")[0]))
+            except Exception:
+                continue
+        if maddrs:
+            self.host.get_peerstore().add_addrs(peer, maddrs, max(1, ttl - int(time.time())))
+
     async def connect(self, addr: str) -> ID:
         assert self.host is not None
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
@@ -353,130 +412,35 @@ class Mesh:
 
     # ----- internals ------------------------------------------------------------------------------------
     async def _dial_bootstrap(self) -> None:
-        assert self.host is not None
-        network = self.host.get_network()
-        for addr in self.settings.bootstrap:
-            # py-libp2p keeps peers whose dial failed in a negative cache; a bootstrap peer that dropped our
-            # handshake under load must get another chance.
-            unblock = getattr(network, "unblock_peer", None)
-            if unblock is not None:
-                try:
-                    unblock(info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id)
-                except Exception:
-                    pass
-            try:
-                with trio.fail_after(self.settings.dial_timeout):
-                    peer = await self.connect(addr)
-                assert self.dht is not None
-                await self.dht.add_peer(peer)
-            except* Exception as group:  # a dead bootstrap peer must not stop the node
-                log.warning("bootstrap peer %s unreachable: %s", addr, group.exceptions)
+        assert self.host is not None and self.dht is not None
+        await dial_bootstrap(self.host, self.settings.bootstrap, self.connect, self.dht.add_peer,
+                             self.settings.dial_timeout)
 
     async def _stay_joined(self) -> None:
-        """Re-dial the bootstrap (and cached) peers, with jittered backoff, whenever we have no connection.
-
-        A bootstrap node hit by many joiners at once drops some handshakes; without this, a node whose only
-        dial failed would stay alone forever.
-        """
         assert self.host is not None
-        delay = 1.0
-        while True:
-            await trio.sleep(delay * (0.5 + random.random()))
-            if self.host.get_connected_peers():
-                delay = 1.0
-                continue
-            log.info("no peers: dialling the bootstrap peers again")
+
+        async def rejoin() -> None:
             await self._dial_bootstrap()
             await self._dial_cached_peers()
-            delay = min(delay * 2, 30.0)
+
+        await stay_joined(self.host, rejoin)
 
     async def _dial_cached_peers(self) -> None:
-        """Re-dial peers remembered from the last run (bounded, in parallel, failures ignored)."""
-        cache = self.settings.peer_cache
-        if cache is None or not cache.exists():
-            return
-        try:
-            entries = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            return
-        async with trio.open_nursery() as nursery:
-            for addr in entries[:50] if isinstance(entries, list) else []:
-                if isinstance(addr, str) and not addr.endswith(self.peer_id.to_base58()):
-                    nursery.start_soon(self._dial_quietly, addr)
+        if self._peer_cache is not None:
+            await self._peer_cache.dial_all()
 
-    async def _dial_quietly(self, addr: str) -> None:
-        with trio.move_on_after(self.settings.dial_timeout):
-            try:
-                peer = await self.connect(addr)
-                assert self.dht is not None
-                await self.dht.add_peer(peer)
-            except* Exception as group:
-                log.debug("cached peer %s unreachable: %s", addr, group.exceptions)
-
-    def _save_peer_cache(self) -> None:
-        """Remember where our peers listen: current connections first, then older entries (max 50)."""
-        cache = self.settings.peer_cache
-        if cache is None or self.host is None:
-            return
-        fresh: list[str] = []
-        for peer in self.host.get_connected_peers():
-            try:
-                known = self.host.get_peerstore().addrs(peer)[:2]
-            except Exception:  # PeerStoreError: connected, but its addresses are not (or no longer) known
-                continue
-            for maddr in known:
-                text = str(maddr)
-                if "/tcp/" in text:
-                    fresh.append(text if "/p2p/" in text else f"{text}/p2p/{peer.to_base58()}")
-        try:
-            old = json.loads(cache.read_text()) if cache.exists() else []
-        except (OSError, ValueError):
-            old = []
-        merged = list(dict.fromkeys(fresh + [a for a in old if isinstance(a, str)]))[:50]
-        try:
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(merged))
-            tmp.replace(cache)
-        except OSError as exc:
-            log.debug("could not save the peer cache: %s", exc)
-
-    async def _watch_peers(self) -> None:
-        """Save the peer cache whenever the set of connected peers changes (checked every 2 s)."""
-        assert self.host is not None
-        last: set[ID] = set()
-        while True:
-            await trio.sleep(2)
-            now = set(self.host.get_connected_peers())
-            if now != last:
-                self._save_peer_cache()
-                last = now
+    async def _dial_and_add(self, addr: str) -> None:
+        peer = await self.connect(addr)
+        assert self.dht is not None
+        await self.dht.add_peer(peer)
 
     async def _keep_connected(self) -> None:
-        """Refresh the routing table a few times right after start, so the peerstore fills with candidates
-        that py-libp2p's auto-connector dials (keeping us between the connection watermarks); after that,
-        KadDHT's own 10-minute refresh takes over. Each refresh is a network-wide lookup, so refreshing often
-        forever would be most of an idle node's CPU (measured with py-spy).
-
-        A refresh is skipped while we already hold ``target_peers`` connections: it would only dial more
-        peers (one FIND_NODE walk per routing-table bucket, each dialling whoever it finds), and at 50 nodes
-        in one process those start-up refreshes and their Noise handshakes kept the core saturated for
-        minutes, which is what DHT lookups queued behind (bench/RESULTS.md, mesh). KadDHT's own refresh at
-        start still fills the routing table."""
         assert self.dht is not None and self.host is not None
-        dht, host = self.dht, self.host
-        for delay in (0.5, 2.0, 8.0, 30.0, 120.0):
-            await trio.sleep(delay + random.random() * 0.5)
-            if len(host.get_connected_peers()) >= self.settings.target_peers:
-                self.refreshes_skipped += 1
-                continue
-            # py-libp2p can raise from inside its own nurseries (e.g. PeerStoreError for a peer that just
-            # left), mixed with cancellations: except* takes the errors and lets cancellation through, so
-            # a failed refresh never takes the node down.
-            try:
-                with trio.move_on_after(10):
-                    await dht.refresh_routing_table()
-            except* Exception as group:
-                log.debug("routing table refresh failed: %s", group.exceptions)
+
+        def skipped() -> None:
+            self.refreshes_skipped += 1
+
+        await refresh_while_sparse(self.dht, self.host, self.settings.target_peers, skipped)
 
 
 def _only_shutdown_races(exc: BaseException) -> bool:

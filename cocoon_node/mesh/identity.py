@@ -30,7 +30,7 @@ def generate_identity(data_dir: Path, *, overwrite: bool = False) -> KeyPair:
     path = identity_path(data_dir)
     if path.exists() and not overwrite:
         raise IdentityError(f"{path} already exists; refusing to replace the node's identity")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir is private (node/datadir.py)
     private = Ed25519PrivateKey.new()
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter as CounterOf
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,19 +28,20 @@ from libp2p.peer.id import ID
 from cocoon_node import __version__
 from cocoon_node.attestation import (
     TEE_DEV,
+    TEE_SNP,
     AttestationError,
     Claims,
     DevPlatform,
     Policy,
     Verdict,
     check_report,
+    collect_snp_evidence,
     decode_and_verify_envelope,
     dev_image_hash,
-    get_tdx_quote,
     sign_report,
 )
-from cocoon_node.mesh import Announcement, Mesh, RecordRejected
-from cocoon_node.mesh.announce import MAX_CLOCK_SKEW
+from cocoon_node.attestation.tsm import ConfigfsTsm
+from cocoon_node.mesh import MAX_CLOCK_SKEW, Announcement, Mesh, RecordRejected
 from cocoon_node.node.attest_policy import policy_from_config
 from cocoon_node.node.gate_view import binding_problems, describe_verdict
 
@@ -89,7 +91,8 @@ class ReportPublisher:
     """Worker side: produce evidence over our claims, publish into the DHT, re-publish before expiry."""
 
     def __init__(self, mesh: Mesh, key_pair: KeyPair, *, tee: str, model_name: str, model_hash: bytes,
-                 data_dir: Path, lifetime: int = 3600, backend: str = "", upstream: str = "") -> None:
+                 data_dir: Path, lifetime: int = 3600, backend: str = "", upstream: str = "",
+                 snp_vcek_file: Path | str | None = None, tsm: ConfigfsTsm | None = None) -> None:
         self._mesh = mesh
         self._key_pair = key_pair
         self._tee = tee
@@ -98,6 +101,8 @@ class ReportPublisher:
         self._backend = backend
         self._upstream = upstream  # the upstream's origin, bound into the report ("" = none)
         self._lifetime = lifetime
+        self._snp_vcek_file = snp_vcek_file  # SEV-SNP: the VCEK when the host's certificate table has none
+        self._tsm = tsm or ConfigfsTsm()  # configfs-tsm (injectable for tests)
         self._dev = DevPlatform.load_or_create(data_dir / "dev-platform.key") if tee == TEE_DEV else None
         self.current: bytes | None = None
         self.published = trio.Event()
@@ -114,10 +119,17 @@ class ReportPublisher:
         )
         if self._dev is not None:
             log.warning("attesting with the dev-INSECURE TEE: fine for local clusters, worthless elsewhere")
-            evidence = self._dev.evidence(claims.report_data(), dev_image_hash(__version__))
-        else:
-            evidence = get_tdx_quote(claims.report_data())
-        return sign_report(claims, evidence, signing_key)
+        return sign_report(claims, self.evidence(claims.report_data()), signing_key)
+
+    def evidence(self, report_data: bytes) -> bytes:
+        """TEE evidence of our kind over ``report_data`` (blocking: configfs-tsm; run it in a thread).
+
+        Used for the report (over the claims) and for fresh, nonce-bound evidence (``protocols/attest.toml``)."""
+        if self._dev is not None:
+            return self._dev.evidence(report_data, dev_image_hash(__version__))
+        if self._tee == TEE_SNP:
+            return collect_snp_evidence(report_data, tsm=self._tsm, vcek_file=self._snp_vcek_file)
+        return self._tsm.get_quote(report_data)
 
     async def run(self) -> None:
         """Publish now and before every expiry. ``published`` is set after the first attempt either way:
@@ -187,6 +199,7 @@ class AttestationGate:
         self._prefetch_send, self._prefetch_recv = trio.open_memory_channel[Announcement](256)
         self.fetches = 0
         self.rejections = 0
+        self.verdicts: CounterOf[str] = CounterOf()  # checked reports by failed check ("ok": verified)
 
     def set_policy(self, policy: Policy) -> None:
         """Replace the policy and forget every cached verdict, so each worker is checked again."""
@@ -303,6 +316,7 @@ class AttestationGate:
             verdict = check_report(record, peer_id, self.policy, int(now))
             if verdict.ok and not self._usable(verdict, now):
                 verdict = Verdict.failed("expired", "report expires now or is past the policy's maximum age")
+        self.verdicts["ok" if verdict.ok else (verdict.check or "unnamed")] += 1
         if not verdict.ok:
             self.rejections += 1
             log.warning("worker %s failed attestation: %s", ID(peer_id), "; ".join(verdict.reasons))

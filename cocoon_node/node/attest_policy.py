@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cocoon_node.attestation import ANY, TEE_DEV, TEE_TDX, UPSTREAM_ANYWHERE, Policy
+from cocoon_node.attestation import ANY, TEE_DEV, TEE_SNP, TEE_TDX, UPSTREAM_ANYWHERE, Policy, SnpPolicy
 from cocoon_node.attestation import allowlists as al
 from cocoon_node.config import Config
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def policy_from_config(config: Config) -> Policy:
     p = config.policy
     local = config.node.network == "local"
-    kinds = {TEE_TDX} | ({TEE_DEV} if p.allow_dev_tee else set())
+    kinds = {TEE_TDX} | ({TEE_DEV} if p.allow_dev_tee else set()) | ({TEE_SNP} if p.allow_snp else set())
     if p.allow_dev_tee:
         log.warning("policy accepts dev-INSECURE attestation: reports prove nothing about hardware")
     if p.upstream == UPSTREAM_ANYWHERE:
@@ -47,4 +47,9 @@ def policy_from_config(config: Config) -> Policy:
         require_tcb_check=p.require_tcb_check,
         allowed_tcb_statuses=frozenset(p.allowed_tcb_statuses),
         upstream=p.upstream,
+        snp=SnpPolicy(
+            measurements=listed(p.allowed_snp_measurements, al.hex_set(p.allowed_snp_measurements, 48, "measurement")),
+            vmpls=al.vmpl_set(p.snp_vmpls),
+            min_tcb=al.snp_min_tcbs(p.snp_min_tcb),
+        ),
     )

@@ -1,31 +1,29 @@
-"""The node: one Trio process wiring mesh, attestation, inference and the HTTP surfaces together.
+"""The node: one Trio process wiring mesh, attestation, inference and payments, and serving its HTTP surfaces.
 
 Roles are flags: a worker sells inference, a requester buys it for local clients, a node may be both.
 Every node relays gossip and serves the DHT whatever its roles, which is what keeps the mesh symmetric.
+The HTTP surfaces (the OpenAI API, the admin endpoint) are handed in as :class:`HttpSurfaces`
+(:class:`cocoon_node.api.NodeHttp` in every real process): the api package sits above this one, so the node
+names no web framework and a test can drive the same apps without a node.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import trio
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from cocoon_node import __version__
-from cocoon_node.api import admin_app, openai_app, serve_http
 from cocoon_node.config import Config
-from cocoon_node.inference.requester import Requester
-from cocoon_node.inference.stream import PROTOCOL_ID
-from cocoon_node.inference.warm import WarmStreams
+from cocoon_node.inference import PROTOCOL_ID, Requester, WarmStreams
 from cocoon_node.mesh import (
     WORKERS_TOPIC,
     Announcement,
@@ -37,65 +35,77 @@ from cocoon_node.mesh import (
     TransportFactory,
     WorkerTable,
     load_or_create_identity,
+    model_topic,
 )
+from cocoon_node.mesh.announce import MODEL_TOPIC_PREFIX
+from cocoon_node.mesh.liveness import WorkerLiveness
+from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import AttestationGate, AttestationNamespace, policy_from_config
+from cocoon_node.node.datadir import secure_data_dir
+from cocoon_node.node.faces import (
+    NODE_INFO_FILE,
+    AttestedPeerMismatch,
+    HttpSurfaces,
+    NodeInfo,
+    TaskStatus,
+    write_node_info,
+)
+from cocoon_node.node.hardware import hardware_matches, hardware_summary
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
+from cocoon_node.observe import DashboardAccess, NodeMetrics, ObservedRequester, observed_surface
+from cocoon_node.observe.startup import StartupFailure, chain_unreachable, is_port_in_use, port_in_use
 
 log = logging.getLogger(__name__)
-# trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
-TaskStatus = Any
 
-NODE_INFO_FILE = "node.json"
+class _PolicySink:
+    """Where a node without a gate (a worker) keeps the registry-merged policy it reads for the channel rules."""
 
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
 
-class AttestedPeerMismatch(Exception):
-    """The stream's authenticated remote key is not the key the attestation report binds."""
-
-
-@dataclass
-class NodeInfo:
-    peer_id: str
-    addrs: list[str]
-    admin_url: str
-    admin_token: str
-    api_url: str | None
-    pid: int
-    roles: list[str] = field(default_factory=list)
+    def set_policy(self, policy: Any) -> None:
+        self.policy = policy
 
 
 class Node:
-    def __init__(self, config: Config, key_pair: KeyPair | None = None, *,
+    def __init__(self, config: Config, key_pair: KeyPair | None = None, *, http: HttpSurfaces,
                  transport_factory: TransportFactory | None = None) -> None:
         self.config = config
+        self._http = http
         self._transport_factory = transport_factory  # None in production; netsim injects its shaped TCP
+        secure_data_dir(config.data_dir)  # 0700, everything in it 0600: refused otherwise, like the identity key
         self.key_pair = key_pair or load_or_create_identity(config.data_dir)
         self.validator = AnnouncementValidator()
         self.table = WorkerTable()
         self.validator.on_accept = self._on_announcement
         self.mesh = Mesh(self.key_pair, self._mesh_settings(), namespaces=[AttestationNamespace()],
-                         topic_validators={WORKERS_TOPIC: self.validator})
+                         topic_validators={WORKERS_TOPIC: self.validator},
+                         prefix_validators={MODEL_TOPIC_PREFIX: self.validator})
+        self._follow: trio.MemorySendChannel[str] | None = None  # models seen on the directory, to join
         self.connectivity = Connectivity(self.mesh, self._connectivity_settings())  # NAT traversal (issue 14)
         self.connectivity.install()
         self.worker: WorkerRole | None = None
         self.requester: Requester | None = None
         self.gate: AttestationGate | None = None
         self.payments: PaymentsRole | None = None
+        self.liveness: WorkerLiveness | None = None
         self.info: NodeInfo | None = None
         self.started_at = time.time()
+        self.metrics = NodeMetrics(offered_models=lambda: {a.model for a in self.table.live()})
         self.ready = trio.Event()
 
     def _mesh_settings(self) -> MeshSettings:
         n = self.config.node
         return MeshSettings(listen_addrs=n.listen, bootstrap=n.bootstrap, max_connections=n.max_connections,
-                            target_peers=n.target_peers, local_cluster=n.local_cluster, topics=(WORKERS_TOPIC,),
+                            target_peers=n.target_peers, local_cluster=n.local_cluster, topics=self._topics(),
                             heartbeat_interval=n.gossip_heartbeat, gossip_degree=n.gossip_degree,
                             gossip_degree_low=max(1, n.gossip_degree * 2 // 3), gossip_degree_high=2 * n.gossip_degree,
                             peer_cache=self.config.data_dir / "peers.json",
                             transport_factory=self._transport_factory)
 
     def _connectivity_settings(self) -> ConnectivitySettings:
-        from cocoon_node.mesh.relay_hop import RelayLimits
+        from cocoon_node.mesh import RelayLimits
 
         n = self.config.node
         limits = RelayLimits(max_reservations=n.relay_max_reservations, max_circuits=n.relay_max_circuits,
@@ -104,9 +114,44 @@ class Node:
                                     relay_reservations=n.relay_reservations if self.config.worker.enabled else 0,
                                     relay_limits=limits)
 
+    def _topics(self) -> tuple[str, ...]:
+        """Announcement topics joined at start (a worker joins its model's own; see WorkerRole).
+
+        A requester that names the models it buys follows only their topics; one that does not, and a node
+        with no role (a relay), follow the directory, and a requester then joins each model's topic it sees
+        there (:meth:`_follow_models`)."""
+        cfg = self.config
+        if cfg.requester.enabled and cfg.requester.models:
+            return tuple(model_topic(m) for m in cfg.requester.models)
+        if cfg.requester.enabled or not cfg.worker.enabled:
+            return (WORKERS_TOPIC,)
+        return ()
+
     def _on_announcement(self, announcement: Announcement) -> None:
-        if self.table.update(announcement) and self.gate is not None:
-            self.gate.prefetch(announcement)  # verify in the background, before any request needs it
+        if self.table.update(announcement):
+            # Where to dial it: the attestation lookup asks the worker its key names first (it holds its own
+            # report), which needs an address when we are not connected to it (most workers, at scale).
+            self.mesh.remember_addrs(announcement.peer, announcement.addrs, ttl=announcement.expires_at)
+            if self.gate is not None:
+                self.gate.prefetch(announcement)  # verify in the background, before any request needs it
+        topic = model_topic(announcement.model)
+        if self._follow is not None and topic not in self.mesh.subscribed and self.mesh.pubsub is not None:
+            try:
+                self._follow.send_nowait(topic)
+            except trio.WouldBlock:
+                pass  # seen again on its next directory announcement
+
+    async def _follow_models(self, recv: trio.MemoryReceiveChannel[str]) -> None:
+        """Join each model topic we want, and keep looking for its peers while it has none."""
+        rendezvous = TopicRendezvous(self.mesh)
+        followed: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            async for topic in recv:
+                if topic in followed:
+                    continue
+                followed.add(topic)
+                await self.mesh.subscribe(topic)
+                nursery.start_soon(rendezvous.seek, topic)
 
     @property
     def peer_id(self) -> ID:
@@ -114,12 +159,17 @@ class Node:
 
     async def run(self, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(cfg.data_dir)  # again: the files may have changed since the node was built
         paid = cfg.payments.enabled and (cfg.worker.enabled or cfg.requester.enabled)
         async with AsyncExitStack() as stack:
             if paid:
-                self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
+                try:
+                    self.payments = await stack.enter_async_context(PaymentsRole.open(cfg, self.key_pair))
+                except Exception as exc:  # the chain it cannot reach is a start-up failure with its fix
+                    raise chain_unreachable(cfg.payments.chain_url, exc) or exc from exc
             await stack.enter_async_context(self.mesh.start())
+            if self.mesh.lookup is not None:
+                self.mesh.lookup.on_lookup = self.metrics.dht_lookup
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self.connectivity.run)
             await self._run_roles(nursery, task_status)
@@ -134,11 +184,33 @@ class Node:
                                      meter=pay.worker_meter if pay else None,
                                      payout=pay.payout_address if pay else "")
             self.connectivity.on_change(self.worker.addresses_changed)
+            if cfg.policy.registry_address and pay is not None and pay.worker_meter is not None:
+                # The registry's channel rules: a worker serves no channel breaking them.
+                from cocoon_node.payments import RegistryPolicyRefresher
+                rules = RegistryPolicyRefresher(_PolicySink(policy_from_config(cfg)), pay.chain,
+                                                cfg.policy.registry_address, policy_from_config(cfg),
+                                                cfg.policy.registry_refresh)
+                pay.worker_meter.rules = rules.channel_rules
+                nursery.start_soon(rules.run)
             await nursery.start(self.worker.run)
             if pay is not None and pay.settlement is not None:
                 nursery.start_soon(pay.settlement.run)
                 self.mesh.set_stream_handler(CHANNEL_PROTOCOL_ID, pay.handle_close_stream)
         api_url = None
+        # A requester joins the topics of the models it buys (looking for their peers through the DHT); a
+        # directory follower (a requester that names no model, a node with no role: a relay, a bootstrap node)
+        # joins every model's topic it sees there, so it also forwards them: behind NATs, or in a sparse mesh,
+        # such a node may be the only path between a model's workers and its buyers.
+        bought = cfg.requester.models if cfg.requester.enabled else ()
+        if bought or WORKERS_TOPIC in self._topics():
+            send, recv = trio.open_memory_channel[str](64)
+            nursery.start_soon(self._follow_models, recv)
+            for model in bought:
+                send.send_nowait(model_topic(model))
+            if not bought:
+                self._follow = send
+                for seen in {a.model for a in self.table.live()}:
+                    send.send_nowait(model_topic(seen))
         if cfg.requester.enabled:
             roles.append("requester")
             self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
@@ -146,9 +218,11 @@ class Node:
             for announcement in self.table.live():
                 self.gate.prefetch(announcement)
             if cfg.policy.registry_address and pay is not None:
-                from cocoon_node.node.registry_policy import RegistryPolicyRefresher
+                from cocoon_node.payments import RegistryPolicyRefresher
                 refresher = RegistryPolicyRefresher(self.gate, pay.chain, cfg.policy.registry_address,
                                                     self.gate.policy, cfg.policy.registry_refresh)
+                if pay.channels is not None:
+                    pay.channels.rules = refresher.channel_rules  # no deploy the network's workers would refuse
                 nursery.start_soon(refresher.run)
             if pay is not None and pay.channels is not None:
                 nursery.start_soon(partial(pay.channels.watch, poll_interval=cfg.payments.watch_interval))
@@ -166,15 +240,35 @@ class Node:
                 first_token_timeout=cfg.requester.first_token_timeout,
                 meter_factory=pay.meter_for if pay else None,
             )
-            app = openai_app(self.requester, api_key=cfg.requester.api_key, models=self.models,
-                             channels=self.payments_status)
-            api_url = await nursery.start(serve_http, app, cfg.requester.api_host, cfg.requester.api_port)
+            # The API sees the requester through a wrapper that times its events (cocoon_node/observe).
+            app = self._http.requester_app(cast(Requester, ObservedRequester(self.requester, self.metrics)),
+                                           api_key=cfg.requester.api_key, models=self.models,
+                                           channels=self.payments_status, attestation=self.fresh_attestation)
+            api_access = DashboardAccess(cfg.requester.api_key)
+            surface = observed_surface(app, metrics=self.metrics, status=self.status, access=api_access,
+                                       models=self.models, listener="requester API")
+            api_url = await self._listen(nursery, surface, cfg.requester.api_host, cfg.requester.api_port,
+                                         "--api-port")
         nursery.start_soon(self._expire_workers)
+        if cfg.node.bootstrap and cfg.node.bootstrap_timeout > 0:
+            nursery.start_soon(self._require_a_peer, cfg.node.bootstrap_timeout)
+        assert self.mesh.host is not None
+        self.liveness = WorkerLiveness(self.mesh.host.get_network(), self.mesh.connected_peers, self.table)
+        nursery.start_soon(self.liveness.run)
         token = secrets.token_hex(16)
-        admin_url = await nursery.start(serve_http, admin_app(self.status, token), cfg.node.admin_host,
-                                        cfg.node.admin_port)
+        admin_access = DashboardAccess(token)
+        admin = observed_surface(self._http.admin_app(self.status, token), metrics=self.metrics,
+                                 status=self.status, access=admin_access, models=self.models, listener="admin")
+        admin_url = await self._listen(nursery, admin, cfg.node.admin_host, cfg.node.admin_port, "--admin-port")
+        # The dashboard lives on the API port of a requester, on the admin listener otherwise.
+        if api_url is not None:
+            dashboard = api_url + ("/dashboard" if api_access.open else
+                                   f"/dashboard/login?once={api_access.one_time_link()}")
+        else:
+            dashboard = f"{admin_url}/dashboard/login?once={admin_access.one_time_link()}"
+        log.info("dashboard: %s (a one-time link: it works once, for 10 minutes)", dashboard)
         self.info = NodeInfo(self.peer_id.to_base58(), self.mesh.listen_addrs(), admin_url, token, api_url,
-                             os.getpid(), roles)
+                             os.getpid(), roles, dashboard)
         self._write_info(self.info)
         self.ready.set()
         log.info("node %s up: %s roles=%s api=%s", self.peer_id, self.mesh.listen_addrs(), roles, api_url)
@@ -183,6 +277,17 @@ class Node:
             await trio.sleep_forever()
         finally:
             (cfg.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+
+    async def _require_a_peer(self, timeout: float) -> None:
+        """A node whose bootstrap peers all stay unreachable for ``timeout`` seconds after start stops with a
+        cause (the mesh keeps re-dialling until then; once it has met a peer this check is over for good)."""
+        with trio.move_on_after(timeout):
+            while not self.mesh.connected_peers():
+                await trio.sleep(0.5)
+            return
+        peers = ", ".join(self.config.node.bootstrap)
+        raise StartupFailure(f"no bootstrap peer reachable after {timeout:.0f} s ({peers}): check --bootstrap "
+                             "(a running node prints its address as `addrs` in its ready line)")
 
     def _reachable_workers(self) -> list[Announcement]:
         """Live workers we have a way to: an announced address (direct or relay circuit) or a connection.
@@ -202,14 +307,42 @@ class Node:
         addrs = worker.addrs if worker else ()
         return await self.mesh.new_stream(ID.from_base58(peer), protocol, addrs)
 
+    async def fresh_attestation(self, worker: str, nonce: bytes) -> dict[str, Any]:
+        """A worker's report and fresh evidence over ``nonce``, with our verdict (``/v1/cocoon/attestation``)."""
+        from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_ID
+        from cocoon_node.node.fresh_attest import describe_fresh, fetch_fresh_attestation
+
+        known = {a.peer.to_base58(): a for a in self.table.live()}
+        announcement = known.get(worker)
+        if announcement is None or self.gate is None:
+            raise LookupError(f"no live worker {worker}")
+        answer = await fetch_fresh_attestation(
+            lambda: self.mesh.new_stream(announcement.peer, ATTEST_ID, announcement.addrs), nonce)
+        return describe_fresh(worker, nonce, answer, self.gate.policy)
+
     async def _open_attested_stream(self, worker: Announcement) -> Any:
         """Open the inference stream to exactly the peer whose key the attestation report binds."""
-        stream = await self.mesh.new_stream(worker.peer, PROTOCOL_ID, worker.addrs)
+        try:
+            stream = await self.mesh.new_stream(worker.peer, PROTOCOL_ID, worker.addrs)
+        except Exception:
+            if self.liveness is not None:
+                self.liveness.suspect(worker.peer)  # a dead worker is delisted now, not at its TTL
+            raise
         remote = stream.muxed_conn.peer_id
         if remote != worker.peer:
             await stream.reset()
             raise AttestedPeerMismatch(f"stream reached {remote}, not the attested worker {worker.peer}")
         return stream
+
+    async def _listen(self, nursery: trio.Nursery, app: Any, host: str, port: int, flag: str) -> str:
+        """Serve ``app``; a port in use is a start-up failure naming ``flag``."""
+        try:
+            url: str = await nursery.start(self._http.serve, app, host, port)
+        except BaseException as exc:
+            if is_port_in_use(exc):
+                raise port_in_use(host, port, flag) from exc
+            raise
+        return url
 
     async def _expire_workers(self) -> None:
         while True:
@@ -217,16 +350,24 @@ class Node:
             for pid in self.table.expire():
                 log.info("worker %s expired (no announcement)", ID(pid))
 
-    def models(self) -> list[dict[str, Any]]:
-        """Entries for ``GET /v1/models``: worker count, price range and, per worker, the verdict the gate
-        would apply now (binding to the announcement included), never what the announcement claims."""
+    def models(self, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Entries for ``GET /v1/models``: worker count, price range, announced hardware and, per worker, the
+        verdict the gate would apply now (binding to the announcement included), never what the announcement
+        claims. ``hardware`` is what the worker announces (detected or declared, as it says): attestation
+        binds none of it.
+
+        ``filters`` (query parameters): ``min_context_length`` (tokens) and ``accelerator`` (a substring of the
+        announced accelerator, case-insensitive) keep only the workers that announce them."""
         by_model: dict[str, list[Announcement]] = {}
         for a in self.table.live():
-            by_model.setdefault(a.model, []).append(a)
+            if hardware_matches(a.hardware, filters or {}):
+                by_model.setdefault(a.model, []).append(a)
         out = []
         for model, workers in sorted(by_model.items()):
-            verdicts = [self.gate.describe(w) if self.gate else {"worker": w.peer.to_base58(), "verified": False,
-                                                                 "reasons": ["this node is not a requester"]}
+            verdicts = [{**(self.gate.describe(w) if self.gate else
+                            {"worker": w.peer.to_base58(), "verified": False,
+                             "reasons": ["this node is not a requester"]}),
+                         "hardware": w.hardware.to_dict() if w.hardware else None}
                         for w in workers]
             out.append({
                 "id": model, "object": "model", "created": 0, "owned_by": "cocoon-mesh",
@@ -238,6 +379,7 @@ class Node:
                     "price_completion": [min(w.price_completion for w in workers),
                                          max(w.price_completion for w in workers)],
                     "attestation": verdicts,
+                    **hardware_summary(workers),
                 },
             })
         return out
@@ -257,13 +399,21 @@ class Node:
             "uptime_s": round(time.time() - self.started_at, 1),
             "connected_peers": len(self.mesh.connected_peers()) if self.mesh.host else 0,
             "topic_peers": self.mesh.topic_peers(WORKERS_TOPIC) if self.mesh.pubsub else 0,
+            "topics": {t: self.mesh.topic_peers(t) for t in sorted(self.mesh.subscribed)} if self.mesh.pubsub else {},
+            "gossip": self.mesh.gossip_stats() if self.mesh.gossipsub else {},
             "announcements": self.validator.stats(),
+            "attestation_verdicts": dict(self.gate.verdicts) if self.gate else {},
+            "dht": dict(vars(self.mesh.lookup.stats)) if self.mesh.lookup is not None else {},
+            "liveness": ({"probes": self.liveness.probes, "delisted": self.liveness.delisted}
+                         if self.liveness else {}),
             "workers": [
                 {"peer_id": a.peer.to_base58(), "model": a.model, "load": a.load, "max_concurrent": a.max_concurrent,
                  "price_prompt": a.price_prompt, "price_completion": a.price_completion,
                  "announced_tee_kind": a.tee_kind, "synthetic": a.synthetic, "seqno": a.seqno,
                  "expires_at": a.expires_at, "gate": self.gate.describe(a) if self.gate else None,
-                 "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer)}  # how it is reached now
+                 "hardware": a.hardware.to_dict() if a.hardware else None,
+                 "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer),  # how it is reached now
+                 **self._latency(a)}
                 for a in self.table.live()
             ],
             "connectivity": self.connectivity.summary(),
@@ -273,18 +423,12 @@ class Node:
                           "api_url": self.info.api_url if self.info else None} if self.requester else None,
         }
 
+    def _latency(self, a: Announcement) -> dict[str, float | None]:
+        """What this requester measured of the worker (smoothed), None before it answered us."""
+        rep = self.requester.selector.reputations.get(a.peer_id) if self.requester else None
+        if rep is None or not rep.successes:
+            return {"ttft_ms": None, "tokens_per_second": None}
+        return {"ttft_ms": round(rep.ttft_ms, 1), "tokens_per_second": round(rep.tokens_per_second, 1)}
+
     def _write_info(self, info: NodeInfo) -> None:
-        path = self.config.data_dir / NODE_INFO_FILE
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info.__dict__, fh)
-        os.replace(tmp, path)
-
-
-def read_node_info(data_dir: Any) -> dict[str, Any]:
-    from pathlib import Path
-
-    with open(Path(data_dir) / NODE_INFO_FILE) as fh:
-        data: dict[str, Any] = json.load(fh)
-    return data
+        write_node_info(self.config.data_dir, info)

@@ -21,13 +21,18 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from cocoon_node.config import Config
-from cocoon_node.inference.tokencount import TokenizerRegistry
+from cocoon_node.inference import TokenizerRegistry
 from cocoon_node.mesh import Announcement
-from cocoon_node.payments.chain.base import Chain, ChainError
-from cocoon_node.payments.channels import ChannelManager, Settlement
-from cocoon_node.payments.meter import RequesterPaymentMeter, WorkerPaymentMeter
-from cocoon_node.payments.store import PaymentStore
-from cocoon_node.payments.voucher import VoucherError
+from cocoon_node.payments import (
+    Chain,
+    ChainError,
+    ChannelManager,
+    PaymentStore,
+    RequesterPaymentMeter,
+    Settlement,
+    VoucherError,
+    WorkerPaymentMeter,
+)
 from cocoon_node.wire import FrameError, FrameStream, frame_tag, utf8_clip
 from cocoon_node.wire.messages import channel as channel_frames
 from cocoon_node.wire.messages.channel import CloseRefused, CloseReply, CloseRequest
@@ -74,7 +79,7 @@ class PaymentsRole:
             stack.callback(store.close)
             chain: Chain
             if p.chain == "local":
-                from cocoon_node.payments.chain.local import LocalChain
+                from cocoon_node.payments import LocalChain
 
                 log.warning("payments use the EMULATED local chain: dev/test only, no real TON moves")
                 if p.chain_url:
@@ -85,7 +90,7 @@ class PaymentsRole:
                         LocalChain.start(wallet, balance=p.dev_wallet_balance,
                                          state_file=config.data_dir / "local-chain.json"))
             else:
-                from cocoon_node.payments.chain.ton import TonChain
+                from cocoon_node.payments import TonChain
 
                 chain = await stack.enter_async_context(
                     TonChain.connect(key_pair.private_key.to_bytes(), network=p.ton_network))  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cocoon_node.inference.port import TokenCounter
 from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus, TxResult
 from cocoon_node.payments.meter import PayerChannel, PaymentStoreFailed, RequesterPaymentMeter, norm_address
+from cocoon_node.payments.rules import ChannelRulesError, RulesSource
 from cocoon_node.payments.settlement import CHAIN_OP_TIMEOUT, Settlement, SettlementStats
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import (
@@ -56,6 +57,7 @@ class ChannelManager:
         challenge_period: int = 3600,
         low_water: int | None = None,
         voucher_every: int = 32,
+        rules: RulesSource | None = None,
     ) -> None:
         self.chain = chain
         self.store = store
@@ -65,6 +67,7 @@ class ChannelManager:
         self.challenge_period = challenge_period
         self.low_water = deposit // 4 if low_water is None else low_water
         self.voucher_every = voucher_every
+        self.rules = rules  # the network's channel rules (registry), checked before each deploy
         self.channels: dict[str, PayerChannel] = {}
         self._locks: dict[str, trio.Lock] = {}
         self.onchain_ops = {"open": 0, "top_up": 0, "close": 0}
@@ -100,6 +103,11 @@ class ChannelManager:
         return None
 
     async def _open(self, peer: str, payee_wallet: str, payee_key: bytes) -> PayerChannel:
+        rules = self.rules() if self.rules is not None else None
+        problems = rules.problems(self.deposit, self.challenge_period) if rules is not None else []
+        if problems:  # workers would refuse it: deploying would only lock the deposit
+            raise ChannelRulesError("not opening a channel the network's rules refuse (payments.channel_deposit, "
+                                    "payments.challenge_period): " + "; ".join(problems))
         params = ChannelParams(
             payer_key=public_key_bytes(self.payer_key),
             payee_key=payee_key,

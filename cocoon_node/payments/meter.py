@@ -7,7 +7,8 @@ across all its channels to this worker.
 
 Worker: ``served`` (nanotons of tokens sent, prompt charged at admission) minus the newest voucher's
 ``cumulative`` is a channel's debt. :meth:`WorkerPaymentMeter.admit` admits a prompt (before any prefill)
-only while the payer's debt plus the prompt fits in the window, and :meth:`WorkerPaymentMeter.before_tokens`
+only while the payer's debt plus the prompt and its first tokens fits in the window (requesters pay a prompt
+with its first token), and :meth:`WorkerPaymentMeter.before_tokens`
 waits while more tokens would not; both give up after ``payment_timeout``. A channel that is closing or
 closed (a cooperative close we co-signed, the watcher, a failed claim, the chain itself on a periodic
 re-check) is refused at once, in flight too.
@@ -34,6 +35,7 @@ from pytoniq_core import Address
 from cocoon_node.inference.port import PaymentRef, PaymentRequired
 from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus
 from cocoon_node.payments.payer import VOUCHER_INTERVAL, PayerChannel, PaymentStoreFailed, RequesterPaymentMeter
+from cocoon_node.payments.rules import RulesSource
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import (
     ChannelParams,
@@ -52,6 +54,10 @@ __all__ = [
     "WorkerPaymentMeter",
     "norm_address",
 ]
+
+#: Completion tokens an admitted prompt keeps room for in the window: its first token, which brings the prompt's
+#: voucher (backends yield a token per delta; a larger first delta may wait for the payer's other vouchers).
+FIRST_TOKENS_ROOM = 1
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +176,7 @@ class WorkerPaymentMeter:
         tail_slack_tokens: int = 8,
         forgive_cap: int | None = None,
         chain_recheck: float = 30.0,
+        rules: RulesSource | None = None,
     ) -> None:
         self.chain = chain
         self.store = store
@@ -180,6 +187,9 @@ class WorkerPaymentMeter:
         self.credit_window = credit_window
         self.payment_timeout = payment_timeout
         self.tail_slack = tail_slack_tokens * price_completion
+        # Requesters pay a prompt with its first token: the newest admitted request can always stream it.
+        self.first_tokens_room = FIRST_TOKENS_ROOM * price_completion
+        self.rules = rules  # the network's channel rules (registry): a channel breaking them is not served
         self.forgive_cap = credit_window if forgive_cap is None else forgive_cap
         self.chain_recheck = chain_recheck
         self.stats = WorkerMeterStats()
@@ -242,6 +252,10 @@ class WorkerPaymentMeter:
                     raise PaymentRequired("channel does not pay this worker")
                 if st.deposit > st.balance:
                     raise PaymentRequired("channel deposit exceeds its balance")
+                rules = self.rules() if self.rules is not None else None
+                problems = rules.problems(st.deposit, st.challenge_period) if rules is not None else []
+                if problems:
+                    raise PaymentRequired("channel breaks the network's rules: " + "; ".join(problems))
                 rec = await self.store.run(self.store.channel, address)
                 if rec is None:
                     await self.store.run(self.store.upsert_channel, address, "payee", st.payer, params, st.deposit)
@@ -297,9 +311,10 @@ class WorkerPaymentMeter:
                 channel_id = int.from_bytes(payment.channel_id, "big")
             except (ValueError, TypeError) as e:
                 raise PaymentRequired(f"malformed payment reference: {e}") from e
-            if cost > self.credit_window:
-                raise PaymentRequired(f"a prompt of {prompt_tokens} tokens costs {cost} nanotons, more than this "
-                                      f"worker's credit window of {self.credit_window}")
+            need = cost + self.first_tokens_room
+            if need > self.credit_window:
+                raise PaymentRequired(f"a prompt of {prompt_tokens} tokens costs {cost} nanotons; with its first "
+                                      f"token more than this worker's credit window of {self.credit_window}")
             acct = await self._load_account(address, channel_id)
             if payer_key is not None and acct.params.payer_key != payer_key:
                 raise PaymentRequired("this payment channel belongs to another requester")
@@ -307,10 +322,10 @@ class WorkerPaymentMeter:
                 while True:
                     await self._reserve(acct, cost)
                     self._refuse_ended(address)
-                    if not self._no_room(acct.payer, cost):
+                    if not self._no_room(acct.payer, need):
                         break
                     await acct.payer.changed.wait()
-            if self._no_room(acct.payer, cost) or acct.served + cost > acct.deposit:
+            if self._no_room(acct.payer, need) or acct.served + cost > acct.deposit:
                 raise PaymentRequired(f"no voucher for {self.payment_timeout}s and this payer owes "
                                       f"{acct.payer.exposure} of a {self.credit_window} credit window")
         except StoreError as e:

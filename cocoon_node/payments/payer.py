@@ -1,5 +1,10 @@
 """The requester's side of metering: what it owes on a channel and the cumulative vouchers it signs.
 
+The prompt is charged when the worker's first token arrives (or when the request completes, or our own
+client cancels it: the worker did the prefill), never up front, so a worker that dies or stalls before
+answering is paid nothing. The worker's side of that risk stays bounded by its credit window (it admits a
+prompt only within it, with room for the first tokens: ``cocoon_node.payments.meter``).
+
 The requester only ever charges token counts its inference stream has already checked against its own
 count (``cocoon_node.inference.audit``): a worker that claims more is a fault there, before a nanoton of the
 excess is charged here. Vouchers are stored (fsync) before they are returned for sending; a store that cannot
@@ -112,6 +117,7 @@ class RequesterPaymentMeter:
         self.completion_tokens = 0
         self.amount = 0
         self._since_voucher = 0
+        self._prompt_charged = False
 
     def payment_ref(self) -> PaymentRef:
         """The request frame's ``payment`` field."""
@@ -127,15 +133,19 @@ class RequesterPaymentMeter:
         return self.channel.unpaid * 2 >= self.credit_window
 
     async def on_accept(self, prompt_tokens: int) -> bytes | None:
-        """Charge the prompt and pay it (and any earlier unpaid tail) at once, unless another stream of this
-        channel paid a moment ago and the window has room: its next voucher covers this prompt too."""
+        """Note the prompt; nothing is charged yet: the prompt falls due with the worker's first token."""
         self.prompt_tokens = prompt_tokens
-        cost = prompt_tokens * self.price_prompt
+        return None
+
+    def charge_prompt(self) -> bool:
+        """Charge the prompt once (it falls due with the first token); True when this call charged it."""
+        if self._prompt_charged:
+            return False
+        self._prompt_charged = True
+        cost = self.prompt_tokens * self.price_prompt
         self.amount += cost
         self.channel.charged += cost
-        if self.channel.signed_within(self.voucher_interval) and not self._window_half_used():
-            return None
-        return await self._voucher()
+        return True
 
     def respect_credit_window(self, window: int) -> None:
         """Vouchers fall due at half the smaller of our window and the worker's, so a worker that extends
@@ -147,6 +157,7 @@ class RequesterPaymentMeter:
         n = completion_tokens - self.completion_tokens
         if n <= 0:
             return False
+        first = self.charge_prompt()  # the first token is here: the prompt is owed now
         self.completion_tokens = completion_tokens
         cost = n * self.price_completion
         self.amount += cost
@@ -154,7 +165,11 @@ class RequesterPaymentMeter:
         self._since_voucher += n
         if self._window_half_used():
             return True
-        return self._since_voucher >= self.voucher_every and not self.channel.signed_within(self.voucher_interval)
+        if self.channel.signed_within(self.voucher_interval):  # another stream's voucher a moment ago
+            return False
+        # The first token pays the prompt (and any unpaid tail of the channel) at once: the worker admitted it
+        # on credit and may wait for that voucher before it streams much more.
+        return first or self._since_voucher >= self.voucher_every
 
     async def on_tokens(self, completion_tokens: int) -> bytes | None:
         """Charge newly received tokens; a voucher every ``voucher_every`` tokens (but at most one per
@@ -164,6 +179,10 @@ class RequesterPaymentMeter:
 
     async def on_final(self, completion_tokens: int) -> bytes | None:
         """Pay the tail: charge any tokens not yet seen and sign once for everything still unpaid (a voucher
-        signed for the charge alone and then dropped would be stored by us and never reach the worker)."""
+        signed for the charge alone and then dropped would be stored by us and never reach the worker).
+
+        A completed request owes its prompt even with no completion token, and so does one our own client
+        cancelled (the worker ran the prefill); the stream does not call this when the worker failed first."""
+        self.charge_prompt()
         self._charge_completion(completion_tokens)
         return await self._voucher() if self.channel.unpaid > 0 else None

@@ -17,6 +17,7 @@ without a database read.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -114,7 +115,10 @@ class PaymentStore:
     def open(cls, path: Path | str) -> PaymentStore:
         """Open (creating) the database at ``path``; ``":memory:"`` works for tests."""
         if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Vouchers and usage are private: create the file 0600 ourselves (SQLite gives its -wal and -shm
+            # files the database's mode) rather than leave it to the umask.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

@@ -9,21 +9,22 @@ module builds exactly those cells (layouts in contracts/README.md) with pytoniq-
 the compiled contract on the emulated chain and checks that Python-signed vouchers pay out.
 
 Every signed cell starts with a 32-bit domain tag and the channel id, so a signature cannot be
-replayed in another channel or reused as a different kind of message.
+replayed in another channel or reused as a different kind of message. The registry contract's bodies are
+in :mod:`cocoon_node.payments.registry`, the committed code and exit codes in :mod:`.contracts`.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pytoniq_core import Address, Builder, Cell, StateInit, begin_cell
+
+from cocoon_node.payments.contracts import contract_code
 
 # ---- constants shared with the contract (contracts/lib/cocoon.mjs, contracts/README.md) -------
 TAG_VOUCHER = 0x5C0CF001
@@ -39,53 +40,6 @@ OP_CLAIM_PAYOUT = 0x5C0C0010
 OP_CLOSE_PAYOUT = 0x5C0C0011
 OP_REFUND = 0x5C0C0012
 OP_EXCESS = 0x5C0C0013
-
-OP_REGISTRY_ADD_IMAGE = 0x5C0C0101
-OP_REGISTRY_REMOVE_IMAGE = 0x5C0C0102
-OP_REGISTRY_ADD_MODEL = 0x5C0C0103
-OP_REGISTRY_REMOVE_MODEL = 0x5C0C0104
-OP_REGISTRY_SET_PARAMS = 0x5C0C0105
-OP_REGISTRY_TRANSFER_OWNERSHIP = 0x5C0C0106
-OP_REGISTRY_ADD_MRTD = 0x5C0C0111
-OP_REGISTRY_REMOVE_MRTD = 0x5C0C0112
-OP_REGISTRY_ADD_RTMR_SET = 0x5C0C0113
-OP_REGISTRY_REMOVE_RTMR_SET = 0x5C0C0114
-OP_REGISTRY_SET_TCB_RULE = 0x5C0C0115
-
-#: Contract exit codes -> names (documented in contracts/README.md).
-EXIT_CODES: dict[int, str] = {
-    101: "NOT_PAYER",
-    102: "NOT_PAYEE",
-    103: "NOT_PARTY",
-    104: "WRONG_STATE",
-    105: "BAD_SIGNATURE",
-    106: "WRONG_CHANNEL",
-    107: "WRONG_TAG",
-    108: "STALE_SEQNO",  # retired: only the old channel code ef381609... threw it (seqnos ranked)
-    109: "AMOUNT_BACKWARDS",
-    110: "OVERDRAW",
-    111: "TOO_EARLY",
-    112: "TOO_LATE",
-    113: "LOW_VALUE",
-    114: "NOTHING_TO_CLAIM",
-    115: "BAD_VOUCHER",
-    116: "BAD_PERIOD",
-    201: "NOT_OWNER",
-    202: "ALREADY_SET",
-    203: "NOT_FOUND",
-    204: "BAD_PARAMS",
-    205: "BAD_NAME",
-    0xFFFF: "UNKNOWN_OP",
-    -14: "OUT_OF_GAS",
-    13: "OUT_OF_GAS",
-    9: "CELL_UNDERFLOW",
-}
-
-#: Code hashes of the committed contracts/build/*.boc; a test keeps them in step with the build.
-CODE_HASHES: dict[str, str] = {
-    "payment_channel": "0282b9749a3b61bdb6371aab1d9764a2d812757ff937425346025550421b4037",
-    "registry": "b6b206889574e380a423e563c9bbfb1095a2f242b9e79e8a93e6fbad05a918bc",
-}
 
 #: Vouchers travel as uint64 on our wire; all TON ever minted fits far below this.
 MAX_CUMULATIVE = 2**63 - 1
@@ -382,77 +336,6 @@ def cooperative_close_body(terms: Cell, payer_signature: bytes, payee_signature:
     )
 
 
-def registry_body(
-    action: str,
-    *,
-    hash_: int | None = None,
-    name: str | None = None,
-    mrtd: bytes | None = None,
-    require_tcb_check: bool = False,
-    tcb_statuses: int | None = None,
-    max_report_age: int = 0,
-    min_deposit: int | None = None,
-    min_challenge_period: int | None = None,
-    new_owner: str | None = None,
-    query_id: int = 0,
-    max_challenge_period: int = MAX_CHALLENGE_PERIOD,
-) -> Cell:
-    """Registry update body (owner only). ``action``: add_image, remove_image, add_model (hash_ + name),
-    remove_model, add_mrtd / remove_mrtd (mrtd), add_rtmr_set / remove_rtmr_set (hash_: the set's SHA-256),
-    set_tcb_rule (require_tcb_check, tcb_statuses bitmask, max_report_age), set_params (with
-    ``max_challenge_period``), transfer_ownership."""
-    ops = {
-        "add_image": OP_REGISTRY_ADD_IMAGE,
-        "remove_image": OP_REGISTRY_REMOVE_IMAGE,
-        "add_model": OP_REGISTRY_ADD_MODEL,
-        "remove_model": OP_REGISTRY_REMOVE_MODEL,
-        "add_rtmr_set": OP_REGISTRY_ADD_RTMR_SET,
-        "remove_rtmr_set": OP_REGISTRY_REMOVE_RTMR_SET,
-    }
-    b = begin_cell()
-    if action in ops:
-        if hash_ is None:
-            raise ValueError(f"{action} needs hash_")
-        b = b.store_uint(ops[action], 32).store_uint(query_id, 64).store_uint(hash_, 256)
-        if action == "add_model":
-            raw = (name or "").encode()
-            if not 1 <= len(raw) <= 127:
-                raise ValueError("add_model needs a name of 1..127 UTF-8 bytes")
-            b = b.store_ref(begin_cell().store_bytes(raw).end_cell())
-        return b.end_cell()
-    if action in ("add_mrtd", "remove_mrtd"):
-        if mrtd is None or len(mrtd) != 48:
-            raise ValueError(f"{action} needs a 48-byte mrtd")
-        op = OP_REGISTRY_ADD_MRTD if action == "add_mrtd" else OP_REGISTRY_REMOVE_MRTD
-        return b.store_uint(op, 32).store_uint(query_id, 64).store_bytes(mrtd).end_cell()
-    if action == "set_tcb_rule":
-        if tcb_statuses is None:
-            raise ValueError("set_tcb_rule needs tcb_statuses")
-        return (b.store_uint(OP_REGISTRY_SET_TCB_RULE, 32).store_uint(query_id, 64).store_bit(require_tcb_check)
-                .store_uint(tcb_statuses, 16).store_uint(max_report_age, 32).end_cell())
-    if action == "set_params":
-        if min_deposit is None or min_challenge_period is None:
-            raise ValueError("set_params needs min_deposit and min_challenge_period")
-        return (
-            b.store_uint(OP_REGISTRY_SET_PARAMS, 32)
-            .store_uint(query_id, 64)
-            .store_coins(min_deposit)
-            .store_uint(min_challenge_period, 32)
-            .store_uint(max_challenge_period, 32)
-            .end_cell()
-        )
-    if action == "transfer_ownership":
-        if new_owner is None:
-            raise ValueError("transfer_ownership needs new_owner")
-        return (
-            b.store_uint(OP_REGISTRY_TRANSFER_OWNERSHIP, 32)
-            .store_uint(query_id, 64)
-            .store_address(Address(new_owner))
-            .end_cell()
-        )
-    raise ValueError(f"unknown registry action {action}")
-
-
 # ---- channel deployment ------------------------------------------------------------------------
 
 
@@ -490,20 +373,6 @@ def check_channel_terms(params: ChannelParams, deposit: int, gas: int) -> None:
         raise VoucherError(f"deposit must be positive: {deposit!r}")
     if not isinstance(gas, int) or gas < MIN_GAS_RESERVE:
         raise VoucherError(f"deploy gas {gas!r} below the channel's minimum reserve {MIN_GAS_RESERVE}")
-
-
-def contracts_dir() -> Path:
-    """contracts/ of this checkout (override with COCOON_CONTRACTS_DIR for installed packages)."""
-    env = os.environ.get("COCOON_CONTRACTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "contracts"
-
-
-def contract_code(name: str) -> Cell:
-    """Committed compiled code; refuses a BoC whose hash differs from :data:`CODE_HASHES`."""
-    cell = Cell.one_from_boc((contracts_dir() / "build" / f"{name}.boc").read_bytes())
-    if cell.hash.hex() != CODE_HASHES[name]:
-        raise RuntimeError(f"contracts/build/{name}.boc hash {cell.hash.hex()} != expected {CODE_HASHES[name]}")
-    return cell
 
 
 def channel_init_data(p: ChannelParams) -> Cell:

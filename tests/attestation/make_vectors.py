@@ -14,9 +14,19 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from cocoon_node.attestation import TEE_DEV, TEE_TDX, Claims, DevPlatform, dev_image_hash, sign_report
+from cocoon_node.attestation import (
+    TEE_DEV,
+    TEE_SNP,
+    TEE_TDX,
+    Claims,
+    DevPlatform,
+    dev_image_hash,
+    encode_snp_evidence,
+    sign_report,
+)
 
 from .att_helpers import fixed_ed25519, real_quote_bytes
+from .snp_helpers import real_report, real_vcek
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors" / "attestation"
 
@@ -62,11 +72,17 @@ def build() -> dict[str, list[dict[str, Any]]]:
     evidence = dev.evidence(dev_claims.report_data(), dev_image_hash(dev_claims.node_version))
     dev_env = sign_report(dev_claims, evidence, node)
     tdx_env = sign_report(tdx_claims, real_quote_bytes(), node)
+    snp_claims = Claims.for_key(raw, model_name="Qwen/Qwen3-8B", node_version="0.1.0+snp", tee_kind=TEE_SNP,
+                                backend="torch", **common)
+    snp_evidence = encode_snp_evidence(real_report(), real_vcek())  # the real Milan report and its VCEK
+    snp_env = sign_report(snp_claims, snp_evidence, node)
     return {
         "claims.json": [
             _vector("dev-claims", dev_claims.to_cbor()),
             _vector("tdx-claims-unicode-model-name", tdx_claims.to_cbor()),
+            _vector("snp-claims", snp_claims.to_cbor()),
         ],
+        "snp_evidence.json": [_vector("snp-evidence-real-milan", snp_evidence)],
         "dev_evidence.json": [_vector("dev-evidence", evidence)],
         "record.json": [_vector("dev-record", cbor2.loads(dev_env)["payload"])],
         "envelope.json": [
@@ -74,6 +90,9 @@ def build() -> dict[str, list[dict[str, Any]]]:
             # Well-formed and correctly signed, but the real quote's REPORTDATA is not this record's:
             # verify_report fails it with check "report_data".
             _vector("tdx-envelope-real-quote-foreign-report-data", tdx_env),
+            # The real Milan report verifies to AMD's pinned Milan ARK, but its REPORT_DATA is not this
+            # record's: verify_report fails it with check "report_data".
+            _vector("snp-envelope-real-milan-foreign-report-data", snp_env),
         ],
     }
 

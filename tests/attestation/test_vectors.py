@@ -16,6 +16,7 @@ from cocoon_node.attestation import (
     TEE_DEV,
     AttestationError,
     Policy,
+    SnpPolicy,
     decode_and_verify_envelope,
     verify_report,
 )
@@ -27,10 +28,11 @@ from cocoon_node.wire.messages import attestation as att_msgs
 from .make_vectors import VECTOR_DIR, build, from_json_value, render
 
 SCHEMA = Path(__file__).resolve().parents[2] / "protocols" / "attestation.toml"
-FILES = ["claims.json", "dev_evidence.json", "record.json", "envelope.json"]
+FILES = ["claims.json", "dev_evidence.json", "snp_evidence.json", "record.json", "envelope.json"]
 MESSAGE_OF = {
     "claims.json": "attestation_claims",
     "dev_evidence.json": "dev_evidence",
+    "snp_evidence.json": "snp_evidence",
     "record.json": "attestation_report",
     "envelope.json": "attestation_envelope",
 }
@@ -62,8 +64,9 @@ def test_vectors_are_reproducible() -> None:
         assert (VECTOR_DIR / name).read_text(encoding="utf-8") == render(vectors), name
 
 
+@pytest.mark.filterwarnings("ignore:Parsed a serial number")
 def test_envelope_vectors_decode_and_verify() -> None:
-    dev_env, tdx_env = (bytes.fromhex(v["hex"]) for v in _load("envelope.json"))
+    dev_env, tdx_env, snp_env = (bytes.fromhex(v["hex"]) for v in _load("envelope.json"))
     rep = decode_and_verify_envelope(dev_env)
     policy = Policy(tee_kinds=frozenset({TEE_DEV}), image_hashes=ANY, model_hashes=ANY)
     assert verify_report(dev_env, rep.claims.peer_id, policy, rep.claims.issued_at).ok
@@ -75,6 +78,12 @@ def test_envelope_vectors_decode_and_verify() -> None:
             Policy(image_hashes=ANY, mrtds=ANY, model_hashes=ANY),
             tdx.claims.issued_at,
         )
+    assert ei.value.check == "report_data"
+    snp = decode_and_verify_envelope(snp_env)
+    with pytest.raises(AttestationError) as ei:
+        verify_report(snp_env, snp.claims.peer_id, Policy(tee_kinds=frozenset({"snp"}), image_hashes=ANY,
+                                                          model_hashes=ANY, snp=SnpPolicy(measurements=ANY)),
+                      snp.claims.issued_at)
     assert ei.value.check == "report_data"
 
 

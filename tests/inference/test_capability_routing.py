@@ -19,8 +19,8 @@ from cocoon_node.inference import SyntheticBackend, parse_chat_request
 from cocoon_node.inference.features import LOGPROBS, SEED
 from cocoon_node.inference.requester import Requester, lacking_capability
 from cocoon_node.inference.stream import Delta, InferenceServer, WorkerTerms
-from cocoon_node.mesh.announce import Announcement
-from cocoon_node.node.worker import announced_backend_fields
+from cocoon_node.mesh.announce import Announcement, payload_version
+from cocoon_node.node.worker import announced_capabilities
 from cocoon_node.wire import SchemaError
 
 from .api_harness import Pipe, Trusting, announcement
@@ -112,8 +112,8 @@ def test_lacking_capability_names_what_no_single_worker_offers() -> None:
 
 
 def test_a_worker_announces_its_backends_capabilities() -> None:
-    fields = announced_backend_fields(SyntheticBackend())
-    assert fields["capabilities"] == (SEED,) and fields["v"] == 3
+    capabilities = announced_capabilities(SyntheticBackend())
+    assert capabilities == (SEED,) and payload_version(tokenizer=b"", hardware=None, capabilities=capabilities) == 3
     ann = announcement(MODEL, SyntheticBackend(), 1, capabilities=(LOGPROBS, SEED))
     again = Announcement.from_wire(ann.to_wire())
     assert again.capabilities == (LOGPROBS, SEED) and again.v == 3

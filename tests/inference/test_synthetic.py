@@ -77,7 +77,8 @@ async def test_paced_stream_keeps_count_and_order(autojump_clock: trio.testing.M
     assert trio.current_time() - start == pytest.approx(len(WORDS) / 5)
 
 
-async def test_cancel_mid_stream_stops_within_one_token() -> None:
+async def test_cancel_mid_stream_stops_within_one_token(autojump_clock: trio.testing.MockClock) -> None:
+    # Virtual time (the autojump clock): the producer's pacing and the wait below cost no real time.
     backend = SyntheticBackend(tokens_per_second=200, buffer_size=1)
     long = chat(" ".join(["w"] * 10_000), max_tokens=4000)
     got = 0
@@ -91,8 +92,10 @@ async def test_cancel_mid_stream_stops_within_one_token() -> None:
                         scope.cancel()  # as if the requester went away; the next receive raises Cancelled
                         at_cancel = backend.tokens_generated
         assert scope.cancelled_caught
-        await trio.sleep(0.1)  # the producer would have made ~20 more tokens had it survived
-    assert got == 5
+        paced_until = trio.current_time()
+        await trio.sleep(0.1)  # 20 virtual decode steps: the producer would have made ~20 more tokens had it survived
+    assert trio.current_time() - paced_until >= 0.1  # the window did pass on the producer's clock
+    assert got == 5 and at_cancel >= 5  # it was producing, at its pace, until the cancel
     assert backend.tokens_generated - at_cancel <= 1
     assert backend.in_flight == 0
 
@@ -111,7 +114,7 @@ async def test_breaking_out_stops_generation() -> None:
     assert backend.tokens_generated == at_exit
 
 
-async def test_slow_reader_backpressure() -> None:
+async def test_slow_reader_backpressure(autojump_clock: trio.testing.MockClock) -> None:
     buffer_size = 4
     backend = SyntheticBackend(buffer_size=buffer_size)
     consumed = 0
@@ -120,7 +123,7 @@ async def test_slow_reader_backpressure() -> None:
         async with backend.generate(chat(" ".join(["w"] * 60), max_tokens=60)) as stream:
             async for _ in stream:
                 consumed += 1
-                await trio.sleep(0.002)  # a slow reader; the producer is unpaced
+                await trio.sleep(0.002)  # a slow reader (virtual time); the producer is unpaced
                 max_ahead = max(max_ahead, backend.tokens_generated - consumed)
     assert consumed == 60
     # The producer can run ahead by the channel buffer plus the one token it is trying to send.

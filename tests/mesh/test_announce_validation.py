@@ -88,6 +88,33 @@ def test_tokenizer_field_only_in_version_2() -> None:
     assert v.rejected["malformed"] == 3 and v.accepted == 2
 
 
+def test_one_version_2_with_tokenizer_hardware_or_both() -> None:
+    """Version 2 is one format for both optional fields (tokenizer, issue 19; hardware, issue 15): each alone
+    or both together; v1 carries neither; a v2 carrying neither is refused (one offer, one encoding); and a
+    worker picks the version from what it has to announce."""
+    from cocoon_node.mesh.announce import Hardware, payload_version
+
+    kp = create_new_key_pair()
+    peer = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator()
+    table = WorkerTable()
+    v.on_accept = table.update
+    tok, hw = b"\x42" * 32, Hardware("NVIDIA H200", 8, 143_771, "detected", 32_768, "declared")
+    both = announcement(kp, seqno=1, v=2, tokenizer=tok, hardware=hw)
+    assert v(peer, msg(both.seal(kp.private_key), peer))
+    assert (table.live()[0].tokenizer, table.live()[0].hardware) == (tok, hw)
+    assert v(peer, msg(announcement(kp, seqno=2, v=2, hardware=hw).seal(kp.private_key), peer))
+    assert table.live()[0].tokenizer == b"" and table.live()[0].hardware == hw
+    v1_with_hw = announcement(kp, seqno=3).to_wire() | {"hardware": hw.to_dict()}
+    v1_with_both = announcement(kp, seqno=4).to_wire() | {"hardware": hw.to_dict(), "tokenizer": tok}
+    v2_bare = announcement(kp, seqno=5, v=2).to_wire()
+    for payload in (v1_with_hw, v1_with_both, v2_bare):
+        assert not v(peer, msg(seal_envelope("cocoon/announce/v1", canonical_dumps(payload), kp.private_key), peer))
+    assert v.rejected["malformed"] == 3 and v.accepted == 2
+    assert payload_version(tokenizer=b"", hardware=None) == 1
+    assert payload_version(tokenizer=tok, hardware=None) == payload_version(tokenizer=b"", hardware=hw) == 2
+
+
 def test_expired_and_future_rejected() -> None:
     kp = create_new_key_pair()
     peer = ID.from_pubkey(kp.public_key)
@@ -150,3 +177,24 @@ def test_table_newest_seqno_wins_and_expiry() -> None:
     clock[0] = 1011
     assert table.expire() == [ID.from_pubkey(kp.public_key).to_bytes()]
     assert len(table) == 0
+
+
+def test_stale_announcements_are_ignored_and_forgeries_rejected() -> None:
+    """Issue 15: what an honest peer may deliver (an older or expired announcement, a relayed rate excess) is
+    dropped with the IGNORE verdict, which does not count against the sender's score; the rest is rejected."""
+    from cocoon_node.mesh.scoring import IGNORE
+
+    kp, relay = create_new_key_pair(), ID.from_pubkey(create_new_key_pair().public_key)
+    origin = ID.from_pubkey(kp.public_key)
+    v = AnnouncementValidator(rate_limit_per_minute=2)
+    assert v(origin, msg(announcement(kp, seqno=5).seal(kp.private_key), origin)) is True
+    assert v(origin, msg(announcement(kp, seqno=4).seal(kp.private_key), origin)) is IGNORE  # replay
+    assert v(relay, msg(announcement(kp, seqno=3).seal(kp.private_key), origin)) is IGNORE
+    expired = announcement(kp, seqno=9, issued=int(time.time()) - 100, ttl=30)
+    assert v(origin, msg(expired.seal(kp.private_key), origin)) is IGNORE
+    assert v(relay, msg(announcement(kp, seqno=6).seal(kp.private_key), origin)) is True
+    assert v(relay, msg(announcement(kp, seqno=7).seal(kp.private_key), origin)) is IGNORE  # relayed rate excess
+    assert v(origin, msg(announcement(kp, seqno=8).seal(kp.private_key), origin)) is False  # the origin's own
+    other = create_new_key_pair()
+    forged = announcement(other, seqno=10).seal(other.private_key)
+    assert v(relay, msg(forged, origin)) is False

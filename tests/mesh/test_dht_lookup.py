@@ -12,11 +12,11 @@ from contextlib import AsyncExitStack
 
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.peer.id import ID
 
 from cocoon_node.mesh import Mesh, MeshSettings, RecordRejected
 from cocoon_node.mesh.dht_lookup import _distance
+from cocoon_node.mesh.kad_protocol import COCOON_KAD_PROTOCOL as KAD_PROTOCOL_ID
 from tests.waiting import wait_until
 
 

@@ -11,6 +11,7 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
+from cocoon_node.api import NodeHttp
 from cocoon_node.cli import build_parser, overrides_from_args
 from cocoon_node.config import ConfigError, load_config
 from cocoon_node.mesh import WORKERS_TOPIC, AnnouncementValidator, Mesh, MeshSettings
@@ -60,7 +61,7 @@ async def test_heartbeat_is_kept_and_deliveries_are_drained(caplog: pytest.LogCa
 def test_gossip_flags_reach_the_mesh_settings(tmp_path: Path) -> None:
     args = build_parser().parse_args(["run", "--data-dir", str(tmp_path), "--gossip-heartbeat", "5",
                                       "--gossip-degree", "3", "--target-peers", "4"])
-    settings = Node(load_config(None, env={}, overrides=overrides_from_args(args)))._mesh_settings()
+    settings = Node(load_config(None, env={}, overrides=overrides_from_args(args)), http=NodeHttp())._mesh_settings()
     assert (settings.heartbeat_interval, settings.target_peers) == (5.0, 4)
     assert (settings.gossip_degree, settings.gossip_degree_low, settings.gossip_degree_high) == (3, 2, 6)
     with pytest.raises(ConfigError) as err:

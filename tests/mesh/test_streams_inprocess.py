@@ -15,20 +15,15 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from cocoon_node.inference.backend import BackendError
-from cocoon_node.inference.chat import parse_chat_request
 from cocoon_node.inference.port import open_frames
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerFailure, WorkerTerms, call_worker
 from cocoon_node.inference.synthetic import SyntheticBackend
 from cocoon_node.mesh import Mesh, MeshSettings
 from cocoon_node.wire.messages.inference import AcceptFrame, ErrorFrame, RequestFrame
+from tests.conftest import chat_request, started_hosts
 from tests.waiting import wait_until
 
 TERMS = WorkerTerms(model="synthetic-echo", price_prompt=1, price_completion=1, max_concurrent=4, max_tokens_cap=512)
-
-
-def chat(words: int = 20, max_tokens: int = 50):
-    return parse_chat_request({"model": "synthetic-echo", "max_tokens": max_tokens,
-                               "messages": [{"role": "user", "content": " ".join(["w"] * words)}]})
 
 
 class Raw:
@@ -45,14 +40,6 @@ class Raw:
         await self.s.write(data)
 
 
-async def two_hosts(stack: AsyncExitStack) -> tuple[Mesh, Mesh]:
-    worker = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
-    await stack.enter_async_context(worker.start())
-    client = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True, bootstrap=(worker.listen_addrs()[0],)))
-    await stack.enter_async_context(client.start())
-    return worker, client
-
-
 @pytest.mark.parametrize(
     "garbage",
     [
@@ -65,13 +52,14 @@ async def two_hosts(stack: AsyncExitStack) -> tuple[Mesh, Mesh]:
 )
 async def test_malformed_frame_closes_only_its_stream(garbage: bytes) -> None:
     async with AsyncExitStack() as stack:
-        worker, client = await two_hosts(stack)
+        worker, client = await stack.enter_async_context(started_hosts(2))
         server = InferenceServer(SyntheticBackend(tokens_per_second=200), TERMS)
         worker.set_stream_handler(PROTOCOL_ID, server.handle)
         with trio.fail_after(30):
             good_stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
             bad_stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
-            async with call_worker(good_stream, chat(), price_prompt=1, price_completion=1) as call:
+            async with call_worker(good_stream, chat_request(20, max_tokens=50), price_prompt=1,
+                                   price_completion=1) as call:
                 await bad_stream.write(garbage)
                 reply = await open_frames(Raw(bad_stream)).receive()
                 assert isinstance(reply, ErrorFrame) and reply.code == "protocol"
@@ -104,7 +92,7 @@ async def test_worker_vanishing_mid_stream_gives_clean_error() -> None:
                 stream = await client.new_stream(worker.peer_id, PROTOCOL_ID, worker.listen_addrs())
                 got = 0
                 with pytest.raises(WorkerFailure) as err:
-                    async with call_worker(stream, chat(words=200, max_tokens=200), price_prompt=1,
+                    async with call_worker(stream, chat_request(200, max_tokens=200), price_prompt=1,
                                            price_completion=1, token_timeout=5) as call:
                         async for _ in call.deltas():
                             got += 1
@@ -121,18 +109,19 @@ async def test_slot_is_free_once_final_is_sent() -> None:
     one_slot = WorkerTerms(model="synthetic-echo", price_prompt=1, price_completion=1, max_concurrent=1,
                            max_tokens_cap=512)
     async with AsyncExitStack() as stack:
-        worker, client = await two_hosts(stack)
+        worker, client = await stack.enter_async_context(started_hosts(2))
         server = InferenceServer(SyntheticBackend(tokens_per_second=0), one_slot)
         worker.set_stream_handler(PROTOCOL_ID, server.handle)
         with trio.fail_after(30):
             first = await client.new_stream(worker.peer_id, PROTOCOL_ID)
-            async with call_worker(first, chat(words=5), price_prompt=1, price_completion=1) as call:
+            async with call_worker(first, chat_request(5, max_tokens=50), price_prompt=1, price_completion=1) as call:
                 async for _ in call.deltas():
                     pass
                 assert call.final is not None
                 # The first stream is still open: its tail may still be paid on it.
                 second = await client.new_stream(worker.peer_id, PROTOCOL_ID)
-                async with call_worker(second, chat(words=3), price_prompt=1, price_completion=1) as again:
+                async with call_worker(second, chat_request(3, max_tokens=50), price_prompt=1,
+                                       price_completion=1) as again:
                     text = [d.text async for d in again.deltas()]
                 assert again.final is not None and len(text) > 0
         assert server.stats.served == 2 and server.stats.rejected == 0
@@ -142,7 +131,7 @@ async def test_a_finished_stream_carries_the_next_request() -> None:
     """Keep-open: after a clean final the worker waits for the next request on the same stream, and the
     requester hands the stream on instead of closing it."""
     async with AsyncExitStack() as stack:
-        worker, client = await two_hosts(stack)
+        worker, client = await stack.enter_async_context(started_hosts(2))
         server = InferenceServer(SyntheticBackend(tokens_per_second=0), TERMS)
         opened: list[object] = []
 
@@ -155,14 +144,14 @@ async def test_a_finished_stream_carries_the_next_request() -> None:
             handed_on: list[object] = []
             stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
             for words in (5, 3, 4):
-                async with call_worker(stream, chat(words=words), price_prompt=1, price_completion=1,
+                async with call_worker(stream, chat_request(words, max_tokens=50), price_prompt=1, price_completion=1,
                                        on_reusable=handed_on.append) as call:
                     text = "".join([d.text async for d in call.deltas()])
-                assert text.split() == ["w"] * words and call.final is not None
+                assert text.split() == [f"w{i}" for i in range(words)] and call.final is not None
                 assert handed_on == [stream]  # handed on, not closed
                 handed_on.clear()
             # Without a taker the stream is closed as before, and the worker's handler ends.
-            async with call_worker(stream, chat(words=2), price_prompt=1, price_completion=1) as call:
+            async with call_worker(stream, chat_request(2, max_tokens=50), price_prompt=1, price_completion=1) as call:
                 [d async for d in call.deltas()]
             await wait_until(lambda: server.stats.served == 4 and server.stats.in_flight == 0, timeout=10)
         assert len(opened) == 1 and len(server.request_log) == 4
@@ -172,13 +161,13 @@ async def test_a_request_before_final_is_a_protocol_error() -> None:
     """Requests on one stream are sequential: a second request while the first is generating ends both
     with a protocol error and the stream is closed."""
     async with AsyncExitStack() as stack:
-        worker, client = await two_hosts(stack)
+        worker, client = await stack.enter_async_context(started_hosts(2))
         server = InferenceServer(SyntheticBackend(tokens_per_second=50), TERMS)
         worker.set_stream_handler(PROTOCOL_ID, server.handle)
         with trio.fail_after(30):
             stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
             frames = open_frames(Raw(stream))
-            request = RequestFrame(v=1, id="a", chat=chat(words=50, max_tokens=50).to_wire(), price_prompt=1,
+            request = RequestFrame(v=1, id="a", chat=chat_request(50, max_tokens=50).to_wire(), price_prompt=1,
                                    price_completion=1)
             await frames.send(request)
             accept = await frames.receive()
@@ -221,14 +210,15 @@ async def test_a_backend_failure_reaches_the_requester_as_a_backend_error(after:
     """The worker starts the backend before writing its accept; a backend that fails even before that
     still gives the requester an accept and then a clean ``backend`` error, never a protocol error."""
     async with AsyncExitStack() as stack:
-        worker, client = await two_hosts(stack)
+        worker, client = await stack.enter_async_context(started_hosts(2))
         server = InferenceServer(FailingBackend(after), TERMS)
         worker.set_stream_handler(PROTOCOL_ID, server.handle)
         with trio.fail_after(30):
             stream = await client.new_stream(worker.peer_id, PROTOCOL_ID)
             got = []
             with pytest.raises(WorkerFailure) as err:
-                async with call_worker(stream, chat(words=10), price_prompt=1, price_completion=1) as call:
+                async with call_worker(stream, chat_request(10, max_tokens=50), price_prompt=1,
+                                       price_completion=1) as call:
                     got = [d async for d in call.deltas()]
         assert err.value.code == "backend" and err.value.before_first_token == (after == 0)
         assert sum(d.tokens for d in got) <= after

@@ -1,8 +1,10 @@
-"""The NETSIM-ONLY clock-skew fault: scenario parsing, the node setting (local network only), the skewed
-wall clock itself, and what a skewed worker's announcements meet at a validator."""
+"""The NETSIM-ONLY clock-skew fault: scenario parsing, netsim.node's ``--clock-skew`` (local network only; the
+production CLI has no such flag), the skewed wall clock itself, and what a skewed worker's announcements meet
+at a validator."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,11 @@ import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
-from cocoon_node.cli import build_parser, overrides_from_args, skew_wall_clock
-from cocoon_node.config import ConfigError, load_config
+from cocoon_node.cli import build_parser, overrides_from_args
+from cocoon_node.config import load_config
 from cocoon_node.mesh.announce import MAX_CLOCK_SKEW, Announcement, AnnouncementError, AnnouncementValidator
+from netsim.lifecycle import Lifecycle
+from netsim.node import clock_skew_problems, skew_wall_clock
 from netsim.scenario import ScenarioError, parse_scenario
 
 BASE = {"name": "t", "duration": 5, "cluster": {"workers": [{"name": "worker", "count": 2}]}}
@@ -34,11 +38,28 @@ def test_skew_fault_parses_and_needs_seconds() -> None:
         parse_scenario({**BASE, "faults": [{"at": 1.0, "action": "kill", "target": "worker1", "seconds": 3.0}]})
 
 
-def test_clock_skew_setting_is_netsim_only(tmp_path: Path) -> None:
-    assert run_config(tmp_path, "--netsim-clock-skew", "120").node.netsim_clock_skew == 120.0
-    with pytest.raises(ConfigError) as err:
-        run_config(tmp_path, "--netsim-clock-skew", "120", "--network", "testnet", "--tee", "tdx")
-    assert any("netsim_clock_skew" in p and "refused" in p for p in err.value.problems)
+def test_clock_skew_is_netsim_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):  # cocoon-node itself has no clock-skew flag or setting
+        build_parser().parse_args(["run", "--data-dir", str(tmp_path / "node"), "--netsim-clock-skew", "120"])
+    assert "unrecognized arguments: --netsim-clock-skew" in capsys.readouterr().err
+    local = run_config(tmp_path)
+    assert not hasattr(local.node, "netsim_clock_skew")
+    assert clock_skew_problems(local, 120.0) == []
+    testnet = dataclasses.replace(local, node=dataclasses.replace(local.node, network="testnet"))
+    assert clock_skew_problems(testnet, 0.0) == []
+    (problem,) = clock_skew_problems(testnet, 120.0)
+    assert "--clock-skew" in problem and "refused outside the local network" in problem
+
+
+def test_a_skewed_restart_starts_through_netsim_node() -> None:
+    """The skew fault's restart command is netsim's entry point with --clock-skew (the node flags stay plain)."""
+    ctx: Any = type("Ctx", (), {"links": None})()
+    lifecycle = Lifecycle(ctx)
+    assert lifecycle.command() is None  # an honest node without shaping: plain ``python -m cocoon_node``
+    assert lifecycle.command(clock_skew=90.0)[-4:] == ["-m", "netsim.node", "--clock-skew", "90.0"]
+    ctx.links = type("Links", (), {"path": Path("links.json")})()
+    assert lifecycle.command(clock_skew=-30.0)[-6:] == ["-m", "netsim.node", "--clock-skew", "-30.0",
+                                                       "--link-table", "links.json"]
 
 
 def test_skewed_wall_clock_and_its_announcements(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,8 +16,9 @@ from cocoon_node.payments.chain.base import ChannelStatus
 from netsim.lowball import LowballCloser, invariant, main
 from netsim.runner import SimData, SimNode
 from netsim.scenario import ScenarioError, parse_scenario
-from tests.payments.conftest import Parties, _contract_deps, parties  # noqa: F401 - fixtures
+from tests.payments.conftest import Parties, contract_deps, parties  # noqa: F401 - fixtures
 from tests.payments.test_metering import WORKER_PEER, chat, tail_voucher_stored, world
+from tests.waiting import wait_until
 
 
 @pytest.mark.parametrize("mode", ["lower_voucher", "max_seqno"])
@@ -34,12 +35,10 @@ async def test_lowball_close_is_challenged_and_the_worker_keeps_its_newest_vouch
             rogue = LowballCloser(w.manager, targets=frozenset({WORKER_PEER}), trigger=trigger, modes=(mode,))
             async with trio.open_nursery() as nursery:
                 await nursery.start(rogue.run)
-                await trio.sleep(0.3)
+                await wait_until(lambda: rogue.trigger_checks >= 2, timeout=10)  # it looked, twice, and found none
                 assert not rogue.triggered and not rogue.closes  # nothing happens before the trigger
                 trigger.write_text("go\n")
-                with trio.fail_after(30):
-                    while not rogue.done:
-                        await trio.sleep(0.05)
+                await wait_until(lambda: rogue.done, timeout=30)
             (close,) = rogue.closes.values()
             assert close.success and close.mode == mode
             assert (close.newest_seqno, close.newest_cumulative) == (newest.seqno, newest.cumulative)

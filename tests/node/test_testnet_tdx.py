@@ -24,9 +24,9 @@ from cocoon_node.inference.factory import make_backend
 from cocoon_node.inference.requester import Requester
 from cocoon_node.mesh import Announcement
 from cocoon_node.node.attest import AttestationGate, policy_from_config, report_key
-from cocoon_node.node.registry_policy import RegistryPolicyRefresher, merge_policy, read_registry_policy
 from cocoon_node.node.worker import compute_model_hash
 from cocoon_node.payments.chain.local import LocalChain
+from cocoon_node.payments.registry import RegistryPolicyRefresher, merge_policy, read_registry_policy
 from tests.attestation.att_helpers import AT_VALID, fixed_ed25519, forge_quote, make_fake_pki, real_quote
 
 from .gate_helpers import FakeDht

@@ -18,7 +18,7 @@ T0 = 1_800_000_000
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _contract_deps() -> None:
+def contract_deps() -> None:
     """npm ci in contracts/ if node_modules is missing (once per session)."""
     ensure_contract_deps()
 

@@ -12,6 +12,7 @@ from pytoniq_core import begin_cell
 
 from cocoon_node.payments.chain.base import Chain, ChannelStatus, TxResult
 from cocoon_node.payments.chain.local import LocalChain, SidecarError
+from cocoon_node.payments.registry import registry_body
 from cocoon_node.payments.voucher import (
     OP_CLAIM,
     TAG_CLOSE,
@@ -21,7 +22,6 @@ from cocoon_node.payments.voucher import (
     channel_address,
     check_next_voucher,
     public_key_bytes,
-    registry_body,
     sign_cell,
     sign_close,
     sign_voucher,

@@ -13,7 +13,7 @@ import trio
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from libp2p.crypto.ed25519 import create_new_key_pair
 
-from cocoon_node.inference.chat import ChatMessage, ChatRequest
+from cocoon_node.inference.chat import ChatRequest
 from cocoon_node.inference.stream import (
     PROTOCOL_ID,
     InferenceServer,
@@ -30,6 +30,7 @@ from cocoon_node.payments.meter import PayerChannel, RequesterPaymentMeter, Vouc
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import ChannelParams, public_key_bytes, sign_voucher
 from cocoon_node.wire.messages.inference import PaymentRef
+from tests.conftest import chat_request
 from tests.payments.conftest import TON, Parties, party_key
 from tests.waiting import wait_until
 
@@ -50,9 +51,8 @@ async def tail_voucher_stored(w: World, channel: Any) -> Any:
     return await wait_until(stored, timeout=30)
 
 
-def chat(words: int, max_tokens: int | None = None) -> ChatRequest:
-    text = " ".join(f"w{i}" for i in range(words))
-    return ChatRequest(model=MODEL, messages=(ChatMessage(role="user", content=text),), max_tokens=max_tokens)
+#: ``chat(n)``: a request of n distinct words, one synthetic token each (the suite's shared helper).
+chat = chat_request
 
 
 @dataclass
@@ -321,7 +321,8 @@ async def test_restart_of_both_sides_from_the_store(parties: Parties, tmp_path: 
                         w.p.payer_key, m2.channel.params.channel_id, worker_last.seqno, worker_last.cumulative + 1
                     ).to_boc(),
                 )
-            v = await m2.on_accept(5)
+            assert await m2.on_accept(5) is None  # the prompt falls due with the first token, or at the end
+            v = await m2.on_final(0)
             assert v is not None
             await meter2.on_voucher("r2", v)
             assert acct.newest is not None and acct.newest.seqno == last.seqno + 1
@@ -372,7 +373,7 @@ async def test_tail_voucher_is_returned_when_the_tail_alone_makes_one_due(partie
     async with world(parties, tmp_path) as w:
         with trio.fail_after(60):
             meter = await w.meter_for()
-            assert await meter.on_accept(12) is not None
+            assert await meter.on_accept(12) is None  # nothing is owed before the worker answers
             tail = await meter.on_final(12)  # 12 x PC = 36 000: over half the 60 000 window by itself
             assert tail is not None
             newest = meter.channel.newest
@@ -381,15 +382,17 @@ async def test_tail_voucher_is_returned_when_the_tail_alone_makes_one_due(partie
 
 
 class PromptOnly(RequesterPaymentMeter):
-    """Pays prompts and never a completion token: tokens received are counted here, never charged to the
-    channel, so no later voucher pays them either (vouchers are cumulative over what was charged)."""
+    """Pays prompts (when their first token arrives, as honest requesters do) and never a completion token:
+    tokens received are counted here, never charged to the channel, so no later voucher pays them either
+    (vouchers are cumulative over what was charged)."""
 
     received = 0  # completion tokens received, over every request of this class
 
     async def on_tokens(self, completion_tokens: int) -> bytes | None:
+        first = completion_tokens > 0 and self.charge_prompt()
         PromptOnly.received += completion_tokens - self.completion_tokens
         self.completion_tokens = completion_tokens
-        return None
+        return await self._voucher() if first else None
 
     async def on_final(self, completion_tokens: int) -> bytes | None:
         await self.on_tokens(completion_tokens)
@@ -495,8 +498,9 @@ async def test_periodic_vouchers_are_paced_per_channel(tmp_path: Path, autojump_
                                      voucher_every=4, voucher_interval=0.05)
 
     a, b = meter(), meter()
-    assert await a.on_accept(3) is not None  # the channel's first voucher
-    assert await b.on_accept(3) is None  # a signed a moment ago: b's prompt rides on the next voucher
+    assert await a.on_accept(3) is None and await b.on_accept(3) is None  # prompts fall due with a first token
+    assert await a.on_tokens(1) is not None  # a's first token: the channel's first voucher pays its prompt
+    assert await b.on_tokens(1) is None  # a signed a moment ago: b's prompt rides on the next voucher
     await trio.sleep(0.01)  # virtual time: the autojump clock
     assert await a.on_tokens(4) is None and await b.on_tokens(4) is None  # due by count, but paced
     await trio.sleep(0.05)  # virtual time: the autojump clock

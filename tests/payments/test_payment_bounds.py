@@ -223,8 +223,12 @@ async def test_voucherless_requester_gets_no_free_requests(parties: Parties, tmp
 
 
 class PaysPromptOnly(NeverPays):
-    async def on_accept(self, prompt_tokens: int) -> bytes | None:
-        return await RequesterPaymentMeter.on_accept(self, prompt_tokens)
+    """Pays the prompt when the first token arrives (as honest requesters do), then nothing."""
+
+    async def on_tokens(self, completion_tokens: int) -> bytes | None:
+        first = completion_tokens > 0 and self.charge_prompt()
+        self.completion_tokens = completion_tokens
+        return await self._voucher() if first else None
 
 
 async def test_cancelling_while_the_worker_waits_for_payment_forgives_nothing(parties: Parties,

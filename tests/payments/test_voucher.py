@@ -8,8 +8,8 @@ import pytest
 from pytoniq_core import begin_cell
 
 from cocoon_node.payments.chain.ton import build_open_channel, channel_state_from_stacks
+from cocoon_node.payments.contracts import CODE_HASHES, contract_code, contracts_dir
 from cocoon_node.payments.voucher import (
-    CODE_HASHES,
     TAG_CLOSE,
     ChannelParams,
     SignedClose,
@@ -18,8 +18,6 @@ from cocoon_node.payments.voucher import (
     channel_address,
     check_next_voucher,
     close_cell,
-    contract_code,
-    contracts_dir,
     public_key_bytes,
     sign_close,
     sign_voucher,

@@ -15,6 +15,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from cocoon_node.mesh import Announcement
+from cocoon_node.mesh.announce import Hardware
 from cocoon_node.wire import canonical_dumps, encode_frame
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors"
@@ -115,24 +116,36 @@ def dialback_frames() -> list[dict[str, Any]]:
     ]
 
 
+def attest_frames() -> list[dict[str, Any]]:
+    return [
+        {"t": "attest_request", "v": 1, "nonce": bytes(range(32))},
+        {"t": "attest_response", "report": b"\x82" + bytes(8), "evidence": b"\xa5" + bytes(8)},
+        {"t": "attest_error", "code": "busy", "message": "2 fresh attestations in flight"},
+    ]
+
+
 def build() -> dict[str, list[dict[str, Any]]]:
     ann, key_pair = sample_announcement()
-    payload = canonical_dumps(ann.to_wire())
-    v2 = replace(ann, v=2, tokenizer=bytes.fromhex("9ebd23ced59c16a4fdd027e7799e067e4395ac26f29f10ac0d4d4bd0fccc84ca"))
-    v3 = replace(v2, v=3, capabilities=("logprobs", "seed"))
     sealed = ann.seal(key_pair.private_key)
     import cbor2
 
+    # Payload version 2 carries a tokenizer (issue 19), the hardware it runs on (issue 15), or both.
+    tokenizer = bytes.fromhex("9ebd23ced59c16a4fdd027e7799e067e4395ac26f29f10ac0d4d4bd0fccc84ca")
+    hardware = Hardware(accelerator="NVIDIA H200", accelerator_count=8, accelerator_memory_mib=143_771,
+                        hardware_source="detected", context_length=32_768, context_source="declared")
+    announcements = [
+        ("announcement-payload", ann),
+        # a worker that names its tokenizer (requesters holding it count claimed tokens themselves)
+        ("announcement-payload-v2-tokenizer", replace(ann, v=2, tokenizer=tokenizer)),
+        ("announcement-payload-v2-hardware", replace(ann, v=2, hardware=hardware)),
+        ("announcement-payload-v2-tokenizer-hardware", replace(ann, v=2, tokenizer=tokenizer, hardware=hardware)),
+        # v3: the optional OpenAI features its backend serves (requesters route by them)
+        ("announcement-payload-v3-capabilities", replace(ann, v=3, tokenizer=tokenizer,
+                                                         capabilities=("logprobs", "seed"))),
+    ]
     return {
-        "announce/announcement.json": [
-            {"name": "announcement-payload", "hex": payload.hex(), "value": to_json_value(ann.to_wire())},
-            # v2: a worker that names its tokenizer (requesters holding it count claimed tokens themselves)
-            {"name": "announcement-payload-v2-tokenizer", "hex": canonical_dumps(v2.to_wire()).hex(),
-             "value": to_json_value(v2.to_wire())},
-            # v3: the optional OpenAI features its backend serves (requesters route by them)
-            {"name": "announcement-payload-v3-capabilities", "hex": canonical_dumps(v3.to_wire()).hex(),
-             "value": to_json_value(v3.to_wire())},
-        ],
+        "announce/announcement.json": [{"name": name, "hex": canonical_dumps(a.to_wire()).hex(),
+                                        "value": to_json_value(a.to_wire())} for name, a in announcements],
         "envelope/envelope.json": [{"name": "announcement-envelope", "hex": sealed.hex(),
                                     "value": to_json_value(cbor2.loads(sealed))}],
         "inference/frames.json": [{"name": vector_name(f),
@@ -142,6 +155,8 @@ def build() -> dict[str, list[dict[str, Any]]]:
                                 for f in channel_frames()],
         "dialback/frames.json": [{"name": f["t"], "hex": encode_frame("dialback", f).hex(), "value": to_json_value(f)}
                                  for f in dialback_frames()],
+        "attest/frames.json": [{"name": f["t"], "hex": encode_frame("attest", f).hex(), "value": to_json_value(f)}
+                               for f in attest_frames()],
     }
 
 

@@ -20,10 +20,19 @@ import pytest
 from msgspec import Meta
 
 from cocoon_node.wire import Message, Uint, protocols_dir, utf8_max
-from cocoon_node.wire.messages import TYPED_FRAME_PROTOCOLS, attestation, channel, dialback, envelope, inference
+from cocoon_node.wire.messages import (
+    TYPED_FRAME_PROTOCOLS,
+    attest,
+    attestation,
+    channel,
+    dialback,
+    envelope,
+    inference,
+    receipt,
+)
 from cocoon_node.wire.typed import MAX_UTF8_BYTES, UINT64, UINT64_MAX
 
-CONVERTED: list[types.ModuleType] = [attestation, envelope, inference, channel, dialback]
+CONVERTED: list[types.ModuleType] = [attestation, envelope, inference, channel, dialback, attest, receipt]
 
 
 def _toml(protocol: str) -> dict[str, Any]:

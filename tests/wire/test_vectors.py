@@ -20,7 +20,7 @@ from cocoon_node.wire import (
     open_envelope,
     to_builtins,
 )
-from cocoon_node.wire.messages import channel, dialback, inference
+from cocoon_node.wire.messages import attest, channel, dialback, inference
 
 from .make_vectors import VECTOR_DIR, build, from_json_value
 
@@ -54,7 +54,8 @@ def test_envelope_round_trip_and_verifies() -> None:
 
 
 FRAME_VECTORS = [(inference, v) for v in load("inference/frames.json")] + [
-    (channel, v) for v in load("channel/frames.json")] + [(dialback, v) for v in load("dialback/frames.json")]
+    (channel, v) for v in load("channel/frames.json")] + [(dialback, v) for v in load("dialback/frames.json")] + [
+    (attest, v) for v in load("attest/frames.json")]
 
 
 @pytest.mark.parametrize(("module", "vec"), FRAME_VECTORS,

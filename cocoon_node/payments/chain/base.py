@@ -14,7 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from cocoon_node.payments.voucher import EXIT_CODES, ChannelParams, SignedClose, SignedVoucher
+from cocoon_node.payments.contracts import EXIT_CODES
+from cocoon_node.payments.voucher import ChannelParams, SignedClose, SignedVoucher
 
 #: Value attached to claim / close / challenge / finish to pay their gas; the unused part returns.
 DEFAULT_OP_VALUE = 50_000_000  # 0.05 TON

@@ -35,13 +35,13 @@ from cocoon_node.payments.chain.base import (
     parse_channel_state,
     poll_closes,
 )
+from cocoon_node.payments.contracts import contracts_dir
 from cocoon_node.payments.voucher import (
     MAX_CHALLENGE_PERIOD,
     ChannelParams,
     SignedClose,
     SignedVoucher,
     check_channel_terms,
-    contracts_dir,
     finish_body,
     start_close_body,
     top_up_body,

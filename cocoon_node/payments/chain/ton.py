@@ -93,7 +93,8 @@ def _fmt(addr: Address | str) -> str:
     return a.to_str(is_user_friendly=True, is_url_safe=True, is_bounceable=True)
 
 
-def _stack_int(v: Any) -> int:
+def stack_int(v: Any) -> int:
+    """An integer get-method result (pytoniq gives ints, bools for -1/0 flags)."""
     if isinstance(v, bool):
         return int(v)
     if isinstance(v, int):
@@ -101,7 +102,8 @@ def _stack_int(v: Any) -> int:
     raise ChainError(f"expected int on stack, got {type(v).__name__}")
 
 
-def _stack_address(v: Any) -> str:
+def stack_address(v: Any) -> str:
+    """An address get-method result (an Address, or a slice/cell holding one) in user-friendly form."""
     if isinstance(v, Address):
         return _fmt(v)
     if isinstance(v, Slice | Cell):
@@ -115,7 +117,7 @@ def channel_state_from_stacks(address: str, balance: int, state: list[Any], part
     """Decode ``get_channel_state`` and ``get_parties`` get-method results (offline-testable)."""
     if len(state) != 7 or len(parties) != 6:
         raise ChainError("unexpected get-method result shape")
-    st = [_stack_int(x) for x in state]
+    st = [stack_int(x) for x in state]
     return ChannelState(
         address=address,
         status=ChannelStatus.OPEN if st[0] == 0 else ChannelStatus.CLOSING,
@@ -126,12 +128,12 @@ def channel_state_from_stacks(address: str, balance: int, state: list[Any], part
         committed=st[4],
         close_deadline=st[5],
         close_initiator=st[6],
-        channel_id=_stack_int(parties[0]),
-        challenge_period=_stack_int(parties[1]),
-        payer_key=_stack_int(parties[2]).to_bytes(32, "big"),
-        payee_key=_stack_int(parties[3]).to_bytes(32, "big"),
-        payer=_stack_address(parties[4]),
-        payee=_stack_address(parties[5]),
+        channel_id=stack_int(parties[0]),
+        challenge_period=stack_int(parties[1]),
+        payer_key=stack_int(parties[2]).to_bytes(32, "big"),
+        payee_key=stack_int(parties[3]).to_bytes(32, "big"),
+        payer=stack_address(parties[4]),
+        payee=stack_address(parties[5]),
     )
 
 
@@ -230,9 +232,13 @@ class TonChain:
         balance = int(acct.balance or 0)
         if not acct.is_active():
             return ChannelState(address=address, status=ChannelStatus.CLOSED, balance=balance)
-        state = await self._run(lambda: self._provider.run_get_method(Address(address), "get_channel_state", []))
-        parties = await self._run(lambda: self._provider.run_get_method(Address(address), "get_parties", []))
-        return channel_state_from_stacks(address, balance, list(state), list(parties))
+        state = await self.get_method(address, "get_channel_state")
+        parties = await self.get_method(address, "get_parties")
+        return channel_state_from_stacks(address, balance, state, parties)
+
+    async def get_method(self, address: str, method: str) -> list[Any]:
+        """The result stack of get-method ``method`` (no arguments) of the contract at ``address``."""
+        return list(await self._run(lambda: self._provider.run_get_method(Address(address), method, [])))
 
     async def _send(self, to: str, body: Cell, value: int, state_init: StateInit | None = None) -> TxResult:
         dest = Address(to)

@@ -8,9 +8,10 @@ package so that every package (attestation, mesh, inference, payments) can impor
 - :mod:`.envelope`: the domain-bound signed envelope of every other signed record;
 - :mod:`.inference`: the frames of a direct inference stream (a tagged union on ``t``, with its ``CODEC``);
 - :mod:`.channel`: the frames of cooperative channel close (likewise);
-- :mod:`.dialback`: the frames of reachability by dial-back (likewise).
+- :mod:`.dialback`: the frames of reachability by dial-back (likewise);
+- :mod:`.attest`: the frames of fresh, nonce-bound attestation (likewise).
 """
 
 #: Stream protocols whose frames are declared here: a FrameStream takes the module's ``CODEC``, never the
 #: protocol's name (which would give dicts checked by ``wire.schema``).
-TYPED_FRAME_PROTOCOLS = frozenset({"inference", "channel", "dialback"})
+TYPED_FRAME_PROTOCOLS = frozenset({"inference", "channel", "dialback", "attest"})

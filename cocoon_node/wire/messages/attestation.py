@@ -1,4 +1,4 @@
-"""``protocols/attestation.toml``: the attestation report (canonical CBOR) and dev-INSECURE evidence.
+"""``protocols/attestation.toml``: the attestation report (canonical CBOR), SEV-SNP and dev-INSECURE evidence.
 
 The claims are the record without ``evidence``; the TEE evidence commits to SHA-512 of their canonical
 CBOR, so :class:`AttestationReport` extends :class:`AttestationClaims` rather than repeating its fields.
@@ -14,7 +14,10 @@ from cocoon_node.wire.typed import Message, Uint, utf8_max
 
 #: The record version this code speaks; v2 added ``backend`` and ``upstream`` (where prompts go).
 REPORT_VERSION: Final = 2
-TeeKind = Literal["tdx", "dev-INSECURE"]
+TeeKind = Literal["tdx", "snp", "dev-INSECURE"]
+#: An SEV-SNP attestation report is 0x4A0 bytes in every version (2 and later).
+SNP_REPORT_BYTES: Final = 0x4A0
+MAX_SNP_VCEK_BYTES: Final = 4096
 MAX_ENVELOPE_BYTES: Final = 16384
 MAX_EVIDENCE_BYTES: Final = 12288
 
@@ -47,7 +50,7 @@ class AttestationClaims(Message, frozen=True):
 
 
 class AttestationReport(AttestationClaims, frozen=True):
-    """The signed record: the claims plus the TEE evidence (a raw TDX quote or dev evidence)."""
+    """The signed record: the claims plus the TEE evidence (a raw TDX quote, SNP evidence or dev evidence)."""
 
     MAX_BYTES: ClassVar[int] = MAX_ENVELOPE_BYTES
 
@@ -66,10 +69,24 @@ class DevEvidenceRecord(Message, frozen=True):
     signature: Annotated[bytes, Meta(min_length=64, max_length=64)]
 
 
+class SnpEvidenceRecord(Message, frozen=True):
+    """An SEV-SNP guest's evidence: the raw attestation report and the VCEK of the chip that signed it.
+
+    The ASK and ARK are not carried: the verifier pins AMD's, so shipping them would only add bytes.
+    """
+
+    MAX_BYTES: ClassVar[int] = 6144
+
+    kind: Literal["snp"]
+    report: Annotated[bytes, Meta(min_length=SNP_REPORT_BYTES, max_length=SNP_REPORT_BYTES)]
+    vcek: Annotated[bytes, Meta(max_length=MAX_SNP_VCEK_BYTES)]
+
+
 PROTOCOL = "attestation"
 MESSAGES: dict[str, type[Message]] = {
     "attestation_envelope": AttestationEnvelope,
     "attestation_report": AttestationReport,
     "attestation_claims": AttestationClaims,
     "dev_evidence": DevEvidenceRecord,
+    "snp_evidence": SnpEvidenceRecord,
 }

@@ -1,36 +1,107 @@
-"""Verifier policy from the on-chain ``registry`` contract (contracts/src/registry.tolk).
+"""The registry contract (contracts/src/registry.tolk): its owner's update bodies and reading its policy.
 
 The registry's owner publishes which TEE image hashes, MRTDs and RTMR sets the network accepts, which
 weight hashes it accepts for which model *name*, its TCB rule (whether the TCB status must have been
 checked, which statuses pass, a maximum report age), plus the minimum channel terms; every update bumps its
-``version``. A requester configured with ``policy.registry_address`` reads it through its payments chain
-and lets the registry's lists *replace* those of its config policy, name-agnostic model hashes included
-(everything else — TEE kinds, upstream rule, ... — stays as configured; the stricter report age wins and
-a TCB check required by either is required). An empty registry list allows nothing: the registry fails
-closed like the config.
-
-:class:`RegistryPolicyRefresher` polls the registry and swaps the gate's policy when it changes. Until
-the first successful read the gate accepts no image and no model; after that a failed read keeps the
-last policy read (errors are logged and retried) and a version lower than the one applied is ignored.
+``version``. :func:`registry_body` builds the owner's update messages bit for bit as the contract parses
+them; :func:`read_registry_policy` reads the whole policy at one version through a payments chain adapter
+(the emulated chain's ``registry_state``, or TON get-methods decoded by :func:`registry_policy_from_stacks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
-import trio
+from pytoniq_core import Address, Cell, HashMap, Slice, begin_cell
 
-from cocoon_node.attestation import TCB_STATUSES, Policy
+from cocoon_node.attestation import TCB_STATUSES
 from cocoon_node.payments.chain.base import ChainError
+from cocoon_node.payments.chain.ton import TonChain, stack_address, stack_int
 from cocoon_node.payments.voucher import MAX_CHALLENGE_PERIOD
 
-log = logging.getLogger(__name__)
+OP_REGISTRY_ADD_IMAGE = 0x5C0C0101
+OP_REGISTRY_REMOVE_IMAGE = 0x5C0C0102
+OP_REGISTRY_ADD_MODEL = 0x5C0C0103
+OP_REGISTRY_REMOVE_MODEL = 0x5C0C0104
+OP_REGISTRY_SET_PARAMS = 0x5C0C0105
+OP_REGISTRY_TRANSFER_OWNERSHIP = 0x5C0C0106
+OP_REGISTRY_ADD_MRTD = 0x5C0C0111
+OP_REGISTRY_REMOVE_MRTD = 0x5C0C0112
+OP_REGISTRY_ADD_RTMR_SET = 0x5C0C0113
+OP_REGISTRY_REMOVE_RTMR_SET = 0x5C0C0114
+OP_REGISTRY_SET_TCB_RULE = 0x5C0C0115
 
-#: Bound on one read of the registry (all its get-methods).
-READ_TIMEOUT = 30.0
+def registry_body(
+    action: str,
+    *,
+    hash_: int | None = None,
+    name: str | None = None,
+    mrtd: bytes | None = None,
+    require_tcb_check: bool = False,
+    tcb_statuses: int | None = None,
+    max_report_age: int = 0,
+    min_deposit: int | None = None,
+    min_challenge_period: int | None = None,
+    new_owner: str | None = None,
+    query_id: int = 0,
+    max_challenge_period: int = MAX_CHALLENGE_PERIOD,
+) -> Cell:
+    """Registry update body (owner only). ``action``: add_image, remove_image, add_model (hash_ + name),
+    remove_model, add_mrtd / remove_mrtd (mrtd), add_rtmr_set / remove_rtmr_set (hash_: the set's SHA-256),
+    set_tcb_rule (require_tcb_check, tcb_statuses bitmask, max_report_age), set_params (with
+    ``max_challenge_period``), transfer_ownership."""
+    ops = {
+        "add_image": OP_REGISTRY_ADD_IMAGE,
+        "remove_image": OP_REGISTRY_REMOVE_IMAGE,
+        "add_model": OP_REGISTRY_ADD_MODEL,
+        "remove_model": OP_REGISTRY_REMOVE_MODEL,
+        "add_rtmr_set": OP_REGISTRY_ADD_RTMR_SET,
+        "remove_rtmr_set": OP_REGISTRY_REMOVE_RTMR_SET,
+    }
+    b = begin_cell()
+    if action in ops:
+        if hash_ is None:
+            raise ValueError(f"{action} needs hash_")
+        b = b.store_uint(ops[action], 32).store_uint(query_id, 64).store_uint(hash_, 256)
+        if action == "add_model":
+            raw = (name or "").encode()
+            if not 1 <= len(raw) <= 127:
+                raise ValueError("add_model needs a name of 1..127 UTF-8 bytes")
+            b = b.store_ref(begin_cell().store_bytes(raw).end_cell())
+        return b.end_cell()
+    if action in ("add_mrtd", "remove_mrtd"):
+        if mrtd is None or len(mrtd) != 48:
+            raise ValueError(f"{action} needs a 48-byte mrtd")
+        op = OP_REGISTRY_ADD_MRTD if action == "add_mrtd" else OP_REGISTRY_REMOVE_MRTD
+        return b.store_uint(op, 32).store_uint(query_id, 64).store_bytes(mrtd).end_cell()
+    if action == "set_tcb_rule":
+        if tcb_statuses is None:
+            raise ValueError("set_tcb_rule needs tcb_statuses")
+        return (b.store_uint(OP_REGISTRY_SET_TCB_RULE, 32).store_uint(query_id, 64).store_bit(require_tcb_check)
+                .store_uint(tcb_statuses, 16).store_uint(max_report_age, 32).end_cell())
+    if action == "set_params":
+        if min_deposit is None or min_challenge_period is None:
+            raise ValueError("set_params needs min_deposit and min_challenge_period")
+        return (
+            b.store_uint(OP_REGISTRY_SET_PARAMS, 32)
+            .store_uint(query_id, 64)
+            .store_coins(min_deposit)
+            .store_uint(min_challenge_period, 32)
+            .store_uint(max_challenge_period, 32)
+            .end_cell()
+        )
+    if action == "transfer_ownership":
+        if new_owner is None:
+            raise ValueError("transfer_ownership needs new_owner")
+        return (
+            b.store_uint(OP_REGISTRY_TRANSFER_OWNERSHIP, 32)
+            .store_uint(query_id, 64)
+            .store_address(Address(new_owner))
+            .end_cell()
+        )
+    raise ValueError(f"unknown registry action {action}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +125,6 @@ class RegistryPolicy:
     @property
     def model_hashes(self) -> frozenset[bytes]:
         return frozenset(h for _, h in self.models)
-
-
-class PolicyGate(Protocol):
-    """What the refresher needs of :class:`~cocoon_node.node.attest.AttestationGate`."""
-
-    policy: Policy
-
-    def set_policy(self, policy: Policy) -> None: ...
 
 
 def _hashes(items: Iterable[str | int | bytes], size: int = 32) -> frozenset[bytes]:
@@ -118,8 +181,6 @@ def registry_policy_from_state(state: dict[str, Any]) -> RegistryPolicy:
 
 def _dict(root: Any, key_bits: int, value: Any = None) -> dict[int, Any]:
     """A dictionary root as returned by a pytoniq get-method (``None`` = empty) as {int key: value}."""
-    from pytoniq_core import Cell, HashMap, Slice
-
     if root is None:
         return {}
     if isinstance(root, Cell):
@@ -149,36 +210,32 @@ def _model_entry(value: Any) -> str:
 def registry_policy_from_stacks(params: list[Any], images: list[Any], models: list[Any],
                                 measurements: list[Any]) -> RegistryPolicy:
     """Decode pytoniq ``get_params`` / ``get_images`` / ``get_models`` / ``get_measurements`` results."""
-    from cocoon_node.payments.chain.ton import _stack_address, _stack_int
-
     if len(params) != 5 or len(images) != 1 or len(models) != 1 or len(measurements) != 5:
         raise ChainError("unexpected registry get-method result shape")
     named = _dict(models[0], 256, _model_entry)
     return RegistryPolicy(
-        version=_stack_int(params[0]),
+        version=stack_int(params[0]),
         image_hashes=_dict_keys(images[0]),
         models=frozenset((_model_name(name), h.to_bytes(32, "big")) for h, name in named.items()),
-        min_deposit=_stack_int(params[1]),
-        min_challenge_period=_stack_int(params[2]),
-        owner=_stack_address(params[3]),
-        max_challenge_period=_stack_int(params[4]),
+        min_deposit=stack_int(params[1]),
+        min_challenge_period=stack_int(params[2]),
+        owner=stack_address(params[3]),
+        max_challenge_period=stack_int(params[4]),
         mrtds=_dict_keys(measurements[0], 384),
         rtmr_sets=_dict_keys(measurements[1]),
-        require_tcb_check=bool(_stack_int(measurements[2])),
-        tcb_statuses=tcb_statuses_from_mask(_stack_int(measurements[3])),
-        max_report_age=_stack_int(measurements[4]),
+        require_tcb_check=bool(stack_int(measurements[2])),
+        tcb_statuses=tcb_statuses_from_mask(stack_int(measurements[3])),
+        max_report_age=stack_int(measurements[4]),
     )
 
 
-async def _read_ton(chain: Any, address: str) -> RegistryPolicy:
-    """TonChain has no registry helpers: call the get-methods on its lite-client provider.
+async def _read_ton(chain: TonChain, address: str) -> RegistryPolicy:
+    """TonChain has no registry helpers: call the registry's get-methods through it.
 
     The three reads may land on different blocks, so re-read (bounded) if the version moved meanwhile.
     """
-    from pytoniq_core import Address
-
     async def get(method: str) -> list[Any]:
-        return list(await chain._run(lambda: chain._provider.run_get_method(Address(address), method, [])))
+        return await chain.get_method(address, method)
 
     for _ in range(3):
         params = await get("get_params")
@@ -190,11 +247,9 @@ async def _read_ton(chain: Any, address: str) -> RegistryPolicy:
 
 
 def _stack_version(stack: list[Any]) -> int:
-    from cocoon_node.payments.chain.ton import _stack_int
-
     if len(stack) != 1:
         raise ChainError("unexpected get_version result shape")
-    return _stack_int(stack[0])
+    return stack_int(stack[0])
 
 
 async def read_registry_policy(chain: Any, address: str) -> RegistryPolicy:
@@ -207,8 +262,6 @@ async def read_registry_policy(chain: Any, address: str) -> RegistryPolicy:
     registry_state = getattr(chain, "registry_state", None)
     if registry_state is not None:
         return registry_policy_from_state(dict(await registry_state(address)))
-    from cocoon_node.payments.chain.ton import TonChain
-
     if isinstance(chain, TonChain):
         try:
             return await _read_ton(chain, address)
@@ -217,90 +270,3 @@ async def read_registry_policy(chain: Any, address: str) -> RegistryPolicy:
         except Exception as exc:  # lite-client errors (account not active, server errors, ...)
             raise ChainError(f"reading registry {address}: {exc!r}") from exc
     raise ChainError(f"{type(chain).__name__} cannot read the registry contract")
-
-
-def merge_policy(base: Policy, reg: RegistryPolicy) -> Policy:
-    """``base`` with the registry's lists in place of its own (empty = nothing allowed) and its TCB rule."""
-    age = min(base.max_report_age_s, reg.max_report_age) if reg.max_report_age > 0 else base.max_report_age_s
-    return dataclasses.replace(base, image_hashes=reg.image_hashes, model_hashes=frozenset(), models=reg.models,
-                               mrtds=reg.mrtds, rtmrs=reg.rtmr_sets, max_report_age_s=age,
-                               require_tcb_check=base.require_tcb_check or reg.require_tcb_check,
-                               allowed_tcb_statuses=reg.tcb_statuses)
-
-
-def fail_closed(base: Policy) -> Policy:
-    """``base`` accepting no image, TD or model: what a gate uses before the registry has been read."""
-    return dataclasses.replace(base, image_hashes=frozenset(), model_hashes=frozenset(), models=frozenset(),
-                               mrtds=frozenset(), rtmrs=frozenset())
-
-
-class RegistryPolicyRefresher:
-    """Keep ``gate.policy`` equal to ``merge_policy(base_policy, <registry now>)``.
-
-    Constructing one puts the gate in :func:`fail_closed` mode until :meth:`refresh` first succeeds.
-    """
-
-    def __init__(self, gate: PolicyGate, chain: Any, address: str, base_policy: Policy, interval: float = 60.0,
-                 *, read_timeout: float = READ_TIMEOUT) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be positive")
-        self._gate = gate
-        self._chain = chain
-        self.address = address
-        self._base = base_policy
-        self._interval = interval
-        self._read_timeout = read_timeout
-        self.current: RegistryPolicy | None = None
-        self.errors = 0
-        self.applied = trio.Event()   # set once a registry policy has been applied
-        gate.set_policy(fail_closed(base_policy))
-
-    async def refresh(self) -> bool:
-        """Read the registry once and apply it; True if the gate's policy changed.
-
-        Raises :class:`ChainError` or :class:`trio.TooSlowError` when the read fails.
-        """
-        with trio.fail_after(self._read_timeout):
-            reg = await read_registry_policy(self._chain, self.address)
-        prev = self.current
-        if prev is not None and reg.version < prev.version:
-            log.warning("registry %s reports version %d below the applied %d (stale chain view?); keeping it",
-                        self.address, reg.version, prev.version)
-            return False
-        if prev is None or reg.version != prev.version:
-            log.info("registry %s policy version %s -> %d: %d image(s), %d model(s), %d MRTD(s), %d RTMR set(s), "
-                     "min deposit %d, challenge period %d..%ds", self.address, prev.version if prev else "none",
-                     reg.version, len(reg.image_hashes), len(reg.models), len(reg.mrtds), len(reg.rtmr_sets),
-                     reg.min_deposit, reg.min_challenge_period, reg.max_challenge_period)
-        self.current = reg
-        merged = merge_policy(self._base, reg)
-        changed = merged != self._gate.policy
-        if changed:
-            self._gate.set_policy(merged)
-        self.applied.set()
-        return changed
-
-    async def run(self) -> None:
-        """Poll forever; chain errors and timeouts are logged and retried at the next interval."""
-        while True:
-            try:
-                await self.refresh()
-            except (ChainError, trio.TooSlowError, OSError) as exc:
-                self.errors += 1
-                log.warning("reading policy registry %s failed (%d so far); keeping %s: %s", self.address,
-                            self.errors, f"version {self.current.version}" if self.current else "fail-closed policy",
-                            exc)
-            await trio.sleep(self._interval)
-
-    def status(self) -> dict[str, Any]:
-        reg = self.current
-        return {"address": self.address, "version": reg.version if reg else None, "errors": self.errors,
-                "images": sorted(h.hex() for h in reg.image_hashes) if reg else [],
-                "models": sorted(f"{n}={h.hex()}" for n, h in reg.models) if reg else [],
-                "mrtds": sorted(h.hex() for h in reg.mrtds) if reg else [],
-                "rtmr_sets": sorted(h.hex() for h in reg.rtmr_sets) if reg else [],
-                "tcb": {"require_tcb_check": reg.require_tcb_check, "tcb_statuses": sorted(reg.tcb_statuses),
-                        "max_report_age": reg.max_report_age} if reg else None,
-                "min_deposit": reg.min_deposit if reg else None,
-                "min_challenge_period": reg.min_challenge_period if reg else None,
-                "max_challenge_period": reg.max_challenge_period if reg else None}
