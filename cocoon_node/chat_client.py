@@ -28,9 +28,9 @@ def _explain(api: str, status: int, data: Any, model: str = "") -> str:
         message = str(err.get("message", "")) if isinstance(err, dict) else str(err or "")
     if status == 401:
         return f"{api} wants an API key: pass --api-key (or set COCOON_REQUESTER_API_KEY)"
-    if status == 503 and model:
-        return f"error 503: {message}: see the models on offer with `curl {api}/v1/models`, pick one with --model " \
-               f"(or leave --model out to use the one on offer)"
+    if status in (404, 503) and model:  # 404: no worker offers the model; 503: none of its workers is usable
+        return f"error {status}: {message}: see the models on offer with `curl {api}/v1/models`, pick one with " \
+               f"--model (or leave --model out to use the one on offer)"
     return f"error {status}: {message or 'no message'}"
 
 

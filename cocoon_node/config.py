@@ -70,6 +70,9 @@ class WorkerSection:
     # An openai-upstream worker on testnet/mainnet must use an upstream on the TD's loopback; this lets it
     # forward prompts OUT of the TEE instead (its report says where, and requesters refuse it by default).
     allow_upstream_outside_td: bool = False
+    # Optional OpenAI features the upstream server handles (inference.features); the worker refuses the rest.
+    # llama-cpp-python's server, e.g., has no json_schema response format.
+    upstream_capabilities: tuple[str, ...] = ("tools", "json_object", "json_schema", "logprobs", "seed")
     synthetic_tokens_per_second: float = 50.0
     price_prompt: int = 1_000         # nanotons per prompt token
     price_completion: int = 2_000     # nanotons per completion token
@@ -277,6 +280,10 @@ def validate_config(config: Config) -> list[str]:
         out.append("worker.price_*: prices must be non-negative nanotons")
     if worker.backend == "openai-upstream" and worker.enabled and not worker.upstream_url:
         out.append("worker.upstream_url: required with the openai-upstream backend")
+    from cocoon_node.inference.features import ALL_CAPABILITIES
+    if unknown := sorted(set(worker.upstream_capabilities) - ALL_CAPABILITIES):
+        out.append(f"worker.upstream_capabilities: unknown {', '.join(unknown)} "
+                   f"(known: {', '.join(sorted(ALL_CAPABILITIES))})")
     if not 2 <= worker.announce_ttl <= 600:  # issue 15: protocols/announce.toml max_ttl_seconds
         out.append("worker.announce_ttl: must be between 2 and 600 seconds")
     if not 0 < worker.announce_interval < worker.announce_ttl:

@@ -10,12 +10,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from cocoon_node.api.guard import bearer_ok
+
 
 def admin_app(status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Starlette:
     """``GET /status`` with the per-run token from the data dir (keeps other local users out)."""
 
     async def get_status(request: Request) -> JSONResponse:
-        if request.headers.get("authorization") != f"Bearer {token}":
+        if not bearer_ok(request.headers.get("authorization"), token):
             return JSONResponse({"error": "missing or wrong admin token"}, status_code=401)
         return JSONResponse(await status())
 

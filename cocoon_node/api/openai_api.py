@@ -21,53 +21,74 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_response, invalid, parse_json, read_body
 from cocoon_node.inference import (
+    CapabilityUnavailable,
     ChatRequest,
     Delta,
     Event,
     Final,
+    ModelNotFound,
     NoWorkerAvailable,
     Requester,
+    RequestTooLarge,
     RequestValidationError,
     StreamStart,
+    ToolCallAccumulator,
     WorkerFailure,
+    check_sendable,
+    merge_tool_calls,
     parse_chat_request,
 )
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
-
-
-def error_response(status: int, message: str, *, type_: str, param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
-                        status_code=status)
+__all__ = ["MAX_BODY_BYTES", "error_response", "failure_response", "openai_app"]
 
 
 def failure_response(exc: Exception) -> JSONResponse:
+    if isinstance(exc, ModelNotFound):
+        return error_response(404, str(exc), type_="invalid_request_error", param="model", code=exc.code)
+    if isinstance(exc, CapabilityUnavailable):  # the request's fault: a feature nobody serving the model has
+        return invalid(str(exc), param=exc.field, code=exc.code)
     if isinstance(exc, NoWorkerAvailable):
         return error_response(503, str(exc), type_="service_unavailable", code=exc.code)
     if isinstance(exc, WorkerFailure):
         if exc.code == "invalid_request":
             return error_response(400, str(exc), type_="invalid_request_error", param=exc.field, code=exc.code)
+        if exc.code == "context_length":  # found by the worker (rejected, or failed by its backend)
+            return error_response(400, str(exc), type_="invalid_request_error", param="messages",
+                                  code="context_length_exceeded")
         status = 504 if exc.code == "timeout" else 502
         return error_response(status, f"worker failed: {exc}", type_="upstream_error", code=exc.code)
     return error_response(500, "internal error", type_="server_error")
 
 
-def _coalesce(first: Delta, events: Any) -> tuple[str, Event | None]:
-    """Merge deltas already queued behind ``first`` into one SSE chunk; returns the text and the first
-    non-delta event taken from the queue, if any (the caller handles it next)."""
-    parts = [first.text]
+def _coalesce(first: Delta, events: Any) -> tuple[Delta, Event | None]:
+    """Merge deltas already queued behind ``first`` into one SSE chunk; returns the merged delta and the
+    first non-delta event taken from the queue, if any (the caller handles it next)."""
+    parts, calls, logprobs = [first.text], list(first.tool_calls), list(first.logprobs)
+    follow: Event | None = None
     while True:
         try:
             nxt = events.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
-            return "".join(parts), None
+            break
         if not isinstance(nxt, Delta):
-            return "".join(parts), nxt
+            follow = nxt
+            break
         parts.append(nxt.text)
+        calls += nxt.tool_calls
+        logprobs += nxt.logprobs
+    return Delta("".join(parts), 0, tuple(merge_tool_calls(calls)), tuple(logprobs)), follow
+
+
+def _finish(reason: str) -> str:
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def _logprobs(entries: Any) -> dict[str, Any]:
+    return {"content": [e.to_openai() for e in entries], "refusal": None}
 
 
 def _completion_id() -> str:
@@ -95,6 +116,9 @@ class ChatStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Hypercorn drops writes after a disconnect rather than failing them, so watch for the disconnect
         # message itself and cancel the stream (and with it the request on the worker) when it comes.
+        # The response's last message is sent shielded (see _last): Hypercorn queues the disconnect while
+        # handling it, and a cancel landing inside its close left a Connection: close / HTTP/1.0 client
+        # waiting forever after [DONE] (issue 13).
         async with trio.open_nursery() as nursery:
             async def watch_disconnect() -> None:
                 while (await receive())["type"] != "http.disconnect":
@@ -121,10 +145,10 @@ class ChatStreamResponse(Response):
         def sse(obj: Any) -> bytes:
             return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> dict[str, Any]:
             return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.model,
                     "system_fingerprint": worker,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
         async def start() -> None:
             nonlocal started
@@ -153,13 +177,17 @@ class ChatStreamResponse(Response):
                             await start()
                         continue
                     if isinstance(ev, Delta):
-                        text, follow = _coalesce(ev, events)
-                        if text:
-                            await write(sse(chunk({"content": text}, None)))
+                        merged, follow = _coalesce(ev, events)
+                        delta: dict[str, Any] = {"content": merged.text} if merged.text else {}
+                        if merged.tool_calls:
+                            delta["tool_calls"] = [c.to_openai() for c in merged.tool_calls]
+                        if delta or merged.logprobs:
+                            await write(sse(chunk(delta, None, _logprobs(merged.logprobs) if merged.logprobs
+                                                  else None)))
                         if follow is not None:
                             ev = follow
                     if isinstance(ev, Final):
-                        finish = "length" if ev.finish_reason == "length" else "stop"
+                        finish = _finish(ev.finish_reason)
                         tail = sse(chunk({}, finish))
                         if chat.include_usage:
                             tail += sse({"id": cid, "object": "chat.completion.chunk", "created": created,
@@ -171,13 +199,24 @@ class ChatStreamResponse(Response):
                     await write(sse(b"[DONE]"))
         except (NoWorkerAvailable, WorkerFailure) as exc:
             if not started:
-                await failure_response(exc)(scope, receive, send)
+                with _last_message():
+                    await failure_response(exc)(scope, receive, send)
                 return
             await write(sse({"error": {"message": f"worker failed mid-stream: {exc}", "type": "upstream_error",
                                        "param": None, "code": getattr(exc, "code", None)}}))
         except OSError:
             return  # client went away; leaving the block cancelled the request on the worker
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        with _last_message():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _last_message() -> trio.CancelScope:
+    """Shield for a response's last send, during which Hypercorn closes a connection that must close
+    (bounded: a client that stops reading cannot hold it)."""
+    return trio.CancelScope(shield=True, deadline=trio.current_time() + _LAST_SEND_TIMEOUT)
+
+
+_LAST_SEND_TIMEOUT = 10.0
 
 
 def openai_app(requester: Requester, *, api_key: str = "",
@@ -188,7 +227,7 @@ def openai_app(requester: Requester, *, api_key: str = "",
     a worker's fresh, nonce-bound attestation (``GET /v1/cocoon/attestation/{worker}?nonce=HEX``)."""
 
     def unauthorized(request: Request) -> JSONResponse | None:
-        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+        if api_key and not bearer_ok(request.headers.get("authorization"), api_key):
             return error_response(401, "invalid or missing API key", type_="invalid_request_error",
                                   code="invalid_api_key")
         return None
@@ -206,24 +245,17 @@ def openai_app(requester: Requester, *, api_key: str = "",
     async def chat_completions(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
             return denied
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return error_response(413, f"request body over {MAX_BODY_BYTES} bytes", type_="invalid_request_error")
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > MAX_BODY_BYTES:
-                return error_response(413, f"request body over {MAX_BODY_BYTES} bytes",
-                                      type_="invalid_request_error")
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error_response(400, f"body is not valid JSON: {exc}", type_="invalid_request_error")
+            payload = parse_json(await read_body(request, MAX_BODY_BYTES))
+        except BadBody as exc:
+            return exc.response
         try:
             chat = parse_chat_request(payload)
+            check_sendable(chat)  # what the wire cannot carry is refused before anything leaves
+        except RequestTooLarge as exc:
+            return invalid(f"{exc.field}: {exc.message}", param=exc.field, code="request_too_large", status=413)
         except RequestValidationError as exc:
-            return error_response(400, f"{exc.field}: {exc.message}", type_="invalid_request_error",
-                                  param=exc.field, code="invalid_value")
+            return invalid(f"{exc.field}: {exc.message}", param=exc.field)
         if chat.stream:
             return ChatStreamResponse(requester, chat)
         return await _complete(requester, chat)
@@ -274,6 +306,8 @@ async def attestation_response(fetch: Callable[[str, bytes], Awaitable[dict[str,
 
 async def _complete(requester: Requester, chat: ChatRequest) -> Response:
     text: list[str] = []
+    calls = ToolCallAccumulator()
+    logprobs: list[Any] = []
     worker = ""
     attempts = 0
     prompt_tokens = 0
@@ -287,17 +321,24 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
                     path = ev.path or ""
                 elif isinstance(ev, Delta):
                     text.append(ev.text)
+                    calls.add(ev.tool_calls)
+                    logprobs += ev.logprobs
                 elif isinstance(ev, Final):
                     final = ev
     except (NoWorkerAvailable, WorkerFailure) as exc:
         return failure_response(exc)
     assert final is not None
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+    if calls:  # OpenAI's shape: content null when the turn only called tools
+        message["content"] = "".join(text) or None
+        message["tool_calls"] = calls.result()
     return JSONResponse(
         {
             "id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": chat.model,
             "system_fingerprint": worker,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                         "logprobs": None, "finish_reason": "length" if final.finish_reason == "length" else "stop"}],
+            "choices": [{"index": 0, "message": message,
+                         "logprobs": _logprobs(logprobs) if chat.features.logprobs else None,
+                         "finish_reason": _finish(final.finish_reason)}],
             "usage": _usage(prompt_tokens, final.completion_tokens),
         },
         headers={"x-cocoon-worker": worker, "x-cocoon-attempts": str(attempts), "x-cocoon-path": path},

@@ -25,9 +25,18 @@ from cocoon_node.inference.chat import (
     RequestValidationError,
     parse_chat_request,
 )
+from cocoon_node.inference.client import RequestTooLarge, check_sendable
 from cocoon_node.inference.exllama import ExLlamaV2Backend, exllamav2_available
+from cocoon_node.inference.extras import ToolCallAccumulator, merge_tool_calls
 from cocoon_node.inference.factory import BACKEND_KINDS, make_backend
-from cocoon_node.inference.requester import Event, NoWorkerAvailable, Requester, StreamStart
+from cocoon_node.inference.requester import (
+    CapabilityUnavailable,
+    Event,
+    ModelNotFound,
+    NoWorkerAvailable,
+    Requester,
+    StreamStart,
+)
 from cocoon_node.inference.stream import (
     PROTOCOL_ID,
     Delta,
@@ -48,6 +57,7 @@ __all__ = [
     "PROTOCOL_ID",
     "Backend",
     "BackendError",
+    "CapabilityUnavailable",
     "ChatMessage",
     "ChatRequest",
     "ContextLengthError",
@@ -56,22 +66,27 @@ __all__ = [
     "ExLlamaV2Backend",
     "Final",
     "InferenceServer",
+    "ModelNotFound",
     "ModelNotFoundError",
     "NoWorkerAvailable",
     "OpenAIUpstreamBackend",
+    "RequestTooLarge",
     "RequestValidationError",
     "Requester",
     "StreamStart",
     "SyntheticBackend",
     "TokenDelta",
     "TokenizerRegistry",
+    "ToolCallAccumulator",
     "TorchBackend",
     "WarmStreams",
     "WorkerFailure",
     "WorkerMeter",
     "WorkerTerms",
+    "check_sendable",
     "default_model_path",
     "exllamav2_available",
     "make_backend",
+    "merge_tool_calls",
     "parse_chat_request",
 ]

@@ -12,6 +12,8 @@ stands for. The requester never charges more than it can justify itself:
   token, a stop sequence, and 1/32 for sampled tokens that re-encode into fewer); without it, one token per
   streamed UTF-8 byte plus the same held-back allowance (every byte-level or byte-fallback token carries at
   least one byte).
+- tool calls (issue 13): their names and argument text count like streamed text, plus
+  :data:`TOOL_CALL_TOKENS` per call for the markup around it that the API never shows.
 
 A claim over the bound is a worker fault (:class:`Overcount`): the call fails, nothing beyond the bound is
 charged, and the requester drops the worker.
@@ -19,7 +21,11 @@ charged, and the requester drops the worker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.extras import ToolCallDelta
 from cocoon_node.inference.tokencount import TextCount, TokenCounter
 
 #: Prompt tokens a chat template may add around the messages when we cannot render it ourselves (SmolLM2's
@@ -30,6 +36,13 @@ MESSAGE_TOKENS = 8
 #: Completion tokens whose text may not have reached us yet: a multi-byte character still incomplete (at
 #: most 3 byte tokens) and the end-of-sequence token, which has no text.
 HELD_BACK_TOKENS = 4
+#: Tokens a model may spend around one tool call beyond its name and arguments (a ``<tool_call>`` marker,
+#: braces, the ``"name"``/``"arguments"`` keys of its own JSON format).
+TOOL_CALL_TOKENS = 16
+
+
+def _tool_bytes(calls: Sequence[dict[str, Any]]) -> int:
+    return sum(len(c["function"]["name"]) + len(c["function"]["arguments"].encode()) + len(c["id"]) for c in calls)
 
 
 class Overcount(Exception):
@@ -52,6 +65,7 @@ class TokenAudit:
         self._stop_bytes = max((len(s.encode()) for s in chat.stop), default=0)
         self._count: TextCount | None = counter.text_count() if counter is not None else None
         self._bytes = 0
+        self._tool_calls: set[int] = set()
         self.prompt_tokens = 0
         self.completion_tokens = 0
 
@@ -63,8 +77,9 @@ class TokenAudit:
     def prompt_bound(self) -> int:
         if self.counter is not None:
             return self.counter.count_prompt(self.chat)
-        return TEMPLATE_TOKENS + sum(len(m.content.encode()) + len(m.role) + MESSAGE_TOKENS
-                                     for m in self.chat.messages)
+        # Tools, response schemas and earlier tool calls are rendered into the prompt too (issue 13).
+        return TEMPLATE_TOKENS + sum(len(m.content.encode()) + len(m.role) + MESSAGE_TOKENS + _tool_bytes(m.tool_calls)
+                                     for m in self.chat.messages) + self.chat.features.wire_bytes()
 
     def check_prompt(self, claimed: int) -> int:
         """Accept the worker's prompt count if it is within our bound; raise :class:`Overcount` otherwise."""
@@ -82,15 +97,18 @@ class TokenAudit:
         else:
             bound = self._bytes + HELD_BACK_TOKENS
         bound += self._stop_bytes  # the tokens that formed a stop sequence, whose text is never sent
+        bound += TOOL_CALL_TOKENS * len(self._tool_calls)
         return bound if self.max_completion is None else min(bound, self.max_completion)
 
-    def add_delta(self, text: str, claimed: int) -> int:
+    def add_delta(self, text: str, claimed: int, *, tool_calls: Sequence[ToolCallDelta] = ()) -> int:
         """Count one delta; returns the running chargeable total. Over the bound, the total is clamped to
         the bound (the text we did receive is paid for) and :class:`Overcount` is raised."""
-        if text:
-            self._bytes += len(text.encode())
-            if self._count is not None:
-                self._count.add(text)
+        for piece in (text, *((c.name or "") + c.arguments for c in tool_calls)):
+            if piece:
+                self._bytes += len(piece.encode())
+                if self._count is not None:
+                    self._count.add(piece)
+        self._tool_calls.update(c.index for c in tool_calls if c.name)  # a call is opened by its named piece
         total = self.completion_tokens + claimed
         bound = self.completion_bound()
         if total > bound:

@@ -20,8 +20,9 @@ from typing import Literal, Protocol, runtime_checkable
 import trio
 
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.extras import TokenLogprob, ToolCallDelta
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 DEFAULT_BUFFER_SIZE = 4
 
 
@@ -40,13 +41,17 @@ class TokenDelta:
     ``token_count`` is how many model tokens this delta accounts for; it may be 1 with empty ``text`` (a
     token whose bytes are held back until a character completes, or the end-of-sequence token), so the sum
     over a stream is the billable completion-token count. Only the last delta has a ``finish_reason``
-    (``"stop"`` or ``"length"``) and it also carries ``prompt_tokens`` as the backend counted them.
+    (``"stop"``, ``"length"`` or ``"tool_calls"``) and it also carries ``prompt_tokens`` as the backend
+    counted them. ``tool_calls`` and ``logprobs`` are set only for requests that asked for them (see
+    :mod:`cocoon_node.inference.extras`).
     """
 
     text: str
     token_count: int
     finish_reason: FinishReason | None = None
     prompt_tokens: int | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @runtime_checkable
@@ -55,12 +60,15 @@ class Backend(Protocol):
 
     ``max_batch`` requests are served concurrently; further ``generate`` calls wait for a slot.
     ``tokens_generated`` counts every token the model produced (for load reporting and tests) and
-    ``in_flight`` the requests currently holding a slot.
+    ``in_flight`` the requests currently holding a slot. ``capabilities`` names the optional OpenAI features
+    (:data:`cocoon_node.inference.features.ALL_CAPABILITIES`) it serves; the worker refuses a request that
+    uses any other (announcing them to requesters for routing is still to come).
     """
 
     kind: str
     model_name: str
     synthetic: bool
+    capabilities: frozenset[str]
     max_batch: int
     tokens_generated: int
 

@@ -13,6 +13,9 @@ Decisions worth knowing:
 - ``max_tokens`` (legacy) and ``max_completion_tokens`` are aliases; when both are given they must agree.
 - Text content parts are joined with ``"\\n"`` into a single string; other part types are rejected.
 - ``user`` is accepted and dropped (it never reaches a worker); ``n`` may only be 1.
+- Optional features (tools, ``response_format``, logprobs, seed) are validated for shape here
+  (:mod:`cocoon_node.inference.features`); whether a backend supports them is the worker's decision.
+  ``tool`` messages and assistant ``tool_calls`` belong to the ``tools`` feature.
 """
 
 from __future__ import annotations
@@ -22,13 +25,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-ROLES: frozenset[str] = frozenset({"system", "developer", "user", "assistant"})
+from cocoon_node.inference.features import FIELDS as _FEATURE_FIELDS
+from cocoon_node.inference.features import (
+    FeatureError,
+    Features,
+    capabilities_used,
+    parse_features,
+    parse_tool_calls,
+    tool_call_id,
+)
+
+ROLES: frozenset[str] = frozenset({"system", "developer", "user", "assistant", "tool"})
 DEFAULT_MAX_REQUEST_BYTES = 1_000_000
 DEFAULT_MAX_MESSAGES = 256
 DEFAULT_MAX_TOKENS_LIMIT = 4096
 MAX_STOP_SEQUENCES = 4
 _SEED_MIN = -(2**63)
 _SEED_MAX = 2**63 - 1
+_NO_FEATURES = Features()
 
 _TOP_LEVEL_FIELDS = frozenset(
     {
@@ -45,8 +59,8 @@ _TOP_LEVEL_FIELDS = frozenset(
         "n",
         "user",
     }
-)
-_MESSAGE_FIELDS = frozenset({"role", "content", "name"})
+) | _FEATURE_FIELDS
+_MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 
 
 class RequestValidationError(ValueError):
@@ -60,11 +74,14 @@ class RequestValidationError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One message; ``content`` is already flattened to text."""
+    """One message; ``content`` is already flattened to text (empty for an assistant turn that only called
+    tools). ``tool_calls`` (assistant) and ``tool_call_id`` (role ``tool``) are in their wire form."""
 
     role: str
     content: str
     name: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +97,25 @@ class ChatRequest:
     seed: int | None = None
     stream: bool = False
     include_usage: bool = False
+    features: Features = _NO_FEATURES
+
+    def capabilities_used(self) -> dict[str, str]:
+        """Backend capabilities this request needs -> the field that needs it (see inference.features)."""
+        tool_messages = next((f"messages[{i}]" for i, m in enumerate(self.messages)
+                              if m.tool_calls or m.role == "tool"), None)
+        return capabilities_used(self.features, seed=self.seed, tool_messages=tool_messages)
 
     def to_wire(self) -> dict[str, Any]:
         """A plain (msgpack/JSON-able) OpenAI-shaped dict that :meth:`from_wire` accepts again."""
         messages: list[dict[str, Any]] = []
         for m in self.messages:
-            item: dict[str, Any] = {"role": m.role, "content": m.content}
+            item: dict[str, Any] = {"role": m.role, "content": m.content if m.content or not m.tool_calls else None}
             if m.name is not None:
                 item["name"] = m.name
+            if m.tool_calls:
+                item["tool_calls"] = [dict(c) for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                item["tool_call_id"] = m.tool_call_id
             messages.append(item)
         out: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream}
         if self.max_tokens is not None:
@@ -102,6 +130,7 @@ class ChatRequest:
             out["seed"] = self.seed
         if self.stream:
             out["stream_options"] = {"include_usage": self.include_usage}
+        out.update(self.features.to_wire())
         return out
 
     @classmethod
@@ -227,18 +256,34 @@ def _parse_messages(value: Any, max_messages: int, max_request_bytes: int) -> tu
             raise RequestValidationError(
                 f"{field}.role", f"unsupported role {role!r} (expected one of {', '.join(sorted(ROLES))})"
             )
-        if msg.get("content") is None:
+        tool_calls: tuple[dict[str, Any], ...] = ()
+        call_id: str | None = None
+        try:
+            if msg.get("tool_calls") is not None:
+                if role != "assistant":
+                    raise FeatureError(f"{field}.tool_calls", "only assistant messages carry tool calls")
+                tool_calls = parse_tool_calls(msg["tool_calls"], f"{field}.tool_calls")
+            if role == "tool":
+                call_id = tool_call_id(msg.get("tool_call_id"), f"{field}.tool_call_id")
+            elif msg.get("tool_call_id") is not None:
+                raise FeatureError(f"{field}.tool_call_id", "only tool messages carry a tool_call_id")
+        except FeatureError as exc:
+            raise RequestValidationError(exc.field, exc.message) from None
+        if msg.get("content") is None and not tool_calls:
             raise RequestValidationError(f"{field}.content", "required")
-        content = _parse_content(msg["content"], f"{field}.content")
+        content = "" if msg.get("content") is None else _parse_content(msg["content"], f"{field}.content")
         name = msg.get("name")
         if name is not None:
             name = _expect_str(name, f"{field}.name")
             if not name or len(name) > 64:
                 raise RequestValidationError(f"{field}.name", "must be 1 to 64 characters")
         total_bytes += len(content.encode("utf-8", "surrogatepass"))
+        total_bytes += sum(len(c["function"]["arguments"].encode("utf-8", "surrogatepass")) + len(c["id"])
+                           for c in tool_calls)
         if total_bytes > max_request_bytes:
             raise RequestValidationError(f"{field}.content", f"request content exceeds {max_request_bytes} bytes")
-        messages.append(ChatMessage(role=role, content=content, name=name))
+        messages.append(ChatMessage(role=role, content=content, name=name, tool_calls=tool_calls,
+                                    tool_call_id=call_id))
     return tuple(messages)
 
 
@@ -352,6 +397,15 @@ def parse_chat_request(
     if body.get("user") is not None:
         _expect_str(body["user"], "user")
 
+    try:
+        features = parse_features(body)
+    except FeatureError as exc:
+        raise RequestValidationError(exc.field, exc.message) from None
+    content_bytes = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in messages)
+    if content_bytes + features.wire_bytes() > max_request_bytes:
+        raise RequestValidationError("tools" if features.tools else "response_format",
+                                     f"request content exceeds {max_request_bytes} bytes")
+
     return ChatRequest(
         model=model,
         messages=messages,
@@ -362,4 +416,5 @@ def parse_chat_request(
         seed=seed,
         stream=stream,
         include_usage=include_usage,
+        features=features,
     )

@@ -21,7 +21,8 @@ import msgspec
 import trio
 
 from cocoon_node.inference.audit import Overcount, TokenAudit
-from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.chat import ChatRequest, RequestValidationError
+from cocoon_node.inference.extras import TokenLogprob, ToolCallDelta, from_frame
 from cocoon_node.inference.port import (
     InferenceFrame,
     MeterError,
@@ -37,11 +38,13 @@ from cocoon_node.wire.messages.inference import (
     DeltaFrame,
     ErrorFrame,
     FinalFrame,
+    PaymentRef,
     RejectFrame,
     RequestFrame,
     UsageFrame,
     VoucherFrame,
 )
+from cocoon_node.wire.typed import UINT64_MAX
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +61,33 @@ class WorkerFailure(Exception):
         self.field = field
 
 
+class RequestTooLarge(RequestValidationError):
+    """The request does not fit the wire's request frame: refused (413) before anything is sent."""
+
+
+def check_sendable(chat: ChatRequest) -> int:
+    """The size of ``chat``'s request frame, or :class:`RequestTooLarge` when it would not fit (leaving room
+    for the largest payment reference), :class:`RequestValidationError` when it cannot be encoded at all
+    (a lone surrogate). The client's fault either way: no worker sees the request, none is blamed."""
+    frame = RequestFrame(v=1, id="0" * 32, chat=chat.to_wire(), price_prompt=UINT64_MAX, price_completion=UINT64_MAX)
+    try:
+        size = len(msgspec.msgpack.encode(frame))
+    except UnicodeEncodeError:
+        raise RequestValidationError("messages", "contains text that is not valid Unicode (a lone surrogate?)") \
+            from None
+    limit = RequestFrame.MAX_BYTES - PaymentRef.MAX_BYTES
+    if size > limit:
+        raise RequestTooLarge("messages", f"the request encodes to {size} bytes; a request frame carries at most "
+                              f"{limit} (protocols/inference.toml)")
+    return size
+
+
 @dataclass(frozen=True)
 class Delta:
     text: str
     tokens: int
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,15 +201,20 @@ class InferenceCall:
                     fresh = self._first_token_at is None  # nothing reached the client yet
                     if fresh:
                         self._first_token_at = time.monotonic()
+                    calls, logprobs = from_frame(frame)
+                    asked = self._audit.chat.features
+                    if (calls and not asked.tools) or (logprobs and not asked.logprobs):
+                        raise WorkerFailure("worker sent tool calls or logprobs the request did not ask for",
+                                            code="protocol", before_first_token=fresh)
                     try:
-                        self.completion_tokens = self._audit.add_delta(text, tokens)
+                        self.completion_tokens = self._audit.add_delta(text, tokens, tool_calls=calls)
                     except Overcount as exc:  # charge what we can account for, then drop the worker
                         self.completion_tokens = self._audit.completion_tokens
                         self._tokens_counted.set()
                         raise WorkerFailure(str(exc), code="overcount", before_first_token=fresh) from None
                     if tokens:
                         self._tokens_counted.set()  # the pay task charges them (see pay)
-                    yield Delta(text, tokens)
+                    yield Delta(text, tokens, calls, logprobs)
                 case UsageFrame():
                     continue
                 case FinalFrame():
@@ -237,8 +268,9 @@ async def _accepted(frames: FrameStream[InferenceFrame], request: RequestFrame, 
     before the first token, so the requester may try another worker)."""
     try:
         await frames.send(request)
-    except FrameError:
-        raise
+    except (FrameError, UnicodeError) as exc:  # we could not encode it: the request's fault, not the worker's
+        raise WorkerFailure(f"request cannot be sent: {exc}", code="invalid_request",
+                            before_first_token=True) from None
     except Exception as exc:  # reset or closed by the worker before it read anything
         raise WorkerFailure(f"worker closed the stream: {exc}", code="worker_gone", before_first_token=True) from None
     try:

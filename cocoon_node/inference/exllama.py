@@ -40,6 +40,7 @@ from cocoon_node.inference.backend import (
     TokenDelta,
 )
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.features import SEED
 from cocoon_node.inference.torch_cpu import chat_template_messages
 
 _WEIGHT_SUFFIXES = (".safetensors",)
@@ -101,6 +102,7 @@ class ExLlamaV2Backend:
 
     kind = "exllamav2"
     synthetic = False
+    capabilities = frozenset({SEED})  # the sampler takes the seed
 
     def __init__(
         self,
@@ -139,7 +141,8 @@ class ExLlamaV2Backend:
 
     @property
     def context_length(self) -> int:
-        """Tokens the loaded model's context holds (0 before load); workers announce it (issue 15)."""
+        """Tokens the loaded model's context holds (0 before load): workers announce it (issue 15) and refuse
+        longer prompts (issue 13)."""
         return self._context_len
 
     async def load(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import trio
 
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.features import unsupported
 from cocoon_node.inference.stream import (
     PROTOCOL_ID,
     Delta,
@@ -28,18 +29,17 @@ from cocoon_node.inference.stream import (
     call_worker,
     sole_exception,
 )
+from cocoon_node.inference.unservable import (
+    CLIENT_FAULTS,
+    CapabilityUnavailable,
+    ModelNotFound,
+    NoWorkerAvailable,
+    lacking_capability,
+)
 from cocoon_node.inference.warm import WarmStreams
 from cocoon_node.mesh import Announcement, stream_path
 
 log = logging.getLogger(__name__)
-
-
-class NoWorkerAvailable(Exception):
-    """No attested worker serves the model within the price limit with free capacity."""
-
-    def __init__(self, message: str, *, code: str = "no_worker") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -113,10 +113,15 @@ class WorkerSelector:
         max_price_completion: int,
         *,
         allow_synthetic: bool,
+        needs: Mapping[str, str] | None = None,
     ) -> list[Announcement]:
+        """``needs``: the optional features a request uses (capability -> field); only workers that
+        announced them all are eligible."""
         out = []
         for w in workers:
             if w.model != model or (w.synthetic and not allow_synthetic) or w.peer_id in self.dropped:
+                continue
+            if needs and unsupported(needs, frozenset(w.capabilities)) is not None:
                 continue
             if w.price_prompt > max_price_prompt or w.price_completion > max_price_completion:
                 continue
@@ -192,13 +197,14 @@ class Requester:
         self.completed = 0
         self.failed = 0
 
-    async def candidates(self, model: str) -> list[Announcement]:
+    async def candidates(self, model: str, needs: Mapping[str, str] | None = None) -> list[Announcement]:
         eligible = self.selector.eligible(
             self._workers(),
             model,
             self.max_price_prompt,
             self.max_price_completion,
             allow_synthetic=self._allow_synthetic,
+            needs=needs,
         )
         # Workers with a fresh verdict are used without waiting; the gate's prefetcher checks the others in
         # the background. Only when no eligible worker is known good yet does the request wait, on the best
@@ -260,8 +266,13 @@ class Requester:
     async def _run(self, chat: ChatRequest, send: trio.MemorySendChannel[Event]) -> None:
         tried: set[bytes] = set()
         last_error: WorkerFailure | None = None
+        needs = chat.capabilities_used()
+        if not any(w.model == chat.model for w in self._workers()):
+            raise ModelNotFound(chat.model)
+        if (lacking := lacking_capability(self._workers(), chat.model, needs)) is not None:
+            raise CapabilityUnavailable(chat.model, *lacking)
         for attempt in range(1, self._max_attempts + 1):
-            options = [w for w in await self.candidates(chat.model) if w.peer_id not in tried]
+            options = [w for w in await self.candidates(chat.model, needs) if w.peer_id not in tried]
             if not options:
                 break
             worker = options[0]
@@ -279,10 +290,10 @@ class Requester:
                     log.warning("dropping worker %s: %s", worker.peer, exc)
                     self.selector.dropped[worker.peer_id] = str(exc)
                 # not the worker's fault: the client's request, a full worker, our own gate or our own store
-                if exc.code not in ("invalid_request", "overloaded", "attestation", "local_payment"):
+                if exc.code not in (*CLIENT_FAULTS, "overloaded", "attestation", "local_payment"):
                     self.selector.reputation(worker.peer_id).record_failure(timeout=timeout)
                 last_error = exc
-                if not exc.before_first_token or exc.code in ("invalid_request", "local_payment"):
+                if not exc.before_first_token or exc.code in (*CLIENT_FAULTS, "local_payment"):
                     self.failed += 1
                     raise
                 log.info("worker %s failed before the first token (%s); trying another", worker.peer, exc)

@@ -18,8 +18,10 @@ from typing import Any
 
 import trio
 
-from cocoon_node.inference.backend import Backend, BackendError
+from cocoon_node.inference.backend import Backend, BackendError, ContextLengthError
 from cocoon_node.inference.chat import ChatRequest, RequestValidationError
+from cocoon_node.inference.extras import COALESCE_BYTES, TokenLogprob, ToolCallDelta, delta_frames, extras_bytes
+from cocoon_node.inference.features import unsupported
 from cocoon_node.inference.port import (
     InferenceFrame,
     PaymentRequired,
@@ -32,7 +34,7 @@ from cocoon_node.wire import FrameError, FrameStream, frame_tag, utf8_clip
 from cocoon_node.wire.messages.inference import (
     AcceptFrame,
     CancelFrame,
-    DeltaFrame,
+    ErrorCode,
     ErrorFrame,
     FinalFrame,
     FinishReason,
@@ -51,6 +53,8 @@ _MAX_LINGER = 0.05
 _IDLE_STREAM_TIMEOUT = 30.0  # how long a worker waits for a request on a new or finished stream
 
 Frames = FrameStream[InferenceFrame]
+# A generated delta waiting for the writer: text, tokens, is it the last, tool-call pieces, logprobs.
+_Queued = tuple[str, int, bool, tuple[ToolCallDelta, ...], tuple[TokenLogprob, ...]]
 
 
 @dataclass
@@ -144,6 +148,12 @@ class InferenceServer:
         if chat.model != self.terms.model:
             await reject("model_mismatch", f"this worker serves {self.terms.model!r}", "model")
             return None
+        # issue 13: a feature this backend lacks is the client's request, refused before anything is counted
+        lacking = unsupported(chat.capabilities_used(), getattr(self.backend, "capabilities", frozenset()))
+        if lacking is not None:
+            await reject("invalid_request", f"this worker's {self.backend.kind} backend does not support "
+                         f"{lacking[0]} (requested by {lacking[1]})", lacking[1])
+            return None
         if first.price_prompt < self.terms.price_prompt or first.price_completion < self.terms.price_completion:
             await reject("price_mismatch", "offered prices are below the announced prices")
             return None
@@ -151,6 +161,13 @@ class InferenceServer:
             await reject("overloaded", f"all {self.terms.max_concurrent} slots are busy")
             return None
         prompt_tokens = self.backend.count_tokens(chat)
+        # A backend that knows its context (torch, exllamav2) refuses a prompt beyond it before accepting, so
+        # the client gets a 400 even when streaming (after an accept, the response has started).
+        context = getattr(self.backend, "context_length", 0)
+        if isinstance(context, int) and 0 < context <= prompt_tokens:
+            await reject("context_length", f"the prompt is {prompt_tokens} tokens; this model's maximum context "
+                         f"length is {context} tokens", "messages")
+            return None
         self.stats.in_flight += 1
         self._load_changed()
         held = True
@@ -228,8 +245,11 @@ class _Generation:
             try:
                 with self.generation, trio.fail_after(self.server.terms.request_timeout):
                     await self.run_backend()
-            except BackendError as exc:  # ContextLengthError included
-                error = ErrorFrame(id=self.request_id, code="backend", message=utf8_clip(str(exc), 1000))
+            except BackendError as exc:
+                # a prompt beyond the model's context is the client's request, not our failure (issue 13)
+                too_long = isinstance(exc, ContextLengthError) and not self.completion_tokens
+                code: ErrorCode = "context_length" if too_long else "backend"
+                error = ErrorFrame(id=self.request_id, code=code, message=utf8_clip(str(exc), 1000))
             finally:
                 if self.meter is not None:
                     with trio.CancelScope(shield=True):
@@ -315,7 +335,7 @@ class _Generation:
         failed: BackendError | None = None
         try:
             async with trio.open_nursery() as senders, self.server.backend.generate(self.chat) as deltas:
-                out_send, out_recv = trio.open_memory_channel[tuple[str, int, bool]](_DELTA_QUEUE)
+                out_send, out_recv = trio.open_memory_channel[_Queued](_DELTA_QUEUE)
                 generation_over = trio.Event()
                 senders.start_soon(self.send_deltas, out_recv, generation_over)
                 async with out_send:
@@ -331,8 +351,9 @@ class _Generation:
                             if self.first_token_at is None and delta.token_count:
                                 self.first_token_at = time.monotonic()
                             last = delta.finish_reason is not None
-                            if delta.text or delta.token_count or last:
-                                await out_send.send((delta.text, delta.token_count, last))
+                            if delta.text or delta.token_count or last or delta.tool_calls or delta.logprobs:
+                                await out_send.send((delta.text, delta.token_count, last, delta.tool_calls,
+                                                     delta.logprobs))
                             if delta.finish_reason is not None:
                                 self.finish_reason = delta.finish_reason
                     except BackendError as exc:
@@ -344,7 +365,7 @@ class _Generation:
         if failed is not None:
             raise failed
 
-    async def send_deltas(self, queue: trio.MemoryReceiveChannel[tuple[str, int, bool]],
+    async def send_deltas(self, queue: trio.MemoryReceiveChannel[_Queued],
                           generation_over: trio.Event) -> None:
         """Write the accept, then the queued deltas, coalescing whatever piled up while the previous write
         was in flight.
@@ -365,25 +386,32 @@ class _Generation:
                 self.generation.cancel()
                 return
             self.accepted.set()
-            async for text, tokens, last in queue:
+            async for text, tokens, last, calls, logprobs in queue:
                 linger = min(_MAX_LINGER, _LINGER_PER_STREAM * (stats.in_flight - 1))
                 if not last and last_sent is not None and linger > 0:
                     # One timer per frame, not per token; the last token cuts the wait short.
                     with trio.move_on_at(last_sent + linger):
                         await generation_over.wait()
                 parts = [text]
-                while not last:
+                tool_calls, token_logprobs = list(calls), list(logprobs)
+                size = len(text) + extras_bytes(calls, logprobs)
+                # Coalesce up to a byte budget (tool-call and logprobs extras make deltas big).
+                while not last and size < COALESCE_BYTES:
                     try:
-                        more_text, more_tokens, last = queue.receive_nowait()
+                        more_text, more_tokens, last, calls, logprobs = queue.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     parts.append(more_text)
                     tokens += more_tokens
+                    tool_calls += calls
+                    token_logprobs += logprobs
+                    size += len(more_text) + extras_bytes(calls, logprobs)
                 text = "".join(parts)
-                if not text and not tokens:
+                if not text and not tokens and not tool_calls:
                     continue  # a bare finish marker with nothing queued before it
                 try:
-                    await self.frames.send(DeltaFrame(id=self.request_id, text=text, tokens=tokens))
+                    for frame in delta_frames(self.request_id, text, tokens, tool_calls, token_logprobs):
+                        await self.frames.send(frame)
                 except Exception:  # the requester is gone: stop generating
                     self.generation.cancel()
                     return

@@ -30,6 +30,7 @@ from cocoon_node.inference.backend import (
     stream_from_producer,
 )
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.features import SEED
 from cocoon_node.inference.tokencount import SYNTHETIC_TOKENIZER
 
 LOREM = (
@@ -44,6 +45,7 @@ class SyntheticBackend:
 
     kind = "synthetic"
     synthetic = True
+    capabilities = frozenset({SEED})  # the echo is deterministic whatever the seed
     tokenizer_hash = SYNTHETIC_TOKENIZER  # announced: requesters count its words themselves
 
     def __init__(

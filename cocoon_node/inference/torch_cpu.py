@@ -10,6 +10,10 @@ Batching: none across requests. Up to ``max_batch`` requests decode concurrently
 with its own KV cache (torch releases the GIL inside ops). On a few CPU cores this shares the cores rather
 than multiplying throughput, so the default is 2.
 
+Log-probabilities (``logprobs``/``top_logprobs``) are those of the model's own distribution at each step
+(log-softmax of the raw logits, before temperature and top-p), as vLLM and llama.cpp report them, with each
+token's raw bytes from the byte-level vocabulary. ``seed`` seeds the sampler of that request alone.
+
 torch and transformers are imported in :meth:`TorchBackend.load`, so importing this module stays cheap.
 """
 
@@ -37,6 +41,8 @@ from cocoon_node.inference.backend import (
     stream_from_producer,
 )
 from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.extras import TokenLogprob, make_logprob
+from cocoon_node.inference.features import LOGPROBS, SEED
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +79,7 @@ class TorchBackend:
 
     kind = "torch"
     synthetic = False
+    capabilities = frozenset({LOGPROBS, SEED})
 
     def __init__(
         self,
@@ -105,6 +112,7 @@ class TorchBackend:
         self.tokenizer_hash = b""  # of the GGUF's tokenizer metadata, announced so requesters can count (load())
         self._context_len = 0
         self._stop_ids: frozenset[int] = frozenset()
+        self._byte_of = _byte_level_decoder()
 
     @property
     def in_flight(self) -> int:
@@ -112,7 +120,8 @@ class TorchBackend:
 
     @property
     def context_length(self) -> int:
-        """Tokens the loaded model's context holds (0 before load); workers announce it (issue 15)."""
+        """Tokens the loaded model's context holds (0 before load): workers announce it (issue 15) and refuse
+        longer prompts (issue 13)."""
         return self._context_len
 
     async def load(self) -> None:
@@ -193,6 +202,25 @@ class TorchBackend:
         with self._tok_lock:
             return str(self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of one token (a byte-level BPE piece may be part of a character)."""
+        with self._tok_lock:
+            piece = self._tokenizer.convert_ids_to_tokens(token)
+        try:
+            return bytes(self._byte_of[c] for c in piece)
+        except (KeyError, TypeError):
+            return self.decode([token]).encode("utf-8")
+
+    def _logprob(self, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+        import torch
+
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        best = torch.topk(logp, top) if top else None
+        alternatives = ([] if best is None else
+                        [(self.decode([int(i)]), float(v), self.token_bytes(int(i)))
+                         for v, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)])
+        return make_logprob(self.decode([token]), float(logp[token]), self.token_bytes(token), alternatives)
+
     def encode(self, text: str) -> list[int]:
         """Plain text to token ids, without chat template or special tokens."""
         self._require_loaded()
@@ -256,6 +284,7 @@ class TorchBackend:
 
             ids: list[int] = []
             buffer = StopTextBuffer(req.stop)
+            want_logprobs, top = req.features.logprobs, req.features.top_logprobs or 0
             for step in range(max_new):
                 token = _sample(logits, temperature, top_p, rng)
                 self._count_token()
@@ -263,16 +292,17 @@ class TorchBackend:
                     # End of sequence: flush text held back for a stop sequence that never completed.
                     emit(TokenDelta(buffer.flush(self.decode(ids)), 1, "stop", len(prompt)))
                     return
+                lp = (self._logprob(logits, token, top),) if want_logprobs else ()
                 ids.append(token)
                 text = self.decode(ids)
                 piece, stopped = buffer.update(text)
                 if stopped:
-                    emit(TokenDelta(piece, 1, "stop", len(prompt)))
+                    emit(TokenDelta(piece, 1, "stop", len(prompt), logprobs=lp))
                     return
                 if step + 1 == max_new:
-                    emit(TokenDelta(piece + buffer.flush(text), 1, "length", len(prompt)))
+                    emit(TokenDelta(piece + buffer.flush(text), 1, "length", len(prompt), logprobs=lp))
                     return
-                emit(TokenDelta(piece, 1))
+                emit(TokenDelta(piece, 1, logprobs=lp))
                 trio.from_thread.check_cancelled()
                 out = model(input_ids=torch.tensor([[token]], dtype=torch.long), past_key_values=cache, use_cache=True)
                 cache, logits = out.past_key_values, out.logits[0, -1]
@@ -282,6 +312,19 @@ class TorchBackend:
         self._model = None
         self._tokenizer = None
         await trio.lowlevel.checkpoint()
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet reversed: vocabulary characters -> the bytes they stand for."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(keep)
+    extra = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator) -> int:

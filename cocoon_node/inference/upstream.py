@@ -8,14 +8,24 @@ upstream only runs the model. Requests always go upstream with ``stream: true`` 
 Token counts: :meth:`OpenAIUpstreamBackend.count_tokens` is only an estimate (about four characters per
 token) because the node has no tokenizer for the upstream model; the authoritative prompt and completion
 counts arrive in the server's usage chunk and are put on the final :class:`TokenDelta`. Without a usage chunk
-each content chunk is counted as one token.
+each content chunk is counted as one token (llama-cpp-python's server sends no usage chunk: there the count
+is of chunks, which may join a multi-byte character's tokens, so it can only fall short, never over-bill),
+or with ``logprobs`` requested, one per logprobs entry, which is exact.
+
+What real servers taught (tested against llama-cpp-python's server in ``tests/inference/test_real_upstream.py``):
+a stream that ends with ``[DONE]`` but no ``finish_reason`` was interrupted (that server cuts a running stream
+when another request arrives, unless started with ``--interrupt_requests False``) and is an error, not a
+completion; servers repeat a tool call's ``id`` and ``name`` on every piece, which OpenAI clients would
+concatenate, so only the first piece of each call keeps them; ``context_length_exceeded`` answers become
+:class:`ContextLengthError`. Optional features are forwarded as they are (:attr:`capabilities` says which
+the operator's server handles; all of them by default).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -27,14 +37,20 @@ import trio
 from cocoon_node.inference.backend import (
     DEFAULT_BUFFER_SIZE,
     BackendError,
+    ContextLengthError,
+    FinishReason,
     SlotCounter,
     TokenDelta,
     stream_from_producer,
 )
-from cocoon_node.inference.chat import ChatRequest
+from cocoon_node.inference.chat import ChatMessage, ChatRequest
+from cocoon_node.inference.extras import TokenLogprob, ToolCallDelta, make_logprob
+from cocoon_node.inference.features import ALL_CAPABILITIES
 
 _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
+_MAX_TOOL_CALL_ID = 256
+_FINISH: dict[str, FinishReason] = {"length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
 
 
 class OpenAIUpstreamBackend:
@@ -54,6 +70,7 @@ class OpenAIUpstreamBackend:
         default_max_tokens: int = 1024,
         timeout: float = 120.0,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
+        capabilities: Iterable[str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.upstream_model = model
@@ -66,6 +83,10 @@ class OpenAIUpstreamBackend:
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._slots = SlotCounter(max_batch)
         self._client: httpx.AsyncClient | None = None
+        caps = frozenset(ALL_CAPABILITIES if capabilities is None else capabilities)
+        if unknown := caps - ALL_CAPABILITIES:
+            raise ValueError(f"unknown capabilities {sorted(unknown)} (known: {', '.join(sorted(ALL_CAPABILITIES))})")
+        self.capabilities: frozenset[str] = caps
 
     @property
     def in_flight(self) -> int:
@@ -94,7 +115,11 @@ class OpenAIUpstreamBackend:
 
     def count_tokens(self, req: ChatRequest) -> int:
         """Estimate only (see the module docstring); the usage on the final delta is authoritative."""
-        return sum(_TOKENS_PER_MESSAGE + math.ceil(len(m.content) / _CHARS_PER_TOKEN) for m in req.messages)
+        def chars(m: ChatMessage) -> int:
+            return len(m.content) + sum(len(c["function"]["arguments"]) for c in m.tool_calls)
+
+        per_message = sum(_TOKENS_PER_MESSAGE + math.ceil(chars(m) / _CHARS_PER_TOKEN) for m in req.messages)
+        return per_message + math.ceil(req.features.wire_bytes() / _CHARS_PER_TOKEN)  # tools, schemas: prompt too
 
     def _body(self, req: ChatRequest) -> dict[str, Any]:
         body = req.to_wire()
@@ -119,54 +144,53 @@ class OpenAIUpstreamBackend:
     async def _produce(
         self, client: httpx.AsyncClient, req: ChatRequest, send: trio.MemorySendChannel[TokenDelta]
     ) -> None:
-        counted = 0
-        finish: str | None = None
-        usage: dict[str, Any] | None = None
-        done = False
+        state = _StreamState()
         try:
             async with client.stream("POST", "chat/completions", json=self._body(req)) as resp:
                 if resp.status_code != 200:
-                    detail = (await resp.aread())[:300].decode("utf-8", "replace")
-                    raise BackendError(f"upstream returned HTTP {resp.status_code}: {detail}")
+                    _raise_http_error(resp.status_code, (await resp.aread())[:2000])
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
                         continue  # blank separators, comments, event names
                     payload = line[5:].strip()
                     if payload == "[DONE]":
-                        done = True
+                        state.done = True
                         break
-                    chunk = json.loads(payload)
-                    if not isinstance(chunk, dict):
-                        raise BackendError("upstream sent a chunk that is not an object")
-                    if "error" in chunk:
-                        raise BackendError(f"upstream error: {chunk['error']}")
-                    if isinstance(chunk.get("usage"), dict):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            counted += 1
-                            self.tokens_generated += 1
-                            await send.send(TokenDelta(text, 1))
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
+                    state.chunks += 1
+                    for delta in state.take(json.loads(payload)):
+                        self.tokens_generated += delta.token_count
+                        await send.send(delta)
         except httpx.HTTPError as exc:
             raise BackendError(f"upstream request failed: {exc}") from exc
-        except (ValueError, AttributeError, TypeError) as exc:
+        except (ValueError, AttributeError, TypeError, KeyError) as exc:
             raise BackendError(f"upstream sent a malformed stream: {exc}") from exc
-        if finish is None and not done:
-            raise BackendError("upstream stream ended before the completion finished")
-        completion = _usage_int(usage, "completion_tokens")
-        prompt = _usage_int(usage, "prompt_tokens")
-        extra = max(0, completion - counted) if completion is not None else 0
-        await send.send(
-            TokenDelta(
-                "",
-                extra,
-                "length" if finish == "length" else "stop",
-                prompt if prompt is not None else self.count_tokens(req),
-            )
-        )
+        if state.finish is None and not state.chunks and not state.done:
+            await self._explain_empty_stream(client, req)
+        if state.finish is None:
+            raise BackendError("upstream stream ended before the completion finished"
+                               + (" ([DONE] without a finish_reason: interrupted)" if state.done else ""))
+        completion = _usage_int(state.usage, "completion_tokens")
+        prompt = _usage_int(state.usage, "prompt_tokens")
+        extra = max(0, completion - state.counted) if completion is not None else 0
+        self.tokens_generated += extra
+        await send.send(TokenDelta("", extra, state.finish, prompt if prompt is not None else self.count_tokens(req)))
+
+    async def _explain_empty_stream(self, client: httpx.AsyncClient, req: ChatRequest) -> None:
+        """An empty 200 stream: llama-cpp-python's server fails a too-long prompt only after its SSE headers
+        are out, so ask again without streaming and one token to learn whether the prompt fits (a prefill at
+        most; the server refuses too-long prompts before generating)."""
+        body = {**self._body(req), "stream": False, "max_tokens": 1}
+        body.pop("stream_options", None)
+        for _ in range(2):  # the pooled connection the failed stream left may have been reset
+            try:
+                resp = await client.post("chat/completions", json=body)
+            except httpx.TransportError:
+                continue
+            except httpx.HTTPError:
+                return
+            if resp.status_code != 200:
+                _raise_http_error(resp.status_code, resp.content[:2000])
+            return
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -174,6 +198,99 @@ class OpenAIUpstreamBackend:
             await client.aclose()
         else:
             await trio.lowlevel.checkpoint()
+
+
+class _StreamState:
+    """Turns upstream chunks into :class:`TokenDelta` items and remembers what the end needs."""
+
+    def __init__(self) -> None:
+        self.counted = 0
+        self.finish: FinishReason | None = None
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+        self.chunks = 0
+        self._named: set[int] = set()  # tool calls whose id and name were passed on
+
+    def take(self, chunk: Any) -> list[TokenDelta]:
+        if not isinstance(chunk, dict):
+            raise BackendError("upstream sent a chunk that is not an object")
+        if "error" in chunk:
+            _raise_error_body(chunk["error"])
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        out = []
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or ""
+            calls = tuple(self._tool_calls(delta.get("tool_calls") or []))
+            logprobs = _logprobs(choice.get("logprobs"))
+            if text or calls or logprobs:
+                tokens = len(logprobs) if logprobs else 1
+                self.counted += tokens
+                out.append(TokenDelta(text, tokens, tool_calls=calls, logprobs=logprobs))
+            if choice.get("finish_reason"):
+                self.finish = _FINISH.get(choice["finish_reason"], "stop")
+        return out
+
+    def _tool_calls(self, raw: list[Any]) -> Iterable[ToolCallDelta]:
+        for i, call in enumerate(raw):
+            index = call.get("index", i)
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= 127:
+                raise BackendError(f"upstream sent a tool call index {index!r}")
+            fn = call.get("function") or {}
+            arguments = fn.get("arguments") or ""
+            if index in self._named:  # servers repeat id and name on every piece; clients would join them
+                if arguments:
+                    yield ToolCallDelta(index, arguments=str(arguments))
+                continue
+            if not call.get("id") and not fn.get("name"):
+                yield ToolCallDelta(index, arguments=str(arguments))
+                continue
+            self._named.add(index)
+            ident = str(call.get("id") or f"call_{index}")[:_MAX_TOOL_CALL_ID]
+            yield ToolCallDelta(index, ident, str(fn.get("name") or "")[:64], str(arguments))
+
+
+def _logprobs(raw: Any) -> tuple[TokenLogprob, ...]:
+    content = raw.get("content") if isinstance(raw, dict) else None
+    if not content:
+        return ()
+    out = []
+    for entry in content:
+        top = [(t.get("token", ""), float(t.get("logprob", 0.0)), _bytes(t.get("bytes")))
+               for t in entry.get("top_logprobs") or []]
+        out.append(make_logprob(str(entry.get("token", "")), float(entry.get("logprob", 0.0)),
+                                _bytes(entry.get("bytes")), top))
+    return tuple(out)
+
+
+def _bytes(raw: Any) -> bytes | None:
+    if isinstance(raw, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw):
+        return bytes(raw)
+    return None
+
+
+def _is_context_error(error: Any) -> bool:
+    if not isinstance(error, dict):
+        return False
+    message = str(error.get("message", "")).lower()
+    return error.get("code") == "context_length_exceeded" or "context length" in message or "context window" in message
+
+
+def _raise_error_body(error: Any) -> None:
+    if _is_context_error(error):
+        raise ContextLengthError(f"upstream: {error.get('message', error)}"[:1000])
+    raise BackendError(f"upstream error: {error}"[:1000])
+
+
+def _raise_http_error(status: int, body: bytes) -> None:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if status in (400, 413) and _is_context_error(error):
+        _raise_error_body(error)
+    raise BackendError(f"upstream returned HTTP {status}: {body[:300].decode('utf-8', 'replace')}")
 
 
 def _usage_int(usage: dict[str, Any] | None, key: str) -> int | None:

@@ -42,6 +42,9 @@ ANNOUNCEMENT_VERSION = 1
 #: one of them; a worker that announces neither still sends version 1, byte for byte as before.
 V2_FIELDS = ("tokenizer", "hardware")
 TOKENIZER_VERSION = HARDWARE_VERSION = 2
+#: Version 3 adds ``capabilities`` (optional OpenAI features the backend serves, issue 13); it may carry the
+#: version-2 fields too. A worker whose backend serves no optional feature keeps sending v1/v2.
+CAPABILITIES_VERSION = 3
 STALE_REASONS = frozenset({"replayed", "expired"})
 
 
@@ -50,8 +53,10 @@ def model_topic(model: str) -> str:
     return MODEL_TOPIC_PREFIX + model
 
 
-def payload_version(*, tokenizer: bytes, hardware: Hardware | None) -> int:
-    """The version an announcement with these optional fields is sent as (see :data:`V2_FIELDS`)."""
+def payload_version(*, tokenizer: bytes, hardware: Hardware | None, capabilities: tuple[str, ...] = ()) -> int:
+    """The version an announcement with these optional fields is sent as (one offer, one encoding)."""
+    if capabilities:
+        return CAPABILITIES_VERSION
     return 2 if tokenizer or hardware is not None else ANNOUNCEMENT_VERSION
 
 
@@ -100,10 +105,12 @@ class Announcement:
     issued_at: int
     expires_at: int
     payout: str = ""
-    hardware: Hardware | None = None  # only in version 2
+    hardware: Hardware | None = None  # versions 2 and 3
     v: int = ANNOUNCEMENT_VERSION
     # SHA-256 naming the tokenizer this worker counts tokens with (inference.tokencount); b"": not announced.
     tokenizer: bytes = b""
+    # Optional OpenAI features the backend serves (inference.features names); (): none, or not announced (v1/v2).
+    capabilities: tuple[str, ...] = ()
 
     @property
     def peer(self) -> ID:
@@ -116,19 +123,28 @@ class Announcement:
         if self.hardware is None:
             del out["hardware"]
         if not self.tokenizer:
-            del out["tokenizer"]
+            del out["tokenizer"]  # versions 1 and 3 may leave it out
+        if self.v >= CAPABILITIES_VERSION:
+            out["capabilities"] = list(self.capabilities)
+        else:
+            del out["capabilities"]
         return out
 
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> Announcement:
         data = validate("announce", "announcement", fields)
+        v = data["v"]
+        if ("capabilities" in data) != (v >= CAPABILITIES_VERSION):
+            raise SchemaError("capabilities", f"version {v} announcements must "
+                              f"{'not ' if v < CAPABILITIES_VERSION else ''}carry capabilities")
         present = [name for name in V2_FIELDS if name in data]
-        if data["v"] < 2 and present:
-            raise SchemaError(present[0], f"version {data['v']} announcements must not carry {present[0]}")
-        if data["v"] >= 2 and not present:
-            raise SchemaError("v", f"version {data['v']} announcements carry {' or '.join(V2_FIELDS)}")
+        if v < 2 and present:
+            raise SchemaError(present[0], f"version {v} announcements must not carry {present[0]}")
+        if v == 2 and not present:
+            raise SchemaError("v", f"version {v} announcements carry {' or '.join(V2_FIELDS)}")
         hardware = data.get("hardware")
         return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"]),
+                      "capabilities": tuple(data.get("capabilities", ())),
                       "hardware": Hardware(**hardware) if hardware is not None else None})
 
     def seal(self, private_key: PrivateKey) -> bytes:

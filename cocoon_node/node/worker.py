@@ -43,7 +43,8 @@ def build_backend(config: Config) -> Backend:
         options = {"tokens_per_second": w.synthetic_tokens_per_second, "model_name": w.model,
                    "max_batch": w.max_concurrent}
     elif w.backend == "openai-upstream":
-        options = {"base_url": w.upstream_url, "model": w.model, "max_batch": w.max_concurrent}
+        options = {"base_url": w.upstream_url, "model": w.model, "max_batch": w.max_concurrent,
+                   "capabilities": w.upstream_capabilities}
     else:
         options = {"model_dir": w.model_path, "model_name": w.model, "max_batch": w.max_concurrent}
     return make_backend(w.backend, **options)
@@ -75,6 +76,11 @@ def compute_model_hash(backend: Backend, cache_dir: Path, stand_in: str = "") ->
         named["upstream"] = upstream_of(backend)
     config = json.dumps(named, sort_keys=True)
     return hashlib.sha256(config.encode()).digest()
+
+
+def announced_capabilities(backend: Backend) -> tuple[str, ...]:
+    """The optional OpenAI features the backend serves, as announced (v3): requesters route by them."""
+    return tuple(sorted(getattr(backend, "capabilities", ())))
 
 
 def load_bucket(load: int, max_concurrent: int) -> int:
@@ -137,14 +143,17 @@ class WorkerRole:
         self.mesh.set_stream_handler(ATTEST_PROTOCOL_ID, FreshAttestServer(self.publisher).handle)
         now = int(time.time())
         tokenizer: bytes = getattr(self.backend, "tokenizer_hash", b"")
+        capabilities = announced_capabilities(self.backend)
         self.announcement = Announcement(
             peer_id=self.mesh.peer_id.to_bytes(), addrs=tuple(self.mesh.advertised_addrs()[:8]), model=w.model,
             model_hash=weights, backend=self.backend.kind, synthetic=self.backend.synthetic,
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
             load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
             issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
-            # v2 fields: the backend's tokenizer when it names one (requesters can count our tokens), hardware
-            tokenizer=tokenizer, hardware=self.hardware, v=payload_version(tokenizer=tokenizer, hardware=self.hardware),
+            # optional fields: the backend's tokenizer when it names one (requesters can count our tokens), the
+            # hardware (v2), and the optional OpenAI features it serves (v3: requesters route by them)
+            tokenizer=tokenizer, hardware=self.hardware, capabilities=capabilities,
+            v=payload_version(tokenizer=tokenizer, hardware=self.hardware, capabilities=capabilities),
         )
         await self.mesh.subscribe(model_topic(w.model))  # the topic's mesh: workers and buyers of the model
         async with trio.open_nursery() as nursery:

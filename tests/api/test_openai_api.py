@@ -84,16 +84,18 @@ async def test_a_streamed_completion_is_framed_as_server_sent_events(requester_a
     assert all(c["choices"][0]["finish_reason"] is None for c in content)
 
 
-async def test_without_a_worker_the_api_answers_503_also_when_streaming(requester_app: RequesterApp) -> None:
+async def test_a_model_no_worker_offers_is_a_404_also_when_streaming(requester_app: RequesterApp) -> None:
+    """Issue 13's error contract: no worker offers the model at all -> OpenAI's 404 ``model_not_found``
+    (503 is kept for a model whose workers exist but none is usable)."""
     requester_app.workers.clear()
     with trio.fail_after(30):
         async with requester_app.http() as http:
             plain = await http.post("/v1/chat/completions", json=body(), headers=AUTH)
             streamed = await http.post("/v1/chat/completions", json=body(stream=True), headers=AUTH)
     for r in (plain, streamed):  # nothing was accepted: a plain HTTP error, not an event stream
-        assert r.status_code == 503
+        assert r.status_code == 404
         assert r.headers["content-type"] == "application/json"
-        assert_openai_error(r.json(), type_="service_unavailable", code="no_worker")
+        assert_openai_error(r.json(), type_="invalid_request_error", code="model_not_found", param="model")
     assert requester_app.server.stats.served == 0
 
 
@@ -137,7 +139,7 @@ async def test_bad_requests_get_400_with_the_field_named(requester_app: Requeste
                             headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 400
     assert_openai_error(r.json(), type_="invalid_request_error", param=param,
-                        code=None if param is None else "invalid_value")
+                        code="invalid_json" if param is None else "invalid_value")
     assert requester_app.server.stats.served == 0
 
 
@@ -154,7 +156,7 @@ async def test_an_oversized_body_is_refused_with_413_declared_or_not(requester_a
     assert "content-length" not in undeclared.request.headers
     for r in (declared, undeclared):
         assert r.status_code == 413
-        assert_openai_error(r.json(), type_="invalid_request_error")
+        assert_openai_error(r.json(), type_="invalid_request_error", code="request_too_large")
     assert requester_app.server.stats.served == 0
 
 

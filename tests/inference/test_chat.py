@@ -48,7 +48,8 @@ INVALID: list[tuple[str, Any, str]] = [
     ("message-not-object", with_message("hi"), "messages[1]"),
     ("message-role-missing", with_message({"content": "x"}), "messages[1].role"),
     ("message-role-int", with_message({"role": 1, "content": "x"}), "messages[1].role"),
-    ("message-role-tool", with_message({"role": "tool", "content": "x"}), "messages[1].role"),
+    # a tool result must say which call it answers (tool messages belong to the tools feature)
+    ("message-role-tool", with_message({"role": "tool", "content": "x"}), "messages[1].tool_call_id"),
     ("message-role-function", with_message({"role": "function", "content": "x"}), "messages[1].role"),
     ("message-content-missing", with_message({"role": "user"}), "messages[1].content"),
     ("message-content-null", with_message({"role": "assistant", "content": None}), "messages[1].content"),
@@ -175,7 +176,7 @@ def test_n_message_matches_openai_wording() -> None:
 
 def test_unknown_field_message() -> None:
     with pytest.raises(RequestValidationError, match="unknown field"):
-        parse_chat_request(base(logprobs=True))
+        parse_chat_request(base(logit_bias={"1": 5}))
 
 
 def test_byte_limit_counts_utf8_bytes() -> None:

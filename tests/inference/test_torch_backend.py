@@ -141,3 +141,24 @@ async def test_requester_counts_the_models_tokens_itself(backend: TorchBackend, 
     print(f"sampled: {claimed_total} tokens billed, {counted_total} re-encoded from the text; worst request "
           f"+{worst} (allowance {HELD_BACK_TOKENS} + 1/32)")
     assert worst <= HELD_BACK_TOKENS
+
+
+async def test_logprobs_and_top_logprobs(backend: TorchBackend) -> None:
+    """Issue 13: the torch backend reports each generated token's log-probability and the top
+    alternatives; greedy decoding picks the most likely token, so it leads its own top list."""
+    import math
+
+    plain = text_of(await run(backend, chat(temperature=0, max_tokens=5)))
+    deltas = await run(backend, chat(temperature=0, max_tokens=5, logprobs=True, top_logprobs=3))
+    assert text_of(deltas) == plain  # asking for logprobs changes nothing else
+    assert deltas[-1].finish_reason == "length"
+    entries = [e for d in deltas for e in d.logprobs]
+    assert len(entries) == 5 == sum(d.token_count for d in deltas)  # one per token
+    assert b"".join(e.bytes or b"" for e in entries).decode() == plain
+    for e in entries:
+        assert len(e.top) == 3 and e.top[0].token == e.token and e.top[0].logprob == e.logprob
+        assert e.logprob <= 0 and e.top[0].logprob >= e.top[1].logprob >= e.top[2].logprob
+        assert sum(math.exp(t.logprob) for t in e.top) <= 1.0 + 1e-6
+    no_top = await run(backend, chat(temperature=0, max_tokens=2, logprobs=True))
+    assert all(len(e.top) == 0 for d in no_top for e in d.logprobs)
+    assert all(not d.logprobs for d in await run(backend, chat(temperature=0, max_tokens=2)))

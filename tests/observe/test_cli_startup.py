@@ -140,7 +140,7 @@ async def test_chat_uses_the_offered_model_and_status_reads_as_a_table(tmp_path:
         out = proc.stdout.decode()
         assert "Hello" in out and '"completion_tokens"' in out
         wrong = await cli("chat", "--api", url, "--model", "SmolLM2-135M-Instruct", "Hello!")
-        assert_one_line_cause(wrong, "error 503", "--model")
+        assert_one_line_cause(wrong, "error 404", "--model")  # no worker offers it (issue 13's contract)
 
         table = await cli("status", "--data-dir", str(req.data_dir))
         assert table.returncode == 0, table.stderr.decode()

@@ -68,7 +68,7 @@ async def test_scraped_counters_move_by_what_the_test_did(tmp_path: Path) -> Non
         assert resp.status_code == 200, resp.text
         usage = resp.json()["usage"]
         unknown = await post_chat(url, {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})
-        assert unknown.status_code == 503
+        assert unknown.status_code == 404  # model_not_found (issue 13's error contract)
         after, w_after = await scrape(url), await scrape(worker_admin, worker_token)
 
         def moved(name: str, **labels: str) -> float:
@@ -77,10 +77,11 @@ async def test_scraped_counters_move_by_what_the_test_did(tmp_path: Path) -> Non
         chat = {"endpoint": "/v1/chat/completions"}
         assert moved("cocoon_http_requests_total", **chat, model=MODEL, status="200") == 1
         # a model nobody offers is not a label value of its own
-        assert moved("cocoon_http_requests_total", **chat, model="unknown", status="503") == 1
-        assert value(after, "cocoon_http_requests_total", **chat, model="no-such-model", status="503") == 0
+        assert moved("cocoon_http_requests_total", **chat, model="unknown", status="404") == 1
+        assert value(after, "cocoon_http_requests_total", **chat, model="no-such-model", status="404") == 0
         assert moved("cocoon_requester_requests_total", outcome="completed") == 1
-        assert moved("cocoon_requester_requests_total", outcome="failed") == 1
+        # the unknown model is refused (404) before any attempt: no failed request, no worker blamed
+        assert moved("cocoon_requester_requests_total", outcome="failed") == 0
         assert moved("cocoon_time_to_first_token_seconds_count", model=MODEL) == 1
         assert moved("cocoon_prompt_tokens_total", model=MODEL) == usage["prompt_tokens"]
         assert moved("cocoon_completion_tokens_total", model=MODEL) == usage["completion_tokens"] > 0

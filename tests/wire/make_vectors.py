@@ -66,9 +66,19 @@ def frames() -> list[dict[str, Any]]:
         {"t": "accept", "id": "r2", "prompt_tokens": 31, "credit_window": 200000, "keep_open": True},
         {"t": "reject", "id": "r1", "code": "invalid_request", "field": "temperature", "message": "must be <= 2"},
         {"t": "delta", "id": "r1", "text": "Hello", "tokens": 1},
+        # the optional extras of a request that asked for tools / logprobs
+        {"t": "delta", "id": "r1", "text": "", "tokens": 3,
+         "tool_calls": [{"index": 0, "id": "call_1", "name": "get_weather", "arguments": '{"city":'},
+                        {"index": 1, "arguments": '"Oslo"}'}]},
+        {"t": "delta", "id": "r1", "text": "Hi", "tokens": 1,
+         "logprobs": [{"token": "Hi", "logprob": -0.25, "bytes": b"Hi",
+                       "top": [{"token": "Hi", "logprob": -0.25, "bytes": b"Hi"},
+                               {"token": "Hello", "logprob": -1.5}]}]},
         {"t": "usage", "id": "r1", "prompt_tokens": 31, "completion_tokens": 5},
         {"t": "final", "id": "r1", "finish_reason": "stop", "prompt_tokens": 31, "completion_tokens": 5,
          "total_tokens": 36, "ttft_ms": 12.5, "generation_ms": 200.0, "tokens_per_second": 25.0},
+        {"t": "final", "id": "r1", "finish_reason": "tool_calls", "prompt_tokens": 31, "completion_tokens": 3,
+         "total_tokens": 34, "ttft_ms": 12.5, "generation_ms": 90.0, "tokens_per_second": 33.0},
         {"t": "error", "id": "r1", "code": "backend", "message": "model crashed"},
         {"t": "cancel", "id": "r1"},
         {"t": "voucher", "id": "r1", "voucher": b"\x01\x02\x03"},
@@ -76,7 +86,10 @@ def frames() -> list[dict[str, Any]]:
 
 
 def vector_name(frame: dict[str, Any]) -> str:
-    return frame["t"] + ("-with-payment" if "payment" in frame else "") + ("-keep-open" if "keep_open" in frame else "")
+    return (frame["t"] + ("-with-payment" if "payment" in frame else "")
+            + ("-keep-open" if "keep_open" in frame else "")
+            + ("-tool-calls" if "tool_calls" in frame or frame.get("finish_reason") == "tool_calls" else "")
+            + ("-logprobs" if "logprobs" in frame else ""))
 
 
 def channel_frames() -> list[dict[str, Any]]:
@@ -126,6 +139,9 @@ def build() -> dict[str, list[dict[str, Any]]]:
         ("announcement-payload-v2-tokenizer", replace(ann, v=2, tokenizer=tokenizer)),
         ("announcement-payload-v2-hardware", replace(ann, v=2, hardware=hardware)),
         ("announcement-payload-v2-tokenizer-hardware", replace(ann, v=2, tokenizer=tokenizer, hardware=hardware)),
+        # v3: the optional OpenAI features its backend serves (requesters route by them)
+        ("announcement-payload-v3-capabilities", replace(ann, v=3, tokenizer=tokenizer,
+                                                         capabilities=("logprobs", "seed"))),
     ]
     return {
         "announce/announcement.json": [{"name": name, "hex": canonical_dumps(a.to_wire()).hex(),

@@ -22,8 +22,9 @@ RequestId = Annotated[str, utf8_max(64)]
 Millis = Annotated[float, Meta(ge=0)]
 RejectCode = Literal["overloaded", "invalid_request", "model_mismatch", "price_mismatch", "payment_required",
                      "context_length", "internal"]
-ErrorCode = Literal["backend", "timeout", "protocol", "payment", "internal"]
-FinishReason = Literal["stop", "length", "cancelled"]
+ErrorCode = Literal["backend", "timeout", "protocol", "payment", "internal", "context_length"]
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+Logprob = Annotated[float, Meta(ge=-9999, le=0)]  # clamped; -9999 stands for log 0
 
 
 class _Frame(Message, frozen=True, tag_field="t"):
@@ -68,12 +69,50 @@ class RejectFrame(_Frame, frozen=True, kw_only=True, tag="reject"):
     message: Annotated[str, utf8_max(1024)]
 
 
+class ToolCallPiece(Message, frozen=True, kw_only=True):
+    """A piece of tool call ``index`` (OpenAI's ``delta.tool_calls[i]``, flattened): its first piece carries
+    ``id`` and ``name``, later ``arguments`` pieces are appended. Empty means absent (omitted)."""
+
+    MAX_BYTES: ClassVar[int] = 33280
+
+    index: Annotated[int, Meta(ge=0, le=127)]
+    id: Annotated[str, utf8_max(256)] = ""
+    name: Annotated[str, utf8_max(64)] = ""
+    arguments: Annotated[str, utf8_max(32768)] = ""
+
+
+class TopLogprob(Message, frozen=True, kw_only=True):
+    """One alternative at a generated token's position."""
+
+    MAX_BYTES: ClassVar[int] = 560
+
+    token: Annotated[str, utf8_max(256)]
+    logprob: Logprob
+    # the token's raw bytes (may be part of a character); empty: not given. ``bytes`` on the wire.
+    raw: Annotated[bytes, Meta(max_length=256)] = msgspec.field(default=b"", name="bytes")
+
+
+class TokenLogprob(Message, frozen=True, kw_only=True):
+    """One generated token's log-probability and its ``top`` alternatives."""
+
+    MAX_BYTES: ClassVar[int] = 12288
+
+    token: Annotated[str, utf8_max(256)]
+    logprob: Logprob
+    raw: Annotated[bytes, Meta(max_length=256)] = msgspec.field(default=b"", name="bytes")
+    top: Annotated[list[TopLogprob], Meta(max_length=20)]
+
+
 class DeltaFrame(_Frame, frozen=True, tag="delta"):
     MAX_BYTES: ClassVar[int] = 65536
 
     id: RequestId
     text: Annotated[str, utf8_max(60000)]
     tokens: Uint
+    # Optional (minor extension): only for a request that asked for tools / logprobs; omitted when empty,
+    # so a plain delta is byte for byte what it was before.
+    tool_calls: Annotated[list[ToolCallPiece], Meta(max_length=64)] = []
+    logprobs: Annotated[list[TokenLogprob], Meta(max_length=256)] = []
 
 
 class UsageFrame(_Frame, frozen=True, tag="usage"):
@@ -131,6 +170,9 @@ MESSAGES: dict[str, type[Message]] = {
     "accept": AcceptFrame,
     "reject": RejectFrame,
     "delta": DeltaFrame,
+    "tool_call_piece": ToolCallPiece,
+    "token_logprob": TokenLogprob,
+    "top_logprob": TopLogprob,
     "usage": UsageFrame,
     "final": FinalFrame,
     "error": ErrorFrame,
