@@ -8,7 +8,8 @@
 - :mod:`.records` (namespaced DHT record validation), :mod:`.dht_lookup` (first valid answer wins);
 - NAT traversal: :mod:`.connectivity` (one node's reachability, relays, hole punching), :mod:`.reach`
   (dial-back), :mod:`.relay_client` and :mod:`.relay_hop` (circuit relay v2), :mod:`.holepunch` (DCUtR),
-  :mod:`.paths` (which path a stream took), :mod:`.conns` (small connection helpers).
+  :mod:`.paths` (which path a stream took), :mod:`.conns` (small connection helpers);
+- :mod:`.ratelimit`: the per-peer rate limit of the protocols a node serves to anyone.
 """
 
 from cocoon_node.mesh.announce import (
@@ -34,6 +35,7 @@ from cocoon_node.mesh.identity import (
     peer_id_of,
 )
 from cocoon_node.mesh.paths import stream_path
+from cocoon_node.mesh.ratelimit import PeerRateLimit
 from cocoon_node.mesh.records import RecordNamespace, RecordRejected
 from cocoon_node.mesh.relay_hop import RelayLimits
 from cocoon_node.mesh.workers import WorkerTable
@@ -50,6 +52,7 @@ __all__ = [
     "IdentityError",
     "Mesh",
     "MeshSettings",
+    "PeerRateLimit",
     "RecordNamespace",
     "RecordRejected",
     "RelayLimits",

@@ -37,6 +37,7 @@ from cocoon_node.mesh.conns import (
     live_connections,
     open_stream_on,
 )
+from cocoon_node.mesh.ratelimit import PeerRateLimit
 from cocoon_node.wire import FrameError, FrameStream, load_protocol
 from cocoon_node.wire.messages.dialback import (
     CODEC,
@@ -79,7 +80,7 @@ class DialBackServer:
         self.max_dials = max_dials
         self.rate_per_minute = rate_per_minute
         self._slots = trio.Semaphore(max_concurrent)
-        self._recent: dict[ID, deque[float]] = {}
+        self._rate = PeerRateLimit(rate_per_minute)
         self.served = 0
         self.refused: dict[str, int] = {}
 
@@ -109,18 +110,6 @@ class DialBackServer:
     def _count(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
-    def _rate_ok(self, peer: ID) -> bool:
-        now = time.monotonic()
-        window = self._recent.setdefault(peer, deque())
-        while window and window[0] < now - 60:
-            window.popleft()
-        if len(window) >= self.rate_per_minute:
-            return False
-        window.append(now)
-        if len(self._recent) > 4096:  # bounded memory: forget the quietest askers
-            for old in [p for p, w in self._recent.items() if not w][:1024]:
-                del self._recent[old]
-        return True
 
     async def _answer(self, stream: INetStream, peer: ID, request: DialRequest
                       ) -> tuple[list[DialResult], str]:
@@ -140,7 +129,7 @@ class DialBackServer:
             return refuse_all("request over a relayed connection"), observed
         if observed_ip is None:
             return refuse_all("no observed address"), observed
-        if not self._rate_ok(peer):
+        if not self._rate.allow(peer):
             return refuse_all("rate limited"), observed
         try:
             self._slots.acquire_nowait()

@@ -10,13 +10,13 @@ nothing. Evidence is slow and the TEE is shared, so a worker answers few at a ti
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Any, Protocol
 
 import trio
 from libp2p.peer.id import ID
 
 from cocoon_node.attestation.fresh import nonce_report_data
+from cocoon_node.mesh import PeerRateLimit
 from cocoon_node.wire import FrameError, FrameStream, load_protocol
 from cocoon_node.wire.messages.attest import CODEC, PROTOCOL_ID, AttestError, AttestRequest, AttestResponse
 
@@ -52,28 +52,16 @@ class FreshAttestServer:
         self.source = source
         self.rate_per_minute = rate_per_minute
         self._slots = trio.CapacityLimiter(max_concurrent)
-        self._recent: dict[ID, deque[float]] = {}
+        self._rate = PeerRateLimit(rate_per_minute)
         self.served = 0
         self.refused: dict[str, int] = {}
 
-    def _rate_ok(self, peer: ID) -> bool:
-        now = trio.current_time()
-        recent = self._recent.setdefault(peer, deque())
-        while recent and now - recent[0] > 60:
-            recent.popleft()
-        if len(recent) >= self.rate_per_minute:
-            return False
-        recent.append(now)
-        if len(self._recent) > 4096:  # forget idle peers
-            for p in [p for p, q in self._recent.items() if not q]:
-                del self._recent[p]
-        return True
 
     async def _answer(self, peer: ID, request: AttestRequest) -> AttestResponse | AttestError:
         report = self.source.current
         if report is None:
             return AttestError(code="no_report", message="no attestation report yet")
-        if not self._rate_ok(peer):
+        if not self._rate.allow(peer):
             return AttestError(code="busy", message=f"more than {self.rate_per_minute} requests a minute")
         try:
             self._slots.acquire_nowait()
