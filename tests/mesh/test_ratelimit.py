@@ -5,8 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from cocoon_node.mesh import PeerRateLimit
-from cocoon_node.mesh import ratelimit
+from cocoon_node.mesh import PeerRateLimit, ratelimit
 
 
 def test_a_peer_gets_its_quota_per_minute_and_others_are_not_affected() -> None:
