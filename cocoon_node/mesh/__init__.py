@@ -5,7 +5,8 @@
 - :mod:`.identity`: the node's persisted Ed25519 key; :mod:`.peer_cache`: where our peers listened last run;
 - :mod:`.announce` (signed worker announcements and their gossip validator), :mod:`.workers` (the
   requester's live table of them);
-- :mod:`.records` (namespaced DHT record validation), :mod:`.dht_lookup` (first valid answer wins);
+- :mod:`.records` (namespaced DHT record validation), :mod:`.dht_lookup` (first valid answer wins, over
+  :mod:`.kad_walk`, one iterative walk);
 - NAT traversal: :mod:`.connectivity` (one node's reachability, relays, hole punching), :mod:`.reach`
   (dial-back), :mod:`.relay_client` and :mod:`.relay_hop` (circuit relay v2), :mod:`.holepunch` (DCUtR),
   :mod:`.paths` (which path a stream took), :mod:`.conns` (small connection helpers);

@@ -34,7 +34,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import multiaddr
 import trio
@@ -48,6 +48,7 @@ from libp2p.records.validator import NamespacedValidator
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from cocoon_node.mesh.kad_protocol import COCOON_KAD_PROTOCOL
+from cocoon_node.mesh.kad_walk import Walk as _Walk
 
 log = logging.getLogger(__name__)
 
@@ -83,41 +84,6 @@ class LookupStats:
     rpcs: int = 0
     rpc_failures: int = 0
     rejected_records: int = 0
-
-
-@dataclass
-class _Walk:
-    """State of one iterative value walk."""
-
-    target: bytes
-    candidates: dict[ID, int] = field(default_factory=dict)  # peer -> XOR distance to the key
-    asked: set[ID] = field(default_factory=set)
-    failed: set[ID] = field(default_factory=set)
-    answered: int = 0
-
-    def add(self, peer: ID) -> None:
-        if peer not in self.candidates:
-            self.candidates[peer] = _distance(self.target, peer)
-
-    def next_peer(self, k: int, prefer: Callable[[ID], bool] | None = None) -> ID | None:
-        """The closest peer not yet asked among the ``k`` closest live candidates (None: walk complete).
-
-        With ``prefer``, the closest preferred peer in that window goes first (connected peers: no dial).
-        """
-        live = sorted((d, p) for p, d in self.candidates.items() if p not in self.failed)
-        window = [p for _, p in live[:k] if p not in self.asked]
-        if not window:
-            return None
-        if prefer is not None:
-            for peer in window:
-                if prefer(peer):
-                    return peer
-        return window[0]
-
-
-def _distance(target: bytes, peer: ID) -> int:
-    # The same keyspace as py-libp2p's routing table: SHA-256 of the peer id bytes and of the key bytes.
-    return int.from_bytes(target, "big") ^ int.from_bytes(hashlib.sha256(peer.to_bytes()).digest(), "big")
 
 
 class RecordLookup:

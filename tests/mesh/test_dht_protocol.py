@@ -18,8 +18,8 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from cocoon_node.mesh import Mesh, MeshSettings, RecordRejected
-from cocoon_node.mesh.dht_lookup import _distance
 from cocoon_node.mesh.kad_protocol import COCOON_KAD_PROTOCOL, IPFS_KAD_PROTOCOL, installed
+from cocoon_node.mesh.kad_walk import xor_distance as _distance
 from tests.waiting import wait_until
 
 
