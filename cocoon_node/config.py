@@ -138,6 +138,9 @@ class PolicySection:
     allowed_rtmrs: tuple[str, ...] = ()        # "RTMR0:RTMR1:RTMR2:RTMR3" or SHA-256 of the four
     dev_platform_keys: tuple[str, ...] = ()    # raw Ed25519 dev platform keys; empty: any (local only anyway)
     require_tcb_check: bool = False            # refuse TDX reports whose TCB status was not checked
+    # testnet/mainnet refuse TDX/SNP reports that ship no Intel/AMD collateral (TCB info, QE identity, CRLs);
+    # this accepts them, TCB unchecked (logged). Shipped collateral that fails is refused regardless.
+    allow_missing_collateral: bool = False
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
     upstream: str = "in-td"           # where workers may send prompts: in-td (TD loopback), none, anywhere
     # AMD SEV-SNP workers: accepted only with allow_snp, whose launch MEASUREMENT (96 hex digits) is listed,

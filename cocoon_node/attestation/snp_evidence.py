@@ -99,9 +99,11 @@ def collect_snp_evidence(
 
 
 def verify_snp_evidence(
-    evidence: bytes, expected_report_data: bytes, policy: SnpPolicy, *, now: datetime | int | float
+    evidence: bytes, expected_report_data: bytes, policy: SnpPolicy, *, now: datetime | int | float,
+    crl: bytes | None = None,
 ) -> SnpVerification:
-    """Requester side: decode the evidence and verify it to AMD's pinned roots, REPORT_DATA and ``policy``."""
+    """Requester side: decode the evidence and verify it to AMD's pinned roots, REPORT_DATA and ``policy``
+    (and, given AMD's CRL for the product, that the ASK/ASVK is not revoked)."""
     record = decode_snp_evidence(evidence)
     return verify_snp_report(record.report, record.vcek, expected_report_data=expected_report_data, policy=policy,
-                             now=now)
+                             now=now, crl=crl)

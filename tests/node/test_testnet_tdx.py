@@ -19,6 +19,7 @@ from libp2p.peer.id import ID
 from cocoon_node import __version__
 from cocoon_node.attestation import TEE_TDX, Claims, Policy, check_report, sign_report
 from cocoon_node.attestation import tdx as tdx_mod
+from cocoon_node.attestation.collateral import encode_tdx_collateral, tdx_collateral_from_json
 from cocoon_node.config import ConfigError, load_config
 from cocoon_node.inference.factory import make_backend
 from cocoon_node.inference.requester import Requester
@@ -27,7 +28,14 @@ from cocoon_node.node.attest import AttestationGate, policy_from_config, report_
 from cocoon_node.node.worker import compute_model_hash
 from cocoon_node.payments.chain.local import LocalChain
 from cocoon_node.payments.registry import RegistryPolicyRefresher, merge_policy, read_registry_policy
-from tests.attestation.att_helpers import AT_VALID, fixed_ed25519, forge_quote, make_fake_pki, real_quote
+from tests.attestation.att_helpers import (
+    AT_VALID,
+    fixed_ed25519,
+    forge_quote,
+    make_collateral,
+    make_fake_pki,
+    real_quote,
+)
 
 from .gate_helpers import FakeDht
 
@@ -66,9 +74,15 @@ class TdxWorker:
     def peer_id(self) -> bytes:
         return self.claims.peer_id
 
-    def report(self, **claims: Any) -> bytes:
+    def report(self, *, collateral: bool = True, **claims: Any) -> bytes:
+        """A report as a testnet worker ships it: with Intel-format TCB collateral (under the test PKI)."""
         c = msgspec.structs.replace(self.claims, **claims)  # Claims is a wire Struct
-        return sign_report(c, forge_quote(self.pki, report_data=c.report_data()), self.key)
+        quote = forge_quote(self.pki, report_data=c.report_data())
+        shipped = b""
+        if collateral:
+            dcap = make_collateral(self.pki, quote)
+            shipped = encode_tdx_collateral(tdx_collateral_from_json(dcap.to_json()))  # type: ignore[attr-defined]
+        return sign_report(c, quote, self.key, collateral=shipped)
 
     def announcement(self, **changes: Any) -> Announcement:
         a = Announcement(peer_id=self.peer_id, addrs=(), model="qwen3-8b", model_hash=MODEL, backend="torch",
@@ -106,9 +120,25 @@ async def test_allowed_image_and_model_pass_and_another_model_name_fails(pinned_
                                   ("allowed_mrtds", ["00" * 48], "mrtd"), ("allowed_rtmrs", ["00" * 32], "rtmr")):
         v = check_report(record, worker.peer_id, policy_on_testnet(**{setting: value}), NOW)
         assert not v.ok and v.check == check, setting
-    # TCB requirements are settings too: required but not checked (no collateral) is refused.
-    v = check_report(record, worker.peer_id, policy_on_testnet(require_tcb_check=True), NOW)
+    # The shipped collateral checks the TCB: a testnet verdict says so.
+    v = check_report(record, worker.peer_id, policy, NOW)
+    assert v.tcb_checked and v.tcb_status == "UpToDate"
+
+
+def test_testnet_refuses_a_report_without_collateral_unless_the_policy_allows_it(pinned_pki: Any) -> None:
+    worker = TdxWorker(pinned_pki)
+    bare = worker.report(collateral=False)
+    v = check_report(bare, worker.peer_id, policy_on_testnet(), NOW)
+    assert not v.ok and v.check == "tcb" and "allow_missing_collateral" in v.reasons[0]
+    relaxed = check_report(bare, worker.peer_id, policy_on_testnet(allow_missing_collateral=True), NOW)
+    assert relaxed.ok and not relaxed.tcb_checked and "tcb not checked: no collateral supplied" in relaxed.reasons
+    # ... but TCB requirements still apply: required but not checked (no collateral) is refused.
+    v = check_report(bare, worker.peer_id, policy_on_testnet(allow_missing_collateral=True, require_tcb_check=True),
+                     NOW)
     assert not v.ok and v.check == "tcb"
+    # A local network is unchanged: no collateral required.
+    local = policy_from_config(load_config(env={}, overrides={"policy": {"allowed_models": [f"qwen3-8b={MODEL.hex()}"]}}))
+    assert not local.require_collateral and check_report(bare, worker.peer_id, local, NOW).ok
 
 
 async def test_an_upstream_worker_pointing_off_the_td_is_refused(pinned_pki: Any) -> None:
