@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+import trio
 from cryptography import x509
 
 from .collateral import (
@@ -200,20 +201,32 @@ class TdxCollateralCache:
 
     async def for_quote(self, quote: bytes) -> bytes:
         now = self._clock()
-        fmspc, ca = _quote_platform(quote)
+        try:
+            fmspc, ca = _quote_platform(quote)
+        except AttestationError as exc:
+            log.warning("no TDX collateral: %s", exc)
+            return b""
         path = self._path(fmspc, ca)
         cached = self._cached(path)
         if cached is not None and tdx_collateral_window(cached).contains(now + self._margin):
             return encode_tdx_collateral(cached)
         self.fetches += 1
+        fresh: TdxCollateralRecord | None = None
+        exc_text = ""
         try:
-            async with httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as client:
-                fresh = await fetch_tdx_collateral(quote, self._base, client)
+            # one deadline for the whole fetch: a hung PCCS must not hold the report back for long
+            with trio.fail_after(2 * self._timeout):
+                async with httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as client:
+                    fresh = await fetch_tdx_collateral(quote, self._base, client)
             self._check(quote, fresh, now)
+        except trio.TooSlowError:
+            fresh, exc_text = None, f"no answer within {2 * self._timeout:.0f} s"
         except (CollateralFetchError, AttestationError) as exc:
+            fresh, exc_text = None, str(exc)
+        if fresh is None:
             self.failures += 1
             usable = cached is not None and tdx_collateral_window(cached).contains(now)
-            log.warning("fetching TDX collateral (FMSPC %s) from %s FAILED: %s; %s", fmspc, self._base, exc,
+            log.warning("fetching TDX collateral (FMSPC %s) from %s FAILED: %s; %s", fmspc, self._base, exc_text,
                         "shipping the cached collateral until it expires" if usable else
                         "the report goes out WITHOUT collateral (testnet/mainnet requesters refuse it)")
             return encode_tdx_collateral(cached) if usable and cached is not None else b""

@@ -56,5 +56,6 @@ def policy_from_config(config: Config) -> Policy:
             measurements=listed(p.allowed_snp_measurements, al.hex_set(p.allowed_snp_measurements, 48, "measurement")),
             vmpls=al.vmpl_set(p.snp_vmpls),
             min_tcb=al.snp_min_tcbs(p.snp_min_tcb),
+            allow_vlek=p.allow_snp_vlek,
         ),
     )

@@ -108,11 +108,14 @@ class SnpEvidenceRecord(Message, frozen=True):
     The ASK and ARK are not carried: the verifier pins AMD's, so shipping them would only add bytes.
     """
 
-    MAX_BYTES: ClassVar[int] = 6144
+    MAX_BYTES: ClassVar[int] = 10240
 
     kind: Literal["snp"]
     report: Annotated[bytes, Meta(min_length=SNP_REPORT_BYTES, max_length=SNP_REPORT_BYTES)]
     vcek: Annotated[bytes, Meta(max_length=MAX_SNP_VCEK_BYTES)]
+    # The intermediate that signed ``vcek`` when it is not a pinned ASK: the ASVK of a VLEK (DER). It must
+    # itself be signed by a pinned ARK. b"" (omitted) for a VCEK.
+    ask: Annotated[bytes, Meta(max_length=MAX_SNP_VCEK_BYTES)] = b""
 
 
 PROTOCOL = "attestation"
