@@ -48,5 +48,6 @@ def check_snp_crl(crl_der: bytes, ark: x509.Certificate, intermediate: x509.Cert
                                       f"{nxt.isoformat() if nxt else '?'}, not at {now.isoformat()}")
     revoked = crl.get_revoked_certificate_by_serial_number(intermediate.serial_number)
     if revoked is not None:
+        when = revoked.revocation_date_utc.isoformat()
         raise AttestationError("revoked", f"AMD revoked {intermediate.subject.rfc4514_string()} (serial "
-                                          f"{intermediate.serial_number:x}) on {revoked.revocation_date_utc.isoformat()}")
+                                          f"{intermediate.serial_number:x}) on {when}")

@@ -52,6 +52,7 @@ class CollateralWindow:
     next_update: datetime
 
     def contains(self, when: datetime) -> bool:
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)  # a naive time is UTC
         return self.issued <= when <= self.next_update
 
 

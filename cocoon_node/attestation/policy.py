@@ -76,7 +76,8 @@ class Policy:
     set ``require_tcb_check`` to refuse such reports. ``require_collateral`` (what testnet/mainnet set unless
     their config says ``allow_missing_collateral``) refuses TDX and SNP reports that ship no vendor
     collateral (:mod:`.collateral`): Intel's TCB info/QE identity/CRLs, AMD's CRL. Collateral that is
-    shipped but fails (bad signature, another platform, expired, revoked) is refused always. ``upstream`` says where a worker may send prompts.
+    shipped but fails (bad signature, another platform, expired, revoked) is refused always. ``upstream``
+    says where a worker may send prompts.
     ``snp`` is what an AMD SEV-SNP report must meet (measurements, debug off, minimum TCB, VMPL); its empty
     default accepts no SNP measurement, and ``tee_kinds`` must name ``snp`` for SNP reports to count at all.
     """

@@ -227,7 +227,7 @@ def _check_tcb(raw: bytes, collateral: Any, root: x509.Certificate, when: dateti
                                           f"{window.next_update.isoformat()}, not at {when.isoformat()}")
         collateral = tdx_collateral_to_dcap(collateral)
     if not isinstance(collateral, dcap_qvl.QuoteCollateralV3):
-        raise AttestationError("tcb", "collateral must be TDX collateral (tdx_collateral) or dcap_qvl.QuoteCollateralV3")
+        raise AttestationError("tcb", "collateral must be tdx_collateral or a dcap_qvl.QuoteCollateralV3")
     try:
         rep = dcap_qvl.verify_with_root_ca(
             raw, collateral, root.public_bytes(serialization.Encoding.DER), int(when.timestamp())

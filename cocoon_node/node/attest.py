@@ -93,7 +93,8 @@ class ReportPublisher:
     def __init__(self, mesh: Mesh, key_pair: KeyPair, *, tee: str, model_name: str, model_hash: bytes,
                  data_dir: Path, lifetime: int = 3600, backend: str = "", upstream: str = "",
                  snp_vcek_file: Path | str | None = None, tsm: ConfigfsTsm | None = None,
-                 collateral: Callable[[bytes], Awaitable[bytes]] | None = None) -> None:
+                 collateral: Callable[[bytes], Awaitable[bytes]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._mesh = mesh
         self._key_pair = key_pair
         self._tee = tee
@@ -106,6 +107,7 @@ class ReportPublisher:
         self._tsm = tsm or ConfigfsTsm()  # configfs-tsm (injectable for tests)
         # evidence -> the TEE vendor's collateral to ship with it (b"": none), e.g. TdxCollateralCache.for_quote
         self._collateral = collateral
+        self._clock = clock
         self._dev = DevPlatform.load_or_create(data_dir / "dev-platform.key") if tee == TEE_DEV else None
         self.current: bytes | None = None
         self.published = trio.Event()
@@ -114,7 +116,7 @@ class ReportPublisher:
 
     def make_report(self, now: int | None = None, *, collateral_for: Callable[[bytes], bytes] | None = None) -> bytes:
         """A signed report over fresh evidence; ``collateral_for`` (evidence -> collateral) adds what to ship."""
-        now = int(time.time()) if now is None else now
+        now = int(self._clock()) if now is None else now
         signing_key = Ed25519PrivateKey.from_private_bytes(self._key_pair.private_key.to_bytes())
         claims = Claims.for_key(
             self._key_pair.public_key.to_bytes(), model_name=self._model_name, model_hash=self._model_hash,

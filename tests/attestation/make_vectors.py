@@ -24,7 +24,6 @@ from cocoon_node.attestation import (
     encode_snp_evidence,
     sign_report,
 )
-
 from cocoon_node.attestation.collateral import encode_snp_collateral, encode_tdx_collateral, tdx_collateral_from_json
 
 from .att_helpers import fixed_ed25519, real_quote_bytes
@@ -82,7 +81,8 @@ def build() -> dict[str, list[dict[str, Any]]]:
     # A record shipping Intel's collateral: the dcap-qvl sample quote with its recorded collateral (the
     # quote's REPORTDATA is not these claims', so verify_report fails it with check "report_data").
     col_quote = (COLLATERAL_DIR / "tdx_quote").read_bytes()
-    collateral = encode_tdx_collateral(tdx_collateral_from_json((COLLATERAL_DIR / "tdx_quote_collateral.json").read_text()))
+    recorded = (COLLATERAL_DIR / "tdx_quote_collateral.json").read_text()
+    collateral = encode_tdx_collateral(tdx_collateral_from_json(recorded))
     col_env = sign_report(tdx_claims, col_quote, node, collateral=collateral)
     return {
         "claims.json": [

@@ -12,11 +12,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cocoon_node.attestation import TEE_TDX, Claims, check_report, rtmr_set_digest, sign_report
 from cocoon_node.attestation import tdx as tdx_mod
+from cocoon_node.attestation.collateral import encode_tdx_collateral, tdx_collateral_from_json
 from cocoon_node.attestation.measure import main, measurements, measurements_of_report
 from cocoon_node.config import load_config
 from cocoon_node.node.attest import policy_from_config
-
-from cocoon_node.attestation.collateral import encode_tdx_collateral, tdx_collateral_from_json
 
 from .att_helpers import AT_VALID, QUOTE_PATH, fixed_ed25519, forge_quote, make_collateral, make_fake_pki, real_quote
 

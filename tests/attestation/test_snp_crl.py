@@ -19,9 +19,14 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cocoon_node.attestation import TEE_SNP, AttestationError, Policy, SnpPolicy, encode_snp_evidence, sign_report
+from cocoon_node.attestation import (
+    AttestationError,
+    Policy,
+    encode_snp_evidence,
+    sign_report,
+    verify_report,
+)
 from cocoon_node.attestation import snp as snp_mod
-from cocoon_node.attestation import verify_report
 from cocoon_node.attestation._snp_certtable import SnpCertTable
 from cocoon_node.attestation.collateral import decode_snp_collateral, encode_snp_collateral
 from cocoon_node.attestation.kds import SnpCrlCache
@@ -99,8 +104,9 @@ def test_testnet_config_requires_the_crl() -> None:
 
     from .test_snp_gate import MEAS, MODEL, REP, snp_image_hash
 
-    settings: dict[str, Any] = {"allowed_image_hashes": [snp_image_hash(REP).hex()], "allowed_models": [f"m={MODEL.hex()}"],
-                                "allow_snp": True, "allowed_snp_measurements": [MEAS.hex()]}
+    settings: dict[str, Any] = {"allowed_image_hashes": [snp_image_hash(REP).hex()],
+                                "allowed_models": [f"m={MODEL.hex()}"], "allow_snp": True,
+                                "allowed_snp_measurements": [MEAS.hex()]}
     testnet = {"node": {"network": "testnet"}, "payments": {"chain": "ton", "ton_network": "testnet"}}
 
     def policy(**kw: Any) -> Policy:

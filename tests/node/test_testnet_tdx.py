@@ -137,7 +137,8 @@ def test_testnet_refuses_a_report_without_collateral_unless_the_policy_allows_it
                      NOW)
     assert not v.ok and v.check == "tcb"
     # A local network is unchanged: no collateral required.
-    local = policy_from_config(load_config(env={}, overrides={"policy": {"allowed_models": [f"qwen3-8b={MODEL.hex()}"]}}))
+    local_models = {"policy": {"allowed_models": [f"qwen3-8b={MODEL.hex()}"]}}
+    local = policy_from_config(load_config(env={}, overrides=local_models))
     assert not local.require_collateral and check_report(bare, worker.peer_id, local, NOW).ok
 
 
@@ -238,3 +239,61 @@ async def test_the_registry_carries_measurements_names_and_tcb_rules(owner: Loca
         assert await refresher.refresh()
     assert check_report(record, worker.peer_id, gate.policy, NOW).check == "mrtd"
 
+
+
+class _QuotingTsm:
+    """configfs-tsm of a TD under the test PKI: a quote over whatever report data it is given."""
+
+    def __init__(self, pki: Any) -> None:
+        self.pki = pki
+
+    def get_quote(self, report_data: bytes) -> bytes:
+        return forge_quote(self.pki, report_data=report_data)
+
+
+class _Mesh:
+    def __init__(self, peer: ID, dht: FakeDht) -> None:
+        self.peer_id, self.dht = peer, dht
+
+    async def put_record(self, key: str, value: bytes) -> None:
+        self.dht.records[key] = value
+
+
+async def test_worker_fetches_ships_and_the_testnet_gate_checks_the_collateral(pinned_pki: Any, tmp_path: Any) -> None:
+    """End to end: a TDX worker fetches collateral from a PCCS on 127.0.0.1, caches it, ships it in the report it
+    puts into the DHT; a testnet requester's gate verifies it (tcb_checked) and uses the worker."""
+    from datetime import UTC, datetime
+
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey as Libp2pKey
+    from libp2p.crypto.keys import KeyPair
+
+    from cocoon_node.attestation.pcs import TdxCollateralCache
+    from cocoon_node.node.attest import ReportPublisher
+    from tests.attestation.fake_pccs import fake_pccs
+
+    worker = TdxWorker(pinned_pki)
+    lp_key = Libp2pKey.from_bytes(worker.key.private_bytes_raw())
+    kp = KeyPair(lp_key, lp_key.get_public_key())
+    sample = forge_quote(pinned_pki)
+    served = tdx_collateral_from_json(make_collateral(pinned_pki, sample).to_json())  # type: ignore[attr-defined]
+    dht = FakeDht()
+    with trio.fail_after(20):
+        async with fake_pccs(served) as pccs:
+            # the worker checks what it fetched against its own quote (the pinned root: the test PKI's here)
+            cache = TdxCollateralCache(tmp_path / "collateral", pccs.url,
+                                       clock=lambda: datetime.fromtimestamp(NOW, UTC))
+            pub = ReportPublisher(_Mesh(ID(worker.peer_id), dht), kp, tee=TEE_TDX, model_name="qwen3-8b",  # type: ignore[arg-type]
+                                  model_hash=MODEL, data_dir=tmp_path, backend="torch", tsm=_QuotingTsm(pinned_pki),  # type: ignore[arg-type]
+                                  collateral=cache.for_quote, clock=lambda: float(NOW - 30))
+            pub.early_republish = ()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pub.run)
+                await pub.published.wait()
+                nursery.cancel_scope.cancel()
+        assert len(pccs.paths) == 4 and cache.fetches == 1
+        record = dht.records[report_key(ID(worker.peer_id))]
+        gate = AttestationGate(dht, policy_on_testnet(), clock=lambda: float(NOW))  # type: ignore[arg-type]
+        assert await gate.is_attested(worker.announcement()) is True
+    v = gate.verdict(worker.peer_id)
+    assert v is not None and v.ok and v.tcb_checked and v.tcb_status == "UpToDate"
+    assert check_report(record, worker.peer_id, policy_on_testnet(), NOW).tcb_checked
