@@ -28,6 +28,7 @@ __all__ = [
     "CollateralWindow",
     "SnpCollateralRecord",
     "TdxCollateralRecord",
+    "collateral_next_update",
     "decode_snp_collateral",
     "decode_tdx_collateral",
     "encode_snp_collateral",
@@ -155,6 +156,16 @@ def tdx_collateral_window(record: TdxCollateralRecord) -> CollateralWindow:
         starts.append(start)
         ends.append(end)
     return CollateralWindow(issued=max(starts), next_update=min(ends))
+
+
+def collateral_next_update(tee_kind: str, collateral: bytes) -> int | None:
+    """Unix time after which checked collateral is stale (TDX: its window's end; SNP: the CRL's nextUpdate), so a
+    cached verdict lasts no longer than what it was checked with; None when there is nothing to read."""
+    if tee_kind == "tdx":
+        return int(tdx_collateral_window(decode_tdx_collateral(collateral)).next_update.timestamp())
+    if tee_kind == "snp":
+        return int(_crl_times(decode_snp_collateral(collateral), "AMD CRL")[1].timestamp())
+    return None
 
 
 def tdx_fmspc(record: TdxCollateralRecord) -> str:

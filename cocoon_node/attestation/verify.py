@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .collateral import decode_snp_collateral
+from .collateral import collateral_next_update, decode_snp_collateral
 from .dev import verify_dev_evidence
 from .errors import AttestationError
 from .policy import UPSTREAM_ANYWHERE, UPSTREAM_NONE, Policy, rtmr_set_digest, upstream_in_td
@@ -179,6 +179,11 @@ def verify_report(
     if image_hash not in policy.image_hashes:
         raise AttestationError("image_hash", f"image hash {image_hash.hex()} not allowed by policy")
     _check_upstream(report, policy, reasons)
+    expires_at = c.expires_at
+    if isinstance(collateral, bytes) and collateral and c.tee_kind in (TEE_TDX, TEE_SNP):
+        stale = collateral_next_update(c.tee_kind, collateral)  # checked above: it decodes
+        if stale is not None and stale < expires_at:
+            expires_at = stale  # the verdict lasts no longer than the collateral it was checked with
     if c.tee_kind == TEE_DEV:
         log.warning(
             "ACCEPTING dev-INSECURE attestation from peer %s (model %s): this proves NOTHING about "
@@ -195,7 +200,7 @@ def verify_report(
         model_name=c.model_name,
         tcb_checked=tcb_checked,
         tcb_status=tcb_status,
-        expires_at=c.expires_at,
+        expires_at=expires_at,
         reasons=tuple(reasons),
         issued_at=c.issued_at,
         backend=c.backend,

@@ -174,3 +174,22 @@ def test_report_without_collateral_refused_when_the_policy_requires_it(monkeypat
     assert ei.value.check == "tcb" and "allow_missing_collateral" in str(ei.value)
     v = verify_report(env, peer, POLICY, now)  # a policy that does not require it: accepted, tcb unchecked
     assert v.ok and not v.tcb_checked and any("tcb not checked" in r for r in v.reasons)
+
+
+def test_a_verdict_lasts_no_longer_than_its_collateral(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report valid past its collateral's nextUpdate (2026-02-01 for the test PKI's): the verdict expires then,
+    so a cached verdict is not used with stale TCB data."""
+    pki = make_fake_pki()
+    monkeypatch.setattr(tdx_mod, "INTEL_SGX_ROOT_CA", pki.root)
+    node = fixed_ed25519("long-lived")
+    now = int(AT_VALID.timestamp())
+    c = Claims.for_key(node.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), model_name="m",
+                       model_hash=bytes(32), node_version="0.1.0", issued_at=now,
+                       expires_at=int(datetime(2026, 3, 1, tzinfo=UTC).timestamp()), tee_kind=TEE_TDX)
+    quote = forge_quote(pki, report_data=c.report_data())
+    shipped = encode_tdx_collateral(tdx_collateral_from_json(make_collateral(pki, quote).to_json()))  # type: ignore[attr-defined]
+    policy = replace(POLICY, max_report_age_s=90 * 86400)
+    v = verify_report(sign_report(c, quote, node, collateral=shipped), c.peer_id, policy, now)
+    assert v.ok and v.expires_at == int(datetime(2026, 2, 1, tzinfo=UTC).timestamp())
+    bare = verify_report(sign_report(c, quote, node), c.peer_id, policy, now)
+    assert bare.expires_at == c.expires_at

@@ -221,3 +221,10 @@ async def test_worker_fetches_caches_and_ships_the_crl(tmp_path: Path, caplog: p
 
 
 
+
+
+def test_a_verdict_lasts_no_longer_than_its_crl() -> None:
+    c = claims(expires_at=NOW + 30 * 86400)
+    crl = make_crl(PKI, next_update=datetime(2026, 1, 15, tzinfo=UTC))
+    v = verify_report(snp_envelope(c, crl=crl), PEER, STRICT, NOW)
+    assert v.ok and v.expires_at == int(datetime(2026, 1, 15, tzinfo=UTC).timestamp())
