@@ -80,6 +80,10 @@ class WorkerSection:
     tee: str = "dev"
     # SEV-SNP: the chip's VCEK (DER or PEM, from AMD's KDS) for hosts that put none in the certificate table.
     snp_vcek_file: str = ""
+    # TCB collateral shipped with the report (testnet/mainnet requesters refuse reports without it): Intel's
+    # from this PCCS ("" = Intel's PCS), cached in the data dir; AMD's CRL from AMD's KDS.
+    fetch_collateral: bool = True
+    pccs_url: str = ""
     # Load changes are announced at once; the periodic announcement is a liveness beat. Every 3 s with a 15 s TTL a
     # requester drops a worker after 4 missed beats; at 2 s the beats alone kept an idle node at ~2 % of a core.
     announce_interval: float = 3.0
@@ -138,6 +142,9 @@ class PolicySection:
     allowed_rtmrs: tuple[str, ...] = ()        # "RTMR0:RTMR1:RTMR2:RTMR3" or SHA-256 of the four
     dev_platform_keys: tuple[str, ...] = ()    # raw Ed25519 dev platform keys; empty: any (local only anyway)
     require_tcb_check: bool = False            # refuse TDX reports whose TCB status was not checked
+    # testnet/mainnet refuse TDX/SNP reports that ship no Intel/AMD collateral (TCB info, QE identity, CRLs);
+    # this accepts them, TCB unchecked (logged). Shipped collateral that fails is refused regardless.
+    allow_missing_collateral: bool = False
     allowed_tcb_statuses: tuple[str, ...] = ("UpToDate",)
     upstream: str = "in-td"           # where workers may send prompts: in-td (TD loopback), none, anywhere
     # AMD SEV-SNP workers: accepted only with allow_snp, whose launch MEASUREMENT (96 hex digits) is listed,
@@ -147,6 +154,7 @@ class PolicySection:
     allowed_snp_measurements: tuple[str, ...] = ()
     snp_min_tcb: tuple[str, ...] = ()
     snp_vmpls: tuple[str, ...] = ("0",)
+    allow_snp_vlek: bool = False      # accept SNP reports signed by a cloud provider's VLEK (VLEK <- ASVK <- ARK)
     max_report_age: int = 24 * 3600
     registry_address: str = ""        # registry contract: its lists and TCB rules replace the ones above
     registry_refresh: float = 60.0    # seconds between registry reads

@@ -14,6 +14,9 @@ via :class:`DevPlatform`), then
   image's allow-list values from its quote), :mod:`.snp` (SEV-SNP, over ``_snp_*``; its evidence record
   and collection in :mod:`.snp_evidence`), :mod:`.fresh` (evidence over a client's nonce), :mod:`.dev`
   (INSECURE dev evidence);
+- collateral: :mod:`.collateral` (Intel's / AMD's signed TCB data a report ships, ``sign_report(...,
+  collateral=)``), fetched and cached by workers through :mod:`.pcs` (Intel PCS / a PCCS) and :mod:`.kds`
+  (AMD's CRL);
 - :mod:`.weights` (the model weight hash), :mod:`.errors`.
 """
 

@@ -46,7 +46,9 @@ def verify_fresh_evidence(report: bytes, evidence: bytes, nonce: bytes, expected
     expected = nonce_report_data(report, nonce)
     kind = decoded.claims.tee_kind
     if kind == TEE_TDX:
-        fresh = verify_tdx_quote(evidence, expected, at=now, collateral=collateral)
+        # the report's shipped collateral checks the fresh quote's TCB too (same platform, or it fails)
+        shipped = collateral if collateral is not None else (decoded.collateral or None)
+        fresh = verify_tdx_quote(evidence, expected, at=now, collateral=shipped)
         old = verify_tdx_quote(decoded.evidence, decoded.claims.report_data(), at=now)
         if fresh.image_hash != old.image_hash or fresh.mrtd != old.mrtd:
             raise AttestationError("fresh_tee", "fresh quote is from another TD image than the report's")

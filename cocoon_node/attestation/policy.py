@@ -73,7 +73,11 @@ class Policy:
     hash is in ``model_hashes``, which allows the weights under *any* name (local/dev convenience; a
     requester still binds the report's name to the model it asks for). ``dev_platform_keys`` (raw Ed25519
     keys) lets a test cluster accept only its own dev machines. Without collateral the TCB is unchecked;
-    set ``require_tcb_check`` to refuse such reports. ``upstream`` says where a worker may send prompts.
+    set ``require_tcb_check`` to refuse such reports. ``require_collateral`` (what testnet/mainnet set unless
+    their config says ``allow_missing_collateral``) refuses TDX and SNP reports that ship no vendor
+    collateral (:mod:`.collateral`): Intel's TCB info/QE identity/CRLs, AMD's CRL. Collateral that is
+    shipped but fails (bad signature, another platform, expired, revoked) is refused always. ``upstream``
+    says where a worker may send prompts.
     ``snp`` is what an AMD SEV-SNP report must meet (measurements, debug off, minimum TCB, VMPL); its empty
     default accepts no SNP measurement, and ``tee_kinds`` must name ``snp`` for SNP reports to count at all.
     """
@@ -88,6 +92,7 @@ class Policy:
     max_report_age_s: int = 24 * 3600
     clock_skew_s: int = 120
     require_tcb_check: bool = False
+    require_collateral: bool = False
     allowed_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
     allow_debug_td: bool = False
     upstream: str = UPSTREAM_IN_TD

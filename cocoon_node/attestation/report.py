@@ -182,16 +182,17 @@ class Report:
     claims: Claims
     evidence: bytes
     payload: bytes  # the signed record bytes, kept for re-publication
+    collateral: bytes = b""  # the vendor's TCB collateral the worker shipped (b"": none), not a claim
 
     @property
     def public_key_raw(self) -> bytes:
         return raw_from_libp2p_pubkey(self.claims.public_key)
 
 
-def encode_record(claims: Claims, evidence: bytes) -> bytes:
-    """Canonical CBOR of the record (claims + evidence): the envelope payload."""
+def encode_record(claims: Claims, evidence: bytes, collateral: bytes = b"") -> bytes:
+    """Canonical CBOR of the record (claims + evidence [+ collateral]): the envelope payload."""
     fields = {name: getattr(claims, name) for name in _CLAIM_NAMES}
-    return _encode(AttestationReport(**fields, evidence=evidence), "record")
+    return _encode(AttestationReport(**fields, evidence=evidence, collateral=collateral), "record")
 
 
 def decode_record(payload: bytes) -> AttestationReport:
@@ -202,8 +203,9 @@ def decode_record(payload: bytes) -> AttestationReport:
         raise AttestationError("format", f"record: {exc}") from exc
 
 
-def sign_report(claims: Claims, evidence: bytes, private_key: Ed25519PrivateKey) -> bytes:
-    """Build and sign the envelope; ``private_key`` must match ``claims.public_key``."""
+def sign_report(claims: Claims, evidence: bytes, private_key: Ed25519PrivateKey, *, collateral: bytes = b"") -> bytes:
+    """Build and sign the envelope; ``private_key`` must match ``claims.public_key``. ``collateral`` is the
+    TEE vendor's TCB collateral for ``evidence`` (:mod:`.collateral`), shipped alongside, not claimed."""
     public = Ed25519PublicKey.from_bytes(_raw_public(private_key))
     if public.serialize() != claims.public_key:
         raise ValueError("private key does not match claims.public_key")
@@ -212,7 +214,7 @@ def sign_report(claims: Claims, evidence: bytes, private_key: Ed25519PrivateKey)
     if claims.tee_kind not in TEE_KINDS:
         raise ValueError(f"tee_kind must be one of {TEE_KINDS}")
     # SchemaError and CborError (a payload or envelope over its limit) are ValueErrors too.
-    return seal_prefixed(encode_record(claims, evidence), private_key, ENVELOPE_DOMAIN)
+    return seal_prefixed(encode_record(claims, evidence, collateral), private_key, ENVELOPE_DOMAIN)
 
 
 def _as_bytes(data: object, what: str) -> bytes:
@@ -240,4 +242,5 @@ def decode_and_verify_envelope(data: bytes) -> Report:
         raise AttestationError("envelope_signature", "envelope not signed by the record's key")
     if bytes(ID.from_pubkey(key).to_bytes()) != record.peer_id:
         raise AttestationError("peer_id", "record peer_id is not derived from its public_key")
-    return Report(claims=Claims.of_record(record), evidence=record.evidence, payload=envelope.payload)
+    return Report(claims=Claims.of_record(record), evidence=record.evidence, payload=envelope.payload,
+                  collateral=record.collateral)

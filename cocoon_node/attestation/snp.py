@@ -14,10 +14,12 @@
 5. REPORT_DATA equals what the caller expects, e.g. SHA-512 of the canonical claims (``report_data``);
 6. the :class:`SnpPolicy`: product, measurement allow-list, debug off, no migration agent, VMPL
    allow-list and minimum TCB (``product``, ``measurement``, ``debug``, ``migration_agent``, ``vmpl``,
-   ``tcb_minimum``).
+   ``tcb_minimum``);
+7. given AMD's CRL for the product: it is signed by the pinned ARK, current at ``now``, and does not
+   revoke the ASK/ASVK the chain went through (``crl``, ``revoked``).
 
 An SNP report carries no time: binding freshness (a nonce or an expiry in the claims) is the caller's
-job, through ``expected_report_data``. ASK/VCEK revocation (AMD's CRL) is not checked here.
+job, through ``expected_report_data``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ._allow import _Any
 from ._snp_certtable import SnpCertTable, parse_snp_cert_table
-from ._snp_chain import AMD_SNP_ROOTS, SnpRoot, SnpVcek, verify_vcek_chain
+from ._snp_chain import AMD_SNP_ROOTS, SnpRoot, SnpVcek, load_cert, verify_vcek_chain
+from ._snp_crl import check_snp_crl
 from ._snp_report import (
     GENOA,
     MILAN,
@@ -143,12 +146,14 @@ def verify_snp_report(
     policy: SnpPolicy,
     now: datetime | int | float,
     ask_pem: bytes | None = None,
+    crl: bytes | None = None,
 ) -> SnpVerification:
     """Verify an SEV-SNP report from a pinned AMD ARK down to REPORT_DATA and ``policy``; raise AttestationError.
 
     ``vcek_der`` is the chip's VCEK (DER or PEM; from the report's certificate table or AMD's KDS);
     ``ask_pem`` the intermediate (ASK or ASVK, PEM or DER) if the evidence carried one, else the pinned
-    ASK is used. ``now`` (datetime or unix seconds) is the time for certificate validity.
+    ASK is used. ``now`` (datetime or unix seconds) is the time for certificate and CRL validity; ``crl``
+    is AMD's DER CRL for the product, checked when given.
     """
     return _verify(
         report,
@@ -158,6 +163,7 @@ def verify_snp_report(
         now=now,
         ask=ask_pem,
         roots=AMD_SNP_ROOTS,
+        crl=crl,
     )
 
 
@@ -170,6 +176,7 @@ def _verify(
     now: datetime | int | float,
     ask: bytes | x509.Certificate | None,
     roots: Mapping[str, SnpRoot],
+    crl: bytes | None = None,
 ) -> SnpVerification:
     """:func:`verify_snp_report` with the trust anchors as a parameter, so tests can build a whole fake AMD
     PKI; production code must go through :func:`verify_snp_report` (pinned roots)."""
@@ -184,6 +191,9 @@ def _verify(
         raise AttestationError("signing_key", "report is signed by a VLEK and the policy accepts only VCEKs")
 
     leaf = verify_vcek_chain(vcek, now=when, ask=ask, roots=roots)
+    if crl is not None:
+        inter = roots[leaf.product].ask if ask is None else load_cert(ask, "ask_format", "ASK certificate")
+        check_snp_crl(crl, roots[leaf.product].ark, inter, when)
     want_kind = "VCEK" if rep.signing_key == SIGNING_KEY_VCEK else "VLEK"
     if leaf.kind != want_kind:
         raise AttestationError(

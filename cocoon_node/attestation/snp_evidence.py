@@ -48,9 +48,10 @@ def _der(cert: bytes, what: str) -> bytes:
     return parsed.public_bytes(Encoding.DER)
 
 
-def encode_snp_evidence(report: bytes, vcek: bytes) -> bytes:
-    """Canonical CBOR of the evidence record; raises ValueError for a report or VCEK out of bounds."""
-    return encode_cbor(SnpEvidenceRecord(kind="snp", report=bytes(report), vcek=bytes(vcek)))
+def encode_snp_evidence(report: bytes, vcek: bytes, ask: bytes = b"") -> bytes:
+    """Canonical CBOR of the evidence record; raises ValueError for a report or VCEK out of bounds. ``ask`` is
+    the ASVK of a VLEK-signed report (b"" for a VCEK: its ASK is pinned)."""
+    return encode_cbor(SnpEvidenceRecord(kind="snp", report=bytes(report), vcek=bytes(vcek), ask=bytes(ask)))
 
 
 def decode_snp_evidence(data: bytes) -> SnpEvidenceRecord:
@@ -87,7 +88,14 @@ def collect_snp_evidence(
     when configfs-tsm is absent, or when neither the host's certificate table nor ``vcek_file`` has a VCEK.
     """
     evidence = SnpEvidence(*(tsm or ConfigfsTsm()).get_snp_report(report_data))
-    vcek = evidence.certificates().vcek
+    table = evidence.certificates()
+    if table.vcek is None and table.vlek is not None:
+        # A VLEK host (a cloud provider's key): VLEK <- ASVK <- ARK; the ASVK comes in the table's ASK slot.
+        if table.ask is None:
+            raise TsmError("the host supplied a VLEK but no ASVK in the SEV-SNP certificate table: put AMD's "
+                           "ASVK (kdsintf.amd.com/vlek/v1/<product>/cert_chain) in the host's table")
+        return encode_snp_evidence(evidence.report, _der(table.vlek, "the VLEK"), _der(table.ask, "the ASVK"))
+    vcek = table.vcek
     if vcek is None:
         if vcek_file is None:
             raise TsmError(
@@ -99,9 +107,11 @@ def collect_snp_evidence(
 
 
 def verify_snp_evidence(
-    evidence: bytes, expected_report_data: bytes, policy: SnpPolicy, *, now: datetime | int | float
+    evidence: bytes, expected_report_data: bytes, policy: SnpPolicy, *, now: datetime | int | float,
+    crl: bytes | None = None,
 ) -> SnpVerification:
-    """Requester side: decode the evidence and verify it to AMD's pinned roots, REPORT_DATA and ``policy``."""
+    """Requester side: decode the evidence and verify it to AMD's pinned roots, REPORT_DATA and ``policy``
+    (and, given AMD's CRL for the product, that the ASK/ASVK is not revoked)."""
     record = decode_snp_evidence(evidence)
     return verify_snp_report(record.report, record.vcek, expected_report_data=expected_report_data, policy=policy,
-                             now=now)
+                             now=now, ask_pem=record.ask or None, crl=crl)

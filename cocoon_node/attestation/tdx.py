@@ -58,6 +58,7 @@ from ._tdx_quote import (
     TdxQuote,
     parse_tdx_quote,
 )
+from .collateral import TdxCollateralRecord, decode_tdx_collateral, tdx_collateral_to_dcap, tdx_collateral_window
 from .errors import AttestationError
 
 __all__ = [
@@ -131,7 +132,8 @@ def verify_tdx_quote(
     """Verify a TDX quote from the pinned Intel root down to REPORTDATA; raise AttestationError.
 
     ``at`` (datetime or unix seconds, default now) is the time for certificate validity and TCB
-    checks. ``collateral`` is a ``dcap_qvl.QuoteCollateralV3`` (TCB info, QE identity, CRLs); without
+    checks. ``collateral`` is Intel's TCB info, QE identity and CRLs (:class:`TdxCollateralRecord`, its
+    canonical CBOR as a record carries it, or a ``dcap_qvl.QuoteCollateralV3``); without
     it the result says ``tcb_checked=False`` — the quote is genuine but its platform may be unpatched.
     """
     return _verify(quote, expected_report_data, at=at, collateral=collateral, root=INTEL_SGX_ROOT_CA)
@@ -204,13 +206,28 @@ def _verify(
 
 
 def _check_tcb(raw: bytes, collateral: Any, root: x509.Certificate, when: datetime) -> tuple[str, tuple[str, ...]]:
-    """Run dcap-qvl over the quote with caller-supplied collateral, anchored at ``root``."""
+    """Run dcap-qvl over the quote with the collateral (TdxCollateralRecord, its CBOR bytes, or a
+    ``dcap_qvl.QuoteCollateralV3``), anchored at ``root``, at ``when``."""
     try:
         import dcap_qvl
     except ImportError as exc:  # pragma: no cover - dependency present in the venv
         raise AttestationError("tcb", "collateral supplied but dcap-qvl is not installed") from exc
+    if isinstance(collateral, bytes | bytearray | memoryview):
+        try:
+            collateral = decode_tdx_collateral(bytes(collateral))
+        except AttestationError as exc:
+            raise AttestationError("tcb", str(exc)) from exc
+    if isinstance(collateral, TdxCollateralRecord):
+        try:
+            window = tdx_collateral_window(collateral)
+        except AttestationError as exc:
+            raise AttestationError("tcb", str(exc)) from exc
+        if not window.contains(when):
+            raise AttestationError("tcb", f"collateral is valid {window.issued.isoformat()} .. "
+                                          f"{window.next_update.isoformat()}, not at {when.isoformat()}")
+        collateral = tdx_collateral_to_dcap(collateral)
     if not isinstance(collateral, dcap_qvl.QuoteCollateralV3):
-        raise AttestationError("tcb", "collateral must be a dcap_qvl.QuoteCollateralV3")
+        raise AttestationError("tcb", "collateral must be tdx_collateral or a dcap_qvl.QuoteCollateralV3")
     try:
         rep = dcap_qvl.verify_with_root_ca(
             raw, collateral, root.public_bytes(serialization.Encoding.DER), int(when.timestamp())

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .collateral import collateral_next_update, decode_snp_collateral
 from .dev import verify_dev_evidence
 from .errors import AttestationError
 from .policy import UPSTREAM_ANYWHERE, UPSTREAM_NONE, Policy, rtmr_set_digest, upstream_in_td
@@ -85,11 +86,16 @@ def _check_upstream(report: Report, policy: Policy, reasons: list[str]) -> None:
     reasons.append(f"PROMPTS LEAVE THE TEE: forwarded to {c.upstream}")
 
 
-def _verify_snp(report: Report, policy: Policy, now: int, reasons: list[str]) -> tuple[bytes, bytes, str | None]:
-    """SNP evidence to AMD's pinned roots, REPORT_DATA = our claims, the SNP policy; (image hash, measurement,
-    TCB status). The report carries no time: the claims' validity window, checked by the caller, is bound to
-    it through REPORT_DATA."""
-    res = verify_snp_evidence(report.evidence, report.claims.report_data(), policy.snp, now=now)
+def _verify_snp(report: Report, policy: Policy, now: int, reasons: list[str],
+                collateral: Any) -> tuple[bytes, bytes, str | None]:
+    """SNP evidence to AMD's pinned roots, REPORT_DATA = our claims, the SNP policy, AMD's CRL when shipped;
+    (image hash, measurement, TCB status). The report carries no time: the claims' validity window, checked
+    by the caller, is bound to it through REPORT_DATA."""
+    if collateral is None and policy.require_collateral:
+        raise AttestationError("crl", "report ships no AMD CRL; the policy requires it "
+                                      "(allow_missing_collateral accepts such reports)")
+    crl = None if collateral is None else decode_snp_collateral(collateral)
+    res = verify_snp_evidence(report.evidence, report.claims.report_data(), policy.snp, now=now, crl=crl)
     floor = policy.snp.min_tcb.get(res.product)
     if floor is None:
         if policy.require_tcb_check:
@@ -98,7 +104,9 @@ def _verify_snp(report: Report, policy: Policy, now: int, reasons: list[str]) ->
         status = None
     else:
         status = f"meets minimum {floor}"
-    reasons.append(f"snp {res.product} VMPL {res.report.vmpl}, reported TCB {res.reported_tcb}; AMD CRL not checked")
+    crl_note = "AMD CRL checked" if crl is not None else "AMD CRL not checked"
+    reasons.append(f"snp {res.product} {res.signing_key} VMPL {res.report.vmpl}, reported TCB {res.reported_tcb}; "
+                   f"{crl_note}")
     return snp_image_hash(res.report), res.measurement, status
 
 
@@ -112,8 +120,9 @@ def verify_report(
 ) -> Verdict:
     """Verify envelope, peer id, validity window, TEE evidence and policy; raise AttestationError.
 
-    ``now`` is unix seconds (default: the clock). ``collateral`` (``dcap_qvl.QuoteCollateralV3``)
-    enables the TCB status check for TDX reports.
+    ``now`` is unix seconds (default: the clock). ``collateral`` overrides what the record ships in its
+    ``collateral`` field (TDX: Intel's TCB info, QE identity, CRLs, checked with dcap-qvl at ``now``; SNP:
+    AMD's CRL).
     """
     now = int(time.time()) if now is None else int(now)
     report = decode_and_verify_envelope(report_bytes)
@@ -131,6 +140,8 @@ def verify_report(
     mrtd: str | None = None
     measurement: bytes | None = None
     tcb_checked, tcb_status = False, None
+    if collateral is None and report.collateral:
+        collateral = report.collateral  # what the worker shipped (vendor-signed, checked below)
     if c.tee_kind == TEE_TDX:
         res = verify_tdx_quote(report.evidence, c.report_data(), at=now, collateral=collateral)
         td = res.quote.td_report
@@ -144,6 +155,9 @@ def verify_report(
         mrtd = td.mrtd.hex()
         tcb_checked, tcb_status = res.tcb_checked, res.tcb_status
         if not tcb_checked:
+            if policy.require_collateral:
+                raise AttestationError("tcb", f"report ships no TCB collateral ({res.tcb_reason}); the policy "
+                                              "requires it (allow_missing_collateral accepts such reports)")
             if policy.require_tcb_check:
                 raise AttestationError("tcb", f"TCB status required but not checked: {res.tcb_reason}")
             reasons.append(f"tcb not checked: {res.tcb_reason}")
@@ -152,7 +166,7 @@ def verify_report(
         if res.advisory_ids:
             reasons.append("advisories: " + ",".join(res.advisory_ids))
     elif c.tee_kind == TEE_SNP:
-        image_hash, measurement, tcb_status = _verify_snp(report, policy, now, reasons)
+        image_hash, measurement, tcb_status = _verify_snp(report, policy, now, reasons, collateral)
         tcb_checked = tcb_status is not None
     elif c.tee_kind == TEE_DEV:
         dev = verify_dev_evidence(report.evidence, c.report_data())
@@ -165,6 +179,11 @@ def verify_report(
     if image_hash not in policy.image_hashes:
         raise AttestationError("image_hash", f"image hash {image_hash.hex()} not allowed by policy")
     _check_upstream(report, policy, reasons)
+    expires_at = c.expires_at
+    if isinstance(collateral, bytes) and collateral and c.tee_kind in (TEE_TDX, TEE_SNP):
+        stale = collateral_next_update(c.tee_kind, collateral)  # checked above: it decodes
+        if stale is not None and stale < expires_at:
+            expires_at = stale  # the verdict lasts no longer than the collateral it was checked with
     if c.tee_kind == TEE_DEV:
         log.warning(
             "ACCEPTING dev-INSECURE attestation from peer %s (model %s): this proves NOTHING about "
@@ -181,7 +200,7 @@ def verify_report(
         model_name=c.model_name,
         tcb_checked=tcb_checked,
         tcb_status=tcb_status,
-        expires_at=c.expires_at,
+        expires_at=expires_at,
         reasons=tuple(reasons),
         issued_at=c.issued_at,
         backend=c.backend,

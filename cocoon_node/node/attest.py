@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import Counter as CounterOf
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,9 @@ class ReportPublisher:
 
     def __init__(self, mesh: Mesh, key_pair: KeyPair, *, tee: str, model_name: str, model_hash: bytes,
                  data_dir: Path, lifetime: int = 3600, backend: str = "", upstream: str = "",
-                 snp_vcek_file: Path | str | None = None, tsm: ConfigfsTsm | None = None) -> None:
+                 snp_vcek_file: Path | str | None = None, tsm: ConfigfsTsm | None = None,
+                 collateral: Callable[[bytes], Awaitable[bytes]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._mesh = mesh
         self._key_pair = key_pair
         self._tee = tee
@@ -103,14 +105,18 @@ class ReportPublisher:
         self._lifetime = lifetime
         self._snp_vcek_file = snp_vcek_file  # SEV-SNP: the VCEK when the host's certificate table has none
         self._tsm = tsm or ConfigfsTsm()  # configfs-tsm (injectable for tests)
+        # evidence -> the TEE vendor's collateral to ship with it (b"": none), e.g. TdxCollateralCache.for_quote
+        self._collateral = collateral
+        self._clock = clock
         self._dev = DevPlatform.load_or_create(data_dir / "dev-platform.key") if tee == TEE_DEV else None
         self.current: bytes | None = None
         self.published = trio.Event()
         # Seconds after the first put at which it is stored again (see :meth:`run`); empty: no early re-puts.
         self.early_republish: tuple[float, ...] = (15.0, 60.0)
 
-    def make_report(self, now: int | None = None) -> bytes:
-        now = int(time.time()) if now is None else now
+    def make_report(self, now: int | None = None, *, collateral_for: Callable[[bytes], bytes] | None = None) -> bytes:
+        """A signed report over fresh evidence; ``collateral_for`` (evidence -> collateral) adds what to ship."""
+        now = int(self._clock()) if now is None else now
         signing_key = Ed25519PrivateKey.from_private_bytes(self._key_pair.private_key.to_bytes())
         claims = Claims.for_key(
             self._key_pair.public_key.to_bytes(), model_name=self._model_name, model_hash=self._model_hash,
@@ -119,7 +125,16 @@ class ReportPublisher:
         )
         if self._dev is not None:
             log.warning("attesting with the dev-INSECURE TEE: fine for local clusters, worthless elsewhere")
-        return sign_report(claims, self.evidence(claims.report_data()), signing_key)
+        evidence = self.evidence(claims.report_data())
+        collateral = collateral_for(evidence) if collateral_for is not None else b""
+        return sign_report(claims, evidence, signing_key, collateral=collateral)
+
+    def _make_shipped_report(self) -> bytes:
+        """:meth:`make_report` in a worker thread, fetching the collateral back on the Trio loop (async HTTP)."""
+        fetch = self._collateral
+        if fetch is None:
+            return self.make_report()
+        return self.make_report(collateral_for=lambda evidence: trio.from_thread.run(fetch, evidence))
 
     def evidence(self, report_data: bytes) -> bytes:
         """TEE evidence of our kind over ``report_data`` (blocking: configfs-tsm; run it in a thread).
@@ -143,7 +158,7 @@ class ReportPublisher:
         schedule = list(self.early_republish)
         while True:
             # configfs-tsm I/O blocks (the TDX module signs the quote), so it runs off the event loop.
-            self.current = await trio.to_thread.run_sync(self.make_report)
+            self.current = await trio.to_thread.run_sync(self._make_shipped_report)
             await self._put(attempts=5)
             waited = 0.0
             while schedule:

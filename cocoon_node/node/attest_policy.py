@@ -25,6 +25,10 @@ def policy_from_config(config: Config) -> Policy:
     kinds = {TEE_TDX} | ({TEE_DEV} if p.allow_dev_tee else set()) | ({TEE_SNP} if p.allow_snp else set())
     if p.allow_dev_tee:
         log.warning("policy accepts dev-INSECURE attestation: reports prove nothing about hardware")
+    require_collateral = not local and not p.allow_missing_collateral
+    if not local and p.allow_missing_collateral:
+        log.warning("policy.allow_missing_collateral: TDX/SNP reports without Intel/AMD collateral are accepted "
+                    "with their TCB UNCHECKED (a revoked or unpatched platform passes)")
     if p.upstream == UPSTREAM_ANYWHERE:
         log.warning("policy.upstream = anywhere: workers that forward prompts OUT of the TEE are accepted")
 
@@ -45,11 +49,13 @@ def policy_from_config(config: Config) -> Policy:
         dev_platform_keys=al.hex_set(p.dev_platform_keys, 32, "dev platform key") if p.dev_platform_keys else ANY,
         max_report_age_s=p.max_report_age,
         require_tcb_check=p.require_tcb_check,
+        require_collateral=require_collateral,
         allowed_tcb_statuses=frozenset(p.allowed_tcb_statuses),
         upstream=p.upstream,
         snp=SnpPolicy(
             measurements=listed(p.allowed_snp_measurements, al.hex_set(p.allowed_snp_measurements, 48, "measurement")),
             vmpls=al.vmpl_set(p.snp_vmpls),
             min_tcb=al.snp_min_tcbs(p.snp_min_tcb),
+            allow_vlek=p.allow_snp_vlek,
         ),
     )

@@ -22,6 +22,7 @@ from cocoon_node.mesh import WORKERS_TOPIC, Announcement, Mesh, model_topic
 from cocoon_node.mesh.announce import Hardware, payload_version
 from cocoon_node.mesh.topics import TopicRendezvous
 from cocoon_node.node.attest import ReportPublisher
+from cocoon_node.node.collateral import collateral_source
 from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_PROTOCOL_ID
 from cocoon_node.node.fresh_attest import FreshAttestServer
 from cocoon_node.node.hardware import describe_hardware
@@ -135,7 +136,8 @@ class WorkerRole:
         self.publisher = ReportPublisher(self.mesh, self.key_pair, tee=tee_kind, model_name=w.model,
                                          model_hash=weights, data_dir=self.config.data_dir,
                                          backend=self.backend.kind, upstream=upstream,
-                                         snp_vcek_file=w.snp_vcek_file or None)
+                                         snp_vcek_file=w.snp_vcek_file or None,
+                                         collateral=collateral_source(tee_kind, w, self.config.data_dir))
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
         self.hardware = await describe_hardware(self.backend, w)
         log.info("serving on %s", self.hardware)

@@ -148,16 +148,20 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def _crl(issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bytes:
-    crl = (
+def _crl(issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey, revoked: tuple[int, ...] = ()) -> bytes:
+    b = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer.subject)
         .last_update(datetime(2025, 12, 1, tzinfo=UTC))
         .next_update(datetime(2026, 2, 1, tzinfo=UTC))
         .add_extension(x509.CRLNumber(1), critical=False)
-        .sign(key, hashes.SHA256())
     )
-    return crl.public_bytes(serialization.Encoding.DER)
+    for serial in revoked:
+        b = b.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(datetime(2025, 11, 1, tzinfo=UTC))
+            .build()
+        )
+    return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 def make_collateral(
@@ -167,9 +171,11 @@ def make_collateral(
     status: str = "UpToDate",
     advisories: tuple[str, ...] = (),
     tamper_tcb_info: bool = False,
+    revoke_pck: bool = False,
 ) -> object:
     """Intel-format TDX collateral (TCB info v3, TD_QE identity v2, CRLs) signed by the fake PKI,
-    matching ``quote``'s PCK extension and TD report; valid for December 2025 / January 2026."""
+    matching ``quote``'s PCK extension and TD report; valid for December 2025 / January 2026.
+    ``revoke_pck`` lists the PCK leaf in the PCK CA's CRL."""
     import json
 
     import dcap_qvl
@@ -251,7 +257,7 @@ def make_collateral(
     return dcap_qvl.QuoteCollateralV3(
         pem(pki.inter, pki.root),
         _crl(pki.root, pki.root_key),
-        _crl(pki.inter, pki.inter_key),
+        _crl(pki.inter, pki.inter_key, (pki.leaf.serial_number,) if revoke_pck else ()),
         pem(tcb_cert, pki.root),
         ti,
         ti_sig,

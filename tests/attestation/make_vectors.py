@@ -24,11 +24,13 @@ from cocoon_node.attestation import (
     encode_snp_evidence,
     sign_report,
 )
+from cocoon_node.attestation.collateral import encode_snp_collateral, encode_tdx_collateral, tdx_collateral_from_json
 
 from .att_helpers import fixed_ed25519, real_quote_bytes
 from .snp_helpers import real_report, real_vcek
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "protocols" / "vectors" / "attestation"
+COLLATERAL_DIR = Path(__file__).resolve().parents[1] / "data" / "tdx-collateral"
 
 
 def to_json_value(obj: Any) -> Any:
@@ -76,6 +78,12 @@ def build() -> dict[str, list[dict[str, Any]]]:
                                 backend="torch", **common)
     snp_evidence = encode_snp_evidence(real_report(), real_vcek())  # the real Milan report and its VCEK
     snp_env = sign_report(snp_claims, snp_evidence, node)
+    # A record shipping Intel's collateral: the dcap-qvl sample quote with its recorded collateral (the
+    # quote's REPORTDATA is not these claims', so verify_report fails it with check "report_data").
+    col_quote = (COLLATERAL_DIR / "tdx_quote").read_bytes()
+    recorded = (COLLATERAL_DIR / "tdx_quote_collateral.json").read_text()
+    collateral = encode_tdx_collateral(tdx_collateral_from_json(recorded))
+    col_env = sign_report(tdx_claims, col_quote, node, collateral=collateral)
     return {
         "claims.json": [
             _vector("dev-claims", dev_claims.to_cbor()),
@@ -84,7 +92,11 @@ def build() -> dict[str, list[dict[str, Any]]]:
         ],
         "snp_evidence.json": [_vector("snp-evidence-real-milan", snp_evidence)],
         "dev_evidence.json": [_vector("dev-evidence", evidence)],
-        "record.json": [_vector("dev-record", cbor2.loads(dev_env)["payload"])],
+        "record.json": [_vector("dev-record", cbor2.loads(dev_env)["payload"]),
+                        _vector("tdx-record-with-real-collateral", cbor2.loads(col_env)["payload"])],
+        "tdx_collateral.json": [_vector("tdx-collateral-real-dcap-qvl-sample", collateral)],
+        # The format only: these crl bytes are a placeholder, not a CRL (AMD's are ARK-signed, RSA-PSS).
+        "snp_collateral.json": [_vector("snp-collateral-format-only", encode_snp_collateral(b"\x30\x03placeholder"))],
         "envelope.json": [
             _vector("dev-envelope", dev_env),
             # Well-formed and correctly signed, but the real quote's REPORTDATA is not this record's:

@@ -197,3 +197,27 @@ def u32(v: int) -> bytes:
 
 def u64(v: int) -> bytes:
     return struct.pack("<Q", v)
+
+
+def make_crl(
+    pki: TestAmdPki,
+    *,
+    revoked: tuple[int, ...] = (),
+    last_update: datetime = datetime(2025, 12, 1, tzinfo=UTC),
+    next_update: datetime = datetime(2026, 2, 1, tzinfo=UTC),
+    signer: rsa.RSAPrivateKey | None = None,
+) -> bytes:
+    """A CRL shaped like AMD's KDS one (issued by the ARK, RSA-PSS SHA-384) under the TEST PKI: no real AMD CRL
+    is recorded in this repository. ``revoked`` lists serials (the ASK's is ``pki.ask.serial_number``)."""
+    b = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.ark.subject)
+        .last_update(last_update)
+        .next_update(next_update)
+    )
+    for serial in revoked:
+        b = b.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(datetime(2025, 11, 1, tzinfo=UTC))
+            .build()
+        )
+    return b.sign(signer or pki.ark_key, hashes.SHA384(), rsa_padding=PSS).public_bytes(serialization.Encoding.DER)

@@ -127,3 +127,25 @@ def test_real_snp_report_as_fresh_evidence_fails_the_binding() -> None:
         verify_snp_evidence(encode_snp_evidence(real_report(), real_vcek()), nonce_report_data(b"any", NONCE),
                             SnpPolicy(measurements=ANY), now=sg.NOW)
     assert ei.value.check == "report_data"
+
+
+def test_tdx_fresh_evidence_is_tcb_checked_with_the_reports_collateral(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cocoon_node.attestation.collateral import encode_tdx_collateral, tdx_collateral_from_json
+
+    from .att_helpers import make_collateral
+
+    pki = make_fake_pki()
+    monkeypatch.setattr(tdx_mod, "INTEL_SGX_ROOT_CA", pki.root)
+    c = make_claims(TEE_TDX)
+    quote = forge_quote(pki, report_data=c.report_data())
+    shipped = encode_tdx_collateral(tdx_collateral_from_json(make_collateral(pki, quote).to_json()))  # type: ignore[attr-defined]
+    td = real_quote().td_report
+    policy = Policy(image_hashes=frozenset({td.image_hash()}), mrtds=frozenset({td.mrtd}), model_hashes=ANY,
+                    require_collateral=True)
+    report = sign_report(c, quote, NODE, collateral=shipped)
+    fresh = forge_quote(pki, report_data=nonce_report_data(report, NONCE), att_label="fresh-att-key")
+    v = verify_fresh_evidence(report, fresh, NONCE, c.peer_id, policy, NOW)
+    assert v.ok and v.tcb_checked and v.tcb_status == "UpToDate"
+    # a client whose policy requires collateral refuses a report that ships none
+    bare = sign_report(c, quote, NODE)
+    expect("tcb", bare, forge_quote(pki, report_data=nonce_report_data(bare, NONCE)), NONCE, c.peer_id, policy, NOW)

@@ -12,11 +12,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cocoon_node.attestation import TEE_TDX, Claims, check_report, rtmr_set_digest, sign_report
 from cocoon_node.attestation import tdx as tdx_mod
+from cocoon_node.attestation.collateral import encode_tdx_collateral, tdx_collateral_from_json
 from cocoon_node.attestation.measure import main, measurements, measurements_of_report
 from cocoon_node.config import load_config
 from cocoon_node.node.attest import policy_from_config
 
-from .att_helpers import AT_VALID, QUOTE_PATH, fixed_ed25519, forge_quote, make_fake_pki, real_quote
+from .att_helpers import AT_VALID, QUOTE_PATH, fixed_ed25519, forge_quote, make_collateral, make_fake_pki, real_quote
 
 NOW = int(AT_VALID.timestamp())
 
@@ -37,7 +38,9 @@ def test_printed_policy_approves_the_image_on_testnet(tmp_path: Path, capsys: py
     claims = Claims.for_key(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), model_name="qwen3-8b",
                             model_hash=hashlib.sha256(b"w").digest(), node_version="0.1.0", issued_at=NOW - 10,
                             expires_at=NOW + 3600, tee_kind=TEE_TDX, backend="torch")
-    envelope = sign_report(claims, forge_quote(pki, report_data=claims.report_data()), key)
+    quote = forge_quote(pki, report_data=claims.report_data())
+    shipped = encode_tdx_collateral(tdx_collateral_from_json(make_collateral(pki, quote).to_json()))  # type: ignore[attr-defined]
+    envelope = sign_report(claims, quote, key, collateral=shipped)  # as a testnet worker ships it
     (tmp_path / "report.cbor").write_bytes(envelope)
     assert main([str(tmp_path / "report.cbor")]) == 0
     printed = tomllib.loads(capsys.readouterr().out)

@@ -39,11 +39,12 @@ from cocoon_node.attestation import (
 )
 from cocoon_node.attestation import snp as snp_mod
 from cocoon_node.attestation._snp_certtable import SnpCertTable
+from cocoon_node.attestation.collateral import encode_snp_collateral
 from cocoon_node.node.attest import ReportPublisher
 
 from .att_helpers import fixed_ed25519, real_quote_bytes
 from .snp_helpers import NOW as NOW_DT
-from .snp_helpers import fixed_p384, make_pki, make_vcek, patch, real_report, real_turin_vcek, real_vcek
+from .snp_helpers import fixed_p384, make_crl, make_pki, make_vcek, patch, real_report, real_turin_vcek, real_vcek
 from .snp_helpers import sign_report as resign
 from .test_snp_evidence import FakeSevGuest
 
@@ -70,12 +71,14 @@ def claims(**kw: Any) -> Claims:
     return Claims.for_key(NODE_RAW, **base)
 
 
-def snp_envelope(c: Claims, *edits: tuple[int, bytes], vcek: bytes = TEST_VCEK) -> bytes:
-    """The real report bound to ``c`` (plus ``edits``), re-signed by the test VCEK, in a signed cocoon report."""
+def snp_envelope(c: Claims, *edits: tuple[int, bytes], vcek: bytes = TEST_VCEK, crl: bytes | None = None) -> bytes:
+    """The real report bound to ``c`` (plus ``edits``), re-signed by the test VCEK, in a signed cocoon report
+    that ships the test ARK's CRL (``crl``, default: one revoking nothing) as a worker does."""
     raw = patch(RAW, REPORT_DATA_AT, c.report_data())
     for off, value in edits:
         raw = patch(raw, off, value)
-    return sign_report(c, encode_snp_evidence(resign(raw, KEY), vcek), NODE)
+    shipped = encode_snp_collateral(make_crl(PKI) if crl is None else crl) if crl != b"" else b""
+    return sign_report(c, encode_snp_evidence(resign(raw, KEY), vcek), NODE, collateral=shipped)
 
 
 POLICY = Policy(tee_kinds=frozenset({TEE_SNP}), image_hashes=frozenset({snp_image_hash(REP)}),

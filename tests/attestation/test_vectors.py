@@ -28,13 +28,16 @@ from cocoon_node.wire.messages import attestation as att_msgs
 from .make_vectors import VECTOR_DIR, build, from_json_value, render
 
 SCHEMA = Path(__file__).resolve().parents[2] / "protocols" / "attestation.toml"
-FILES = ["claims.json", "dev_evidence.json", "snp_evidence.json", "record.json", "envelope.json"]
+FILES = ["claims.json", "dev_evidence.json", "snp_evidence.json", "record.json", "envelope.json", "tdx_collateral.json",
+         "snp_collateral.json"]
 MESSAGE_OF = {
     "claims.json": "attestation_claims",
     "dev_evidence.json": "dev_evidence",
     "snp_evidence.json": "snp_evidence",
     "record.json": "attestation_report",
     "envelope.json": "attestation_envelope",
+    "tdx_collateral.json": "tdx_collateral",
+    "snp_collateral.json": "snp_collateral",
 }
 
 
@@ -111,3 +114,15 @@ def test_schema_matches_code() -> None:
             validate("attestation", msg, value)
             from_builtins(value, att_msgs.MESSAGES[msg])
             assert len(bytes.fromhex(vec["hex"])) <= msgs[msg]["max_bytes"]
+
+
+def test_collateral_is_shipped_but_not_claimed() -> None:
+    """The record vector with collateral carries the tdx_collateral vector, and its claims are exactly the TDX
+    claims vector: collateral is left out of the claims the quote commits to, like the evidence."""
+    _dev, with_col = (bytes.fromhex(v["hex"]) for v in _load("record.json"))
+    (col,) = (bytes.fromhex(v["hex"]) for v in _load("tdx_collateral.json"))
+    record = report_mod.decode_record(with_col)
+    assert record.collateral == col
+    tdx_claims = bytes.fromhex(_load("claims.json")[1]["hex"])
+    assert report_mod.Claims.of_record(record).to_cbor() == tdx_claims
+    assert "collateral" not in cbor2.loads(tdx_claims)

@@ -19,6 +19,7 @@ from libp2p.peer.id import ID
 from cocoon_node import __version__
 from cocoon_node.attestation import TEE_TDX, Claims, Policy, check_report, sign_report
 from cocoon_node.attestation import tdx as tdx_mod
+from cocoon_node.attestation.collateral import encode_tdx_collateral, tdx_collateral_from_json
 from cocoon_node.config import ConfigError, load_config
 from cocoon_node.inference.factory import make_backend
 from cocoon_node.inference.requester import Requester
@@ -27,7 +28,14 @@ from cocoon_node.node.attest import AttestationGate, policy_from_config, report_
 from cocoon_node.node.worker import compute_model_hash
 from cocoon_node.payments.chain.local import LocalChain
 from cocoon_node.payments.registry import RegistryPolicyRefresher, merge_policy, read_registry_policy
-from tests.attestation.att_helpers import AT_VALID, fixed_ed25519, forge_quote, make_fake_pki, real_quote
+from tests.attestation.att_helpers import (
+    AT_VALID,
+    fixed_ed25519,
+    forge_quote,
+    make_collateral,
+    make_fake_pki,
+    real_quote,
+)
 
 from .gate_helpers import FakeDht
 
@@ -66,9 +74,15 @@ class TdxWorker:
     def peer_id(self) -> bytes:
         return self.claims.peer_id
 
-    def report(self, **claims: Any) -> bytes:
+    def report(self, *, collateral: bool = True, **claims: Any) -> bytes:
+        """A report as a testnet worker ships it: with Intel-format TCB collateral (under the test PKI)."""
         c = msgspec.structs.replace(self.claims, **claims)  # Claims is a wire Struct
-        return sign_report(c, forge_quote(self.pki, report_data=c.report_data()), self.key)
+        quote = forge_quote(self.pki, report_data=c.report_data())
+        shipped = b""
+        if collateral:
+            dcap = make_collateral(self.pki, quote)
+            shipped = encode_tdx_collateral(tdx_collateral_from_json(dcap.to_json()))  # type: ignore[attr-defined]
+        return sign_report(c, quote, self.key, collateral=shipped)
 
     def announcement(self, **changes: Any) -> Announcement:
         a = Announcement(peer_id=self.peer_id, addrs=(), model="qwen3-8b", model_hash=MODEL, backend="torch",
@@ -106,9 +120,26 @@ async def test_allowed_image_and_model_pass_and_another_model_name_fails(pinned_
                                   ("allowed_mrtds", ["00" * 48], "mrtd"), ("allowed_rtmrs", ["00" * 32], "rtmr")):
         v = check_report(record, worker.peer_id, policy_on_testnet(**{setting: value}), NOW)
         assert not v.ok and v.check == check, setting
-    # TCB requirements are settings too: required but not checked (no collateral) is refused.
-    v = check_report(record, worker.peer_id, policy_on_testnet(require_tcb_check=True), NOW)
+    # The shipped collateral checks the TCB: a testnet verdict says so.
+    v = check_report(record, worker.peer_id, policy, NOW)
+    assert v.tcb_checked and v.tcb_status == "UpToDate"
+
+
+def test_testnet_refuses_a_report_without_collateral_unless_the_policy_allows_it(pinned_pki: Any) -> None:
+    worker = TdxWorker(pinned_pki)
+    bare = worker.report(collateral=False)
+    v = check_report(bare, worker.peer_id, policy_on_testnet(), NOW)
+    assert not v.ok and v.check == "tcb" and "allow_missing_collateral" in v.reasons[0]
+    relaxed = check_report(bare, worker.peer_id, policy_on_testnet(allow_missing_collateral=True), NOW)
+    assert relaxed.ok and not relaxed.tcb_checked and "tcb not checked: no collateral supplied" in relaxed.reasons
+    # ... but TCB requirements still apply: required but not checked (no collateral) is refused.
+    v = check_report(bare, worker.peer_id, policy_on_testnet(allow_missing_collateral=True, require_tcb_check=True),
+                     NOW)
     assert not v.ok and v.check == "tcb"
+    # A local network is unchanged: no collateral required.
+    local_models = {"policy": {"allowed_models": [f"qwen3-8b={MODEL.hex()}"]}}
+    local = policy_from_config(load_config(env={}, overrides=local_models))
+    assert not local.require_collateral and check_report(bare, worker.peer_id, local, NOW).ok
 
 
 async def test_an_upstream_worker_pointing_off_the_td_is_refused(pinned_pki: Any) -> None:
@@ -208,3 +239,61 @@ async def test_the_registry_carries_measurements_names_and_tcb_rules(owner: Loca
         assert await refresher.refresh()
     assert check_report(record, worker.peer_id, gate.policy, NOW).check == "mrtd"
 
+
+
+class _QuotingTsm:
+    """configfs-tsm of a TD under the test PKI: a quote over whatever report data it is given."""
+
+    def __init__(self, pki: Any) -> None:
+        self.pki = pki
+
+    def get_quote(self, report_data: bytes) -> bytes:
+        return forge_quote(self.pki, report_data=report_data)
+
+
+class _Mesh:
+    def __init__(self, peer: ID, dht: FakeDht) -> None:
+        self.peer_id, self.dht = peer, dht
+
+    async def put_record(self, key: str, value: bytes) -> None:
+        self.dht.records[key] = value
+
+
+async def test_worker_fetches_ships_and_the_testnet_gate_checks_the_collateral(pinned_pki: Any, tmp_path: Any) -> None:
+    """End to end: a TDX worker fetches collateral from a PCCS on 127.0.0.1, caches it, ships it in the report it
+    puts into the DHT; a testnet requester's gate verifies it (tcb_checked) and uses the worker."""
+    from datetime import UTC, datetime
+
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey as Libp2pKey
+    from libp2p.crypto.keys import KeyPair
+
+    from cocoon_node.attestation.pcs import TdxCollateralCache
+    from cocoon_node.node.attest import ReportPublisher
+    from tests.attestation.fake_pccs import fake_pccs
+
+    worker = TdxWorker(pinned_pki)
+    lp_key = Libp2pKey.from_bytes(worker.key.private_bytes_raw())
+    kp = KeyPair(lp_key, lp_key.get_public_key())
+    sample = forge_quote(pinned_pki)
+    served = tdx_collateral_from_json(make_collateral(pinned_pki, sample).to_json())  # type: ignore[attr-defined]
+    dht = FakeDht()
+    with trio.fail_after(20):
+        async with fake_pccs(served) as pccs:
+            # the worker checks what it fetched against its own quote (the pinned root: the test PKI's here)
+            cache = TdxCollateralCache(tmp_path / "collateral", pccs.url,
+                                       clock=lambda: datetime.fromtimestamp(NOW, UTC))
+            pub = ReportPublisher(_Mesh(ID(worker.peer_id), dht), kp, tee=TEE_TDX, model_name="qwen3-8b",  # type: ignore[arg-type]
+                                  model_hash=MODEL, data_dir=tmp_path, backend="torch", tsm=_QuotingTsm(pinned_pki),  # type: ignore[arg-type]
+                                  collateral=cache.for_quote, clock=lambda: float(NOW - 30))
+            pub.early_republish = ()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pub.run)
+                await pub.published.wait()
+                nursery.cancel_scope.cancel()
+        assert len(pccs.paths) == 4 and cache.fetches == 1
+        record = dht.records[report_key(ID(worker.peer_id))]
+        gate = AttestationGate(dht, policy_on_testnet(), clock=lambda: float(NOW))  # type: ignore[arg-type]
+        assert await gate.is_attested(worker.announcement()) is True
+    v = gate.verdict(worker.peer_id)
+    assert v is not None and v.ok and v.tcb_checked and v.tcb_status == "UpToDate"
+    assert check_report(record, worker.peer_id, policy_on_testnet(), NOW).tcb_checked

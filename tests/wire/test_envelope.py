@@ -22,6 +22,7 @@ from cocoon_node.wire import (
     seal_envelope,
     seal_prefixed,
 )
+from cocoon_node.wire.messages.attestation import MAX_ENVELOPE_BYTES
 from cocoon_node.wire.messages.envelope import SignedEnvelope
 
 from .make_vectors import VECTOR_DIR
@@ -93,4 +94,4 @@ def test_prefixed_envelope_round_trip_and_refusals() -> None:
     with pytest.raises(CborError):
         decode_prefixed(sealed + b"\x00")
     with pytest.raises(CborError, match="limit"):
-        seal_prefixed(bytes(16384), KP.private_key, PREFIX)  # payload at its max: the envelope is over
+        seal_prefixed(bytes(MAX_ENVELOPE_BYTES), KP.private_key, PREFIX)  # payload at its max: the envelope is over

@@ -13,7 +13,7 @@ from msgspec import Meta
 from cocoon_node.wire.typed import FrameCodec, Message, utf8_max
 
 PROTOCOL_ID: Final = "/cocoon/attest/1.0.0"
-MAX_FRAME_BYTES: Final = 32768
+MAX_FRAME_BYTES: Final = 65536  # a report with its collateral (49152) + fresh evidence (12288)
 NONCE_BYTES: Final = 32
 
 
@@ -35,7 +35,7 @@ class AttestResponse(AttestFrame, frozen=True, tag="attest_response"):
 
     MAX_BYTES: ClassVar[int] = MAX_FRAME_BYTES
 
-    report: Annotated[bytes, Meta(max_length=16384)]
+    report: Annotated[bytes, Meta(max_length=49152)]
     evidence: Annotated[bytes, Meta(max_length=12288)]
 
 
