@@ -128,7 +128,7 @@ def worker_announcement(worker: Mesh, *, model: str = MODEL, price: int = 1) -> 
     return Announcement(
         peer_id=worker.peer_id.to_bytes(), addrs=tuple(worker.listen_addrs()), model=model, model_hash=b"\x01" * 32,
         backend="synthetic", synthetic=True, price_prompt=price, price_completion=price, max_concurrent=4, load=0,
-        protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 600,
+        protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 600, payout="", v=1,
     )
 
 

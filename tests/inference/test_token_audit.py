@@ -110,7 +110,7 @@ def announcement(n: int) -> Announcement:
     return Announcement(
         peer_id=bytes([0, 36, 8, 1, 18, 32]) + bytes([n]) * 32, addrs=(), model=MODEL, model_hash=b"\x01" * 32,
         backend="synthetic", synthetic=True, price_prompt=1, price_completion=1, max_concurrent=4, load=0,
-        protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 60,
+        protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 60, payout="", v=1,
     )
 
 

@@ -34,7 +34,7 @@ def announcement_of(mesh: Mesh) -> Announcement:
         peer_id=mesh.peer_id.to_bytes(), addrs=tuple(mesh.listen_addrs()), model="synthetic-echo",
         model_hash=b"\x01" * 32, backend="synthetic", synthetic=True, price_prompt=1, price_completion=1,
         max_concurrent=4, load=0, protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1,
-        issued_at=now, expires_at=now + 60,
+        issued_at=now, expires_at=now + 60, payout="", v=1,
     )
 
 
@@ -148,7 +148,7 @@ async def test_stale_spares_are_not_handed_out() -> None:
     target = Announcement(
         peer_id=b"\x00" * 38, addrs=(), model="m", model_hash=b"\x01" * 32, backend="synthetic", synthetic=True,
         price_prompt=1, price_completion=1, max_concurrent=4, load=0, protocols=(PROTOCOL_ID,),
-        tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 60,
+        tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 60, payout="", v=1,
     )
     assert warm.take(target) is None
     warm._workers[target.peer_id].streams.append((time.monotonic() - 1, object()))  # an old spare

@@ -4,7 +4,6 @@ where the backend can tell and marked "declared" otherwise; requesters show it i
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
+from msgspec.structs import replace  # announcements are msgspec Structs
 
 from cocoon_node.cluster import Cluster, worker_args
 from cocoon_node.config import WorkerSection
@@ -60,13 +60,15 @@ def test_hardware_rides_only_in_version_2_and_round_trips() -> None:
     now = int(time.time())
     base = Announcement(peer_id=peer.to_bytes(), addrs=(), model="m", model_hash=b"\x01" * 32, backend="synthetic",
                         synthetic=True, price_prompt=1, price_completion=1, max_concurrent=1, load=0, protocols=(),
-                        tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 10)
+                        tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 10, payout="", v=1)
     hw = Hardware("NVIDIA H200", 8, 143_771, "detected", 32_768, "declared")
     v2 = replace(base, hardware=hw, v=2)
     assert Announcement.from_wire(canonical_loads(canonical_dumps(v2.to_wire()), max_bytes=4096)) == v2
     assert "hardware" not in base.to_wire()
     with pytest.raises(SchemaError):
-        Announcement.from_wire({**replace(base, hardware=hw).to_wire()})  # v1 carrying hardware
+        Announcement.from_wire({**base.to_wire(), "hardware": hw.to_dict()})  # v1 carrying hardware
+    with pytest.raises(ValueError, match="must not carry hardware"):
+        replace(base, hardware=hw)  # nor can one be built in code
     with pytest.raises(SchemaError):
         Announcement.from_wire({**v2.to_wire(), "hardware": {**hw.to_dict(), "hardware_source": "guessed"}})
     assert hardware_matches(hw, {"min_context_length": "32768", "accelerator": "h200"})
