@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import msgspec
 import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
@@ -17,7 +18,13 @@ from cocoon_node.cluster import Cluster, worker_args
 from cocoon_node.config import WorkerSection
 from cocoon_node.mesh import Announcement
 from cocoon_node.mesh.announce import Hardware
-from cocoon_node.node.hardware import describe_hardware, hardware_matches, upstream_context_length
+from cocoon_node.node.hardware import (
+    describe_hardware,
+    hardware_dict,
+    hardware_matches,
+    hardware_summary,
+    upstream_context_length,
+)
 from cocoon_node.wire import SchemaError, canonical_dumps, canonical_loads
 
 from .conftest import api_url, wait_until
@@ -74,6 +81,11 @@ def test_hardware_rides_only_in_version_2_and_round_trips() -> None:
     assert hardware_matches(hw, {"min_context_length": "32768", "accelerator": "h200"})
     assert not hardware_matches(hw, {"min_context_length": "65536"})
     assert not hardware_matches(None, {"accelerator": "h200"})
+    # a v1 announcement carries no hardware (UNSET, never nil): nothing to show, match or summarise
+    assert base.hardware is msgspec.UNSET and not hardware_matches(base.hardware, {"accelerator": "h200"})
+    assert hardware_dict(base) is None and hardware_dict(v2) == hw.to_dict()
+    assert hardware_summary([base])["context_length"] is None
+    assert hardware_summary([base, v2])["context_length"] == [32_768, 32_768]
 
 
 async def test_v1_models_shows_and_filters_by_the_announced_hardware(tmp_path: Path) -> None:
