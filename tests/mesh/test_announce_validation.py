@@ -201,3 +201,18 @@ def test_stale_announcements_are_ignored_and_forgeries_rejected() -> None:
     other = create_new_key_pair()
     forged = announcement(other, seqno=10).seal(other.private_key)
     assert v(relay, msg(forged, origin)) is False
+
+
+def test_capabilities_are_on_the_wire_exactly_when_v3() -> None:
+    """The one version rule the type cannot say by itself (an empty list is the field's default, which the
+    encoding leaves out): a v3 payload always carries ``capabilities``, even empty, and v1/v2 never do."""
+    kp = create_new_key_pair()
+    v3_empty = announcement(kp).to_wire() | {"v": 3, "capabilities": []}
+    decoded = Announcement.from_wire(v3_empty)
+    assert decoded.v == 3 and decoded.capabilities == ()
+    assert decoded.to_wire()["capabilities"] == [] and Announcement.from_payload(decoded.to_payload()) == decoded
+    for bad in ({k: v for k, v in v3_empty.items() if k != "capabilities"},  # v3 without the field
+                announcement(kp).to_wire() | {"capabilities": []},  # v1 with it, even empty
+                announcement(kp).to_wire() | {"v": 2, "tokenizer": b"\x42" * 32, "capabilities": []}):
+        with pytest.raises(SchemaError, match="capabilities"):
+            Announcement.from_wire(bad)
