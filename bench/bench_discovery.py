@@ -156,7 +156,7 @@ class VirtualWorker:
         a = Announcement(peer_id=self.peer.to_bytes(), addrs=(addr,), model=self.model, model_hash=b"\x02" * 32,
                          backend="torch", synthetic=False, price_prompt=100, price_completion=200, max_concurrent=8,
                          load=self.load, protocols=("/cocoon/inference/1.0.0",), tee_kind="tdx", seqno=self.seqno,
-                         issued_at=now, expires_at=now + ttl, payout="EQ" + "A" * 46)
+                         issued_at=now, expires_at=now + ttl, payout="EQ" + "A" * 46, v=1)
         msg = rpc_pb2.Message(data=a.seal(self.key.private_key), topicIDs=topics, from_id=self.peer.to_bytes(),
                               seqno=self.pubsub_seqno.to_bytes(8, "big"))
         msg.signature = self.key.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())

@@ -5,8 +5,8 @@ validation in msgspec; on a tree before the typed frames, dicts + ``wire.schema`
 MB/s through a real libp2p stream on loopback, one ``write`` per frame as the worker does, the receiver
 parsing with ``FrameStream`` like the requester (text sizes: a one-token delta (~6 chars) and a 1 KiB one),
 and (3) encode/decode rates of the canonical-CBOR records (attestation report record, its envelope, dev
-evidence, the domain envelope of announcements): bytes <-> validated fields, no signature work, plus the
-signed paths (sign + seal, open + verify) for context.
+evidence, the domain envelope of announcements, the announcement payload): bytes <-> validated fields, no
+signature work, plus the signed paths (sign + seal, open + verify) for context.
 
 Prints one JSON line, then one human line per case.
     .venv/bin/python bench/bench_wire.py [--frames 20000] [--seconds 2] [--skip-stream]
@@ -169,10 +169,41 @@ def _record_codecs(r: dict[str, Any]) -> dict[str, tuple[Callable[[], object], C
     }
 
 
+def _announcement_codecs() -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+    """(encode, decode) of a worker's announcement (v2: tokenizer and hardware), as this checkout does it:
+    the payload (validated fields <-> canonical CBOR) and the whole signed message (seal; open, verify,
+    decode: what every node's topic validator runs per gossip message)."""
+    from libp2p.peer.id import ID
+
+    from cocoon_node.mesh.announce import Announcement, Hardware, decode_announcement
+    from cocoon_node.wire import canonical_loads
+
+    key = create_new_key_pair(hashlib.sha256(b"bench-wire-announcer").digest())
+    peer = ID.from_pubkey(key.public_key)
+    hardware = Hardware(accelerator="NVIDIA H200", accelerator_count=8, accelerator_memory_mib=143_771,
+                        hardware_source="detected", context_length=32_768, context_source="declared")
+    ann = Announcement(peer_id=peer.to_bytes(), addrs=(f"/ip4/127.0.0.1/tcp/4001/p2p/{peer.to_base58()}",),
+                       model="Qwen/Qwen3-8B", model_hash=bytes(32), backend="torch", synthetic=False,
+                       price_prompt=1000, price_completion=2000, max_concurrent=8, load=1,
+                       protocols=("/cocoon/inference/1.0.0",), tee_kind="tdx", seqno=42, issued_at=1_800_000_000,
+                       expires_at=1_800_000_300, payout="0:" + "22" * 32, v=2, tokenizer=bytes(range(32)),
+                       hardware=hardware)
+    sealed = ann.seal(key.private_key)
+    if hasattr(Announcement, "from_payload"):  # the msgspec type
+        payload = ann.to_payload()
+        codec = (ann.to_payload, lambda: Announcement.from_payload(payload))
+    else:  # before: a dataclass, its dict checked by wire.schema (sealing wrote the dict unchecked)
+        payload = canonical_dumps(ann.to_wire())
+        codec = (lambda: canonical_dumps(ann.to_wire()),
+                 lambda: Announcement.from_wire(canonical_loads(payload, max_bytes=4096)))
+    return {"announcement": codec,
+            "announcement_signed": (lambda: ann.seal(key.private_key), lambda: decode_announcement(sealed))}
+
+
 def record_rates(seconds: float) -> dict[str, dict[str, float]]:
     r = _record_samples()
     out: dict[str, dict[str, float]] = {}
-    for name, (enc, dec) in _record_codecs(r).items():
+    for name, (enc, dec) in {**_record_codecs(r), **_announcement_codecs()}.items():
         out[name] = {"encode_per_s": round(_rate(enc, seconds)), "decode_per_s": round(_rate(dec, seconds))}
         if name == "claims":
             del out[name]["decode_per_s"]  # claims are only ever hashed, never decoded

@@ -89,6 +89,7 @@ class JunkFlooder:
             peer_id=peer_id, addrs=addrs, model="synthetic-echo", model_hash=b"\x66" * 32,
             backend="synthetic", synthetic=True, price_prompt=0, price_completion=0, max_concurrent=99, load=0,
             protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=seqno, issued_at=issued, expires_at=expires,
+            payout="", v=1,
         )
 
     def junk(self, kind: str) -> bytes:

@@ -23,6 +23,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+import msgspec
 import trio
 
 from cocoon_node.api import NodeHttp
@@ -65,7 +66,7 @@ class MisnamedNode(Node):
     def _misname(self) -> None:
         worker = self.worker
         assert worker is not None and worker.server is not None and worker.announcement is not None
-        worker.announcement = replace(worker.announcement, model=self.offered)
+        worker.announcement = msgspec.structs.replace(worker.announcement, model=self.offered)
         server = worker.server
         server.terms = replace(server.terms, model=self.offered)  # it would serve the popular name if reached
         honest = server.handle

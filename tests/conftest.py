@@ -63,6 +63,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
+import trio  # noqa: E402
 from libp2p.crypto.ed25519 import create_new_key_pair  # noqa: E402
 
 from cocoon_node.api import openai_app  # noqa: E402
@@ -75,10 +76,16 @@ from cocoon_node.inference import (  # noqa: E402
     WorkerTerms,
     parse_chat_request,
 )
-from cocoon_node.mesh import Announcement, Mesh, MeshSettings  # noqa: E402
+from cocoon_node.mesh import Announcement, Connectivity, ConnectivitySettings, Mesh, MeshSettings  # noqa: E402
 
 #: The model every synthetic worker of these fixtures serves.
 MODEL = "synthetic-echo"
+
+
+def chat_body(content: str = "hello world", *, model: str = MODEL, **fields: Any) -> dict[str, Any]:
+    """The OpenAI JSON body of a chat completion (what a client posts, what a request frame carries): one
+    user message of ``content``; other OpenAI fields as given, None included (a test may send a null)."""
+    return {"model": model, "messages": [{"role": "user", "content": content}], **fields}
 
 
 def chat_request(content: int | str = "hello world", *, model: str = MODEL, **fields: Any) -> ChatRequest:
@@ -87,7 +94,7 @@ def chat_request(content: int | str = "hello world", *, model: str = MODEL, **fi
     fields (``max_tokens``, ``stream``, ...) as given, None meaning absent."""
     text = " ".join(f"w{i}" for i in range(content)) if isinstance(content, int) else content
     given = {k: v for k, v in fields.items() if v is not None}
-    return parse_chat_request({"model": model, "messages": [{"role": "user", "content": text}], **given})
+    return parse_chat_request(chat_body(text, model=model, **given))
 
 
 @asynccontextmanager
@@ -102,6 +109,22 @@ async def started_hosts(count: int = 2) -> AsyncIterator[list[Mesh]]:
             await stack.enter_async_context(host.start())
             hosts.append(host)
         yield hosts
+
+
+@asynccontextmanager
+async def connectivity_host(settings: MeshSettings,
+                            connectivity: ConnectivitySettings) -> AsyncIterator[tuple[Mesh, Connectivity]]:
+    """A host with NAT traversal (:class:`Connectivity`: dial-back, relays) installed before it starts and
+    running beside it; stopped on exit."""
+    mesh = Mesh(create_new_key_pair(), settings)
+    conn = Connectivity(mesh, connectivity)
+    conn.install()
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(mesh.start())
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(conn.run)
+        yield mesh, conn
+        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture
@@ -128,7 +151,7 @@ def worker_announcement(worker: Mesh, *, model: str = MODEL, price: int = 1) -> 
     return Announcement(
         peer_id=worker.peer_id.to_bytes(), addrs=tuple(worker.listen_addrs()), model=model, model_hash=b"\x01" * 32,
         backend="synthetic", synthetic=True, price_prompt=price, price_completion=price, max_concurrent=4, load=0,
-        protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 600,
+        protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 600, payout="", v=1,
     )
 
 

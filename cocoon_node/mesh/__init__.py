@@ -2,6 +2,7 @@
 
 - :mod:`.host`: :class:`Mesh`, the py-libp2p host (Noise, yamux, GossipSub, Kademlia); the transport is
   injectable (:data:`TransportFactory`), which is how netsim shapes links without the mesh importing it;
+  its tunables are in :mod:`._settings`, its race-free teardown in :mod:`._shutdown`;
 - :mod:`.identity`: the node's persisted Ed25519 key; :mod:`.peer_cache`: where our peers listened last run;
 - :mod:`.announce` (signed worker announcements and their gossip validator), :mod:`.workers` (the
   requester's live table of them);

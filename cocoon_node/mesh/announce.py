@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import msgspec
 from libp2p.crypto.keys import PrivateKey
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
@@ -22,13 +22,22 @@ from cocoon_node.wire import (
     CborError,
     EnvelopeError,
     SchemaError,
-    canonical_dumps,
-    canonical_loads,
     load_protocol,
     open_envelope,
     seal_envelope,
-    validate,
 )
+from cocoon_node.wire.messages.announce import (
+    ANNOUNCEMENT_VERSION,
+    CAPABILITIES_VERSION,
+    AnnouncementPayload,
+    Version,
+    decode_payload,
+    encode_payload,
+    payload_fields,
+    payload_from_fields,
+)
+from cocoon_node.wire.messages.announce import TOKENIZER_VERSION as TOKENIZER_VERSION
+from cocoon_node.wire.messages.announce import Hardware as Hardware  # re-exported: the mesh's face for it
 
 _PROTO = load_protocol("announce")
 TOPIC: str = _PROTO.meta["topic"]  # the directory topic (see protocols/announce.toml)
@@ -37,14 +46,6 @@ DOMAIN: str = _PROTO.meta["domain"]
 MAX_CLOCK_SKEW = 30  # seconds an announcement's issue time may lie ahead of the validator's clock
 MAX_TTL: int = int(_PROTO.meta["max_ttl_seconds"])
 RATE_LIMIT_PER_MINUTE: int = int(_PROTO.meta["rate_limit_per_minute"])
-ANNOUNCEMENT_VERSION = 1
-#: Version 2 adds two optional fields, ``tokenizer`` (issue 19) and ``hardware`` (issue 15), and carries at least
-#: one of them; a worker that announces neither still sends version 1, byte for byte as before.
-V2_FIELDS = ("tokenizer", "hardware")
-TOKENIZER_VERSION = HARDWARE_VERSION = 2
-#: Version 3 adds ``capabilities`` (optional OpenAI features the backend serves, issue 13); it may carry the
-#: version-2 fields too. A worker whose backend serves no optional feature keeps sending v1/v2.
-CAPABILITIES_VERSION = 3
 STALE_REASONS = frozenset({"replayed", "expired"})
 
 
@@ -53,11 +54,12 @@ def model_topic(model: str) -> str:
     return MODEL_TOPIC_PREFIX + model
 
 
-def payload_version(*, tokenizer: bytes, hardware: Hardware | None, capabilities: tuple[str, ...] = ()) -> int:
+def payload_version(*, tokenizer: bytes, hardware: Hardware | msgspec.UnsetType | None,
+                    capabilities: tuple[str, ...] = ()) -> Version:
     """The version an announcement with these optional fields is sent as (one offer, one encoding)."""
     if capabilities:
         return CAPABILITIES_VERSION
-    return 2 if tokenizer or hardware is not None else ANNOUNCEMENT_VERSION
+    return 2 if tokenizer or isinstance(hardware, Hardware) else ANNOUNCEMENT_VERSION
 
 
 class AnnouncementError(ValueError):
@@ -68,91 +70,38 @@ class AnnouncementError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Hardware:
-    """What serves the model (payload version 2): accelerator kind, count and memory, and the context length
-    served. ``*_source`` says whether the worker detected a fact (the backend could tell) or only declared it
-    (by flag; nothing checks it); attestation binds neither."""
-
-    accelerator: str = ""
-    accelerator_count: int = 0
-    accelerator_memory_mib: int = 0
-    hardware_source: str = "unknown"
-    context_length: int = 0
-    context_source: str = "unknown"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Announcement:
-    """A worker's offer, as gossiped."""
-
-    peer_id: bytes
-    addrs: tuple[str, ...]
-    model: str
-    model_hash: bytes
-    backend: str
-    synthetic: bool
-    price_prompt: int
-    price_completion: int
-    max_concurrent: int
-    load: int
-    protocols: tuple[str, ...]
-    tee_kind: str
-    seqno: int
-    issued_at: int
-    expires_at: int
-    payout: str = ""
-    hardware: Hardware | None = None  # versions 2 and 3
-    v: int = ANNOUNCEMENT_VERSION
-    # SHA-256 naming the tokenizer this worker counts tokens with (inference.tokencount); b"": not announced.
-    tokenizer: bytes = b""
-    # Optional OpenAI features the backend serves (inference.features names); (): none, or not announced (v1/v2).
-    capabilities: tuple[str, ...] = ()
+class Announcement(AnnouncementPayload, frozen=True, kw_only=True):
+    """A worker's offer, as gossiped: the wire type (:mod:`cocoon_node.wire.messages.announce`, fields and
+    version rules) with what the mesh does with one."""
 
     @property
     def peer(self) -> ID:
         return ID(self.peer_id)
 
     def to_wire(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["addrs"] = list(self.addrs)
-        out["protocols"] = list(self.protocols)
-        if self.hardware is None:
-            del out["hardware"]
-        if not self.tokenizer:
-            del out["tokenizer"]  # versions 1 and 3 may leave it out
-        if self.v >= CAPABILITIES_VERSION:
-            out["capabilities"] = list(self.capabilities)
-        else:
-            del out["capabilities"]
-        return out
+        """The payload's map, as it is signed (optional fields left out; every v3 map has capabilities)."""
+        return payload_fields(self)
 
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> Announcement:
-        data = validate("announce", "announcement", fields)
-        v = data["v"]
-        if ("capabilities" in data) != (v >= CAPABILITIES_VERSION):
-            raise SchemaError("capabilities", f"version {v} announcements must "
-                              f"{'not ' if v < CAPABILITIES_VERSION else ''}carry capabilities")
-        present = [name for name in V2_FIELDS if name in data]
-        if v < 2 and present:
-            raise SchemaError(present[0], f"version {v} announcements must not carry {present[0]}")
-        if v == 2 and not present:
-            raise SchemaError("v", f"version {v} announcements carry {' or '.join(V2_FIELDS)}")
-        hardware = data.get("hardware")
-        return cls(**{**data, "addrs": tuple(data["addrs"]), "protocols": tuple(data["protocols"]),
-                      "capabilities": tuple(data.get("capabilities", ())),
-                      "hardware": Hardware(**hardware) if hardware is not None else None})
+        """A decoded map as an announcement, validated; raises :class:`SchemaError`."""
+        return payload_from_fields(fields, cls)
+
+    def to_payload(self) -> bytes:
+        """The canonical CBOR a worker signs; validated first."""
+        return encode_payload(self)
+
+    @classmethod
+    def from_payload(cls, data: bytes) -> Announcement:
+        """Canonical CBOR from a peer -> announcement: :class:`CborError` or :class:`SchemaError` if it is not one."""
+        return decode_payload(data, cls)
 
     def seal(self, private_key: PrivateKey) -> bytes:
-        return seal_envelope(DOMAIN, canonical_dumps(self.to_wire()), private_key)
+        return seal_envelope(DOMAIN, self.to_payload(), private_key)
 
     def bump(self, *, load: int, now: int, ttl: int) -> Announcement:
         """The next announcement: higher seqno, fresh validity window."""
-        return replace(self, load=load, seqno=self.seqno + 1, issued_at=now, expires_at=now + ttl)
+        return msgspec.structs.replace(self, load=load, seqno=self.seqno + 1, issued_at=now, expires_at=now + ttl)
 
 
 def decode_announcement(data: bytes) -> tuple[Announcement, ID]:
@@ -164,11 +113,11 @@ def decode_announcement(data: bytes) -> tuple[Announcement, ID]:
     except EnvelopeError as exc:
         reason = "forged" if "signature" in str(exc) else "malformed"
         raise AnnouncementError(reason, str(exc)) from exc
-    limit = _PROTO.message("announcement").max_bytes
+    limit = Announcement.MAX_BYTES
     if len(envelope.payload) > limit:
         raise AnnouncementError("oversized", f"payload of {len(envelope.payload)} bytes > {limit}")
     try:
-        announcement = Announcement.from_wire(canonical_loads(envelope.payload, max_bytes=limit))
+        announcement = Announcement.from_payload(envelope.payload)
     except (CborError, SchemaError, TypeError) as exc:
         raise AnnouncementError("malformed", str(exc)) from exc
     return announcement, envelope.peer_id

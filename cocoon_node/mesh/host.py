@@ -22,8 +22,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import multiaddr
 import trio
@@ -44,6 +42,9 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from cocoon_node.mesh import kad_protocol
+from cocoon_node.mesh._settings import MeshSettings as MeshSettings  # re-exported: the mesh's face for it
+from cocoon_node.mesh._settings import TransportFactory as TransportFactory
+from cocoon_node.mesh._shutdown import _only_shutdown_races, quiesce
 from cocoon_node.mesh.dht_lookup import RecordLookup
 from cocoon_node.mesh.dht_put import PutResult, RecordKeeper, RecordPutter
 from cocoon_node.mesh.joining import dial_bootstrap, refresh_while_sparse, stay_joined
@@ -74,48 +75,6 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DHT_PROTOCOL_PREFIX = TProtocol("/cocoon")
 
 TopicValidator = ScoredValidator  # True/False, or IGNORE: dropped without counting against the forwarder
-# Called with the node's peer id; returns the transport and the context its background work runs in (entered
-# around the host, left after it).
-TransportFactory = Callable[[ID], tuple[ITransport, AbstractAsyncContextManager[object]]]
-
-
-@dataclass(frozen=True)
-class MeshSettings:
-    """Tunables of the mesh; defaults suit both a loopback cluster and the internet."""
-
-    listen_addrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",)
-    bootstrap: Sequence[str] = ()
-    max_connections: int = 200
-    target_peers: int = 6
-    heartbeat_interval: float = 1.0
-    gossip_degree: int = 6
-    gossip_degree_low: int = 4
-    gossip_degree_high: int = 12
-    # Loopback clusters put every peer on one IP; on the internet keep diversity protection on.
-    local_cluster: bool = False
-    max_inbound_rpc_size: int = 256 * 1024
-    dial_timeout: float = 5.0
-    topics: Sequence[str] = field(default_factory=tuple)
-    # Where to remember peers we were connected to, so a restarted node finds the mesh again even when its
-    # configured bootstrap peers are gone (or it was itself the bootstrap). None: no cache.
-    peer_cache: Path | None = None
-    # DHT reads (see cocoon_node/mesh/dht_lookup.py): most RPCs in flight per lookup, the limit per RPC (it
-    # includes the dial when we are not connected to the peer, hence dial_timeout's 5 s), and how long a record
-    # fetched from the network is reused (it is re-validated on every use either way).
-    dht_alpha: int = 3
-    dht_rpc_timeout: float = 5.0
-    dht_cache_ttl: float = 30.0
-    # DHT writes (cocoon_node/mesh/dht_put.py): how many closest peers a record is stored at (Kademlia's k,
-    # also the width of a lookup's window), how often our own records are checked against the closest peers
-    # we now know of (re-put when new ones appeared), and the periodic re-put regardless.
-    dht_k: int = 20
-    dht_check_interval: float = 30.0
-    dht_republish_interval: float = 600.0
-    # A transport to use instead of py-libp2p's own choice; None (production) keeps py-libp2p's. netsim injects
-    # its NETSIM-ONLY shaped TCP (netsim/shaping/) this way, so the mesh never imports netsim.
-    transport_factory: TransportFactory | None = None
-
-
 class Mesh:
     """One running libp2p host with pubsub and DHT; use :meth:`start` as an async context manager."""
 
@@ -267,21 +226,7 @@ class Mesh:
                     self._peer_cache.save()
                 nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    await self._quiesce(host)
-
-    async def _quiesce(self, host: IHost) -> None:
-        """Stop accepting and drop connections before the services stop, so no connection event races them."""
-        network = host.get_network()
-        for listener in list(getattr(network, "listeners", {}).values()):
-            try:
-                await listener.close()
-            except Exception as exc:  # a listener that is already closing is fine
-                log.debug("closing listener: %s", exc)
-        for peer in list(host.get_connected_peers()):
-            try:
-                await host.disconnect(peer)
-            except Exception as exc:
-                log.debug("disconnecting %s: %s", peer, exc)
+                    await quiesce(host)
 
     # ----- identity and addresses -------------------------------------------------------------------------
     @property
@@ -441,10 +386,3 @@ class Mesh:
             self.refreshes_skipped += 1
 
         await refresh_while_sparse(self.dht, self.host, self.settings.target_peers, skipped)
-
-
-def _only_shutdown_races(exc: BaseException) -> bool:
-    """True when ``exc`` is py-libp2p's shutdown race alone, possibly wrapped in exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_shutdown_races(inner) for inner in exc.exceptions)
-    return isinstance(exc, RuntimeError) and "closed to new arrivals" in str(exc)

@@ -10,13 +10,15 @@ like). Declared (``worker.accelerator*``, ``worker.context_length``): what the o
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import httpx
+import msgspec
 
 from cocoon_node.config import WorkerSection
 from cocoon_node.inference.backend import Backend
 from cocoon_node.mesh.announce import Announcement, Hardware
+from cocoon_node.wire.messages.announce import Source
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +90,19 @@ async def describe_hardware(backend: Backend, worker: WorkerSection) -> Hardware
     else:
         ctx_source = "unknown"
     return Hardware(accelerator=name[:64], accelerator_count=min(count, 64), accelerator_memory_mib=memory,
-                    hardware_source=hw_source, context_length=context, context_source=ctx_source)
+                    hardware_source=cast(Source, hw_source), context_length=context,
+                    context_source=cast(Source, ctx_source))
 
 
-def hardware_matches(hardware: Hardware | None, filters: dict[str, str]) -> bool:
+def hardware_dict(announcement: Announcement) -> dict[str, Any] | None:
+    """The hardware an announcement carries, as a status/JSON map; ``None`` when it carries none (v1)."""
+    return announcement.hardware.to_dict() if isinstance(announcement.hardware, Hardware) else None
+
+
+def hardware_matches(hardware: Hardware | msgspec.UnsetType | None, filters: dict[str, str]) -> bool:
     """Whether a worker's announced hardware passes ``/v1/models`` filters (unknown facts never pass one)."""
+    if not isinstance(hardware, Hardware):
+        hardware = None  # not announced (UNSET on an announcement)
     want_context = filters.get("min_context_length")
     if want_context:
         if hardware is None or hardware.context_length < int(want_context):
@@ -106,7 +116,7 @@ def hardware_matches(hardware: Hardware | None, filters: dict[str, str]) -> bool
 
 def hardware_summary(workers: list[Announcement]) -> dict[str, Any]:
     """Per model: the context lengths served (min, max; detected or declared) and the accelerators on offer."""
-    known = [w.hardware for w in workers if w.hardware is not None]
+    known = [w.hardware for w in workers if isinstance(w.hardware, Hardware)]
     contexts = [h.context_length for h in known if h.context_length]
     return {
         "context_length": [min(contexts), max(contexts)] if contexts else None,

@@ -50,7 +50,7 @@ from cocoon_node.node.faces import (
     TaskStatus,
     write_node_info,
 )
-from cocoon_node.node.hardware import hardware_matches, hardware_summary
+from cocoon_node.node.hardware import hardware_dict, hardware_matches, hardware_summary
 from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
 from cocoon_node.observe import DashboardAccess, NodeMetrics, ObservedRequester, observed_surface
@@ -367,7 +367,7 @@ class Node:
             verdicts = [{**(self.gate.describe(w) if self.gate else
                             {"worker": w.peer.to_base58(), "verified": False,
                              "reasons": ["this node is not a requester"]}),
-                         "hardware": w.hardware.to_dict() if w.hardware else None}
+                         "hardware": hardware_dict(w)}
                         for w in workers]
             out.append({
                 "id": model, "object": "model", "created": 0, "owned_by": "cocoon-mesh",
@@ -411,7 +411,7 @@ class Node:
                  "price_prompt": a.price_prompt, "price_completion": a.price_completion,
                  "announced_tee_kind": a.tee_kind, "synthetic": a.synthetic, "seqno": a.seqno,
                  "expires_at": a.expires_at, "gate": self.gate.describe(a) if self.gate else None,
-                 "hardware": a.hardware.to_dict() if a.hardware else None,
+                 "hardware": hardware_dict(a),
                  "addrs": list(a.addrs), "path": self.connectivity.path_to(a.peer),  # how it is reached now
                  **self._latency(a)}
                 for a in self.table.live()

@@ -7,13 +7,14 @@ import json
 import logging
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 import trio
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
+from msgspec.structs import replace  # announcements are msgspec Structs
 
 from cocoon_node.attestation import TEE_DEV, TEE_SNP, TEE_TDX, measurements_of_report, model_hash, upstream_origin
 from cocoon_node.config import Config
@@ -27,6 +28,7 @@ from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_PROTOCOL_ID
 from cocoon_node.node.fresh_attest import FreshAttestServer
 from cocoon_node.node.hardware import describe_hardware
 from cocoon_node.observe.progress import LoadProgress
+from cocoon_node.wire.messages.announce import BackendKind, Capability, TeeKind
 
 log = logging.getLogger(__name__)
 # trio's own TaskStatus is shadowed by the old trio-typing stubs py-libp2p pulls in.
@@ -148,13 +150,15 @@ class WorkerRole:
         capabilities = announced_capabilities(self.backend)
         self.announcement = Announcement(
             peer_id=self.mesh.peer_id.to_bytes(), addrs=tuple(self.mesh.advertised_addrs()[:8]), model=w.model,
-            model_hash=weights, backend=self.backend.kind, synthetic=self.backend.synthetic,
+            # backend, tee_kind and capabilities are checked against the announcement's type when it is sealed
+            model_hash=weights, backend=cast(BackendKind, self.backend.kind), synthetic=self.backend.synthetic,
             price_prompt=w.price_prompt, price_completion=w.price_completion, max_concurrent=w.max_concurrent,
-            load=0, protocols=(PROTOCOL_ID,), tee_kind=tee_kind, seqno=time.time_ns() // 1_000_000,
+            load=0, protocols=(PROTOCOL_ID,), tee_kind=cast(TeeKind, tee_kind), seqno=time.time_ns() // 1_000_000,
             issued_at=now, expires_at=now + w.announce_ttl, payout=self.payout,
             # optional fields: the backend's tokenizer when it names one (requesters can count our tokens), the
             # hardware (v2), and the optional OpenAI features it serves (v3: requesters route by them)
-            tokenizer=tokenizer, hardware=self.hardware, capabilities=capabilities,
+            tokenizer=tokenizer, hardware=self.hardware or msgspec.UNSET,
+            capabilities=cast(tuple[Capability, ...], capabilities),
             v=payload_version(tokenizer=tokenizer, hardware=self.hardware, capabilities=capabilities),
         )
         await self.mesh.subscribe(model_topic(w.model))  # the topic's mesh: workers and buyers of the model

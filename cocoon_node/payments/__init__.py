@@ -9,8 +9,9 @@ on chain, :class:`ChannelManager` opens, tops up and watches the payer's channel
 - :mod:`.contracts`: the committed contract code (contracts/build), its code hashes and exit codes;
 - :mod:`.registry`: the registry contract in one place: owner update bodies, reading its policy, and the
   refresher that applies it to a requester's attestation gate;
-- :mod:`.meter` (worker side, credit window) and :mod:`.payer` (requester side, voucher pacing): the
-  metering of one inference stream, behind the port :mod:`cocoon_node.inference.port` declares;
+- :mod:`.meter` (worker side, credit window; what payers owe is kept in :mod:`._ledger`) and :mod:`.payer`
+  (requester side, voucher pacing): the metering of one inference stream, behind the port
+  :mod:`cocoon_node.inference.port` declares;
 - :mod:`.channels` (payer's channel lifecycle), :mod:`.settlement` (payee's claims and closes),
   :mod:`.store` (SQLite state, fsynced before anything is sent or served);
 - :mod:`.chain`: the chain adapters (:class:`TonChain`, the EMULATED :class:`LocalChain`).

@@ -9,7 +9,8 @@ that does not match its published schema never reaches the code that acts on it.
 - :mod:`.messages`: the declared types, one module per protocol;
 - :mod:`.envelope`: the two signed-envelope shapes (domain envelope, prefixed envelope);
 - :mod:`.frames`: length-prefixed msgpack frames over a stream;
-- :mod:`.schema`: the TOML loader and the dict validator for protocols not yet declared as types.
+- :mod:`.schema`: the TOML loader (protocol metadata) and a dict validator, which only the tests' golden
+  vectors still use (every protocol is declared as types).
 """
 
 from cocoon_node.wire.cbor import CborError, canonical_dumps, canonical_loads

@@ -5,8 +5,8 @@ type of the protocol's field table. The length is checked against the limit *bef
 buffered, so a peer cannot make us allocate more than one maximum frame per stream.
 
 A :class:`FrameStream` carries the frames of one protocol through that protocol's codec: a typed
-:class:`~cocoon_node.wire.typed.FrameCodec` (inference, channel: frames are ``Message`` types), or, for a
-protocol not yet declared as types (dial-back), its name, which gives dicts checked by ``wire.schema``.
+:class:`~cocoon_node.wire.typed.FrameCodec` (every stream protocol: frames are ``Message`` types), or a
+protocol's name, which gives dicts checked by ``wire.schema`` (only the golden-vector generator does that).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Field tables from ``protocols/*.toml``, enforced on decoded records and frames given as dicts.
+"""Field tables from ``protocols/*.toml``: the loader every protocol reads its metadata through, and a dict
+validator that holds a plain map to its table.
 
-Protocols declared as types (:mod:`cocoon_node.wire.messages`: attestation, envelope, inference, channel,
-dialback) are validated by their types instead. At run time this validator serves only the protocol not yet
-converted: the announcement (``mesh/announce.py``); the tests and the golden-vector generator read the
-tables through it too. It goes once that one is typed.
+Every protocol is declared as types (:mod:`cocoon_node.wire.messages`: attestation, envelope, announce,
+inference, channel, dialback, attest, receipt) and validated by them, so at run time only the loader
+(:func:`load_protocol`: topics, domains, limits) and :class:`SchemaError` are used. The dict validator
+(:func:`validate`) has no run-time user left; the golden-vector generator and the vector tests still read
+the tables through it, as a second reading of the TOML beside the types.
 
 The schema files are the single source of truth for our wire formats: documentation, golden-vector tests
 and runtime validation all read the same table. A field entry looks like

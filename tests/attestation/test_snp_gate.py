@@ -292,7 +292,7 @@ async def test_the_requesters_gate_accepts_an_snp_worker_and_refuses_a_tampered_
     announcement = Announcement(peer_id=c.peer_id, addrs=(), model="m", model_hash=MODEL, backend="",
                                 synthetic=False, price_prompt=1, price_completion=1, max_concurrent=1, load=0,
                                 protocols=("/cocoon/inference/1.0.0",), tee_kind=TEE_SNP, seqno=1,
-                                issued_at=NOW, expires_at=NOW + 15)
+                                issued_at=NOW, expires_at=NOW + 15, payout="", v=1)
 
     def gate(record: bytes) -> AttestationGate:
         dht = FakeDht()

@@ -62,7 +62,7 @@ def announcement(model: str, backend: Backend, max_concurrent: int, *, capabilit
         peer_id=bytes([0, 36, 8, 1, 18, 32]) + bytes([peer]) * 32, addrs=(), model=model, model_hash=b"\x01" * 32,
         backend=backend.kind, synthetic=backend.synthetic, price_prompt=1, price_completion=1,
         max_concurrent=max_concurrent, load=0, protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1,
-        issued_at=now, expires_at=now + 3600, capabilities=caps, v=3 if caps else 1,
+        issued_at=now, expires_at=now + 3600, capabilities=caps, v=3 if caps else 1, payout="",
     )
 
 

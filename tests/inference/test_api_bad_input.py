@@ -27,6 +27,7 @@ from cocoon_node.inference.extras import (
     delta_frames,
 )
 from cocoon_node.wire.messages.inference import CODEC, MAX_FRAME_BYTES, DeltaFrame
+from tests.conftest import chat_body
 
 from .api_harness import Harness, Pipe, api_over
 
@@ -37,8 +38,7 @@ def backend() -> SyntheticBackend:
     return SyntheticBackend(tokens_per_second=10_000, model_name=MODEL)
 
 
-def chat(content: str = "hello there", **extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
+chat = chat_body  # the shared OpenAI body (tests/conftest.py)
 
 
 def assert_openai_error(resp: httpx.Response, status: int) -> dict[str, Any]:
@@ -204,10 +204,10 @@ async def raw_http(h: Harness, version: str, headers: str, body: dict[str, Any])
                          ids=["connection-close", "http-1.0"])
 async def test_a_streamed_response_closes_the_connection_when_asked(version: str, headers: str) -> None:
     async with api_over(backend(), MODEL) as h:
-        out = await raw_http(h, version, headers, chat(stream=True))
+        out = await raw_http(h, version, headers, chat("hello there", stream=True))
         assert out.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in out
         # a 400 on the streaming path (the worker refuses a feature its backend lacks) closes too
-        out = await raw_http(h, version, headers, chat(stream=True, logprobs=True))
+        out = await raw_http(h, version, headers, chat("hello there", stream=True, logprobs=True))
         assert out.startswith(b"HTTP/1.1 400") and b'"param":"logprobs"' in out
         await assert_still_serves(h)
 

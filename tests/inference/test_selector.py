@@ -19,7 +19,7 @@ def worker(n: int, price: int) -> Announcement:
         peer_id=bytes([0, 36, 8, 1, 18, 32]) + bytes([n]) * 32, addrs=(), model="synthetic-echo",
         model_hash=b"\x01" * 32, backend="synthetic", synthetic=True, price_prompt=price, price_completion=price,
         max_concurrent=4, load=0, protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1,
-        issued_at=now, expires_at=now + 60,
+        issued_at=now, expires_at=now + 60, payout="", v=1,
     )
 
 

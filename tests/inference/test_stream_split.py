@@ -15,6 +15,7 @@ from cocoon_node.inference.port import open_frames
 from cocoon_node.inference.server import InferenceServer, WorkerTerms
 from cocoon_node.inference.synthetic import SyntheticBackend
 from cocoon_node.wire.messages.inference import AcceptFrame, DeltaFrame, FinalFrame, RejectFrame, RequestFrame
+from tests.conftest import chat_body
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cocoon_node"
 TERMS = WorkerTerms(model="synthetic-echo", price_prompt=1, price_completion=1, max_concurrent=2, max_tokens_cap=64)
@@ -87,7 +88,7 @@ async def serve_one(request: RequestFrame) -> list[object]:
 
 
 def chat(**extra: object) -> dict[str, object]:
-    return {"model": "synthetic-echo", "max_tokens": 8, "messages": [{"role": "user", "content": "a b c"}], **extra}
+    return chat_body("a b c", max_tokens=8, **extra)  # the shared OpenAI body (tests/conftest.py)
 
 
 async def test_a_request_is_served_with_typed_frames() -> None:

@@ -16,16 +16,16 @@ from cocoon_node.inference import (
     SyntheticBackend,
     TokenDelta,
     make_backend,
-    parse_chat_request,
 )
 from cocoon_node.inference.backend import StopTextBuffer, stream_from_producer
 from cocoon_node.inference.synthetic import LOREM
+from tests.conftest import chat_request
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
 
 def chat(text: str = " ".join(WORDS), **extra: object) -> ChatRequest:
-    return parse_chat_request({"model": "synthetic-echo", "messages": [{"role": "user", "content": text}], **extra})
+    return chat_request(text, **extra)  # the shared helper (tests/conftest.py), with this module's prompt
 
 
 async def collect(backend: Backend, req: ChatRequest) -> list[TokenDelta]:

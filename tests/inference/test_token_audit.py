@@ -12,7 +12,6 @@ import trio
 import trio.testing
 
 from cocoon_node.inference.audit import HELD_BACK_TOKENS, TEMPLATE_TOKENS, Overcount, TokenAudit
-from cocoon_node.inference.chat import ChatMessage, ChatRequest
 from cocoon_node.inference.requester import Requester
 from cocoon_node.inference.stream import PROTOCOL_ID, InferenceServer, WorkerTerms
 from cocoon_node.inference.synthetic import SyntheticBackend
@@ -20,12 +19,12 @@ from cocoon_node.inference.tokencount import SYNTHETIC_TOKENIZER, TokenizerRegis
 from cocoon_node.mesh.announce import Announcement
 from cocoon_node.wire import FrameStream
 from cocoon_node.wire.messages.inference import CODEC, AcceptFrame, InferenceFrame
+from tests.conftest import chat_request
 
 MODEL = "synthetic-echo"
 
 
-def chat(text: str, **kw: Any) -> ChatRequest:
-    return ChatRequest(model=MODEL, messages=(ChatMessage(role="user", content=text),), **kw)
+chat = chat_request  # the shared helper (tests/conftest.py; the same model, MODEL)
 
 
 def test_without_a_tokenizer_counts_are_bounded_by_bytes_template_and_max_tokens() -> None:
@@ -110,7 +109,7 @@ def announcement(n: int) -> Announcement:
     return Announcement(
         peer_id=bytes([0, 36, 8, 1, 18, 32]) + bytes([n]) * 32, addrs=(), model=MODEL, model_hash=b"\x01" * 32,
         backend="synthetic", synthetic=True, price_prompt=1, price_completion=1, max_concurrent=4, load=0,
-        protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 60,
+        protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 60, payout="", v=1,
     )
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from cocoon_node.inference import ChatRequest, TokenDelta, TorchBackend, default_model_path, parse_chat_request
+from cocoon_node.inference import ChatRequest, TokenDelta, TorchBackend, default_model_path
 from cocoon_node.inference.audit import HELD_BACK_TOKENS, TokenAudit
 from cocoon_node.inference.tokencount import HFTokenCounter
 from cocoon_node.inference.torch_cpu import ModelNotFoundError
+from tests.conftest import chat_request
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +34,7 @@ def backend() -> Iterator[TorchBackend]:
 
 
 def chat(text: str = QUESTION, **extra: object) -> ChatRequest:
-    return parse_chat_request(
-        {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": text}], **extra}
-    )
+    return chat_request(text, model="SmolLM2-135M-Instruct", **extra)  # the shared helper, this model
 
 
 async def run(backend: TorchBackend, req: ChatRequest) -> list[TokenDelta]:

@@ -17,8 +17,8 @@ from cocoon_node.inference import (
     ChatRequest,
     OpenAIUpstreamBackend,
     TokenDelta,
-    parse_chat_request,
 )
+from tests.conftest import chat_request
 
 MODEL = "fake-model"
 REPLY = ["Hello", ",", " world", " — ", "ünïcode", "!"]
@@ -123,8 +123,7 @@ async def fake_upstream(nursery: trio.Nursery) -> AsyncIterator[FakeUpstream]:
     yield fake
 
 
-def chat(text: str, **extra: Any) -> ChatRequest:
-    return parse_chat_request({"model": "announced-name", "messages": [{"role": "user", "content": text}], **extra})
+chat = partial(chat_request, model="announced-name")  # the shared helper (tests/conftest.py), this model
 
 
 async def run(backend: OpenAIUpstreamBackend, req: ChatRequest) -> list[TokenDelta]:

@@ -10,37 +10,20 @@ from typing import Any
 
 import pytest
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
 
-from cocoon_node.inference.chat import parse_chat_request
 from cocoon_node.inference.requester import Requester, StreamStart
 from cocoon_node.inference.stream import PROTOCOL_ID, Delta, Final, InferenceServer, WorkerFailure, WorkerTerms
 from cocoon_node.inference.synthetic import SyntheticBackend
 from cocoon_node.inference.warm import WarmStreams
-from cocoon_node.mesh import Announcement, Mesh, MeshSettings
+from cocoon_node.mesh import Announcement
+from tests.conftest import TrustingAttestor, chat_request, started_hosts, worker_announcement
 from tests.waiting import wait_until
 
 TERMS = WorkerTerms(model="synthetic-echo", price_prompt=1, price_completion=1, max_concurrent=4, max_tokens_cap=512)
 
 
-class AlwaysAttested:
-    async def is_attested(self, announcement: Announcement) -> bool:
-        return True
-
-
-def announcement_of(mesh: Mesh) -> Announcement:
-    now = int(time.time())
-    return Announcement(
-        peer_id=mesh.peer_id.to_bytes(), addrs=tuple(mesh.listen_addrs()), model="synthetic-echo",
-        model_hash=b"\x01" * 32, backend="synthetic", synthetic=True, price_prompt=1, price_completion=1,
-        max_concurrent=4, load=0, protocols=(PROTOCOL_ID,), tee_kind="dev-INSECURE", seqno=1,
-        issued_at=now, expires_at=now + 60,
-    )
-
-
 async def ask(requester: Requester, words: int = 5) -> tuple[str, StreamStart, Final]:
-    chat = parse_chat_request({"model": "synthetic-echo", "max_tokens": 20,
-                               "messages": [{"role": "user", "content": " ".join(["w"] * words)}]})
+    chat = chat_request(" ".join(["w"] * words), max_tokens=20)
     text, start, final = [], None, None
     async with requester.stream(chat) as events:
         async for ev in events:
@@ -55,10 +38,7 @@ async def ask(requester: Requester, words: int = 5) -> tuple[str, StreamStart, F
 
 
 async def setup(stack: AsyncExitStack) -> tuple[InferenceServer, list[Any], Requester, WarmStreams, Announcement]:
-    worker = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
-    await stack.enter_async_context(worker.start())
-    client = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
-    await stack.enter_async_context(client.start())
+    worker, client = await stack.enter_async_context(started_hosts(2))
     server = InferenceServer(SyntheticBackend(tokens_per_second=0), TERMS)
     worker_side: list[Any] = []
 
@@ -67,7 +47,7 @@ async def setup(stack: AsyncExitStack) -> tuple[InferenceServer, list[Any], Requ
         await server.handle(stream)
 
     worker.set_stream_handler(PROTOCOL_ID, handle)
-    target = announcement_of(worker)
+    target = worker_announcement(worker)
 
     async def open_stream(w: Announcement) -> Any:
         return await client.new_stream(w.peer, PROTOCOL_ID, w.addrs)
@@ -77,7 +57,7 @@ async def setup(stack: AsyncExitStack) -> tuple[InferenceServer, list[Any], Requ
     nursery = await stack.enter_async_context(trio.open_nursery())
     nursery.start_soon(warm.run)
     stack.callback(nursery.cancel_scope.cancel)
-    requester = Requester(lambda: [target], open_stream, AlwaysAttested(), max_price_prompt=10,
+    requester = Requester(lambda: [target], open_stream, TrustingAttestor(), max_price_prompt=10,
                           max_price_completion=10, warm=warm)
     return server, worker_side, requester, warm, target
 
@@ -105,8 +85,7 @@ async def test_spares_are_opened_when_a_stream_does_not_come_back() -> None:
     async with AsyncExitStack() as stack:
         server, worker_side, requester, warm, target = await setup(stack)
         with trio.fail_after(30):
-            bad = parse_chat_request({"model": "synthetic-echo", "max_tokens": 1000,
-                                      "messages": [{"role": "user", "content": "w"}]})
+            bad = chat_request("w", max_tokens=1000)
             with pytest.raises(WorkerFailure) as err:
                 async with requester.stream(bad) as events:
                     async for _ in events:
@@ -148,7 +127,7 @@ async def test_stale_spares_are_not_handed_out() -> None:
     target = Announcement(
         peer_id=b"\x00" * 38, addrs=(), model="m", model_hash=b"\x01" * 32, backend="synthetic", synthetic=True,
         price_prompt=1, price_completion=1, max_concurrent=4, load=0, protocols=(PROTOCOL_ID,),
-        tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 60,
+        tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 60, payout="", v=1,
     )
     assert warm.take(target) is None
     warm._workers[target.peer_id].streams.append((time.monotonic() - 1, object()))  # an old spare

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 
 import cbor2
+import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
 from cocoon_node.mesh import Announcement, AnnouncementValidator, WorkerTable
-from cocoon_node.wire import canonical_dumps, seal_envelope
+from cocoon_node.wire import SchemaError, canonical_dumps, seal_envelope
 
 
 def announcement(key_pair, *, seqno: int = 1, issued: int | None = None, ttl: int = 30, **over) -> Announcement:
@@ -19,7 +20,7 @@ def announcement(key_pair, *, seqno: int = 1, issued: int | None = None, ttl: in
     fields = dict(peer_id=peer.to_bytes(), addrs=("/ip4/127.0.0.1/tcp/1",), model="m", model_hash=b"\x00" * 32,
                   backend="synthetic", synthetic=True, price_prompt=1, price_completion=1, max_concurrent=1,
                   load=0, protocols=("/cocoon/inference/1.0.0",), tee_kind="dev-INSECURE", seqno=seqno,
-                  issued_at=now, expires_at=now + ttl)
+                  issued_at=now, expires_at=now + ttl, payout="", v=1)
     fields.update(over)
     return Announcement(**fields)
 
@@ -81,8 +82,8 @@ def test_tokenizer_field_only_in_version_2() -> None:
     assert table.live()[0].tokenizer == tok
     assert "tokenizer" not in announcement(kp).to_wire()  # v1 stays as it was, byte for byte
     v1_with = announcement(kp, seqno=3).to_wire() | {"tokenizer": tok}
-    v2_without = announcement(kp, seqno=4, v=2).to_wire()
-    short = announcement(kp, seqno=5, v=2).to_wire() | {"tokenizer": b"\x42" * 31}
+    v2_without = announcement(kp, seqno=4).to_wire() | {"v": 2}  # (the type refuses to build these two)
+    short = announcement(kp, seqno=5).to_wire() | {"v": 2, "tokenizer": b"\x42" * 31}
     for payload in (v1_with, v2_without, short):
         assert not v(peer, msg(seal_envelope("cocoon/announce/v1", canonical_dumps(payload), kp.private_key), peer))
     assert v.rejected["malformed"] == 3 and v.accepted == 2
@@ -107,7 +108,7 @@ def test_one_version_2_with_tokenizer_hardware_or_both() -> None:
     assert table.live()[0].tokenizer == b"" and table.live()[0].hardware == hw
     v1_with_hw = announcement(kp, seqno=3).to_wire() | {"hardware": hw.to_dict()}
     v1_with_both = announcement(kp, seqno=4).to_wire() | {"hardware": hw.to_dict(), "tokenizer": tok}
-    v2_bare = announcement(kp, seqno=5, v=2).to_wire()
+    v2_bare = announcement(kp, seqno=5).to_wire() | {"v": 2}
     for payload in (v1_with_hw, v1_with_both, v2_bare):
         assert not v(peer, msg(seal_envelope("cocoon/announce/v1", canonical_dumps(payload), kp.private_key), peer))
     assert v.rejected["malformed"] == 3 and v.accepted == 2
@@ -142,7 +143,9 @@ def test_oversized_rejected() -> None:
     peer = ID.from_pubkey(kp.public_key)
     v = AnnouncementValidator()
     big = announcement(kp, model="m" * 5000)
-    assert not v(peer, msg(big.seal(kp.private_key), peer))
+    with pytest.raises(SchemaError):
+        big.seal(kp.private_key)  # a node will not sign one; a hostile one signs the bytes itself
+    assert not v(peer, msg(seal_envelope("cocoon/announce/v1", canonical_dumps(big.to_wire()), kp.private_key), peer))
     assert not v(peer, msg(b"\x00" * 100_000, peer))
     assert v.rejected["oversized"] + v.rejected["malformed"] == 2 and v.rejected["oversized"] >= 1
 
@@ -198,3 +201,18 @@ def test_stale_announcements_are_ignored_and_forgeries_rejected() -> None:
     other = create_new_key_pair()
     forged = announcement(other, seqno=10).seal(other.private_key)
     assert v(relay, msg(forged, origin)) is False
+
+
+def test_capabilities_are_on_the_wire_exactly_when_v3() -> None:
+    """The one version rule the type cannot say by itself (an empty list is the field's default, which the
+    encoding leaves out): a v3 payload always carries ``capabilities``, even empty, and v1/v2 never do."""
+    kp = create_new_key_pair()
+    v3_empty = announcement(kp).to_wire() | {"v": 3, "capabilities": []}
+    decoded = Announcement.from_wire(v3_empty)
+    assert decoded.v == 3 and decoded.capabilities == ()
+    assert decoded.to_wire()["capabilities"] == [] and Announcement.from_payload(decoded.to_payload()) == decoded
+    for bad in ({k: v for k, v in v3_empty.items() if k != "capabilities"},  # v3 without the field
+                announcement(kp).to_wire() | {"capabilities": []},  # v1 with it, even empty
+                announcement(kp).to_wire() | {"v": 2, "tokenizer": b"\x42" * 32, "capabilities": []}):
+        with pytest.raises(SchemaError, match="capabilities"):
+            Announcement.from_wire(bad)

@@ -40,7 +40,7 @@ def make_announcement(mesh: Mesh, seqno: int) -> Announcement:
         peer_id=mesh.peer_id.to_bytes(), addrs=tuple(mesh.listen_addrs()), model="m", model_hash=b"\x01" * 32,
         backend="synthetic", synthetic=True, price_prompt=1, price_completion=2, max_concurrent=4, load=0,
         protocols=("/cocoon/inference/1.0.0",), tee_kind="dev-INSECURE", seqno=seqno,
-        issued_at=now, expires_at=now + 60,
+        issued_at=now, expires_at=now + 60, payout="", v=1,
     )
 
 

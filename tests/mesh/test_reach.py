@@ -10,7 +10,7 @@ The real NAT case (namespaces, nftables) is in tests/netsim/test_nat_nodes.py.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -20,21 +20,16 @@ from cocoon_node.mesh import Connectivity, ConnectivitySettings, Mesh, MeshSetti
 from cocoon_node.mesh.reach import PRIVATE, PROTOCOL_ID, PUBLIC, UNKNOWN, DialBackServer, dialable_ip_port
 from cocoon_node.wire import FrameStream
 from cocoon_node.wire.messages import dialback
+from tests.conftest import connectivity_host
 from tests.waiting import wait_until
 
 
 @asynccontextmanager
 async def node(listen: str = "/ip4/127.0.0.1/tcp/0", bootstrap: tuple[str, ...] = (),
                **settings: object) -> AsyncIterator[tuple[Mesh, Connectivity]]:
-    mesh = Mesh(create_new_key_pair(), MeshSettings(listen_addrs=(listen,), bootstrap=bootstrap, local_cluster=True))
-    conn = Connectivity(mesh, ConnectivitySettings(**settings))  # type: ignore[arg-type]
-    conn.install()
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(mesh.start())
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        await nursery.start(conn.run)
+    async with connectivity_host(MeshSettings(listen_addrs=(listen,), bootstrap=bootstrap, local_cluster=True),
+                                 ConnectivitySettings(**settings)) as (mesh, conn):  # type: ignore[arg-type]
         yield mesh, conn
-        nursery.cancel_scope.cancel()
 
 
 async def test_dialable_node_is_public_and_advertises_its_address() -> None:

@@ -10,12 +10,11 @@ circuit. Real NATs (namespaces) are in tests/netsim/test_nat_nodes.py.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
@@ -23,6 +22,7 @@ from cocoon_node.mesh import Connectivity, ConnectivitySettings, Mesh, MeshSetti
 from cocoon_node.mesh.paths import RELAYED, stream_path
 from cocoon_node.mesh.relay_client import RelayDialError, dial_circuit
 from cocoon_node.mesh.relay_hop import HopServer, RelayLimits
+from tests.conftest import connectivity_host
 from tests.waiting import wait_until
 
 ECHO = TProtocol("/test/echo/1.0.0")
@@ -30,13 +30,9 @@ ECHO = TProtocol("/test/echo/1.0.0")
 
 @asynccontextmanager
 async def node(bootstrap: tuple[str, ...] = (), **settings: Any) -> AsyncIterator[tuple[Mesh, Connectivity]]:
-    mesh = Mesh(create_new_key_pair(), MeshSettings(bootstrap=bootstrap, local_cluster=True, target_peers=2))
-    conn = Connectivity(mesh, ConnectivitySettings(hole_punching=False, relay_ping_interval=0.5, **settings))
-    conn.install()
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(mesh.start())
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        await nursery.start(conn.run)
+    mesh_settings = MeshSettings(bootstrap=bootstrap, local_cluster=True, target_peers=2)
+    conn_settings = ConnectivitySettings(hole_punching=False, relay_ping_interval=0.5, **settings)
+    async with connectivity_host(mesh_settings, conn_settings) as (mesh, conn):
 
         async def echo(stream: Any) -> None:
             while data := await stream.read(65536):
@@ -45,7 +41,6 @@ async def node(bootstrap: tuple[str, ...] = (), **settings: Any) -> AsyncIterato
 
         mesh.set_stream_handler(ECHO, echo)
         yield mesh, conn
-        nursery.cancel_scope.cancel()
 
 
 def circuit(mesh: Mesh) -> list[str]:

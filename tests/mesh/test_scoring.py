@@ -151,7 +151,7 @@ def announcement(mesh: Mesh, seqno: int) -> Announcement:
         peer_id=mesh.peer_id.to_bytes(), addrs=tuple(mesh.listen_addrs()), model="m", model_hash=b"\x01" * 32,
         backend="synthetic", synthetic=True, price_prompt=1, price_completion=2, max_concurrent=4, load=0,
         protocols=("/cocoon/inference/1.0.0",), tee_kind="dev-INSECURE", seqno=seqno,
-        issued_at=now, expires_at=now + 60,
+        issued_at=now, expires_at=now + 60, payout="", v=1,
     )
 
 
@@ -254,7 +254,7 @@ async def test_stale_relayed_messages_on_two_topics_and_their_redeliveries_never
             ann = Announcement(
                 peer_id=origin_id.to_bytes(), addrs=(), model="m", model_hash=b"\x01" * 32, backend="synthetic",
                 synthetic=True, price_prompt=1, price_completion=2, max_concurrent=4, load=0, protocols=(),
-                tee_kind="dev-INSECURE", seqno=n + 1, issued_at=now - 100, expires_at=now - 70)
+                tee_kind="dev-INSECURE", seqno=n + 1, issued_at=now - 100, expires_at=now - 70, payout="", v=1)
             msg = rpc_pb2.Message(data=ann.seal(origin.private_key), topicIDs=list(topics),
                                   from_id=origin_id.to_bytes(), seqno=(n + 1).to_bytes(8, "big"))
             msg.signature = origin.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())

@@ -3,14 +3,12 @@ one encrypted frame back for every token frame a requester reads)."""
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
-from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.stream_muxer.yamux import yamux
 
-from cocoon_node.mesh import Mesh, MeshSettings
+from tests.conftest import started_hosts
 
 PROTOCOL = "/cocoon-test/window/1.0.0"
 FRAMES = 100
@@ -26,11 +24,7 @@ async def test_a_reader_sends_fewer_window_updates_than_it_reads(monkeypatch: An
         await original(self, *args, **kwargs)
 
     monkeypatch.setattr(yamux.YamuxStream, "send_window_update", counting)
-    async with AsyncExitStack() as stack:
-        writer = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
-        await stack.enter_async_context(writer.start())
-        reader = Mesh(create_new_key_pair(), MeshSettings(local_cluster=True))
-        await stack.enter_async_context(reader.start())
+    async with started_hosts(2) as (writer, reader):
         read_one = trio.Semaphore(0)
 
         async def handler(stream: Any) -> None:

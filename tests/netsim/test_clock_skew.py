@@ -75,7 +75,7 @@ def test_skewed_wall_clock_and_its_announcements(monkeypatch: pytest.MonkeyPatch
         peer_id=ID.from_pubkey(key.public_key).to_bytes(), addrs=(), model="m", model_hash=b"\x01" * 32,
         backend="synthetic", synthetic=True, price_prompt=1, price_completion=1, max_concurrent=1, load=0,
         protocols=("/cocoon/inference/1.0.0",), tee_kind="dev-INSECURE", seqno=1, issued_at=now,
-        expires_at=now + 15,
+        expires_at=now + 15, payout="", v=1,
     )
     validator = AnnouncementValidator(clock=lambda: true_now)  # a peer with a true clock
     with pytest.raises(AnnouncementError, match="future"):

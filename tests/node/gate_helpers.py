@@ -4,11 +4,11 @@ DHT stand-in that serves (or withholds, or serves stale) attestation records the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
@@ -72,9 +72,9 @@ class Worker:
         a = Announcement(
             peer_id=self.peer_id, addrs=(), model=self.model_name, model_hash=self.weights, backend=self.backend,
             synthetic=True, price_prompt=1, price_completion=1, max_concurrent=4, load=0, protocols=(PROTOCOL_ID,),
-            tee_kind=self.tee, seqno=1, issued_at=now, expires_at=now + 15,
+            tee_kind=self.tee, seqno=1, issued_at=now, expires_at=now + 15, payout="", v=1,
         )
-        return replace(a, **changes)
+        return msgspec.structs.replace(a, **changes)
 
 
 class Clock:

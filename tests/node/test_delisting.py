@@ -7,12 +7,12 @@ import signal
 import socket
 import time
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from pathlib import Path
 
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
+from msgspec.structs import replace  # announcements are msgspec Structs
 
 from cocoon_node.cluster import Cluster, worker_args
 from cocoon_node.mesh import Announcement, Mesh, MeshSettings, WorkerTable
@@ -59,7 +59,7 @@ def announcement_of(mesh: Mesh) -> Announcement:
         peer_id=mesh.peer_id.to_bytes(), addrs=tuple(mesh.listen_addrs()), model="m", model_hash=b"\x01" * 32,
         backend="synthetic", synthetic=True, price_prompt=1, price_completion=2, max_concurrent=4, load=0,
         protocols=("/cocoon/inference/1.0.0",), tee_kind="dev-INSECURE", seqno=1, issued_at=now,
-        expires_at=now + 600,
+        expires_at=now + 600, payout="", v=1,
     )
 
 

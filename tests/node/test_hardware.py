@@ -4,20 +4,27 @@ where the backend can tell and marked "declared" otherwise; requesters show it i
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import msgspec
 import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
+from msgspec.structs import replace  # announcements are msgspec Structs
 
 from cocoon_node.cluster import Cluster, worker_args
 from cocoon_node.config import WorkerSection
 from cocoon_node.mesh import Announcement
 from cocoon_node.mesh.announce import Hardware
-from cocoon_node.node.hardware import describe_hardware, hardware_matches, upstream_context_length
+from cocoon_node.node.hardware import (
+    describe_hardware,
+    hardware_dict,
+    hardware_matches,
+    hardware_summary,
+    upstream_context_length,
+)
 from cocoon_node.wire import SchemaError, canonical_dumps, canonical_loads
 
 from .conftest import api_url, wait_until
@@ -60,18 +67,25 @@ def test_hardware_rides_only_in_version_2_and_round_trips() -> None:
     now = int(time.time())
     base = Announcement(peer_id=peer.to_bytes(), addrs=(), model="m", model_hash=b"\x01" * 32, backend="synthetic",
                         synthetic=True, price_prompt=1, price_completion=1, max_concurrent=1, load=0, protocols=(),
-                        tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 10)
+                        tee_kind="dev-INSECURE", seqno=1, issued_at=now, expires_at=now + 10, payout="", v=1)
     hw = Hardware("NVIDIA H200", 8, 143_771, "detected", 32_768, "declared")
     v2 = replace(base, hardware=hw, v=2)
     assert Announcement.from_wire(canonical_loads(canonical_dumps(v2.to_wire()), max_bytes=4096)) == v2
     assert "hardware" not in base.to_wire()
     with pytest.raises(SchemaError):
-        Announcement.from_wire({**replace(base, hardware=hw).to_wire()})  # v1 carrying hardware
+        Announcement.from_wire({**base.to_wire(), "hardware": hw.to_dict()})  # v1 carrying hardware
+    with pytest.raises(ValueError, match="must not carry hardware"):
+        replace(base, hardware=hw)  # nor can one be built in code
     with pytest.raises(SchemaError):
         Announcement.from_wire({**v2.to_wire(), "hardware": {**hw.to_dict(), "hardware_source": "guessed"}})
     assert hardware_matches(hw, {"min_context_length": "32768", "accelerator": "h200"})
     assert not hardware_matches(hw, {"min_context_length": "65536"})
     assert not hardware_matches(None, {"accelerator": "h200"})
+    # a v1 announcement carries no hardware (UNSET, never nil): nothing to show, match or summarise
+    assert base.hardware is msgspec.UNSET and not hardware_matches(base.hardware, {"accelerator": "h200"})
+    assert hardware_dict(base) is None and hardware_dict(v2) == hw.to_dict()
+    assert hardware_summary([base])["context_length"] is None
+    assert hardware_summary([base, v2])["context_length"] == [32_768, 32_768]
 
 
 async def test_v1_models_shows_and_filters_by_the_announced_hardware(tmp_path: Path) -> None:

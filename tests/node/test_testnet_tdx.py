@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -88,8 +87,8 @@ class TdxWorker:
         a = Announcement(peer_id=self.peer_id, addrs=(), model="qwen3-8b", model_hash=MODEL, backend="torch",
                          synthetic=False, price_prompt=1, price_completion=1, max_concurrent=4, load=0,
                          protocols=("/cocoon/inference/1.0.0",), tee_kind=TEE_TDX, seqno=1, issued_at=NOW,
-                         expires_at=NOW + 15)
-        return replace(a, **changes)
+                         expires_at=NOW + 15, payout="", v=1)
+        return msgspec.structs.replace(a, **changes)
 
 
 def gate_with(worker: TdxWorker, record: bytes, policy: Policy) -> AttestationGate:

@@ -7,12 +7,12 @@ so the output is byte-for-byte reproducible; the tests check both decoding and r
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
+from msgspec.structs import replace  # announcements are msgspec Structs
 
 from cocoon_node.mesh import Announcement
 from cocoon_node.mesh.announce import Hardware
@@ -50,7 +50,7 @@ def sample_announcement() -> tuple[Announcement, Any]:
         model="SmolLM2-135M-Instruct", model_hash=bytes.fromhex("ab" * 32), backend="torch", synthetic=False,
         price_prompt=1000, price_completion=2000, max_concurrent=2, load=1, protocols=("/cocoon/inference/1.0.0",),
         tee_kind="dev-INSECURE", seqno=42, issued_at=1_790_000_000, expires_at=1_790_000_015,
-        payout="0:" + "22" * 32,
+        payout="0:" + "22" * 32, v=1,
     )
     return ann, key_pair
 

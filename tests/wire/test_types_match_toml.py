@@ -22,6 +22,7 @@ from msgspec import Meta
 from cocoon_node.wire import Message, Uint, protocols_dir, utf8_max
 from cocoon_node.wire.messages import (
     TYPED_FRAME_PROTOCOLS,
+    announce,
     attest,
     attestation,
     channel,
@@ -32,7 +33,7 @@ from cocoon_node.wire.messages import (
 )
 from cocoon_node.wire.typed import MAX_UTF8_BYTES, UINT64, UINT64_MAX
 
-CONVERTED: list[types.ModuleType] = [attestation, envelope, inference, channel, dialback, attest, receipt]
+CONVERTED: list[types.ModuleType] = [attestation, envelope, inference, channel, dialback, attest, receipt, announce]
 
 
 def _toml(protocol: str) -> dict[str, Any]:
@@ -130,7 +131,7 @@ def _type_constraints(t: mi.Type, names: dict[type, str]) -> dict[str, Any]:
         if t.max_length is not None:
             out["max"] = t.max_length
         return out
-    if isinstance(t, mi.ListType):
+    if isinstance(t, (mi.ListType, mi.VarTupleType)):  # a tuple[X, ...] travels as a list
         out = {"type": "list", "items": _type_constraints(t.item_type, names)}
         if t.max_length is not None:
             out["max"] = t.max_length
@@ -324,3 +325,27 @@ def test_nested_messages_are_named() -> None:
                        "many": {"type": "list", "items": "message:inner"}}}
     assert message_mismatches(spec, _Outer, {_Inner: "inner"}) == []
     assert message_mismatches(spec, _Outer, {})  # an undeclared nested type is not "inner"
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        (lambda m: m["announcement"]["fields"]["capabilities"]["items"]["values"].remove("tools"), "capabilities"),
+        (lambda m: m["announcement"]["fields"]["capabilities"].update(max=9), "capabilities"),
+        (lambda m: m["announcement"]["fields"]["addrs"].update(items="bytes"), "addrs"),
+        (lambda m: m["announcement"]["fields"]["hardware"].update(required=True), "hardware"),
+        (lambda m: m["announcement"]["fields"]["tokenizer"].update(size=31), "tokenizer"),
+        (lambda m: m["announcement"]["fields"]["v"].update(values=[1, 2]), "field v"),
+        (lambda m: m["announcement"]["fields"]["payout"].update(required=False), "payout"),
+        (lambda m: m["hardware"]["fields"]["accelerator_count"].update(max_value=65), "accelerator_count"),
+        (lambda m: m["hardware"].update(max_bytes=1024), "MAX_BYTES"),
+    ],
+)
+def test_announcement_disagreements_are_reported(change: Any, expect: str) -> None:
+    """The announcement's tuple fields (lists on the wire), optional nested hardware and version enumeration
+    are compared too: each change to its TOML is reported."""
+    toml = _toml("announce")
+    assert protocol_mismatches(announce, toml) == []
+    change(toml["messages"])
+    problems = protocol_mismatches(announce, toml)
+    assert any(expect in p for p in problems), problems

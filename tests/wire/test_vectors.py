@@ -41,6 +41,8 @@ def test_announcement_payload_round_trip() -> None:
         decoded = canonical_loads(raw, max_bytes=4096)
         assert decoded == value
         assert canonical_dumps(Announcement.from_wire(decoded).to_wire()) == raw
+        typed = Announcement.from_payload(raw)  # bytes -> the msgspec type, validated -> the same bytes
+        assert typed.v == value["v"] and typed.to_payload() == raw
 
 
 def test_envelope_round_trip_and_verifies() -> None:

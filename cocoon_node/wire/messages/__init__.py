@@ -9,7 +9,9 @@ package so that every package (attestation, mesh, inference, payments) can impor
 - :mod:`.inference`: the frames of a direct inference stream (a tagged union on ``t``, with its ``CODEC``);
 - :mod:`.channel`: the frames of cooperative channel close (likewise);
 - :mod:`.dialback`: the frames of reachability by dial-back (likewise);
-- :mod:`.attest`: the frames of fresh, nonce-bound attestation (likewise).
+- :mod:`.attest`: the frames of fresh, nonce-bound attestation (likewise);
+- :mod:`.announce`: the gossiped worker announcement and its hardware (canonical CBOR), with the v1/v2/v3 rules;
+- :mod:`.receipt`: the signed receipt of a completed request.
 """
 
 #: Stream protocols whose frames are declared here: a FrameStream takes the module's ``CODEC``, never the
