@@ -25,11 +25,13 @@ from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_resp
 from cocoon_node.inference import (
     CapabilityUnavailable,
     ChatRequest,
+    ContextTooLong,
     Delta,
     Event,
     Final,
     ModelNotFound,
     NoWorkerAvailable,
+    QueueRejected,
     Requester,
     RequestTooLarge,
     RequestValidationError,
@@ -37,6 +39,7 @@ from cocoon_node.inference import (
     ToolCallAccumulator,
     WorkerFailure,
     check_sendable,
+    client_key,
     merge_tool_calls,
     parse_chat_request,
 )
@@ -51,6 +54,12 @@ def failure_response(exc: Exception) -> JSONResponse:
         return error_response(404, str(exc), type_="invalid_request_error", param="model", code=exc.code)
     if isinstance(exc, CapabilityUnavailable):  # the request's fault: a feature nobody serving the model has
         return invalid(str(exc), param=exc.field, code=exc.code)
+    if isinstance(exc, ContextTooLong):  # counted here against the workers' announced context (issue 13)
+        return invalid(str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, QueueRejected):  # the admission queue is full or the wait ran out (issue 13)
+        busy = error_response(429, str(exc), type_="rate_limit_error", code=exc.code)
+        busy.headers["retry-after"] = str(exc.retry_after)
+        return busy
     if isinstance(exc, NoWorkerAvailable):
         return error_response(503, str(exc), type_="service_unavailable", code=exc.code)
     if isinstance(exc, WorkerFailure):
@@ -95,8 +104,19 @@ def _completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(prompt: int, completion: int, prices: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """OpenAI's token counts plus what they cost at the answering worker's announced prices, in nanotons
+    (``cost_nanotons``: prompt, completion, total; what the vouchers pay for them)."""
+    cost = {"prompt": prompt * prices[0], "completion": completion * prices[1]}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "cost_nanotons": {**cost, "total": cost["prompt"] + cost["completion"]}}
+
+
+def request_client(request: Request) -> str:
+    """The admission queue's fairness key: the bearer credential a client sends, else its address
+    (digested: the queue never holds a key)."""
+    who = request.headers.get("authorization") or (request.client.host if request.client else "")
+    return client_key(who)
 
 
 class ChatStreamResponse(Response):
@@ -107,11 +127,12 @@ class ChatStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, requester: Requester, chat: ChatRequest) -> None:
+    def __init__(self, requester: Requester, chat: ChatRequest, client: str = "") -> None:
         super().__init__(content=None, media_type=self.media_type,
                          headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         self._requester = requester
         self._chat = chat
+        self._client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Hypercorn drops writes after a disconnect rather than failing them, so watch for the disconnect
@@ -141,6 +162,7 @@ class ChatStreamResponse(Response):
         attempts = 0
         prompt_tokens = 0
         path = ""  # how the worker was reached: direct, hole-punched, relayed (issue 14)
+        prices = (0, 0)
 
         def sse(obj: Any) -> bytes:
             return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
@@ -168,11 +190,12 @@ class ChatStreamResponse(Response):
             await send({"type": "http.response.body", "body": body, "more_body": True})
 
         try:
-            async with self._requester.stream(chat) as events:
+            async with self._requester.stream(chat, client=self._client) as events:
                 async for ev in events:
                     if isinstance(ev, StreamStart):
                         worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
                         path = ev.path or ""
+                        prices = (ev.worker.price_prompt, ev.worker.price_completion)
                         if not started:
                             await start()
                         continue
@@ -192,7 +215,7 @@ class ChatStreamResponse(Response):
                         if chat.include_usage:
                             tail += sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                                          "model": chat.model, "choices": [],
-                                         "usage": _usage(prompt_tokens, ev.completion_tokens)})
+                                         "usage": _usage(prompt_tokens, ev.completion_tokens, prices)})
                         await write(tail + sse(b"[DONE]"))
                         finished = True
                 if not finished:
@@ -257,8 +280,8 @@ def openai_app(requester: Requester, *, api_key: str = "",
         except RequestValidationError as exc:
             return invalid(f"{exc.field}: {exc.message}", param=exc.field)
         if chat.stream:
-            return ChatStreamResponse(requester, chat)
-        return await _complete(requester, chat)
+            return ChatStreamResponse(requester, chat, request_client(request))
+        return await _complete(requester, chat, request_client(request))
 
     async def list_channels(request: Request) -> Response:
         """Payment channels, balances and amounts earned or spent (``/v1/cocoon/channels``)."""
@@ -304,7 +327,7 @@ async def attestation_response(fetch: Callable[[str, bytes], Awaitable[dict[str,
                               code=getattr(exc, "code", None))
 
 
-async def _complete(requester: Requester, chat: ChatRequest) -> Response:
+async def _complete(requester: Requester, chat: ChatRequest, client: str = "") -> Response:
     text: list[str] = []
     calls = ToolCallAccumulator()
     logprobs: list[Any] = []
@@ -312,13 +335,15 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
     attempts = 0
     prompt_tokens = 0
     path = ""
+    prices = (0, 0)
     final: Final | None = None
     try:
-        async with requester.stream(chat) as events:
+        async with requester.stream(chat, client=client) as events:
             async for ev in events:
                 if isinstance(ev, StreamStart):
                     worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
                     path = ev.path or ""
+                    prices = (ev.worker.price_prompt, ev.worker.price_completion)
                 elif isinstance(ev, Delta):
                     text.append(ev.text)
                     calls.add(ev.tool_calls)
@@ -339,7 +364,7 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
             "choices": [{"index": 0, "message": message,
                          "logprobs": _logprobs(logprobs) if chat.features.logprobs else None,
                          "finish_reason": _finish(final.finish_reason)}],
-            "usage": _usage(prompt_tokens, final.completion_tokens),
+            "usage": _usage(prompt_tokens, final.completion_tokens, prices),
         },
         headers={"x-cocoon-worker": worker, "x-cocoon-attempts": str(attempts), "x-cocoon-path": path},
     )
