@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from cocoon_node.api.client_gone import unless_client_gone
 from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_response, invalid, parse_json, read_body
 from cocoon_node.inference import (
     CapabilityUnavailable,
@@ -281,7 +283,7 @@ def openai_app(requester: Requester, *, api_key: str = "",
             return invalid(f"{exc.field}: {exc.message}", param=exc.field)
         if chat.stream:
             return ChatStreamResponse(requester, chat, request_client(request))
-        return await _complete(requester, chat, request_client(request))
+        return await unless_client_gone(request, partial(_complete, requester, chat, request_client(request)))
 
     async def list_channels(request: Request) -> Response:
         """Payment channels, balances and amounts earned or spent (``/v1/cocoon/channels``)."""
