@@ -1,8 +1,9 @@
 """OpenAI-compatible HTTP API served by a requester node, so any OpenAI client can use the mesh.
 
-``POST /v1/chat/completions`` answers as JSON or, with ``stream: true``, as server-sent events ending in
-``data: [DONE]``; ``GET /v1/models`` lists what the mesh offers with worker counts, price ranges and the
-attestation verdicts behind them. Errors use OpenAI's error shape and status codes.
+``POST /v1/chat/completions`` (and ``POST /v1/completions``, see :mod:`.completions`) answers as JSON or, with
+``stream: true``, as server-sent events ending in ``data: [DONE]``; ``GET /v1/models`` (and
+``/v1/models/{id}``) lists what the mesh offers with worker counts, price ranges, per-worker load and the
+attestation verdicts behind them. Errors use OpenAI's error shape and status codes (README: "Error codes").
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from cocoon_node.api.client_gone import unless_client_gone
+from cocoon_node.api.completions import NotACompletion, TextStream, chat_payloads, complete_all, model_entry, path_model
 from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_response, invalid, parse_json, read_body
 from cocoon_node.inference import (
     CapabilityUnavailable,
@@ -285,6 +287,33 @@ def openai_app(requester: Requester, *, api_key: str = "",
             return ChatStreamResponse(requester, chat, request_client(request))
         return await unless_client_gone(request, partial(_complete, requester, chat, request_client(request)))
 
+    async def get_model(request: Request) -> Response:
+        """``GET /v1/models/{id}``: one entry of the list (issue 13)."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return model_entry(models() if models else [], path_model(request))
+
+    async def text_completions(request: Request) -> Response:
+        """``POST /v1/completions``: each prompt as a chat request, answered in the text_completion shape."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            chats = [parse_chat_request(p) for p in chat_payloads(parse_json(await read_body(request, MAX_BODY_BYTES)))]
+            for chat in chats:
+                check_sendable(chat)
+        except (BadBody, NotACompletion) as exc:
+            return exc.response
+        except RequestTooLarge as exc:
+            return invalid(f"prompt: {exc.message}", param="prompt", code="request_too_large", status=413)
+        except RequestValidationError as exc:
+            field = "prompt" if exc.field.startswith("messages") else exc.field
+            return invalid(f"{field}: {exc.message}", param=field)
+        client = request_client(request)
+        if chats[0].stream:
+            return TextStream(ChatStreamResponse(requester, chats[0], client))
+        return await unless_client_gone(request, partial(complete_all, [partial(_complete, requester, c, client)
+                                                                        for c in chats]))
+
     async def list_channels(request: Request) -> Response:
         """Payment channels, balances and amounts earned or spent (``/v1/cocoon/channels``)."""
         if (denied := unauthorized(request)) is not None:
@@ -310,7 +339,9 @@ def openai_app(requester: Requester, *, api_key: str = "",
     routes = [
         Route("/v1/cocoon/attestation/{worker}", fresh_attestation, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", text_completions, methods=["POST"]),
         Route("/v1/cocoon/channels", list_channels, methods=["GET"]),
     ]
     return Starlette(routes=routes)

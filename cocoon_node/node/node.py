@@ -371,7 +371,10 @@ class Node:
             verdicts = [{**(self.gate.describe(w) if self.gate else
                             {"worker": w.peer.to_base58(), "verified": False,
                              "reasons": ["this node is not a requester"]}),
-                         "hardware": w.hardware.to_dict() if w.hardware else None}
+                         "hardware": w.hardware.to_dict() if w.hardware else None,
+                         # announced load (a heartbeat behind) and this requester's own requests on it now
+                         "load": w.load, "max_concurrent": w.max_concurrent,
+                         "in_flight": self.requester.selector.in_flight.get(w.peer_id, 0) if self.requester else 0}
                         for w in workers]
             out.append({
                 "id": model, "object": "model", "created": 0, "owned_by": "cocoon-mesh",

@@ -80,9 +80,10 @@ class Harness:
 @asynccontextmanager
 async def api_over(backend: Backend, model: str, *, max_concurrent: int = 2,
                    capabilities: Iterable[str] | None = None, worker: Announcement | None = None,
-                   **requester_kw: Any) -> AsyncIterator[Harness]:
+                   models: Any = None, **requester_kw: Any) -> AsyncIterator[Harness]:
     """``capabilities``: what the worker announces, if not its backend's own (a stale or lying announcement);
-    ``worker``: the whole announcement instead; ``requester_kw``: for the :class:`Requester`."""
+    ``worker``: the whole announcement instead; ``models``: the API's model list; ``requester_kw``: for the
+    :class:`Requester`."""
     terms = WorkerTerms(model, 1, 1, max_concurrent, 4096)
     server = InferenceServer(backend, terms)
     worker = worker or announcement(model, backend, max_concurrent, capabilities=capabilities)
@@ -95,6 +96,6 @@ async def api_over(backend: Backend, model: str, *, max_concurrent: int = 2,
 
         kw: dict[str, Any] = {"max_price_prompt": 10, "max_price_completion": 10, **requester_kw}
         requester = Requester(lambda: [worker], open_stream, kw.pop("attestor", Trusting()), **kw)
-        base = await nursery.start(serve_http, openai_app(requester), "127.0.0.1", 0)
+        base = await nursery.start(serve_http, openai_app(requester, models=models), "127.0.0.1", 0)
         yield Harness(base + "/v1", server, requester, worker)
         nursery.cancel_scope.cancel()
