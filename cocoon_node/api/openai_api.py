@@ -229,12 +229,20 @@ class ChatStreamResponse(Response):
                 with _last_message():
                     await failure_response(exc)(scope, receive, send)
                 return
-            await write(sse({"error": {"message": f"worker failed mid-stream: {exc}", "type": "upstream_error",
-                                       "param": None, "code": getattr(exc, "code", None)}}))
+            await write(sse(_stream_error(exc)))
         except OSError:
             return  # client went away; leaving the block cancelled the request on the worker
         with _last_message():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _stream_error(exc: Exception) -> dict[str, Any]:
+    """The error event of a stream already answered 200: the client's fault (a context error the upstream
+    found only after accepting) in the same shape and code as its 400 would have had, else the worker's."""
+    if isinstance(exc, WorkerFailure) and exc.code in ("context_length", "invalid_request"):
+        return dict(json.loads(bytes(failure_response(exc).body)))
+    return {"error": {"message": f"worker failed mid-stream: {exc}", "type": "upstream_error", "param": None,
+                      "code": getattr(exc, "code", None)}}
 
 
 def _last_message() -> trio.CancelScope:
