@@ -220,8 +220,8 @@ def _role_families(s: dict[str, Any]) -> Iterator[Metric]:
         yield _labelled(CounterMetricFamily("cocoon_worker_requests", "Inference requests this worker ended, by "
                                             "outcome (rejected: full or invalid)", labels=["outcome"]),
                         (((k,), w.get(k, 0)) for k in ("served", "rejected", "cancelled", "failed")))
-        yield _gauge("cocoon_worker_in_flight", "Requests this worker is serving now (admission has no queue: a "
-                     "full worker rejects)", w.get("load", 0))
+        yield _gauge("cocoon_worker_in_flight", "Requests this worker is serving now (a full worker rejects; "
+                     "requests wait in the requester's queue)", w.get("load", 0))
         yield _gauge("cocoon_worker_capacity", "Requests this worker admits at once", w.get("max_concurrent", 0))
     r = s.get("requester")
     if r:
