@@ -116,7 +116,7 @@ class RequesterSection:
     # Admission queue (issue 13): requests waiting for a free worker slot, FIFO per client, round-robin between
     # clients; beyond queue_length waiting, or after queue_wait seconds, a request gets 429 with Retry-After.
     queue_length: int = 64
-    queue_wait: float = 30.0
+    queue_wait: float = 120.0
     # --- issue 15 (mesh traffic): the models bought; only their topics are followed. Empty: every model (the
     # directory topic, and each model's topic once seen there). ------------------------------------------------
     models: tuple[str, ...] = ()

@@ -27,7 +27,7 @@ import trio
 from cocoon_node.inference.unservable import NoWorkerAvailable
 
 DEFAULT_MAX_QUEUE = 64
-DEFAULT_MAX_WAIT = 30.0
+DEFAULT_MAX_WAIT = 120.0  # as long as requester.request_timeout: a CPU model serves a burst slowly
 _RECENT_WAITS = 256  # waits kept for the percentiles in the status
 
 

@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from cocoon_node.cluster import Cluster, worker_args
+from cocoon_node.observe.status_table import format_status
 
 from .conftest import FAST, api_url, wait_until, worker_ids
 
@@ -113,6 +114,12 @@ async def test_32_concurrent_requests_queue_then_429_beyond_the_bound(tmp_path: 
         queue = (await cluster.status("small"))["requester"]["queue"]
         assert queue["rejected_full"] == len(refused) and queue["admitted"] == len(accepted)
         await check_paid_as_served(cluster, "small", accepted)
+        assert "queue    0/4 waiting" in format_status(await cluster.status("small"))  # `cocoon-node status`
+        model = await openai.AsyncOpenAI(base_url=api_url(cluster, "small") + "/v1", api_key="unused",
+                                         max_retries=0).models.retrieve("synthetic-echo")
+        shown = model.model_extra["cocoon"]["attestation"]  # type: ignore[index]
+        assert {w["worker"] for w in shown} == peers
+        assert all(w["max_concurrent"] == 2 and w["in_flight"] == 0 and "load" in w for w in shown)
         print(f"figures: default queue {N}/{N} ok; --queue-length 4: {len(accepted)} accepted, "
               f"{len(refused)} x 429, retry-after {sorted({r.response.headers['retry-after'] for r in refused})}")
     del small
