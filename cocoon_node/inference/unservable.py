@@ -15,7 +15,7 @@ from cocoon_node.mesh.announce import Announcement
 
 
 class NoWorkerAvailable(Exception):
-    """No attested worker serves the model within the price limit with free capacity."""
+    """Workers offer the model but none is usable now (the message says why: :func:`why_unusable`)."""
 
     def __init__(self, message: str, *, code: str = "no_worker") -> None:
         super().__init__(message)
