@@ -2,6 +2,7 @@
 requests to a requester in front of 2 workers x max_concurrent 2 (``just run``'s shape, synthetic backend).
 
 - With the default queue every request succeeds (before the admission queue, 28 of them got a 503).
+- A prompt beyond a worker's announced context is a 400 ``context_length_exceeded`` decided at the requester.
 - A second requester with ``--queue-length 4``: the excess gets 429 with Retry-After, every accepted request
   completes.
 
@@ -88,9 +89,24 @@ async def test_32_concurrent_requests_queue_then_429_beyond_the_bound(tmp_path: 
         for name in ("w1", "w2"):
             await cluster.start_node(name, worker_args(req.addr, "synthetic", extra=[
                 *FAST, "--max-concurrent", "2", "--synthetic-rate", "100"]))
+        # A worker declaring an 8-token context (the synthetic tokenizer counts words, as the requester does).
+        await cluster.start_node("short", worker_args(req.addr, "synthetic", extra=[
+            *FAST, "--model", "short-context", "--context-length", "8"]))
         peers = {cluster.nodes[n].peer_id for n in ("w1", "w2")}
         for r in ("requester", "small"):
-            await wait_until(lambda r=r: _sees(cluster, r, peers), timeout=60)
+            await wait_until(lambda r=r: _sees(cluster, r, peers | {cluster.nodes["short"].peer_id}), timeout=60)
+
+        # 400 context_length_exceeded decided by the requester from the announced hardware.context_length:
+        # the worker never sees the prompt (served and rejected stay 0).
+        long_prompt = " ".join(["word"] * 9)
+        with pytest.raises(openai.BadRequestError) as info:
+            await openai.AsyncOpenAI(base_url=api_url(cluster) + "/v1", api_key="unused", max_retries=0
+                                     ).chat.completions.create(model="short-context",
+                                                               messages=[{"role": "user", "content": long_prompt}])
+        assert info.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+        assert "maximum context length is 8 tokens" in info.value.body["message"]  # type: ignore[index]
+        short = (await cluster.status("short"))["worker"]
+        assert short["served"] == 0 and short["rejected"] == 0
 
         with trio.fail_after(300):
             answers = await burst(api_url(cluster))
