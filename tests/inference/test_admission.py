@@ -4,10 +4,14 @@ clients, dispatch the moment a slot frees (notify, no polling), the bounds (full
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
 
+from cocoon_node.cli import build_parser, overrides_from_args
+from cocoon_node.config import ConfigError, load_config
 from cocoon_node.inference.admission import AdmissionQueue, QueueRejected
 
 
@@ -49,10 +53,10 @@ async def test_fifo_per_client_and_round_robin_between_clients(autojump_clock: t
             for i in range(5):  # a's burst queues first ...
                 nursery.start_soon(request, "a", f"a{i}")
                 await trio.testing.wait_all_tasks_blocked()
-            for i in range(2):  # ... then b and c arrive
-                nursery.start_soon(request, "b", f"b{i}")
-                nursery.start_soon(request, "c", f"c{i}")
-                await trio.testing.wait_all_tasks_blocked()
+            for i in range(2):  # ... then b and c arrive (one at a time: trio shuffles tasks spawned together)
+                for who in ("b", "c"):
+                    nursery.start_soon(request, who, f"{who}{i}")
+                    await trio.testing.wait_all_tasks_blocked()
             assert len(queue) == 9 and order == ["first"]
             hold.set()
     # b and c are not starved behind a's burst: one each in turn, each client's own in order
@@ -141,6 +145,7 @@ async def test_a_grant_not_yet_in_flight_holds_its_slot(autojump_clock: trio.tes
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(request, "one", False)
+        await trio.testing.wait_all_tasks_blocked()  # queued in this order (trio shuffles tasks spawned together)
         nursery.start_soon(request, "two", True)
         await trio.testing.wait_all_tasks_blocked()
         slots.release()
@@ -148,3 +153,15 @@ async def test_a_grant_not_yet_in_flight_holds_its_slot(autojump_clock: trio.tes
         assert admitted == ["one"]  # reserved for one: two still waits
         proceed.set()  # one leaves without an attempt in flight: its slot goes to two
     assert admitted == ["one", "two"] and slots.used == 1
+
+
+def test_queue_flags_reach_the_config_and_bad_bounds_are_refused(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["run", "--data-dir", str(tmp_path), "--queue-length", "4",
+                                      "--queue-wait", "7.5"])
+    config = load_config(None, env={}, overrides=overrides_from_args(args))
+    assert (config.requester.queue_length, config.requester.queue_wait) == (4, 7.5)
+    defaults = load_config(None, env={}, overrides={})
+    assert (defaults.requester.queue_length, defaults.requester.queue_wait) == (64, 120.0)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={}, overrides={"requester": {"queue_length": -1, "queue_wait": 0}})
+    assert {p.split(":")[0] for p in err.value.problems} == {"requester.queue_length", "requester.queue_wait"}
