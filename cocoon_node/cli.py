@@ -39,6 +39,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "context_length": ("worker", "context_length"),
         "requester": ("requester", "enabled"), "api_port": ("requester", "api_port"),
         "api_host": ("requester", "api_host"), "api_key": ("requester", "api_key"),
+        "queue_length": ("requester", "queue_length"), "queue_wait": ("requester", "queue_wait"),
         "allow_dev_tee": ("policy", "allow_dev_tee"), "allowed_model_hash": ("policy", "allowed_model_hashes"),
         "allowed_model": ("policy", "allowed_models"),
         "chain_url": ("payments", "chain_url"), "payments": ("payments", "enabled"),
@@ -126,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-host", dest="api_host")
     run.add_argument("--api-port", dest="api_port", type=int)
     run.add_argument("--api-key", dest="api_key")
+    run.add_argument("--queue-length", dest="queue_length", type=int,
+                     help="requester: requests that may wait for a free worker slot (beyond: 429)")
+    run.add_argument("--queue-wait", dest="queue_wait", type=float,
+                     help="requester: longest seconds a request waits for a slot (then 429)")
     run.add_argument("--allow-dev-tee", dest="allow_dev_tee", action="store_true", default=None,
                      help="accept dev-INSECURE attestation (local networks only)")
     run.add_argument("--allowed-model-hash", dest="allowed_model_hash", action="append",

@@ -117,6 +117,10 @@ class RequesterSection:
     first_token_timeout: float = 60.0
     # Idle, negotiated streams kept open per recently used worker (0: open one per request); see inference/warm.
     warm_streams: int = 32
+    # Admission queue (issue 13): requests waiting for a free worker slot, FIFO per client, round-robin between
+    # clients; beyond queue_length waiting, or after queue_wait seconds, a request gets 429 with Retry-After.
+    queue_length: int = 64
+    queue_wait: float = 120.0
     # --- issue 15 (mesh traffic): the models bought; only their topics are followed. Empty: every model (the
     # directory topic, and each model's topic once seen there). ------------------------------------------------
     models: tuple[str, ...] = ()
@@ -286,6 +290,10 @@ def validate_config(config: Config) -> list[str]:
         out.append("worker.max_concurrent: must be at least 1")
     if worker.price_prompt < 0 or worker.price_completion < 0:
         out.append("worker.price_*: prices must be non-negative nanotons")
+    if not 0 <= requester.queue_length <= 100_000:  # issue 13: 0 answers 429 whenever every slot is taken
+        out.append("requester.queue_length: must be between 0 and 100000 requests")
+    if not 0 < requester.queue_wait <= 3600:
+        out.append("requester.queue_wait: must be between 0 and 3600 seconds (exclusive of 0)")
     if worker.backend == "openai-upstream" and worker.enabled and not worker.upstream_url:
         out.append("worker.upstream_url: required with the openai-upstream backend")
     from cocoon_node.inference.features import ALL_CAPABILITIES

@@ -1,7 +1,8 @@
 """HTTP surfaces of the node: the OpenAI-compatible requester API and the local admin endpoint.
 
 - :mod:`.openai_api`: ``/v1/chat/completions`` (JSON and SSE streaming, OpenAI error shape) and
-  ``/v1/models`` over a :class:`~cocoon_node.inference.requester.Requester`;
+  ``/v1/models`` over a :class:`~cocoon_node.inference.requester.Requester`; :mod:`.completions`
+  (``/v1/completions``, ``/v1/models/{id}``) and :mod:`.client_gone` (cancel when the client leaves) beside it;
 - :mod:`.admin`: ``GET /status`` behind the per-run admin token;
 - :mod:`.http`: hypercorn on trio, reporting the bound URL;
 - :mod:`.surfaces`: :class:`NodeHttp`, the three above as the node's :class:`~cocoon_node.node.HttpSurfaces`

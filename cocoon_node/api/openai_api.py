@@ -1,8 +1,9 @@
 """OpenAI-compatible HTTP API served by a requester node, so any OpenAI client can use the mesh.
 
-``POST /v1/chat/completions`` answers as JSON or, with ``stream: true``, as server-sent events ending in
-``data: [DONE]``; ``GET /v1/models`` lists what the mesh offers with worker counts, price ranges and the
-attestation verdicts behind them. Errors use OpenAI's error shape and status codes.
+``POST /v1/chat/completions`` (and ``POST /v1/completions``, see :mod:`.completions`) answers as JSON or, with
+``stream: true``, as server-sent events ending in ``data: [DONE]``; ``GET /v1/models`` (and
+``/v1/models/{id}``) lists what the mesh offers with worker counts, price ranges, per-worker load and the
+attestation verdicts behind them. Errors use OpenAI's error shape and status codes (README: "Error codes").
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -21,15 +23,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from cocoon_node.api.client_gone import unless_client_gone
+from cocoon_node.api.completions import NotACompletion, TextStream, chat_payloads, complete_all, model_entry, path_model
 from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_response, invalid, parse_json, read_body
 from cocoon_node.inference import (
     CapabilityUnavailable,
     ChatRequest,
+    ContextTooLong,
     Delta,
     Event,
     Final,
     ModelNotFound,
     NoWorkerAvailable,
+    QueueRejected,
     Requester,
     RequestTooLarge,
     RequestValidationError,
@@ -37,6 +43,7 @@ from cocoon_node.inference import (
     ToolCallAccumulator,
     WorkerFailure,
     check_sendable,
+    client_key,
     merge_tool_calls,
     parse_chat_request,
 )
@@ -51,6 +58,12 @@ def failure_response(exc: Exception) -> JSONResponse:
         return error_response(404, str(exc), type_="invalid_request_error", param="model", code=exc.code)
     if isinstance(exc, CapabilityUnavailable):  # the request's fault: a feature nobody serving the model has
         return invalid(str(exc), param=exc.field, code=exc.code)
+    if isinstance(exc, ContextTooLong):  # counted here against the workers' announced context (issue 13)
+        return invalid(str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, QueueRejected):  # the admission queue is full or the wait ran out (issue 13)
+        busy = error_response(429, str(exc), type_="rate_limit_error", code=exc.code)
+        busy.headers["retry-after"] = str(exc.retry_after)
+        return busy
     if isinstance(exc, NoWorkerAvailable):
         return error_response(503, str(exc), type_="service_unavailable", code=exc.code)
     if isinstance(exc, WorkerFailure):
@@ -95,8 +108,19 @@ def _completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(prompt: int, completion: int, prices: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """OpenAI's token counts plus what they cost at the answering worker's announced prices, in nanotons
+    (``cost_nanotons``: prompt, completion, total; what the vouchers pay for them)."""
+    cost = {"prompt": prompt * prices[0], "completion": completion * prices[1]}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "cost_nanotons": {**cost, "total": cost["prompt"] + cost["completion"]}}
+
+
+def request_client(request: Request) -> str:
+    """The admission queue's fairness key: the bearer credential a client sends, else its address
+    (digested: the queue never holds a key)."""
+    who = request.headers.get("authorization") or (request.client.host if request.client else "")
+    return client_key(who)
 
 
 class ChatStreamResponse(Response):
@@ -107,11 +131,12 @@ class ChatStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, requester: Requester, chat: ChatRequest) -> None:
+    def __init__(self, requester: Requester, chat: ChatRequest, client: str = "") -> None:
         super().__init__(content=None, media_type=self.media_type,
                          headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         self._requester = requester
         self._chat = chat
+        self._client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Hypercorn drops writes after a disconnect rather than failing them, so watch for the disconnect
@@ -141,6 +166,7 @@ class ChatStreamResponse(Response):
         attempts = 0
         prompt_tokens = 0
         path = ""  # how the worker was reached: direct, hole-punched, relayed (issue 14)
+        prices = (0, 0)
 
         def sse(obj: Any) -> bytes:
             return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
@@ -168,11 +194,12 @@ class ChatStreamResponse(Response):
             await send({"type": "http.response.body", "body": body, "more_body": True})
 
         try:
-            async with self._requester.stream(chat) as events:
+            async with self._requester.stream(chat, client=self._client) as events:
                 async for ev in events:
                     if isinstance(ev, StreamStart):
                         worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
                         path = ev.path or ""
+                        prices = (ev.worker.price_prompt, ev.worker.price_completion)
                         if not started:
                             await start()
                         continue
@@ -192,7 +219,7 @@ class ChatStreamResponse(Response):
                         if chat.include_usage:
                             tail += sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                                          "model": chat.model, "choices": [],
-                                         "usage": _usage(prompt_tokens, ev.completion_tokens)})
+                                         "usage": _usage(prompt_tokens, ev.completion_tokens, prices)})
                         await write(tail + sse(b"[DONE]"))
                         finished = True
                 if not finished:
@@ -202,12 +229,20 @@ class ChatStreamResponse(Response):
                 with _last_message():
                     await failure_response(exc)(scope, receive, send)
                 return
-            await write(sse({"error": {"message": f"worker failed mid-stream: {exc}", "type": "upstream_error",
-                                       "param": None, "code": getattr(exc, "code", None)}}))
+            await write(sse(_stream_error(exc)))
         except OSError:
             return  # client went away; leaving the block cancelled the request on the worker
         with _last_message():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _stream_error(exc: Exception) -> dict[str, Any]:
+    """The error event of a stream already answered 200: the client's fault (a context error the upstream
+    found only after accepting) in the same shape and code as its 400 would have had, else the worker's."""
+    if isinstance(exc, WorkerFailure) and exc.code in ("context_length", "invalid_request"):
+        return dict(json.loads(bytes(failure_response(exc).body)))
+    return {"error": {"message": f"worker failed mid-stream: {exc}", "type": "upstream_error", "param": None,
+                      "code": getattr(exc, "code", None)}}
 
 
 def _last_message() -> trio.CancelScope:
@@ -257,8 +292,35 @@ def openai_app(requester: Requester, *, api_key: str = "",
         except RequestValidationError as exc:
             return invalid(f"{exc.field}: {exc.message}", param=exc.field)
         if chat.stream:
-            return ChatStreamResponse(requester, chat)
-        return await _complete(requester, chat)
+            return ChatStreamResponse(requester, chat, request_client(request))
+        return await unless_client_gone(request, partial(_complete, requester, chat, request_client(request)))
+
+    async def get_model(request: Request) -> Response:
+        """``GET /v1/models/{id}``: one entry of the list (issue 13)."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return model_entry(models() if models else [], path_model(request))
+
+    async def text_completions(request: Request) -> Response:
+        """``POST /v1/completions``: each prompt as a chat request, answered in the text_completion shape."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            chats = [parse_chat_request(p) for p in chat_payloads(parse_json(await read_body(request, MAX_BODY_BYTES)))]
+            for chat in chats:
+                check_sendable(chat)
+        except (BadBody, NotACompletion) as exc:
+            return exc.response
+        except RequestTooLarge as exc:
+            return invalid(f"prompt: {exc.message}", param="prompt", code="request_too_large", status=413)
+        except RequestValidationError as exc:
+            field = "prompt" if exc.field.startswith("messages") else exc.field
+            return invalid(f"{field}: {exc.message}", param=field)
+        client = request_client(request)
+        if chats[0].stream:
+            return TextStream(ChatStreamResponse(requester, chats[0], client))
+        return await unless_client_gone(request, partial(complete_all, [partial(_complete, requester, c, client)
+                                                                        for c in chats]))
 
     async def list_channels(request: Request) -> Response:
         """Payment channels, balances and amounts earned or spent (``/v1/cocoon/channels``)."""
@@ -285,7 +347,9 @@ def openai_app(requester: Requester, *, api_key: str = "",
     routes = [
         Route("/v1/cocoon/attestation/{worker}", fresh_attestation, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", text_completions, methods=["POST"]),
         Route("/v1/cocoon/channels", list_channels, methods=["GET"]),
     ]
     return Starlette(routes=routes)
@@ -304,7 +368,7 @@ async def attestation_response(fetch: Callable[[str, bytes], Awaitable[dict[str,
                               code=getattr(exc, "code", None))
 
 
-async def _complete(requester: Requester, chat: ChatRequest) -> Response:
+async def _complete(requester: Requester, chat: ChatRequest, client: str = "") -> Response:
     text: list[str] = []
     calls = ToolCallAccumulator()
     logprobs: list[Any] = []
@@ -312,13 +376,15 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
     attempts = 0
     prompt_tokens = 0
     path = ""
+    prices = (0, 0)
     final: Final | None = None
     try:
-        async with requester.stream(chat) as events:
+        async with requester.stream(chat, client=client) as events:
             async for ev in events:
                 if isinstance(ev, StreamStart):
                     worker, prompt_tokens, attempts = ev.worker.peer.to_base58(), ev.prompt_tokens, ev.attempts
                     path = ev.path or ""
+                    prices = (ev.worker.price_prompt, ev.worker.price_completion)
                 elif isinstance(ev, Delta):
                     text.append(ev.text)
                     calls.add(ev.tool_calls)
@@ -339,7 +405,7 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
             "choices": [{"index": 0, "message": message,
                          "logprobs": _logprobs(logprobs) if chat.features.logprobs else None,
                          "finish_reason": _finish(final.finish_reason)}],
-            "usage": _usage(prompt_tokens, final.completion_tokens),
+            "usage": _usage(prompt_tokens, final.completion_tokens, prices),
         },
         headers={"x-cocoon-worker": worker, "x-cocoon-attempts": str(attempts), "x-cocoon-path": path},
     )

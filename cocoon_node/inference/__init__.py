@@ -6,13 +6,15 @@
 - :mod:`.stream`, the stream ``/cocoon/inference/1.0.0`` as one import: :mod:`.port` (protocol id, limits,
   the meter protocols and errors both ends and payments share; payments imports this module only),
   :mod:`.server` (the worker's end), :mod:`.client` (the requester's end);
-- :mod:`.requester` (choose a worker, retry before the first token), :mod:`.warm` (idle negotiated streams),
+- :mod:`.requester` (choose a worker, retry before the first token), :mod:`.admission` (the bounded, fair
+  queue a request waits in for a free slot), :mod:`.warm` (idle negotiated streams),
   :mod:`.audit` (the requester's own token count), :mod:`.tokencount` (tokenizers named by hash).
 
 Backend modules with heavy dependencies (torch, transformers, exllamav2) import them only when a model is
 loaded, so importing this package is cheap.
 """
 
+from cocoon_node.inference.admission import AdmissionQueue, QueueRejected, client_key
 from cocoon_node.inference.backend import (
     Backend,
     BackendError,
@@ -31,6 +33,7 @@ from cocoon_node.inference.extras import ToolCallAccumulator, merge_tool_calls
 from cocoon_node.inference.factory import BACKEND_KINDS, make_backend
 from cocoon_node.inference.requester import (
     CapabilityUnavailable,
+    ContextTooLong,
     Event,
     ModelNotFound,
     NoWorkerAvailable,
@@ -55,12 +58,14 @@ from cocoon_node.inference.warm import WarmStreams
 __all__ = [
     "BACKEND_KINDS",
     "PROTOCOL_ID",
+    "AdmissionQueue",
     "Backend",
     "BackendError",
     "CapabilityUnavailable",
     "ChatMessage",
     "ChatRequest",
     "ContextLengthError",
+    "ContextTooLong",
     "Delta",
     "Event",
     "ExLlamaV2Backend",
@@ -70,6 +75,7 @@ __all__ = [
     "ModelNotFoundError",
     "NoWorkerAvailable",
     "OpenAIUpstreamBackend",
+    "QueueRejected",
     "RequestTooLarge",
     "RequestValidationError",
     "Requester",
@@ -84,6 +90,7 @@ __all__ = [
     "WorkerMeter",
     "WorkerTerms",
     "check_sendable",
+    "client_key",
     "default_model_path",
     "exllamav2_available",
     "make_backend",

@@ -18,8 +18,10 @@ from typing import Any, Protocol
 
 import trio
 
+from cocoon_node.inference.admission import AdmissionQueue, Ticket
 from cocoon_node.inference.chat import ChatRequest
 from cocoon_node.inference.features import unsupported
+from cocoon_node.inference.receiver import FailingReceiver, discard_stream
 from cocoon_node.inference.stream import (
     PROTOCOL_ID,
     Delta,
@@ -32,9 +34,13 @@ from cocoon_node.inference.stream import (
 from cocoon_node.inference.unservable import (
     CLIENT_FAULTS,
     CapabilityUnavailable,
+    ContextTooLong,
     ModelNotFound,
     NoWorkerAvailable,
+    TokenCounterFor,
+    context_refusal,
     lacking_capability,
+    why_unusable,
 )
 from cocoon_node.inference.warm import WarmStreams
 from cocoon_node.mesh import Announcement, stream_path
@@ -114,9 +120,10 @@ class WorkerSelector:
         *,
         allow_synthetic: bool,
         needs: Mapping[str, str] | None = None,
+        with_free_slot: bool = True,
     ) -> list[Announcement]:
         """``needs``: the optional features a request uses (capability -> field); only workers that
-        announced them all are eligible."""
+        announced them all are eligible. ``with_free_slot=False``: also the ones our requests fill now."""
         out = []
         for w in workers:
             if w.model != model or (w.synthetic and not allow_synthetic) or w.peer_id in self.dropped:
@@ -127,7 +134,7 @@ class WorkerSelector:
                 continue
             # Our own in-flight count is exact; the announced load may lag a heartbeat behind, so it only
             # lowers the score (a worker that is really full rejects with "overloaded" and we retry).
-            if self.in_flight.get(w.peer_id, 0) >= w.max_concurrent:
+            if with_free_slot and self.in_flight.get(w.peer_id, 0) >= w.max_concurrent:
                 continue
             out.append(w)
         return out
@@ -178,6 +185,8 @@ class Requester:
         allow_synthetic: bool = True,
         open_timeout: float = 5.0,
         warm: WarmStreams | None = None,
+        admission: AdmissionQueue | None = None,
+        token_counter: TokenCounterFor | None = None,
     ) -> None:
         # A worker that cannot open a stream or accept within seconds is treated as gone (a frozen peer
         # would otherwise hold the client until the first-token timeout); the next candidate is tried.
@@ -194,6 +203,10 @@ class Requester:
         self._max_attempts = max_attempts
         self._allow_synthetic = allow_synthetic
         self.selector = WorkerSelector()
+        # Requests wait here for a free slot (429 when it is full or the wait runs out; issue 13).
+        self.admission = admission if admission is not None else AdmissionQueue()
+        # Tokenizer hash -> our exact counter, to refuse a prompt beyond a worker's announced context here.
+        self._token_counter = token_counter
         self.completed = 0
         self.failed = 0
 
@@ -231,13 +244,27 @@ class Requester:
             attested = [w for w in unknown if w.peer_id in passed]
         return self.selector.rank(attested)
 
+    def workers_changed(self) -> None:
+        """An announcement arrived (a new worker, a load change): a queued request may fit now."""
+        self.admission.notify()
+
+    def free_slots(self, model: str, needs: Mapping[str, str] | None = None) -> int:
+        """Slots our own requests leave free on the workers a request may use (attestation not refused)."""
+        return sum(max(0, w.max_concurrent - self.selector.in_flight.get(w.peer_id, 0))
+                   for w in self._usable(model, needs) if not self._refused(w))
+
+    def _usable(self, model: str, needs: Mapping[str, str] | None) -> list[Announcement]:
+        return self.selector.eligible(self._workers(), model, self.max_price_prompt, self.max_price_completion,
+                                      allow_synthetic=self._allow_synthetic, needs=needs, with_free_slot=False)
+
     @asynccontextmanager
-    async def stream(self, chat: ChatRequest) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+    async def stream(self, chat: ChatRequest, *, client: str = "") -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """Yield a channel of events: one :class:`StreamStart`, then deltas, then one :class:`Final`.
 
         Errors surface from the channel's ``receive`` as :class:`NoWorkerAvailable` or
         :class:`WorkerFailure`. The buffer is small so a slow client slows the worker (backpressure).
-        Leaving the block cancels the request on the worker.
+        Leaving the block cancels the request on the worker. ``client`` (a digest of the API key or
+        address) is the admission queue's fairness key.
         """
         send, recv = trio.open_memory_channel[Event](4)
         failure: list[BaseException] = []
@@ -245,13 +272,13 @@ class Requester:
         async def run() -> None:
             async with send:
                 try:
-                    await self._run(chat, send)
+                    await self._run(chat, send, client)
                 except (NoWorkerAvailable, WorkerFailure) as exc:
                     failure.append(exc)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
 
-        reader = _FailingReceiver(recv, failure)
+        reader = FailingReceiver(recv, failure)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run)
@@ -263,22 +290,48 @@ class Requester:
             # The nursery wraps the caller's own exception; hand back the plain one (there is only ever one).
             raise sole_exception(group) from None
 
-    async def _run(self, chat: ChatRequest, send: trio.MemorySendChannel[Event]) -> None:
-        tried: set[bytes] = set()
-        last_error: WorkerFailure | None = None
+    async def _run(self, chat: ChatRequest, send: trio.MemorySendChannel[Event], client: str) -> None:
         needs = chat.capabilities_used()
         if not any(w.model == chat.model for w in self._workers()):
             raise ModelNotFound(chat.model)
         if (lacking := lacking_capability(self._workers(), chat.model, needs)) is not None:
             raise CapabilityUnavailable(chat.model, *lacking)
+        counts: dict[bytes, int] = {}  # prompt tokens by tokenizer, counted once per request
+
+        def fits(w: Announcement) -> bool:  # not known to be beyond the worker's announced context
+            return context_refusal([w], chat, self._token_counter, counts) is None
+
+        if not [w for w in self._usable(chat.model, needs) if fits(w) and not self._refused(w)]:
+            offered = [w for w in self._workers() if w.model == chat.model]
+            if (refusal := context_refusal(offered, chat, self._token_counter, counts)) is not None:
+                raise ContextTooLong(refusal)
+            raise NoWorkerAvailable(self._why_unusable(chat.model))
+        async with self.admission.admit(client, chat.model, partial(self.free_slots, chat.model, needs)) as ticket:
+            await self._dispatch(chat, send, needs, ticket, fits)
+
+    def _refused(self, w: Announcement) -> bool:
+        known = getattr(self._attestor, "known", None)
+        return known is not None and known(w) is False
+
+    def _why_unusable(self, model: str) -> str:
+        return why_unusable([w for w in self._workers() if w.model == model], model,
+                            max_price_prompt=self.max_price_prompt, max_price_completion=self.max_price_completion,
+                            allow_synthetic=self._allow_synthetic, dropped=self.selector.dropped,
+                            refused=self._refused)
+
+    async def _dispatch(self, chat: ChatRequest, send: trio.MemorySendChannel[Event], needs: Mapping[str, str],
+                        ticket: Ticket, fits: Callable[[Announcement], bool]) -> None:
+        tried: set[bytes] = set()
+        last_error: WorkerFailure | None = None
         for attempt in range(1, self._max_attempts + 1):
-            options = [w for w in await self.candidates(chat.model, needs) if w.peer_id not in tried]
+            options = [w for w in await self.candidates(chat.model, needs)
+                       if w.peer_id not in tried and fits(w)]
             if not options:
                 break
             worker = options[0]
             tried.add(worker.peer_id)
             try:
-                await self._attempt(worker, chat, send, attempt)
+                await self._attempt(worker, chat, send, attempt, ticket)
                 self.completed += 1
                 return
             except WorkerFailure as exc:
@@ -300,15 +353,15 @@ class Requester:
         self.failed += 1
         if last_error is not None:
             raise last_error
-        raise NoWorkerAvailable(
-            f"no attested worker serves {chat.model!r} within the price limit with free capacity"
-        )
+        raise NoWorkerAvailable(self._why_unusable(chat.model))
 
     async def _attempt(
-        self, worker: Announcement, chat: ChatRequest, send: trio.MemorySendChannel[Event], attempt: int
+        self, worker: Announcement, chat: ChatRequest, send: trio.MemorySendChannel[Event], attempt: int,
+        ticket: Ticket,
     ) -> None:
         peer_id = worker.peer_id
         self.selector.in_flight[peer_id] = self.selector.in_flight.get(peer_id, 0) + 1
+        ticket.settle()  # our in-flight count holds the slot now, not the queue's reservation
         spare = self._warm.take(worker) if self._warm is not None else None
         try:
             try:
@@ -333,6 +386,7 @@ class Requester:
             self.selector.in_flight[peer_id] -= 1
             if self._warm is not None:
                 self._warm.release(worker)
+            self.admission.notify()  # the slot is free: the next queued request goes now
 
     async def _open(self, worker: Announcement) -> Any:
         try:
@@ -355,7 +409,7 @@ class Requester:
     ) -> None:
         # Nothing awaits between this check and call_worker's first write, which carries the prompt.
         if worker.model != chat.model or not await still_attested(self._attestor, worker):
-            await _discard_stream(stream)
+            await discard_stream(stream)
             raise WorkerFailure("the worker's attestation no longer holds", code="attestation",
                                 before_first_token=True)
         async with call_worker(
@@ -373,44 +427,6 @@ class Requester:
             assert call.final is not None
             self.selector.reputation(worker.peer_id).record_success(call.final.ttft_ms, call.final.tokens_per_second)
             await send.send(call.final)
-
-
-async def _discard_stream(stream: Any) -> None:
-    """Hang up a stream no prompt was written to (never raises: the worker may be gone already)."""
-    with trio.move_on_after(1):
-        try:
-            await stream.reset()
-        except Exception:
-            pass
-
-
-class _FailingReceiver:
-    """A receive channel that raises the producer's error once the events run out."""
-
-    def __init__(self, recv: trio.MemoryReceiveChannel[Event], failure: list[BaseException]) -> None:
-        self._recv = recv
-        self._failure = failure
-
-    async def receive(self) -> Event:
-        try:
-            return await self._recv.receive()
-        except trio.EndOfChannel:
-            if self._failure:
-                raise self._failure[0] from None
-            raise
-
-    def receive_nowait(self) -> Event:
-        """The next event if one is already queued (raises ``trio.WouldBlock`` otherwise)."""
-        return self._recv.receive_nowait()
-
-    def __aiter__(self) -> _FailingReceiver:
-        return self
-
-    async def __anext__(self) -> Event:
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
 
 def expected_protocol() -> str:

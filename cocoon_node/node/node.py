@@ -23,7 +23,7 @@ from libp2p.peer.id import ID
 
 from cocoon_node import __version__
 from cocoon_node.config import Config
-from cocoon_node.inference import PROTOCOL_ID, Requester, WarmStreams
+from cocoon_node.inference import PROTOCOL_ID, AdmissionQueue, Requester, WarmStreams
 from cocoon_node.mesh import (
     WORKERS_TOPIC,
     Announcement,
@@ -134,6 +134,8 @@ class Node:
             self.mesh.remember_addrs(announcement.peer, announcement.addrs, ttl=announcement.expires_at)
             if self.gate is not None:
                 self.gate.prefetch(announcement)  # verify in the background, before any request needs it
+            if self.requester is not None:
+                self.requester.workers_changed()  # a queued request may fit on it now
         topic = model_topic(announcement.model)
         if self._follow is not None and topic not in self.mesh.subscribed and self.mesh.pubsub is not None:
             try:
@@ -239,6 +241,8 @@ class Node:
                 max_price_completion=cfg.requester.max_price_completion,
                 first_token_timeout=cfg.requester.first_token_timeout,
                 meter_factory=pay.meter_for if pay else None,
+                admission=AdmissionQueue(max_queue=cfg.requester.queue_length, max_wait=cfg.requester.queue_wait),
+                token_counter=pay.tokenizers.counter if pay else None,
             )
             # The API sees the requester through a wrapper that times its events (cocoon_node/observe).
             app = self._http.requester_app(cast(Requester, ObservedRequester(self.requester, self.metrics)),
@@ -367,7 +371,10 @@ class Node:
             verdicts = [{**(self.gate.describe(w) if self.gate else
                             {"worker": w.peer.to_base58(), "verified": False,
                              "reasons": ["this node is not a requester"]}),
-                         "hardware": hardware_dict(w)}
+                         "hardware": hardware_dict(w),
+                         # announced load (a heartbeat behind) and this requester's own requests on it now
+                         "load": w.load, "max_concurrent": w.max_concurrent,
+                         "in_flight": self.requester.selector.in_flight.get(w.peer_id, 0) if self.requester else 0}
                         for w in workers]
             out.append({
                 "id": model, "object": "model", "created": 0, "owned_by": "cocoon-mesh",
@@ -420,6 +427,7 @@ class Node:
             "attestation": self.gate.summary() if self.gate else {},
             "worker": self.worker.status() if self.worker else None,
             "requester": {"completed": self.requester.completed, "failed": self.requester.failed,
+                          "queue": self.requester.admission.stats(),
                           "api_url": self.info.api_url if self.info else None} if self.requester else None,
         }
 

@@ -220,14 +220,31 @@ def _role_families(s: dict[str, Any]) -> Iterator[Metric]:
         yield _labelled(CounterMetricFamily("cocoon_worker_requests", "Inference requests this worker ended, by "
                                             "outcome (rejected: full or invalid)", labels=["outcome"]),
                         (((k,), w.get(k, 0)) for k in ("served", "rejected", "cancelled", "failed")))
-        yield _gauge("cocoon_worker_in_flight", "Requests this worker is serving now (admission has no queue: a "
-                     "full worker rejects)", w.get("load", 0))
+        yield _gauge("cocoon_worker_in_flight", "Requests this worker is serving now (a full worker rejects; "
+                     "requests wait in the requester's queue)", w.get("load", 0))
         yield _gauge("cocoon_worker_capacity", "Requests this worker admits at once", w.get("max_concurrent", 0))
     r = s.get("requester")
     if r:
         yield _labelled(CounterMetricFamily("cocoon_requester_requests", "Requests this requester bought, by outcome",
                                             labels=["outcome"]),
                         ((("completed",), r.get("completed", 0)), (("failed",), r.get("failed", 0))))
+        q = r.get("queue")
+        if q:  # the admission queue (issue 13)
+            yield _gauge("cocoon_requester_queue_length", "Requests waiting for a free worker slot now", q["queued"])
+            yield _gauge("cocoon_requester_queue_capacity", "Requests that may wait at once (beyond: 429)",
+                         q["max_queue"])
+            yield _gauge("cocoon_requester_queue_oldest_wait_seconds", "How long the oldest waiting request has waited",
+                         q["oldest_wait_ms"] / 1000)
+            yield _labelled(CounterMetricFamily("cocoon_requester_admissions", "Requests through the admission queue, "
+                                                "by outcome", labels=["outcome"]),
+                            ((("immediate",), q["admitted"] - q["admitted_after_wait"]),
+                             (("after_wait",), q["admitted_after_wait"]), (("rejected_full",), q["rejected_full"]),
+                             (("expired",), q["expired"]), (("left",), q["left"])))
+            waits = q.get("wait_ms") or {}
+            yield _labelled(GaugeMetricFamily("cocoon_requester_queue_wait_seconds", "Waits for a slot of the "
+                                              "recent admissions (p50, p95) and the longest since start",
+                                              labels=["stat"]),
+                            (((k,), v / 1000) for k, v in waits.items() if v is not None))
 
 
 def _payment_families(p: dict[str, Any]) -> Iterator[Metric]:

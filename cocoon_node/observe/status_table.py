@@ -42,6 +42,14 @@ def format_status(s: dict[str, Any]) -> str:
     r = s.get("requester")
     if r:
         out.append(f"requester API {r.get('api_url')}; completed {r.get('completed')}, failed {r.get('failed')}")
+        q = r.get("queue")
+        if q:  # the admission queue (issue 13)
+            w = q.get("wait_ms") or {}
+            out.append(f"queue    {q['queued']}/{q['max_queue']} waiting ({q['clients_waiting']} clients, oldest "
+                       f"{q['oldest_wait_ms'] / 1000:.1f} s; longest wait {q['max_wait_s']:g} s); admitted "
+                       f"{q['admitted']} ({q['admitted_after_wait']} after waiting), 429: {q['rejected_full']} full, "
+                       f"{q['expired']} expired; {q['left']} left; wait p50 {w.get('p50')} ms, p95 {w.get('p95')} "
+                       f"ms, max {w.get('max')} ms")
     rows = worker_rows(s)
     out.append("")
     out.append(f"workers seen: {len(rows)}")

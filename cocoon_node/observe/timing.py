@@ -140,10 +140,10 @@ class ObservedRequester:
         return getattr(self._requester, name)
 
     @asynccontextmanager
-    async def stream(self, chat: Any) -> AsyncIterator[_TimedEvents]:
+    async def stream(self, chat: Any, **kw: Any) -> AsyncIterator[_TimedEvents]:
         holder = _request.get()
         if holder is not None:
             holder["model"] = chat.model
         started = time.monotonic()
-        async with self._requester.stream(chat) as events:
+        async with self._requester.stream(chat, **kw) as events:
             yield _TimedEvents(events, self._metrics, chat.model, started, holder)

@@ -79,11 +79,14 @@ class Harness:
 
 @asynccontextmanager
 async def api_over(backend: Backend, model: str, *, max_concurrent: int = 2,
-                   capabilities: Iterable[str] | None = None) -> AsyncIterator[Harness]:
-    """``capabilities``: what the worker announces, if not its backend's own (a stale or lying announcement)."""
+                   capabilities: Iterable[str] | None = None, worker: Announcement | None = None,
+                   models: Any = None, **requester_kw: Any) -> AsyncIterator[Harness]:
+    """``capabilities``: what the worker announces, if not its backend's own (a stale or lying announcement);
+    ``worker``: the whole announcement instead; ``models``: the API's model list; ``requester_kw``: for the
+    :class:`Requester`."""
     terms = WorkerTerms(model, 1, 1, max_concurrent, 4096)
     server = InferenceServer(backend, terms)
-    worker = announcement(model, backend, max_concurrent, capabilities=capabilities)
+    worker = worker or announcement(model, backend, max_concurrent, capabilities=capabilities)
     async with trio.open_nursery() as nursery:
 
         async def open_stream(_: Announcement) -> Any:
@@ -91,7 +94,8 @@ async def api_over(backend: Backend, model: str, *, max_concurrent: int = 2,
             nursery.start_soon(server.handle, Pipe(theirs))
             return Pipe(ours)
 
-        requester = Requester(lambda: [worker], open_stream, Trusting(), max_price_prompt=10, max_price_completion=10)
-        base = await nursery.start(serve_http, openai_app(requester), "127.0.0.1", 0)
+        kw: dict[str, Any] = {"max_price_prompt": 10, "max_price_completion": 10, **requester_kw}
+        requester = Requester(lambda: [worker], open_stream, kw.pop("attestor", Trusting()), **kw)
+        base = await nursery.start(serve_http, openai_app(requester, models=models), "127.0.0.1", 0)
         yield Harness(base + "/v1", server, requester, worker)
         nursery.cancel_scope.cancel()

@@ -122,3 +122,35 @@ def test_request_parsing_raises_only_validation_errors(body: Any) -> None:
     again = ChatRequest.from_wire(req.to_wire())
     assert again.messages == req.messages and again.model == req.model
     assert again.temperature == req.temperature or (math.isnan(again.temperature) and math.isnan(req.temperature))
+
+
+def as_completion(body: Any) -> Any:
+    """A chat request's mutation as a completions request: its first message's content becomes ``prompt``."""
+    if isinstance(body, dict) and "messages" in body:
+        messages = body.pop("messages")
+        first = messages[0] if isinstance(messages, list) and messages else messages
+        body["prompt"] = first.get("content") if isinstance(first, dict) else first
+    return body
+
+
+completion_bodies = st.one_of(mutated_requests().map(as_completion).map(encode), json_values.map(encode),
+                              nested().map(encode), st.binary(max_size=64))
+
+
+@FUZZ
+@given(batch=st.lists(completion_bodies, min_size=1, max_size=6))
+async def test_the_completions_endpoint_never_answers_client_input_with_a_5xx(batch: list[bytes]) -> None:
+    """Issue 13's ``/v1/completions`` under the same fuzz: 4xx in OpenAI's shape or a text_completion."""
+    async with api_over(SyntheticBackend(tokens_per_second=10_000, model_name=MODEL), MODEL) as h:
+        async with httpx.AsyncClient(timeout=30) as client:
+            with trio.fail_after(60):
+                for raw in batch:
+                    resp = await client.post(h.url + "/completions", content=raw,
+                                             headers={"content-type": "application/json"})
+                    if resp.status_code == 200 and not resp.headers["content-type"].startswith("text/event-stream"):
+                        assert resp.json()["object"] == "text_completion", resp.text[:300]
+                    else:
+                        check_answer(resp)
+                ok = await client.post(h.url + "/completions", json={"model": MODEL, "prompt": "still here"})
+        assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == "still here"
+        assert h.failure_rate() == 0.0

@@ -78,3 +78,16 @@ async def test_a_context_error_from_the_backend_is_a_400_not_retried_nor_blamed(
     assert isinstance(body, dict) and body["code"] == "context_length_exceeded"
     assert sum(len(s.request_log) for s in servers) == 1
     assert all(requester.selector.reputation(a.peer_id).failure_rate == 0.0 for a in anns)
+
+
+async def test_a_late_context_error_on_a_stream_is_a_clean_error_event_not_retried_nor_blamed() -> None:
+    """The upstream learns the prompt is too long only after the worker accepted: the stream has answered 200,
+    so the error comes as an event, in the 400's own shape and code (the official client raises it)."""
+    async with mesh((FailsOnContext(), ()), (FailsOnContext(), ())) as (url, requester, servers, anns):
+        with trio.fail_after(60), pytest.raises(openai.APIError) as info:
+            await trio.to_thread.run_sync(lambda: ask(url, stream=True))
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "context_length_exceeded" and body["param"] == "messages"
+    assert body["type"] == "invalid_request_error" and "maximum context length is 5 tokens" in body["message"]
+    assert sum(len(s.request_log) for s in servers) == 1
+    assert all(requester.selector.reputation(a.peer_id).failure_rate == 0.0 for a in anns)

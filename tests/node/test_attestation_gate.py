@@ -182,7 +182,7 @@ async def test_models_and_status_show_the_gate_verdict_not_the_announcement(tmp_
     dht.records[honest.key] = honest.report(now=now)
     gate = gate_over(dht, clock=time.time)  # type: ignore[arg-type]
     node = Node.__new__(Node)
-    node.table, node.gate = WorkerTable(), gate
+    node.table, node.gate, node.requester = WorkerTable(), gate, None
     as_tdx, plain = liar.announcement(now=now, tee_kind=TEE_TDX), honest.announcement(now=now)
     assert node.table.update(as_tdx) and node.table.update(plain)
     with trio.fail_after(10):
