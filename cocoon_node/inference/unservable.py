@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cocoon_node.inference.features import unsupported
-from cocoon_node.mesh.announce import Announcement
+from cocoon_node.mesh.announce import Announcement, Hardware
 
 
 class NoWorkerAvailable(Exception):
@@ -75,7 +75,7 @@ def context_refusal(workers: Sequence[Announcement], chat: Any, counter_for: Tok
         return None
     largest: tuple[int, int] | None = None
     for w in workers:
-        context = w.hardware.context_length if w.hardware is not None else 0
+        context = w.hardware.context_length if isinstance(w.hardware, Hardware) else 0
         counter = counter_for(w.tokenizer) if context > 0 and w.tokenizer else None
         if counter is None:
             return None

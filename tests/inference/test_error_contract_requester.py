@@ -37,8 +37,9 @@ def ask(url: str, **kw: Any) -> Any:
 
 def with_context(backend: SyntheticBackend, context: int) -> Announcement:
     base = announcement(backend.model_name, backend, 2)
-    return msgspec.structs.replace(base, tokenizer=SYNTHETIC_TOKENIZER, v=2,
-                               hardware=Hardware(context_length=context, context_source="declared"))
+    hardware = Hardware(accelerator="", accelerator_count=0, accelerator_memory_mib=0, hardware_source="declared",
+                        context_length=context, context_source="declared")
+    return msgspec.structs.replace(base, tokenizer=SYNTHETIC_TOKENIZER, v=max(base.v, 2), hardware=hardware)
 
 
 COUNTERS = {SYNTHETIC_TOKENIZER: WhitespaceCounter()}
