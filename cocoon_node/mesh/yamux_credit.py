@@ -1,0 +1,85 @@
+"""A pinned patch for py-libp2p 0.8.1's yamux: credit the sender the way go-yamux does, and write frames lean.
+
+**Window updates.** After every read py-libp2p's ``YamuxStream._auto_tune_and_send_window_update`` sends a
+WINDOW_UPDATE whenever any consumed byte is still uncredited ("partial slack"), even with its documented
+``PY_YAMUX_RELEASE_ON_READ=0``: one encrypted 12-byte frame back, a syscall on each end, for every other
+token frame a requester reads (tests/mesh/test_yamux_credit.py counts them). go-yamux credits the sender
+only once half the receive window has been consumed (``sendWindowUpdate``'s hysteresis), which is what the
+same method does when that rule is left out. :func:`install` rebinds it without the partial-slack branch;
+full grows, the batched flush, window auto-tuning and the operator's ``PY_YAMUX_RELEASE_ON_READ=1`` are
+py-libp2p's code unchanged. Flow control is unchanged too: a sender still stops at a full window, and a
+reader that keeps reading frees half of it before the sender can run out (it has the other half).
+
+**Frame writes.** ``Yamux._write_frame`` parses every outgoing header and formats a debug line for it
+(an f-string, built even with debug logging off) before the write. The lean version writes the same bytes
+under the same lock and does the parsing only when this module's logger would print it.
+
+Bytes on the wire are yamux either way: fewer WINDOW_UPDATE frames, every other frame identical.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from typing import Any
+
+import trio
+from libp2p.stream_muxer.yamux import yamux
+
+PINNED_VERSION = "0.8.1"
+
+_original_write_frame = yamux.Yamux._write_frame
+
+
+async def _credit_like_go_yamux(self: yamux.YamuxStream, *, bytes_read: int = 0) -> None:
+    """py-libp2p 0.8.1's ``_auto_tune_and_send_window_update`` less its partial-slack branch."""
+    total_delta = 0
+    async with self.window_lock:
+        if bytes_read > 0:
+            self._pending_recv_release += bytes_read
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        delta = self.target_recv_window - (self.recv_window + buffered)
+        threshold = self._grow_threshold()
+        pending = self._pending_recv_release
+        if delta >= threshold and delta > 0:
+            self._window_update_full_grow += 1
+            total_delta = self._grow_to_delta(buffered)
+            total_delta += self._apply_autotune_epoch(buffered)
+            self._pending_recv_release = 0
+        elif pending >= threshold:
+            self.recv_window += pending
+            total_delta = pending
+            self._pending_recv_release = 0
+            self._window_update_pending_flush += 1
+            total_delta += self._apply_autotune_epoch(buffered)
+        elif yamux._yamux_release_on_read() and bytes_read > 0:  # the operator asked for it
+            self.recv_window += bytes_read
+            total_delta = bytes_read
+            self._pending_recv_release -= bytes_read
+            self._window_update_bytes_read_only += 1
+            total_delta += self._apply_autotune_epoch(buffered)
+    if total_delta > 0:
+        await self.send_window_update(total_delta, skip_lock=True)
+
+
+async def _write_frame_lean(self: yamux.Yamux, data: bytes) -> None:
+    """``Yamux._write_frame`` without the per-frame header parse and debug line unless they would print."""
+    if yamux.logger.isEnabledFor(logging.DEBUG):
+        await _original_write_frame(self, data)
+        return
+    async with self._write_lock:
+        await self.secured_conn.write(data)
+    await trio.lowlevel.checkpoint()
+
+
+def install() -> None:
+    """Rebind the two methods (idempotent); refuse another py-libp2p, whose yamux may differ."""
+    found = version("libp2p")
+    if found != PINNED_VERSION:
+        raise RuntimeError(f"the yamux credit patch is pinned to libp2p {PINNED_VERSION}, found {found}: check "
+                           "libp2p/stream_muxer/yamux/yamux.py _auto_tune_and_send_window_update and _write_frame "
+                           "and update cocoon_node/mesh/yamux_credit.py")
+    stream_cls: Any = yamux.YamuxStream
+    conn_cls: Any = yamux.Yamux
+    stream_cls._auto_tune_and_send_window_update = _credit_like_go_yamux
+    conn_cls._write_frame = _write_frame_lean
