@@ -1,4 +1,4 @@
-"""A pinned patch for py-libp2p 0.8.1's yamux: credit the sender the way go-yamux does, and write frames lean.
+"""A pinned patch for py-libp2p 0.8.1's yamux: credit the sender the way go-yamux does; coalesce frame writes.
 
 **Window updates.** After every read py-libp2p's ``YamuxStream._auto_tune_and_send_window_update`` sends a
 WINDOW_UPDATE whenever any consumed byte is still uncredited ("partial slack"), even with its documented
@@ -10,11 +10,15 @@ full grows, the batched flush, window auto-tuning and the operator's ``PY_YAMUX_
 py-libp2p's code unchanged. Flow control is unchanged too: a sender still stops at a full window, and a
 reader that keeps reading frees half of it before the sender can run out (it has the other half).
 
-**Frame writes.** ``Yamux._write_frame`` parses every outgoing header and formats a debug line for it
-(an f-string, built even with debug logging off) before the write. The lean version writes the same bytes
-under the same lock and does the parsing only when this module's logger would print it.
+**Frame writes.** ``Yamux._write_frame`` sends each frame as its own Noise message and socket send, after
+parsing its header and formatting a debug line for it (an f-string, built even with debug logging off). At
+128 streams the worker's token frames come in bursts (one decode step ticks them all), each waiting for the
+connection's write lock. :func:`_write_frame_coalescing` writes the frames of every writer waiting for the
+lock in one ``secured_conn.write``, in the order the writers called: one encryption and one send for many
+streams' frames. Yamux runs over the secure channel as a byte stream, so how its frames are cut into Noise
+messages is the sender's choice (py-libp2p's reader and go-libp2p's read them either way).
 
-Bytes on the wire are yamux either way: fewer WINDOW_UPDATE frames, every other frame identical.
+The yamux frames are py-libp2p's, byte for byte, less the WINDOW_UPDATEs go-yamux would not send.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from importlib.metadata import version
 from typing import Any
 
 import trio
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.stream_muxer.yamux import yamux
 
 PINNED_VERSION = "0.8.1"
@@ -62,13 +67,56 @@ async def _credit_like_go_yamux(self: yamux.YamuxStream, *, bytes_read: int = 0)
         await self.send_window_update(total_delta, skip_lock=True)
 
 
-async def _write_frame_lean(self: yamux.Yamux, data: bytes) -> None:
-    """``Yamux._write_frame`` without the per-frame header parse and debug line unless they would print."""
+class _Batch:
+    """Frames queued for one write of a connection; the first of their writers to get the lock sends all."""
+
+    __slots__ = ("error", "frames", "sent")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.sent = False
+        self.error: BaseException | None = None
+
+
+async def _write_frame_coalescing(self: Any, data: bytes) -> None:
+    """``Yamux._write_frame`` that sends the frames of every writer waiting for the lock in one write.
+
+    A writer adds its frame to the connection's open batch, then takes the write lock; the first writer of a
+    batch to get it closes the batch and writes all its frames, in the order they were added, as one
+    ``secured_conn.write`` (one Noise message and one send for several streams' frames); the others find
+    theirs sent. The lock is FIFO and a batch closes under it, so frames go out in the order of the calls.
+    A writer cancelled before its batch is written takes its frame out again (it is never sent, as with
+    py-libp2p's own method); a failed write fails every writer of that batch. The per-frame header parse and
+    debug line run only when this module's logger would print them.
+    """
     if yamux.logger.isEnabledFor(logging.DEBUG):
         await _original_write_frame(self, data)
         return
-    async with self._write_lock:
-        await self.secured_conn.write(data)
+    batch: _Batch | None = getattr(self, "_cocoon_batch", None)
+    if batch is None:
+        batch = self._cocoon_batch = _Batch()
+    batch.frames.append(data)
+    try:
+        async with self._write_lock:
+            if not batch.sent:
+                if self._cocoon_batch is batch:
+                    self._cocoon_batch = None
+                batch.sent = True
+                frames = batch.frames
+                try:
+                    await self.secured_conn.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                except Exception as exc:
+                    batch.error = exc
+                    raise
+                except BaseException:  # cancelled mid-write: what reached the socket is unknown
+                    batch.error = RawConnError("a coalesced yamux write was interrupted")
+                    raise
+            elif batch.error is not None:
+                raise batch.error
+    except BaseException:
+        if not batch.sent:
+            batch.frames.remove(data)
+        raise
     await trio.lowlevel.checkpoint()
 
 
@@ -82,4 +130,4 @@ def install() -> None:
     stream_cls: Any = yamux.YamuxStream
     conn_cls: Any = yamux.Yamux
     stream_cls._auto_tune_and_send_window_update = _credit_like_go_yamux
-    conn_cls._write_frame = _write_frame_lean
+    conn_cls._write_frame = _write_frame_coalescing

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.stream_muxer.yamux import yamux
 
 from cocoon_node.mesh import Mesh, MeshSettings
@@ -94,28 +96,147 @@ async def test_a_reader_still_credits_the_sender_past_its_window(monkeypatch: An
 
 
 class _Recorder:
-    """The part of a secured connection ``_write_frame`` uses."""
+    """The part of a secured connection ``_write_frame`` uses: records each write."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
 
     async def write(self, data: bytes) -> None:
         self.writes.append(data)
+        await trio.lowlevel.checkpoint()
 
 
-async def test_lean_frame_write_sends_the_same_bytes_and_logs_when_debugging(caplog: Any) -> None:
-    frame = yamux.struct.pack(yamux.YAMUX_HEADER_FORMAT, 0, yamux.TYPE_DATA, 0, 7, 3) + b"abc"
+def _conn() -> Any:
     conn: Any = type("Conn", (), {})()
     conn._write_lock = trio.Lock()
     conn.is_initiator_value = True
     conn.secured_conn = _Recorder()
-    await yamux_credit._write_frame_lean(conn, frame)
-    await yamux_credit._original_write_frame(conn, frame)
-    assert conn.secured_conn.writes == [frame, frame]
+    return conn
+
+
+def _frame(stream_id: int, payload: bytes) -> bytes:
+    return yamux.struct.pack(yamux.YAMUX_HEADER_FORMAT, 0, yamux.TYPE_DATA, 0, stream_id, len(payload)) + payload
+
+
+async def test_frames_waiting_for_the_lock_go_out_in_one_write_in_call_order() -> None:
+    conn = _conn()
+    frames = [_frame(i, bytes([i]) * 3) for i in range(1, 6)]
+    await yamux_credit._write_frame_coalescing(conn, frames[0])
+    assert conn.secured_conn.writes == [frames[0]]  # alone: the frame as it is
+    async with trio.open_nursery() as nursery:
+        await conn._write_lock.acquire()  # a write in flight: the next four queue behind it
+        for f in frames[1:]:
+            nursery.start_soon(yamux_credit._write_frame_coalescing, conn, f)
+            await trio.testing.wait_all_tasks_blocked()
+        conn._write_lock.release()
+    assert conn.secured_conn.writes == [frames[0], b"".join(frames[1:])]
+
+
+async def test_a_writer_cancelled_while_waiting_sends_nothing_and_the_rest_still_go() -> None:
+    conn = _conn()
+    a, b, c = _frame(1, b"a"), _frame(2, b"b"), _frame(3, b"c")
+    async with trio.open_nursery() as nursery:
+        await conn._write_lock.acquire()
+        cancelled = trio.CancelScope()
+
+        async def write_b() -> None:
+            with cancelled:
+                await yamux_credit._write_frame_coalescing(conn, b)
+
+        nursery.start_soon(yamux_credit._write_frame_coalescing, conn, a)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(write_b)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(yamux_credit._write_frame_coalescing, conn, c)
+        await trio.testing.wait_all_tasks_blocked()
+        cancelled.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        conn._write_lock.release()
+    assert conn.secured_conn.writes == [a + c]
+
+
+async def test_a_failed_write_fails_every_writer_of_its_batch() -> None:
+    conn = _conn()
+
+    async def broken(data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        raise RawConnError("connection reset")
+
+    conn.secured_conn.write = broken
+    failures: list[BaseException] = []
+
+    async def write(f: bytes) -> None:
+        try:
+            await yamux_credit._write_frame_coalescing(conn, f)
+        except RawConnError as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await conn._write_lock.acquire()
+        for i in range(3):
+            nursery.start_soon(write, _frame(i + 1, b"x"))
+            await trio.testing.wait_all_tasks_blocked()
+        conn._write_lock.release()
+    assert len(failures) == 3
+
+
+async def test_with_debug_logging_each_frame_is_written_and_logged_as_before(caplog: Any) -> None:
+    conn = _conn()
+    frame = _frame(7, b"abc")
     with caplog.at_level(logging.DEBUG, logger=yamux.logger.name):
-        await yamux_credit._write_frame_lean(conn, frame)
-    assert conn.secured_conn.writes[-1] == frame
+        await yamux_credit._write_frame_coalescing(conn, frame)
+    assert conn.secured_conn.writes == [frame]
     assert any("YAMUX TX: type=DATA" in r.getMessage() for r in caplog.records)
+
+
+async def test_many_streams_at_once_arrive_intact_in_fewer_writes_than_frames(monkeypatch: Any) -> None:
+    """64 streams each writing 20 token-sized frames at the same moments, as a worker's streams do on one
+    decode step: every reader gets exactly its own bytes, in order, and the connection wrote fewer times."""
+    streams, frames = 64, 20
+    secure_writes: list[int] = []
+    got: dict[int, bytearray] = {}
+    done = trio.Semaphore(0)
+
+    async def handler(stream: Any) -> None:
+        first = await stream.read(1)
+        buf = got.setdefault(first[0], bytearray(first))
+        while len(buf) < 1 + frames * 60:
+            buf.extend(await stream.read(4096))
+        done.release()
+
+    async with AsyncExitStack() as stack:
+        writer, reader = await _pair(stack, handler)
+        with trio.fail_after(60):
+            opened = [await writer.new_stream(reader.peer_id, PROTOCOL, reader.listen_addrs())
+                      for _ in range(streams)]
+            conn = opened[0].muxed_conn
+            inner = conn.secured_conn.write
+
+            async def counted(data: bytes) -> None:
+                secure_writes.append(len(data))
+                await inner(data)
+
+            monkeypatch.setattr(conn.secured_conn, "write", counted)
+            tick = trio.Event()
+
+            async def write_all(i: int, stream: Any) -> None:
+                await stream.write(bytes([i]))
+                await tick.wait()
+                for n in range(frames):
+                    await stream.write(bytes([i, n]) * 30)
+
+            async with trio.open_nursery() as nursery:
+                for i, stream in enumerate(opened):
+                    nursery.start_soon(write_all, i, stream)
+                await trio.testing.wait_all_tasks_blocked()
+                before = len(secure_writes)
+                tick.set()
+            for _ in range(streams):
+                await done.acquire()
+            writes = len(secure_writes) - before
+    for i in range(streams):
+        assert bytes(got[i]) == bytes([i]) + b"".join(bytes([i, n]) * 30 for n in range(frames))
+    assert writes < streams * frames / 2, f"{writes} writes for {streams * frames} frames"
 
 
 def test_install_refuses_another_libp2p_version(monkeypatch: Any) -> None:
@@ -126,4 +247,4 @@ def test_install_refuses_another_libp2p_version(monkeypatch: Any) -> None:
 
 def test_installed_by_the_mesh() -> None:
     assert yamux.YamuxStream._auto_tune_and_send_window_update is yamux_credit._credit_like_go_yamux
-    assert yamux.Yamux._write_frame is yamux_credit._write_frame_lean
+    assert yamux.Yamux._write_frame is yamux_credit._write_frame_coalescing
