@@ -16,6 +16,7 @@ import argparse
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,12 +27,24 @@ from sse_client import SSEClient
 
 from cocoon_node.cluster import Cluster, wait_for_workers
 
-
 #: Leaf frames where a thread waits rather than computes (epoll with a timeout, idle worker threads).
 IDLE_LEAVES = ("EpollIOManager.get_events", "Condition.wait", "WorkerThread._work", "Event.wait (threading")
 #: Frames every stack of the event loop shares: left out of the "including callees" list.
 GENERIC = ("_run_module_as_main", "_run_code", "<module>", "main (", "cmd_run", "run (_run.py)",
            "unrolled_run", "Thread.", "profile_overhead")
+
+
+SOCKET_CALLS = "sendto,recvfrom,sendmsg,recvmsg,write,read"
+
+
+def syscall_counts(summary: Path) -> dict[str, int]:
+    """Calls per syscall from ``strace -c`` output."""
+    counts: dict[str, int] = {}
+    for line in summary.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[-1] in SOCKET_CALLS.split(",") and parts[3].isdigit():
+            counts[parts[-1]] = int(parts[3])
+    return counts
 
 
 def _frame(f: str) -> str:
@@ -89,7 +102,6 @@ def report(name: str, summary: dict[str, object]) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     model = "synthetic-echo"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="profile-overhead-") as tmp:
         cluster = Cluster(Path(tmp))
         async with cluster.running():
@@ -104,21 +116,38 @@ async def main_async(args: argparse.Namespace) -> None:
                     "client": os.getpid()}
             try:
                 await mesh_round(client, model, args.tokens, args.concurrency)  # warm-up
-                spies = [subprocess.Popen([args.py_spy, "record", "--pid", str(pid), "--duration",
-                                           str(args.seconds), "--format", "raw", "--rate", "100", "--function",
-                                           "--output", str(out / f"{name}.txt")],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                         for name, pid in pids.items()]
+                if args.strace:  # socket syscalls of the two nodes instead of a profile
+                    spies = [subprocess.Popen(["strace", "-c", "-f",  # noqa: ASYNC220 - before the rounds
+                                               "-e", "trace=" + SOCKET_CALLS, "-o", str(out / f"{name}.strace"),
+                                               "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             for name, pid in pids.items() if name != "client"]
+                else:
+                    spies = [subprocess.Popen([args.py_spy, "record",  # noqa: ASYNC220 - before the rounds "--pid", str(pid), "--duration",
+                                               str(args.seconds), "--format", "raw", "--rate", "100", "--function",
+                                               "--output", str(out / f"{name}.txt")],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             for name, pid in pids.items()]
                 rounds = 0
-                with trio.move_on_after(args.seconds + 2):
-                    while True:
-                        await mesh_round(client, model, args.tokens, args.concurrency)
-                        rounds += 1
+                await trio.sleep(1)  # let the tracers attach
+                deadline = trio.current_time() + args.seconds
+                while trio.current_time() < deadline:  # whole rounds only
+                    await mesh_round(client, model, args.tokens, args.concurrency)
+                    rounds += 1
+                if args.strace:
+                    for spy in spies:
+                        spy.send_signal(signal.SIGINT)
                 for spy in spies:
                     await trio.to_thread.run_sync(spy.wait)
             finally:
                 await client.aclose()
     print(f"{rounds} rounds of {args.concurrency} streams while sampling")
+    if args.strace:
+        for name in ("worker", "requester"):
+            calls = syscall_counts(out / f"{name}.strace")
+            # Whole rounds only were traced (tracing stops after the last one): calls per request.
+            print(f"{name}: " + ", ".join(f"{k} {v / (rounds * args.concurrency):.1f}" for k, v in calls.items())
+                  + " per request")
+        return
     for name in pids:
         report(name, top_entries(out / f"{name}.txt", args.top))
 
@@ -132,12 +161,14 @@ def main() -> None:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--out", default="/tmp/cocoon-profile")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    p.add_argument("--strace", action="store_true", help="count the nodes' socket syscalls instead (strace -c)")
     p.add_argument("--summarize", metavar="DIR", help="only summarize the profiles already in DIR")
     args = p.parse_args()
     if args.summarize:
         for name in ("worker", "requester", "client"):
             report(name, top_entries(Path(args.summarize) / f"{name}.txt", args.top))
         return
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     trio.run(main_async, args)
 
 

@@ -16,7 +16,9 @@ parsing its header and formatting a debug line for it (an f-string, built even w
 connection's write lock. :func:`_write_frame_coalescing` writes the frames of every writer waiting for the
 lock in one ``secured_conn.write``, in the order the writers called: one encryption and one send for many
 streams' frames. Yamux runs over the secure channel as a byte stream, so how its frames are cut into Noise
-messages is the sender's choice (py-libp2p's reader and go-libp2p's read them either way).
+messages is the sender's choice (py-libp2p's reader and go-libp2p's read them either way). On the reading
+side, a frame body already decrypted into the session's buffer is taken without ``_read_data_body``'s
+per-frame timeout scope (there is nothing to wait for).
 
 The yamux frames are py-libp2p's, byte for byte, less the WINDOW_UPDATEs go-yamux would not send.
 """
@@ -28,12 +30,15 @@ from importlib.metadata import version
 from typing import Any
 
 import trio
+from libp2p.io.utils import read_exactly
 from libp2p.network.connection.exceptions import RawConnError
+from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux
 
 PINNED_VERSION = "0.8.1"
 
 _original_write_frame = yamux.Yamux._write_frame
+_original_read_data_body = yamux.Yamux._read_data_body
 
 
 async def _credit_like_go_yamux(self: yamux.YamuxStream, *, bytes_read: int = 0) -> None:
@@ -120,6 +125,16 @@ async def _write_frame_coalescing(self: Any, data: bytes) -> None:
     await trio.lowlevel.checkpoint()
 
 
+async def _read_data_body_buffered(self: Any, length: int) -> bytes:
+    """``Yamux._read_data_body`` without its per-frame timer when the body is already decrypted and buffered
+    (a Noise message carrying several frames, as :func:`_write_frame_coalescing` sends them): nothing to
+    wait for, so no ``fail_after`` scope, no environment lookup for its timeout."""
+    conn = self.secured_conn
+    if isinstance(conn, SecureSession) and conn.high_watermark - conn.low_watermark >= length:
+        return await read_exactly(conn, length)
+    return await _original_read_data_body(self, length)
+
+
 def install() -> None:
     """Rebind the two methods (idempotent); refuse another py-libp2p, whose yamux may differ."""
     found = version("libp2p")
@@ -131,3 +146,4 @@ def install() -> None:
     conn_cls: Any = yamux.Yamux
     stream_cls._auto_tune_and_send_window_update = _credit_like_go_yamux
     conn_cls._write_frame = _write_frame_coalescing
+    conn_cls._read_data_body = _read_data_body_buffered

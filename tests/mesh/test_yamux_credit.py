@@ -1,4 +1,5 @@
-"""The pinned yamux patch (cocoon_node/mesh/yamux_credit.py): go-yamux's credit rule, lean frame writes."""
+"""The pinned yamux patch (cocoon_node/mesh/yamux_credit.py): go-yamux's credit rule, coalesced frame writes,
+buffered frame bodies read without a timer."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import trio
 import trio.testing
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.network.connection.exceptions import RawConnError
+from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux
 
-from cocoon_node.mesh import Mesh, MeshSettings
-from cocoon_node.mesh import yamux_credit
+from cocoon_node.mesh import Mesh, MeshSettings, yamux_credit
 
 PROTOCOL = "/cocoon-test/credit/1.0.0"
 
@@ -239,12 +240,32 @@ async def test_many_streams_at_once_arrive_intact_in_fewer_writes_than_frames(mo
     assert writes < streams * frames / 2, f"{writes} writes for {streams * frames} frames"
 
 
+async def test_a_body_already_buffered_is_read_without_a_timer(monkeypatch: Any) -> None:
+    session = SecureSession.__new__(SecureSession)  # only its read buffer is used
+    session._reset_internal_buffer()
+    session._fill(b"first-body|rest")
+    conn: Any = type("Conn", (), {})()
+    conn.secured_conn = session
+    waited: list[int] = []
+
+    async def slow_path(self: Any, length: int) -> bytes:
+        waited.append(length)
+        return b"?" * length
+
+    monkeypatch.setattr(yamux_credit, "_original_read_data_body", slow_path)
+    assert await yamux_credit._read_data_body_buffered(conn, 11) == b"first-body|"
+    assert waited == []
+    assert await yamux_credit._read_data_body_buffered(conn, 10) == b"?" * 10  # 4 buffered: py-libp2p's read
+    assert waited == [10]
+
+
 def test_install_refuses_another_libp2p_version(monkeypatch: Any) -> None:
     monkeypatch.setattr(yamux_credit, "version", lambda _name: "0.9.0")
-    with pytest.raises(RuntimeError, match="pinned to libp2p 0.8.1"):
+    with pytest.raises(RuntimeError, match=r"pinned to libp2p 0\.8\.1"):
         yamux_credit.install()
 
 
 def test_installed_by_the_mesh() -> None:
     assert yamux.YamuxStream._auto_tune_and_send_window_update is yamux_credit._credit_like_go_yamux
     assert yamux.Yamux._write_frame is yamux_credit._write_frame_coalescing
+    assert yamux.Yamux._read_data_body is yamux_credit._read_data_body_buffered
