@@ -122,10 +122,11 @@ async def main_async(args: argparse.Namespace) -> None:
                                                "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                              for name, pid in pids.items() if name != "client"]
                 else:
-                    spies = [subprocess.Popen([args.py_spy, "record",  # noqa: ASYNC220 - before the rounds "--pid", str(pid), "--duration",
-                                               str(args.seconds), "--format", "raw", "--rate", "100", "--function",
+                    spies = [subprocess.Popen([args.py_spy, "record",  # noqa: ASYNC220 - before the rounds
+                                               "--pid", str(pid), "--duration", str(args.seconds), "--format",
+                                               "raw", "--rate", "100", "--function",
                                                "--output", str(out / f"{name}.txt")],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                              stdout=subprocess.DEVNULL, stderr=(out / f"{name}.err").open("wb"))
                              for name, pid in pids.items()]
                 rounds = 0
                 await trio.sleep(1)  # let the tracers attach

@@ -1,4 +1,4 @@
-"""The pinned yamux patch (cocoon_node/mesh/yamux_credit.py): go-yamux's credit rule, coalesced frame writes,
+"""The pinned yamux patch (cocoon_node/mesh/yamux_patch.py): go-yamux's credit rule, coalesced frame writes,
 buffered frame bodies read without a timer."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from libp2p.network.connection.exceptions import RawConnError
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux
 
-from cocoon_node.mesh import Mesh, MeshSettings, yamux_credit
+from cocoon_node.mesh import Mesh, MeshSettings, yamux_patch
 
 PROTOCOL = "/cocoon-test/credit/1.0.0"
 
@@ -122,12 +122,12 @@ def _frame(stream_id: int, payload: bytes) -> bytes:
 async def test_frames_waiting_for_the_lock_go_out_in_one_write_in_call_order() -> None:
     conn = _conn()
     frames = [_frame(i, bytes([i]) * 3) for i in range(1, 6)]
-    await yamux_credit._write_frame_coalescing(conn, frames[0])
+    await yamux_patch._write_frame_coalescing(conn, frames[0])
     assert conn.secured_conn.writes == [frames[0]]  # alone: the frame as it is
     async with trio.open_nursery() as nursery:
         await conn._write_lock.acquire()  # a write in flight: the next four queue behind it
         for f in frames[1:]:
-            nursery.start_soon(yamux_credit._write_frame_coalescing, conn, f)
+            nursery.start_soon(yamux_patch._write_frame_coalescing, conn, f)
             await trio.testing.wait_all_tasks_blocked()
         conn._write_lock.release()
     assert conn.secured_conn.writes == [frames[0], b"".join(frames[1:])]
@@ -142,13 +142,13 @@ async def test_a_writer_cancelled_while_waiting_sends_nothing_and_the_rest_still
 
         async def write_b() -> None:
             with cancelled:
-                await yamux_credit._write_frame_coalescing(conn, b)
+                await yamux_patch._write_frame_coalescing(conn, b)
 
-        nursery.start_soon(yamux_credit._write_frame_coalescing, conn, a)
+        nursery.start_soon(yamux_patch._write_frame_coalescing, conn, a)
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(write_b)
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(yamux_credit._write_frame_coalescing, conn, c)
+        nursery.start_soon(yamux_patch._write_frame_coalescing, conn, c)
         await trio.testing.wait_all_tasks_blocked()
         cancelled.cancel()
         await trio.testing.wait_all_tasks_blocked()
@@ -168,7 +168,7 @@ async def test_a_failed_write_fails_every_writer_of_its_batch() -> None:
 
     async def write(f: bytes) -> None:
         try:
-            await yamux_credit._write_frame_coalescing(conn, f)
+            await yamux_patch._write_frame_coalescing(conn, f)
         except RawConnError as exc:
             failures.append(exc)
 
@@ -185,7 +185,7 @@ async def test_with_debug_logging_each_frame_is_written_and_logged_as_before(cap
     conn = _conn()
     frame = _frame(7, b"abc")
     with caplog.at_level(logging.DEBUG, logger=yamux.logger.name):
-        await yamux_credit._write_frame_coalescing(conn, frame)
+        await yamux_patch._write_frame_coalescing(conn, frame)
     assert conn.secured_conn.writes == [frame]
     assert any("YAMUX TX: type=DATA" in r.getMessage() for r in caplog.records)
 
@@ -252,20 +252,20 @@ async def test_a_body_already_buffered_is_read_without_a_timer(monkeypatch: Any)
         waited.append(length)
         return b"?" * length
 
-    monkeypatch.setattr(yamux_credit, "_original_read_data_body", slow_path)
-    assert await yamux_credit._read_data_body_buffered(conn, 11) == b"first-body|"
+    monkeypatch.setattr(yamux_patch, "_original_read_data_body", slow_path)
+    assert await yamux_patch._read_data_body_buffered(conn, 11) == b"first-body|"
     assert waited == []
-    assert await yamux_credit._read_data_body_buffered(conn, 10) == b"?" * 10  # 4 buffered: py-libp2p's read
+    assert await yamux_patch._read_data_body_buffered(conn, 10) == b"?" * 10  # 4 buffered: py-libp2p's read
     assert waited == [10]
 
 
 def test_install_refuses_another_libp2p_version(monkeypatch: Any) -> None:
-    monkeypatch.setattr(yamux_credit, "version", lambda _name: "0.9.0")
+    monkeypatch.setattr(yamux_patch, "version", lambda _name: "0.9.0")
     with pytest.raises(RuntimeError, match=r"pinned to libp2p 0\.8\.1"):
-        yamux_credit.install()
+        yamux_patch.install()
 
 
 def test_installed_by_the_mesh() -> None:
-    assert yamux.YamuxStream._auto_tune_and_send_window_update is yamux_credit._credit_like_go_yamux
-    assert yamux.Yamux._write_frame is yamux_credit._write_frame_coalescing
-    assert yamux.Yamux._read_data_body is yamux_credit._read_data_body_buffered
+    assert yamux.YamuxStream._auto_tune_and_send_window_update is yamux_patch._credit_like_go_yamux
+    assert yamux.Yamux._write_frame is yamux_patch._write_frame_coalescing
+    assert yamux.Yamux._read_data_body is yamux_patch._read_data_body_buffered

@@ -3,7 +3,7 @@
 **Window updates.** After every read py-libp2p's ``YamuxStream._auto_tune_and_send_window_update`` sends a
 WINDOW_UPDATE whenever any consumed byte is still uncredited ("partial slack"), even with its documented
 ``PY_YAMUX_RELEASE_ON_READ=0``: one encrypted 12-byte frame back, a syscall on each end, for every other
-token frame a requester reads (tests/mesh/test_yamux_credit.py counts them). go-yamux credits the sender
+token frame a requester reads (tests/mesh/test_yamux_patch.py counts them). go-yamux credits the sender
 only once half the receive window has been consumed (``sendWindowUpdate``'s hysteresis), which is what the
 same method does when that rule is left out. :func:`install` rebinds it without the partial-slack branch;
 full grows, the batched flush, window auto-tuning and the operator's ``PY_YAMUX_RELEASE_ON_READ=1`` are
@@ -136,12 +136,12 @@ async def _read_data_body_buffered(self: Any, length: int) -> bytes:
 
 
 def install() -> None:
-    """Rebind the two methods (idempotent); refuse another py-libp2p, whose yamux may differ."""
+    """Rebind the three methods (idempotent); refuse another py-libp2p, whose yamux may differ."""
     found = version("libp2p")
     if found != PINNED_VERSION:
-        raise RuntimeError(f"the yamux credit patch is pinned to libp2p {PINNED_VERSION}, found {found}: check "
-                           "libp2p/stream_muxer/yamux/yamux.py _auto_tune_and_send_window_update and _write_frame "
-                           "and update cocoon_node/mesh/yamux_credit.py")
+        raise RuntimeError(f"the yamux patch is pinned to libp2p {PINNED_VERSION}, found {found}: check "
+                           "libp2p/stream_muxer/yamux/yamux.py _auto_tune_and_send_window_update, _write_frame and "
+                           "_read_data_body and update cocoon_node/mesh/yamux_patch.py")
     stream_cls: Any = yamux.YamuxStream
     conn_cls: Any = yamux.Yamux
     stream_cls._auto_tune_and_send_window_update = _credit_like_go_yamux
