@@ -11,6 +11,8 @@
 - NAT traversal: :mod:`.connectivity` (one node's reachability, relays, hole punching), :mod:`.reach`
   (dial-back), :mod:`.relay_client` and :mod:`.relay_hop` (circuit relay v2), :mod:`.holepunch` (DCUtR),
   :mod:`.paths` (which path a stream took), :mod:`.conns` (small connection helpers);
+- pinned py-libp2p 0.8.1 patches: :mod:`.kad_protocol`, :mod:`.tcp_addrs`, :mod:`.yamux_patch` (go-yamux's
+  window credit, coalesced frame writes);
 - :mod:`.ratelimit`: the per-peer rate limit of the protocols a node serves to anyone.
 """
 

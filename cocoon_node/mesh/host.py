@@ -58,15 +58,15 @@ from cocoon_node.mesh.scoring import (
     score_params,
 )
 from cocoon_node.mesh.tcp_addrs import install as install_tcp_addrs_fix
+from cocoon_node.mesh.yamux_patch import install as install_yamux_patch
 
 # Before any KadDHT exists: py-libp2p would otherwise serve and dial IPFS's /ipfs/kad/1.0.0 (kad_protocol.py).
 kad_protocol.install()
 
-# py-libp2p's yamux answers every read with a WINDOW_UPDATE frame by default ("release on read"): one extra
-# encrypted frame back per token frame received. Its documented PY_YAMUX_* knob turns that off; its "partial
-# slack" rule still sends one on every other read (tests/mesh/test_yamux_window.py counts them), which halves
-# them: worker CPU per 1-stream request -10 %, TTFT -0.4 ms in bench_overhead. An operator's own setting wins.
+# py-libp2p's yamux sends a WINDOW_UPDATE per read by default; its documented knob turns that off (an operator's
+# own setting wins). yamux_patch.py credits like go-yamux and coalesces frame writes (pinned to py-libp2p 0.8.1).
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+install_yamux_patch()
 
 log = logging.getLogger(__name__)
 install_tcp_addrs_fix()  # py-libp2p 0.8.1 lists closed listener sockets (tcp_addrs.py)
