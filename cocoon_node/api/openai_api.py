@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_response, invalid, parse_json, read_body
+from cocoon_node.api.receipts import keep_receipt, receipt_route
 from cocoon_node.inference import (
     CapabilityUnavailable,
     ChatRequest,
@@ -40,6 +41,7 @@ from cocoon_node.inference import (
     merge_tool_calls,
     parse_chat_request,
 )
+from cocoon_node.payments.receipt_store import ReceiptStore
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +109,12 @@ class ChatStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, requester: Requester, chat: ChatRequest) -> None:
+    def __init__(self, requester: Requester, chat: ChatRequest, receipts: ReceiptStore | None = None) -> None:
         super().__init__(content=None, media_type=self.media_type,
                          headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         self._requester = requester
         self._chat = chat
+        self._receipts = receipts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Hypercorn drops writes after a disconnect rather than failing them, so watch for the disconnect
@@ -188,7 +191,9 @@ class ChatStreamResponse(Response):
                             ev = follow
                     if isinstance(ev, Final):
                         finish = _finish(ev.finish_reason)
-                        tail = sse(chunk({}, finish))
+                        # issue 16: the final chunk carries the checked receipt (stored first)
+                        tail = sse({**chunk({}, finish),
+                                    "cocoon": await keep_receipt(self._receipts, cid, worker, ev)})
                         if chat.include_usage:
                             tail += sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                                          "model": chat.model, "choices": [],
@@ -222,7 +227,8 @@ _LAST_SEND_TIMEOUT = 10.0
 def openai_app(requester: Requester, *, api_key: str = "",
                models: Callable[..., list[dict[str, Any]]] | None = None,
                channels: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-               attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None) -> Starlette:
+               attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None,
+               receipts: ReceiptStore | None = None) -> Starlette:
     """Build the ASGI app. ``models`` returns the model list entries (see the node); ``attestation`` fetches
     a worker's fresh, nonce-bound attestation (``GET /v1/cocoon/attestation/{worker}?nonce=HEX``)."""
 
@@ -257,8 +263,8 @@ def openai_app(requester: Requester, *, api_key: str = "",
         except RequestValidationError as exc:
             return invalid(f"{exc.field}: {exc.message}", param=exc.field)
         if chat.stream:
-            return ChatStreamResponse(requester, chat)
-        return await _complete(requester, chat)
+            return ChatStreamResponse(requester, chat, receipts)
+        return await _complete(requester, chat, receipts)
 
     async def list_channels(request: Request) -> Response:
         """Payment channels, balances and amounts earned or spent (``/v1/cocoon/channels``)."""
@@ -287,6 +293,7 @@ def openai_app(requester: Requester, *, api_key: str = "",
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/cocoon/channels", list_channels, methods=["GET"]),
+        receipt_route(receipts, unauthorized),
     ]
     return Starlette(routes=routes)
 
@@ -304,7 +311,7 @@ async def attestation_response(fetch: Callable[[str, bytes], Awaitable[dict[str,
                               code=getattr(exc, "code", None))
 
 
-async def _complete(requester: Requester, chat: ChatRequest) -> Response:
+async def _complete(requester: Requester, chat: ChatRequest, receipts: ReceiptStore | None = None) -> Response:
     text: list[str] = []
     calls = ToolCallAccumulator()
     logprobs: list[Any] = []
@@ -328,18 +335,21 @@ async def _complete(requester: Requester, chat: ChatRequest) -> Response:
     except (NoWorkerAvailable, WorkerFailure) as exc:
         return failure_response(exc)
     assert final is not None
+    cid = _completion_id()
+    cocoon = await keep_receipt(receipts, cid, worker, final)  # issue 16: stored before it is answered
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
     if calls:  # OpenAI's shape: content null when the turn only called tools
         message["content"] = "".join(text) or None
         message["tool_calls"] = calls.result()
     return JSONResponse(
         {
-            "id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": chat.model,
+            "id": cid, "object": "chat.completion", "created": int(time.time()), "model": chat.model,
             "system_fingerprint": worker,
             "choices": [{"index": 0, "message": message,
                          "logprobs": _logprobs(logprobs) if chat.features.logprobs else None,
                          "finish_reason": _finish(final.finish_reason)}],
             "usage": _usage(prompt_tokens, final.completion_tokens),
+            "cocoon": cocoon,
         },
         headers={"x-cocoon-worker": worker, "x-cocoon-attempts": str(attempts), "x-cocoon-path": path},
     )

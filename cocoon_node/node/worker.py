@@ -25,6 +25,7 @@ from cocoon_node.node.attest import ReportPublisher
 from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_PROTOCOL_ID
 from cocoon_node.node.fresh_attest import FreshAttestServer
 from cocoon_node.node.hardware import describe_hardware
+from cocoon_node.node.receipt_signer import WorkerReceipts
 from cocoon_node.observe.progress import LoadProgress
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,9 @@ class WorkerRole:
                                          model_hash=weights, data_dir=self.config.data_dir,
                                          backend=self.backend.kind, upstream=upstream,
                                          snp_vcek_file=w.snp_vcek_file or None)
+        publisher = self.publisher
+        self.server.receipts = WorkerReceipts(self.key_pair, self.mesh.peer_id.to_bytes(), model_name=w.model,
+                                              model_hash=weights, report=lambda: publisher.current)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
         self.hardware = await describe_hardware(self.backend, w)
         log.info("serving on %s", self.hardware)
