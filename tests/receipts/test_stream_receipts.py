@@ -59,7 +59,12 @@ class LyingReceipts(WorkerReceipts):
         if self.lie == "tokens":
             return super().sign(replace(served, completion_tokens=served.completion_tokens + 3))
         envelope = super().sign(served)
+        if self.lie == "garbage":
+            return b"\xa2not a receipt"
         payload = msgspec.structs.asdict(_payload(envelope))
+        if self.lie == "report":  # names a report the worker's attestation is not
+            return sign_receipt(Receipt(**{**payload, "report_hash": hashlib.sha256(b"another report").digest()}),
+                                self._key)
         if self.lie == "voucher":
             return sign_receipt(Receipt(**{**payload, "voucher_seqno": payload["voucher_seqno"] + 1,
                                            "voucher_cumulative": payload["voucher_cumulative"] + 5_000}), self._key)
@@ -80,6 +85,7 @@ class Harness:
     store: ReceiptStore
     report: bytes
     worker: Announcement
+    open_stream: Any
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://requester")
@@ -120,7 +126,7 @@ async def harness(tmp: Path, *, lie: str | None = None, receipts: bool = True) -
             models = [{"id": MODEL, "object": "model", "created": 0, "owned_by": "cocoon-mesh"}]
             app = openai_app(requester, api_key=KEY, models=lambda: models, receipts=store)
             try:
-                yield Harness(app, requester, server, store, report, workers[0])
+                yield Harness(app, requester, server, store, report, workers[0], open_stream)
             finally:
                 store.close()
 
@@ -196,7 +202,7 @@ async def test_final_sse_chunk_carries_the_receipt(tmp_path: Path) -> None:
             assert stored.status_code == 200 and stored.json()["receipt"] == got["receipt"]
 
 
-@pytest.mark.parametrize("lie", ["output", "tokens", "voucher", "key"])
+@pytest.mark.parametrize("lie", ["output", "tokens", "voucher", "key", "report", "garbage"])
 async def test_a_worker_that_lies_in_its_receipt_is_caught_and_blamed(tmp_path: Path, lie: str,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     async with harness(tmp_path, lie=lie) as h, h.http() as http:
@@ -208,7 +214,7 @@ async def test_a_worker_that_lies_in_its_receipt_is_caught_and_blamed(tmp_path: 
         assert rep.failure_rate > 0 and rep.successes == 0  # a worker fault
         assert h.store.count() == 0
         field = {"output": "output_digest", "tokens": "completion_tokens", "voucher": "voucher_seqno",
-                 "key": "signature"}[lie]
+                 "key": "signature", "report": "report_hash", "garbage": "format"}[lie]
         logged = [rec.getMessage() for rec in caplog.records if "disagrees" in rec.getMessage()]
         assert logged and f"field {field}" in logged[0], logged  # logged with both values
 
@@ -222,3 +228,40 @@ async def test_a_worker_without_receipts_still_answers_receipt_less(tmp_path: Pa
                 assert r.json()["cocoon"]["receipt"] is None and r.json()["cocoon"]["receipt_missing"]
         assert h.requester.selector.reputation(h.worker.peer_id).failure_rate == 0
         assert h.store.count() == 0
+
+
+async def test_bad_receipt_requests_get_no_receipt_and_cost_nothing(tmp_path: Path) -> None:
+    """A receipt request before ``final`` is a protocol error; one naming an unreadable voucher gets no receipt
+    (the stream is closed); neither reaches the signer."""
+    from cocoon_node.inference.port import open_frames
+    from cocoon_node.wire.messages.inference import (
+        AcceptFrame,
+        ErrorFrame,
+        FinalFrame,
+        ReceiptRequestFrame,
+        RequestFrame,
+    )
+    from tests.conftest import chat_request
+
+    async with harness(tmp_path) as h:
+        signer = h.server.receipts
+        assert isinstance(signer, WorkerReceipts)
+        with trio.fail_after(30):
+            for early in (True, False):
+                frames = open_frames(await h.open_stream(h.worker))
+                await frames.send(RequestFrame(v=1, id="r1", chat=chat_request(40, max_tokens=40).to_wire(),
+                                               price_prompt=1, price_completion=1))
+                assert isinstance(await frames.receive(), AcceptFrame)
+                if early:
+                    await frames.send(ReceiptRequestFrame(id="r1"))
+                    frame = await frames.receive()
+                    while frame is not None and not isinstance(frame, (ErrorFrame, FinalFrame)):
+                        frame = await frames.receive()
+                    assert isinstance(frame, ErrorFrame) and frame.code == "protocol", frame
+                    continue
+                frame = await frames.receive()
+                while not isinstance(frame, FinalFrame):
+                    frame = await frames.receive()
+                await frames.send(ReceiptRequestFrame(id="r1", voucher=b"not a voucher"))
+                assert await frames.receive() is None  # no receipt: the worker hung up
+        assert signer.signed == 0
