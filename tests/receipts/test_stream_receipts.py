@@ -92,7 +92,8 @@ class Harness:
 
 
 @asynccontextmanager
-async def harness(tmp: Path, *, lie: str | None = None, receipts: bool = True) -> AsyncIterator[Harness]:
+async def harness(tmp: Path, *, lie: str | None = None, receipts: bool = True,
+                  ask: bool = True) -> AsyncIterator[Harness]:
     kp = create_new_key_pair()
     key = Ed25519PrivateKey.from_private_bytes(kp.private_key.to_bytes())
     report = dev_report(key, kp.public_key.to_bytes())
@@ -121,7 +122,7 @@ async def harness(tmp: Path, *, lie: str | None = None, receipts: bool = True) -
                 return await cm.new_stream(a.peer, PROTOCOL_ID, a.addrs)
 
             requester = Requester(lambda: workers, open_stream, TrustingAttestor(), max_price_prompt=10,
-                                  max_price_completion=10, first_token_timeout=10, reports=reports)
+                                  max_price_completion=10, first_token_timeout=10, reports=reports if ask else None)
             store = ReceiptStore(tmp / "receipts.db")
             models = [{"id": MODEL, "object": "model", "created": 0, "owned_by": "cocoon-mesh"}]
             app = openai_app(requester, api_key=KEY, models=lambda: models, receipts=store)
@@ -228,6 +229,19 @@ async def test_a_worker_without_receipts_still_answers_receipt_less(tmp_path: Pa
                 assert r.json()["cocoon"]["receipt"] is None and r.json()["cocoon"]["receipt_missing"]
         assert h.requester.selector.reputation(h.worker.peer_id).failure_rate == 0
         assert h.store.count() == 0
+
+
+async def test_a_requester_that_asks_for_no_receipt_gets_none(tmp_path: Path) -> None:
+    """Code before receipts never sends a receipt request: a signing worker answers it as before, on a
+    stream it keeps open for the next request."""
+    async with harness(tmp_path, ask=False) as h, h.http() as http:
+        with trio.fail_after(60):
+            for _ in range(2):
+                r = await http.post("/v1/chat/completions", json=_chat(), headers=AUTH)
+                assert r.status_code == 200, r.text
+                assert r.json()["cocoon"] == {"receipt": None, "receipt_missing": "not asked for"}
+        assert isinstance(h.server.receipts, WorkerReceipts) and h.server.receipts.signed == 0
+        assert h.server.stats.served == 2 and h.server.stats.failed == 0
 
 
 async def test_bad_receipt_requests_get_no_receipt_and_cost_nothing(tmp_path: Path) -> None:
