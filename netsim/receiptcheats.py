@@ -57,9 +57,10 @@ def invariant(data: SimData, add: Any) -> None:
     for node in [n for n in data.nodes.values() if n.adversary == "receipt_liar"]:
         st = data.final_status.get(node.name) or data.last_status.get(node.name) or {}
         signed = ((st.get("adversary") or {}).get("receipts") or {}).get("receipts", 0)
-        mine = [r for r in data.results if r.worker == node.peer_id]
-        accepted = [r.index for r in mine if r.ok]
-        caught = [r for r in mine if not r.ok and "bad_receipt" in r.cause]
+        accepted = [r.index for r in data.results if r.ok and r.worker == node.peer_id]
+        # a JSON error answer names no worker (no x-cocoon-worker header): bad receipts are this liar's
+        caught = [r for r in data.results if not r.ok and "bad_receipt" in r.cause
+                  and r.worker in (None, "", node.peer_id)]
         problems = []
         if accepted:
             problems.append(f"answers with a lying receipt counted as successes: {accepted[:10]}")

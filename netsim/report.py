@@ -121,7 +121,7 @@ def invariants(data: SimData) -> list[dict[str, str]]:
         add("junk_gossip_rejected", verdict, f"flooder sent {sent}; requesters rejected {dict(rejected)}")
 
     _payment_invariants(data, ok, add)
-    receipts_invariant(data.results, add)
+    receipts_invariant(data.results, add, faults=bool(s.faults))
     rogue_invariants(data, add)
     misnamed_invariant(data, add)
     if data.errors:

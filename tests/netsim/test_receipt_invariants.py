@@ -33,6 +33,12 @@ def test_receipts_verified_needs_every_answer_checked() -> None:
         v, detail = verdicts(receipts_invariant, [*good, result(3, ok=True, receipt=bad)])["receipts_verified"]
         assert v == "FAIL" and "#3" in detail
     assert verdicts(receipts_invariant, [])["receipts_verified"][0] == "FAIL"  # nothing answered: nothing shown
+    # a worker killed between its final and its receipt (a run with faults): listed, not a FAIL; a bad one is
+    missing = result(4, ok=True, receipt="missing: no receipt: stream reset")
+    v, detail = verdicts(lambda *a: receipts_invariant(*a, faults=True), [*good, missing])["receipts_verified"]
+    assert v == "PASS" and "#4" in detail
+    lying = result(5, ok=True, receipt="does not verify: signature")
+    assert verdicts(lambda *a: receipts_invariant(*a, faults=True), [*good, lying])["receipts_verified"][0] == "FAIL"
 
 
 def liar_world(results: list[RequestResult], signed: int) -> SimData:
