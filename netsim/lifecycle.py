@@ -164,7 +164,7 @@ class Lifecycle:
                      "--overclaim-tokens", str(g.overclaim_tokens), "--stale-after", str(g.stale_after)]
         elif kind == "misnamed":  # NETSIM-ONLY: announces g.model, its report attests another model
             rogue = [sys.executable, "-m", "netsim.misnamed"]
-        elif kind in paycheats.WORKER_KINDS:  # NETSIM-ONLY payment cheats (netsim/paycheats.py, via netsim/rogue.py)
+        elif kind in (*paycheats.WORKER_KINDS, "receipt_liar"):  # NETSIM-ONLY cheats (paycheats/receiptcheats.py)
             rogue = [sys.executable, "-m", "netsim.rogue", "--kind", kind,
                      "--overclaim-tokens", str(g.overclaim_tokens), "--stale-after", str(g.stale_after)]
         node = await ctx.cluster.start_node(name, [*self.worker_args(g), *self.bootstrap_args()],

@@ -10,6 +10,7 @@ from typing import Any
 
 from netsim.coverage import invariant as coverage_invariant
 from netsim.misnamed import invariant as misnamed_invariant
+from netsim.receipts import invariant as receipts_invariant
 from netsim.rogue_report import rogue_invariants
 from netsim.simdata import SimData
 
@@ -120,6 +121,7 @@ def invariants(data: SimData) -> list[dict[str, str]]:
         add("junk_gossip_rejected", verdict, f"flooder sent {sent}; requesters rejected {dict(rejected)}")
 
     _payment_invariants(data, ok, add)
+    receipts_invariant(data.results, add, faults=bool(s.faults))
     rogue_invariants(data, add)
     misnamed_invariant(data, add)
     if data.errors:

@@ -49,12 +49,13 @@ from cocoon_node.payments.meter import RequesterPaymentMeter
 from cocoon_node.payments.voucher import SignedVoucher, sign_voucher
 from cocoon_node.wire import FrameError, FrameStream, utf8_clip
 from cocoon_node.wire.messages.inference import CODEC, AcceptFrame, DeltaFrame, ErrorFrame, FinalFrame, InferenceFrame
-from netsim import paycheats
+from netsim import paycheats, receiptcheats
 from netsim.node import add_link_table_option, link_shaping
 
 log = logging.getLogger("netsim.rogue")
 
-KINDS = ("overclaim", "stale_close", "nonpayer", *paycheats.KINDS)  # the latter: netsim/paycheats.py
+# the latter: netsim/paycheats.py, netsim/receiptcheats.py
+KINDS = ("overclaim", "stale_close", "nonpayer", *paycheats.KINDS, *receiptcheats.KINDS)
 
 
 # ----- over-claiming worker ------------------------------------------------------------------------------
@@ -367,6 +368,8 @@ class RogueNode(Node):
     def _after_roles(self) -> None:
         if self.kind in paycheats.KINDS:
             paycheats.after_roles(self)
+        if self.kind in receiptcheats.KINDS:
+            receiptcheats.after_roles(self)
         if self.kind != "overclaim":
             return
         assert self.worker is not None and self.worker.server is not None, "an over-claimer is a worker"
@@ -396,6 +399,7 @@ class RogueNode(Node):
             out["by_worker"] = by_worker
         if self.kind in paycheats.KINDS:
             out.update(await paycheats.status(self))
+        out.update(receiptcheats.status(self))
         return out
 
     async def status(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from netsim import paycheats
 from netsim.lowball import invariant as lowball_invariant
+from netsim.receiptcheats import invariant as receipt_liar_invariant
 from netsim.simdata import SimData
 
 
@@ -36,6 +37,7 @@ def rogue_invariants(data: SimData, add: Any) -> None:
     for node in [n for n in data.nodes.values() if n.adversary == "lowball_close"]:
         lowball_invariant(data, node, add)
     paycheats.invariants(data, add)  # inflate, voucherless, bad_close_sig
+    receipt_liar_invariant(data, add)
 
 
 def overclaim_detections(results: list[Any], worker_peer: str) -> list[Any]:

@@ -20,7 +20,8 @@ SHAPING = ("none", "auto")
 # "stale_close": NETSIM-ONLY rogue workers (netsim/rogue.py) that cheat on payment; "misnamed": a NETSIM-ONLY
 # worker (netsim/misnamed.py) announcing the group's model while its attestation report names another;
 # "inflate", "bad_close_sig": NETSIM-ONLY payment cheats (netsim/paycheats.py).
-WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close", "misnamed", "inflate", "bad_close_sig")
+WORKER_ADVERSARIES = ("bad_model_hash", "overclaim", "stale_close", "misnamed", "inflate", "bad_close_sig",
+                      "receipt_liar")  # the last: NETSIM-ONLY, netsim/receiptcheats.py
 # How a NETSIM-ONLY lowball payer (netsim/lowball.py) closes a channel: start_close with a voucher of a higher seqno
 # and a lower amount, or start_close without one and then challenge with (2^64-1, 0).
 LOWBALL_MODES = ("lower_voucher", "max_seqno")
@@ -368,7 +369,7 @@ def _check(s: Scenario) -> None:
         if g.adversarial and g.adversary not in ("", "bad_model_hash"):
             problems.append(f"cluster.workers.{g.name}: adversarial = true means bad_model_hash; drop it "
                             f"for adversary = {g.adversary!r}")
-        if g.adversary_kind in ("overclaim", "stale_close", "misnamed", "inflate", "bad_close_sig") \
+        if g.adversary_kind in ("overclaim", "stale_close", "misnamed", "inflate", "bad_close_sig", "receipt_liar") \
                 and g.backend != "synthetic":
             problems.append(f"cluster.workers.{g.name}: rogue workers run the synthetic backend")
         if g.overclaim_tokens < 1 or g.stale_after < 2 or g.settle_after < 0:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
+from netsim.receipts import check_answer
 from netsim.scenario import NonPayer, Workload
 
 if TYPE_CHECKING:
@@ -116,9 +117,11 @@ async def run_request(client: httpx.AsyncClient, api_url: str, name: str, req: P
                     text.append(data["choices"][0]["message"]["content"] or "")
                     res.usage = data.get("usage")
                     res.ok, res.cause = True, "ok"
+                    cocoon, cid = data.get("cocoon"), data.get("id", "")
                     res.ttft_s = trio.current_time() - start
             else:
                 done = False
+                cocoon, cid = None, ""
                 async with client.stream("POST", api_url + "/v1/chat/completions", json=body) as resp:
                     res.status = resp.status_code
                     res.worker = resp.headers.get("x-cocoon-worker")
@@ -140,6 +143,8 @@ async def run_request(client: httpx.AsyncClient, api_url: str, name: str, req: P
                                 break
                             if chunk.get("usage"):
                                 res.usage = chunk["usage"]
+                            if "cocoon" in chunk:  # the final chunk: the receipt (issue 16)
+                                cocoon, cid = chunk["cocoon"], chunk.get("id", "")
                             for choice in chunk.get("choices") or []:
                                 piece = (choice.get("delta") or {}).get("content")
                                 if piece:
@@ -150,6 +155,8 @@ async def run_request(client: httpx.AsyncClient, api_url: str, name: str, req: P
                             res.ok, res.cause = True, "ok"
                         elif res.cause == "not_run":
                             res.cause = "stream_incomplete"
+            if res.ok:
+                res.extra["receipt"] = await check_answer(client, api_url, cid, cocoon, "".join(text), res.usage)
     except trio.TooSlowError:
         res.cause = "client_timeout"
     except httpx.ConnectError as exc:

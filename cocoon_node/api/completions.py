@@ -101,7 +101,10 @@ async def complete_all(answers: list[Callable[[], Awaitable[Response]]]) -> Resp
     return JSONResponse({"id": _completion_id(), "object": "text_completion", "created": first["created"],
                          "model": first["model"], "system_fingerprint": first["system_fingerprint"],
                          "choices": [text_choice(b["choices"][0], i) for i, b in enumerate(bodies)],
-                         "usage": usage}, headers=headers)
+                         "usage": usage,
+                         # each prompt's receipt (issue 16), stored under its chat completion id
+                         "cocoon": {"choices": [{"completion_id": b["id"], **(b.get("cocoon") or {})}
+                                                for b in bodies]}}, headers=headers)
 
 
 class TextStream(Response):
@@ -138,6 +141,8 @@ class TextStream(Response):
                "system_fingerprint": obj.get("system_fingerprint"),
                "choices": [{"index": c["index"], "text": (c.get("delta") or {}).get("content") or "",
                             "logprobs": None, "finish_reason": c.get("finish_reason")} for c in obj["choices"]]}
+        if "cocoon" in obj:  # the final chunk's receipt (issue 16), stored under the chat completion id
+            out["cocoon"] = {"completion_id": obj["id"], **obj["cocoon"]}
         if "usage" in obj:
             out["usage"] = obj["usage"]
         return b"data: " + json.dumps(out).encode() + b"\n\n"

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from cocoon_node.api.client_gone import unless_client_gone
 from cocoon_node.api.completions import NotACompletion, TextStream, chat_payloads, complete_all, model_entry, path_model
 from cocoon_node.api.guard import MAX_BODY_BYTES, BadBody, bearer_ok, error_response, invalid, parse_json, read_body
+from cocoon_node.api.receipts import keep_receipt, receipt_route
 from cocoon_node.inference import (
     CapabilityUnavailable,
     ChatRequest,
@@ -47,6 +48,7 @@ from cocoon_node.inference import (
     merge_tool_calls,
     parse_chat_request,
 )
+from cocoon_node.payments.receipt_store import ReceiptStore
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +133,14 @@ class ChatStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, requester: Requester, chat: ChatRequest, client: str = "") -> None:
+    def __init__(self, requester: Requester, chat: ChatRequest, client: str = "",
+                 receipts: ReceiptStore | None = None) -> None:
         super().__init__(content=None, media_type=self.media_type,
                          headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         self._requester = requester
         self._chat = chat
         self._client = client
+        self._receipts = receipts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Hypercorn drops writes after a disconnect rather than failing them, so watch for the disconnect
@@ -215,7 +219,9 @@ class ChatStreamResponse(Response):
                             ev = follow
                     if isinstance(ev, Final):
                         finish = _finish(ev.finish_reason)
-                        tail = sse(chunk({}, finish))
+                        # issue 16: the final chunk carries the checked receipt (stored first)
+                        tail = sse({**chunk({}, finish),
+                                    "cocoon": await keep_receipt(self._receipts, cid, worker, ev)})
                         if chat.include_usage:
                             tail += sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                                          "model": chat.model, "choices": [],
@@ -257,7 +263,8 @@ _LAST_SEND_TIMEOUT = 10.0
 def openai_app(requester: Requester, *, api_key: str = "",
                models: Callable[..., list[dict[str, Any]]] | None = None,
                channels: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-               attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None) -> Starlette:
+               attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None,
+               receipts: ReceiptStore | None = None) -> Starlette:
     """Build the ASGI app. ``models`` returns the model list entries (see the node); ``attestation`` fetches
     a worker's fresh, nonce-bound attestation (``GET /v1/cocoon/attestation/{worker}?nonce=HEX``)."""
 
@@ -291,9 +298,10 @@ def openai_app(requester: Requester, *, api_key: str = "",
             return invalid(f"{exc.field}: {exc.message}", param=exc.field, code="request_too_large", status=413)
         except RequestValidationError as exc:
             return invalid(f"{exc.field}: {exc.message}", param=exc.field)
+        client = request_client(request)
         if chat.stream:
-            return ChatStreamResponse(requester, chat, request_client(request))
-        return await unless_client_gone(request, partial(_complete, requester, chat, request_client(request)))
+            return ChatStreamResponse(requester, chat, client, receipts)
+        return await unless_client_gone(request, partial(_complete, requester, chat, client, receipts))
 
     async def get_model(request: Request) -> Response:
         """``GET /v1/models/{id}``: one entry of the list (issue 13)."""
@@ -318,9 +326,10 @@ def openai_app(requester: Requester, *, api_key: str = "",
             return invalid(f"{field}: {exc.message}", param=field)
         client = request_client(request)
         if chats[0].stream:
-            return TextStream(ChatStreamResponse(requester, chats[0], client))
-        return await unless_client_gone(request, partial(complete_all, [partial(_complete, requester, c, client)
-                                                                        for c in chats]))
+            return TextStream(ChatStreamResponse(requester, chats[0], client, receipts))
+        answers: list[Callable[[], Awaitable[Response]]] = [partial(_complete, requester, c, client, receipts)
+                                                            for c in chats]
+        return await unless_client_gone(request, partial(complete_all, answers))
 
     async def list_channels(request: Request) -> Response:
         """Payment channels, balances and amounts earned or spent (``/v1/cocoon/channels``)."""
@@ -351,6 +360,7 @@ def openai_app(requester: Requester, *, api_key: str = "",
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", text_completions, methods=["POST"]),
         Route("/v1/cocoon/channels", list_channels, methods=["GET"]),
+        receipt_route(receipts, unauthorized),
     ]
     return Starlette(routes=routes)
 
@@ -368,7 +378,8 @@ async def attestation_response(fetch: Callable[[str, bytes], Awaitable[dict[str,
                               code=getattr(exc, "code", None))
 
 
-async def _complete(requester: Requester, chat: ChatRequest, client: str = "") -> Response:
+async def _complete(requester: Requester, chat: ChatRequest, client: str = "",
+                    receipts: ReceiptStore | None = None) -> Response:
     text: list[str] = []
     calls = ToolCallAccumulator()
     logprobs: list[Any] = []
@@ -394,18 +405,21 @@ async def _complete(requester: Requester, chat: ChatRequest, client: str = "") -
     except (NoWorkerAvailable, WorkerFailure) as exc:
         return failure_response(exc)
     assert final is not None
+    cid = _completion_id()
+    cocoon = await keep_receipt(receipts, cid, worker, final)  # issue 16: stored before it is answered
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
     if calls:  # OpenAI's shape: content null when the turn only called tools
         message["content"] = "".join(text) or None
         message["tool_calls"] = calls.result()
     return JSONResponse(
         {
-            "id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": chat.model,
+            "id": cid, "object": "chat.completion", "created": int(time.time()), "model": chat.model,
             "system_fingerprint": worker,
             "choices": [{"index": 0, "message": message,
                          "logprobs": _logprobs(logprobs) if chat.features.logprobs else None,
                          "finish_reason": _finish(final.finish_reason)}],
             "usage": _usage(prompt_tokens, final.completion_tokens, prices),
+            "cocoon": cocoon,
         },
         headers={"x-cocoon-worker": worker, "x-cocoon-attempts": str(attempts), "x-cocoon-path": path},
     )

@@ -22,8 +22,10 @@ class NodeHttp:
 
     def requester_app(self, requester: Requester, *, api_key: str, models: Callable[[], list[dict[str, Any]]],
                       channels: Callable[[], Awaitable[dict[str, Any]]],
-                      attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None) -> Any:
-        return openai_app(requester, api_key=api_key, models=models, channels=channels, attestation=attestation)
+                      attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None,
+                      receipts: Any = None) -> Any:
+        return openai_app(requester, api_key=api_key, models=models, channels=channels, attestation=attestation,
+                          receipts=receipts)
 
     def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Any:
         return admin_app(status, token)

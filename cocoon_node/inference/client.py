@@ -26,11 +26,13 @@ from cocoon_node.inference.extras import TokenLogprob, ToolCallDelta, from_frame
 from cocoon_node.inference.port import (
     InferenceFrame,
     MeterError,
+    PaidBy,
     RequesterMeter,
     open_frames,
     send_quietly,
     sole_exception,
 )
+from cocoon_node.inference.receipting import ReceiptExpectation, ReceiptMismatch, ReportLookup, check_receipt
 from cocoon_node.wire import FrameError, FrameStream, frame_tag
 from cocoon_node.wire.messages.inference import (
     AcceptFrame,
@@ -39,6 +41,8 @@ from cocoon_node.wire.messages.inference import (
     ErrorFrame,
     FinalFrame,
     PaymentRef,
+    ReceiptFrame,
+    ReceiptRequestFrame,
     RejectFrame,
     RequestFrame,
     UsageFrame,
@@ -47,6 +51,8 @@ from cocoon_node.wire.messages.inference import (
 from cocoon_node.wire.typed import UINT64_MAX
 
 log = logging.getLogger(__name__)
+
+RECEIPT_TIMEOUT = 10.0  # how long a requester waits for the receipt it asked for after ``final``
 
 
 class WorkerFailure(Exception):
@@ -91,6 +97,14 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class CheckedReceipt:
+    """A worker's signed receipt that agreed with everything we saw, and the attested report it names."""
+
+    envelope: bytes
+    report: bytes
+
+
+@dataclass(frozen=True)
 class Final:
     finish_reason: str
     prompt_tokens: int
@@ -98,6 +112,8 @@ class Final:
     ttft_ms: float
     tokens_per_second: float
     worker_ttft_ms: float
+    receipt: CheckedReceipt | None = None
+    receipt_missing: str = ""  # why there is no receipt (a worker that does not issue them, ...)
 
 
 class InferenceCall:
@@ -113,8 +129,14 @@ class InferenceCall:
         first_token_timeout: float,
         token_timeout: float,
         audit: TokenAudit,
+        request: RequestFrame | None = None,
+        receipts: tuple[bytes, ReportLookup] | None = None,
     ) -> None:
         self._frames = frames
+        self._request = request
+        self._receipts = receipts  # (the worker's peer id, its attested reports): ask for and check receipts
+        self._output: list[str] = []
+        self.hung_up = False  # the stream cannot carry another request (a worker without receipts closed it)
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self._audit = audit
@@ -214,6 +236,7 @@ class InferenceCall:
                         raise WorkerFailure(str(exc), code="overcount", before_first_token=fresh) from None
                     if tokens:
                         self._tokens_counted.set()  # the pay task charges them (see pay)
+                    self._output.append(text)
                     yield Delta(text, tokens, calls, logprobs)
                 case UsageFrame():
                     continue
@@ -241,6 +264,7 @@ class InferenceCall:
         if self._meter is not None:
             await self._settle(final=True)
         end = time.monotonic()
+        receipt, missing = await self._receipt() if self._receipts is not None else (None, "not asked for")
         first = self._first_token_at or end
         self.final = Final(
             frame.finish_reason,
@@ -249,7 +273,41 @@ class InferenceCall:
             (first - self._started) * 1000,
             self.completion_tokens / max(end - first, 1e-9) if self.completion_tokens else 0.0,
             frame.ttft_ms,
+            receipt,
+            missing,
         )
+
+    async def _receipt(self) -> tuple[CheckedReceipt | None, str]:
+        """Ask for the receipt with the voucher that paid the request, and check it against what we saw; a
+        receipt that disagrees is the worker's fault (:class:`WorkerFailure` ``bad_receipt``). A worker that
+        does not issue receipts (it closes the stream, or says nothing) leaves the response receipt-less."""
+        assert self._receipts is not None and self._request is not None
+        worker, reports = self._receipts
+        paid_by = getattr(self._meter, "paid_by", None)
+        paid: PaidBy | None = paid_by() if paid_by is not None else None
+        expected = ReceiptExpectation.of(self._request, "".join(self._output), self.prompt_tokens,
+                                         self.completion_tokens, (paid.seqno, paid.cumulative) if paid else (0, 0))
+        try:
+            await self._frames.send(ReceiptRequestFrame(id=self.request_id, voucher=paid.voucher if paid else b""))
+            with trio.fail_after(RECEIPT_TIMEOUT):
+                frame = await self._frames.receive()
+        except Exception as exc:  # a worker gone after its final: the answer stands, without a receipt
+            frame, why = None, f"no receipt: {exc!r}"
+        else:
+            why = "the worker issues no receipts (it closed the stream)"
+        if not isinstance(frame, ReceiptFrame) or frame.id != self.request_id:
+            self.hung_up = True
+            if frame is not None:
+                why = f"the worker answered the receipt request with {frame_tag(frame)!r}"
+            log.info("request %s: receipt-less: %s", self.request_id, why)
+            return None, why
+        try:
+            _, report = await check_receipt(frame.receipt, expected, worker, reports)
+        except ReceiptMismatch as exc:
+            log.warning("request %s: the worker's receipt disagrees with what we saw: %s (field %s: ours %r, "
+                        "theirs %r)", self.request_id, exc, exc.field, exc.ours, exc.theirs)
+            raise WorkerFailure(str(exc), code="bad_receipt", before_first_token=False) from None
+        return CheckedReceipt(frame.receipt, report), ""
 
     async def cancel(self) -> None:
         # A worker that failed before we counted a token of its answer is paid nothing, not even the prompt
@@ -304,12 +362,14 @@ async def call_worker(
     first_token_timeout: float = 60.0,
     token_timeout: float = 30.0,
     on_reusable: Callable[[Any], None] | None = None,
+    receipts: tuple[bytes, ReportLookup] | None = None,
 ) -> AsyncIterator[InferenceCall]:
     """Send one request on an open stream and yield the call once the worker accepted it.
 
     The stream is closed afterwards, unless the call ended cleanly (``final`` read, tail paid, nothing
     unread, no voucher being written) on a worker that keeps streams open: then ``on_reusable`` gets it
-    for the next request to that worker.
+    for the next request to that worker. ``receipts`` (the worker's peer id and a lookup of its attested
+    reports): ask for a receipt after ``final`` and check it (:meth:`InferenceCall._receipt`).
     """
     frames = open_frames(stream)
     reusable = False
@@ -329,7 +389,8 @@ async def call_worker(
         if meter is not None and answer.credit_window > 0:
             meter.respect_credit_window(answer.credit_window)
         call = InferenceCall(
-            frames, request_id, prompt_tokens, started, meter, first_token_timeout, token_timeout, audit
+            frames, request_id, prompt_tokens, started, meter, first_token_timeout, token_timeout, audit,
+            request, receipts,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -351,7 +412,7 @@ async def call_worker(
                     else:
                         # No checkpoint between this check and the cancel: the pay task is parked (waiting
                         # for tokens or the lock), never inside a write, so the stream stays frame-aligned.
-                        reusable = (on_reusable is not None and answer.keep_open
+                        reusable = (on_reusable is not None and answer.keep_open and not call.hung_up
                                     and not call.paying and frames.buffered == 0)
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:

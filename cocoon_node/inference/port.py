@@ -10,6 +10,7 @@ stream (payments only hands it on; the stream's audit counts with it). The frame
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
@@ -29,13 +30,17 @@ __all__ = [
     "PROTOCOL_ID",
     "InferenceFrame",
     "MeterError",
+    "PaidBy",
     "PaymentRef",
     "PaymentRequired",
+    "ReceiptSigner",
     "RequesterMeter",
+    "ServedRequest",
     "TextCount",
     "TokenCounter",
     "WorkerMeter",
     "open_frames",
+    "remote_key",
     "send_quietly",
     "sole_exception",
 ]
@@ -71,6 +76,29 @@ class PaymentRequired(Exception):
     """The worker will not serve without a payment channel or a fresh voucher."""
 
 
+@dataclass(frozen=True)
+class ServedRequest:
+    """What a worker served for one request, as it saw it: the facts its receipt signs (issue 16)."""
+
+    request_id: str
+    chat_wire: dict[str, Any]   # the request frame's ``chat`` map, as received
+    output: str                 # the deltas' texts, concatenated, exactly as streamed
+    prompt_tokens: int
+    completion_tokens: int
+    price_prompt: int
+    price_completion: int
+    channel: str                # the request's payment channel ("" = unpaid)
+    voucher: bytes              # the voucher the requester says paid it (b"" = none)
+
+
+class ReceiptSigner(Protocol):
+    """Signs receipts with the key the worker's attestation report binds (``cocoon_node.node`` builds one)."""
+
+    def sign(self, served: ServedRequest) -> bytes:
+        """The signed receipt envelope (``protocols/receipt.toml``); raises ValueError on a voucher it cannot
+        read."""
+
+
 # ----- requester side: payments implements this ----------------------------------------------------------
 
 
@@ -100,6 +128,16 @@ class MeterError(Exception):
     blamed (WorkerFailure code ``local_payment``)."""
 
 
+@dataclass(frozen=True)
+class PaidBy:
+    """The voucher that pays a finished request: the payer's newest on the channel once the tail is paid."""
+
+    voucher: bytes
+    channel: str
+    seqno: int
+    cumulative: int
+
+
 class RequesterMeter(Protocol):
     """Payment side of one request on the requester (see cocoon_node.payments)."""
 
@@ -119,6 +157,9 @@ class RequesterMeter(Protocol):
 
     async def on_final(self, completion_tokens: int) -> bytes | None:
         """Voucher paying whatever is still unpaid once the worker sent its final frame."""
+
+    def paid_by(self) -> PaidBy | None:
+        """The voucher that paid this request (after :meth:`on_final`), for its receipt; None: none signed."""
 
 
 # ----- helpers both ends use ------------------------------------------------------------------------------
@@ -140,3 +181,12 @@ async def send_quietly(frames: FrameStream[InferenceFrame], frame: InferenceFram
             await frames.send(frame)
         except Exception:
             pass
+
+
+def remote_key(stream: Any) -> bytes | None:
+    """The raw public key of the peer at the other end of a libp2p stream (authenticated by Noise/TLS)."""
+    try:
+        key = stream.muxed_conn.peer_id.extract_public_key()
+    except AttributeError:
+        return None  # not a libp2p stream (tests with in-memory streams)
+    return key.to_bytes() if key is not None else None

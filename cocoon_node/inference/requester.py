@@ -26,6 +26,7 @@ from cocoon_node.inference.stream import (
     PROTOCOL_ID,
     Delta,
     Final,
+    ReportLookup,
     RequesterMeter,
     WorkerFailure,
     call_worker,
@@ -187,7 +188,10 @@ class Requester:
         warm: WarmStreams | None = None,
         admission: AdmissionQueue | None = None,
         token_counter: TokenCounterFor | None = None,
+        reports: ReportLookup | None = None,
     ) -> None:
+        # The workers' attested reports, to check the receipts we ask for (issue 16); None: ask for none.
+        self._reports = reports
         # A worker that cannot open a stream or accept within seconds is treated as gone (a frozen peer
         # would otherwise hold the client until the first-token timeout); the next candidate is tried.
         self._open_timeout = open_timeout
@@ -420,6 +424,7 @@ class Requester:
             meter=meter,
             first_token_timeout=self._first_token_timeout,
             on_reusable=partial(self._warm.give_back, worker) if self._warm is not None else None,
+            receipts=(worker.peer_id, self._reports) if self._reports is not None else None,
         ) as call:
             await send.send(StreamStart(worker, call.prompt_tokens, attempt, stream_path(stream)))
             async for delta in call.deltas():

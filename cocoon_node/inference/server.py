@@ -25,11 +25,14 @@ from cocoon_node.inference.features import unsupported
 from cocoon_node.inference.port import (
     InferenceFrame,
     PaymentRequired,
+    ReceiptSigner,
     WorkerMeter,
     open_frames,
+    remote_key,
     send_quietly,
     sole_exception,
 )
+from cocoon_node.inference.receipting import sign_served
 from cocoon_node.wire import FrameError, FrameStream, frame_tag, utf8_clip
 from cocoon_node.wire.messages.inference import (
     AcceptFrame,
@@ -39,6 +42,8 @@ from cocoon_node.wire.messages.inference import (
     FinalFrame,
     FinishReason,
     PaymentRef,
+    ReceiptFrame,
+    ReceiptRequestFrame,
     RejectCode,
     RejectFrame,
     RequestFrame,
@@ -87,10 +92,12 @@ class InferenceServer:
         meter: WorkerMeter | None = None,
         on_load_change: Callable[[int], None] | None = None,
         request_log: list[ChatRequest] | None = None,
+        receipts: ReceiptSigner | None = None,
     ) -> None:
         self.backend = backend
         self.terms = terms
         self.meter = meter
+        self.receipts = receipts  # signs receipts (issue 16); None: a receipt request closes the stream
         self.stats = WorkerStats()
         self._on_load_change = on_load_change
         # What prompts reached this worker; tests assert on it (attestation policy must keep it empty).
@@ -104,7 +111,7 @@ class InferenceServer:
         """libp2p stream handler."""
         frames = open_frames(raw_stream)
         try:
-            await self._serve(frames, _remote_key(raw_stream))
+            await self._serve(frames, remote_key(raw_stream))
         except FrameError as exc:
             log.info("closing inference stream after a malformed frame: %s", exc)
             await send_quietly(frames, ErrorFrame(id="", code="protocol", message=utf8_clip(str(exc), 1000)))
@@ -190,16 +197,17 @@ class InferenceServer:
             self.request_log.append(chat)
             accept = AcceptFrame(id=request_id, prompt_tokens=prompt_tokens,
                                  credit_window=self.meter.credit_window if self.meter else 0, keep_open=True)
-            return await self._generate(frames, accept, chat, release_slot)
+            return await self._generate(frames, accept, chat, release_slot, first)
         finally:
             release_slot()
 
     async def _generate(
         self, frames: Frames, accept: AcceptFrame, chat: ChatRequest, release_slot: Callable[[], None],
+        request: RequestFrame,
     ) -> RequestFrame | None:
         """Accept and stream one completion (see :class:`_Generation`); returns the requester's next request
         on this stream, if it sent one."""
-        return await _Generation(self, frames, accept, chat).run(release_slot)
+        return await _Generation(self, frames, accept, chat, request).run(release_slot)
 
     def _load_changed(self) -> None:
         if self._on_load_change is not None:
@@ -219,8 +227,13 @@ class _Generation:
     at once would otherwise find every slot "busy".
     """
 
-    def __init__(self, server: InferenceServer, frames: Frames, accept: AcceptFrame, chat: ChatRequest) -> None:
+    def __init__(self, server: InferenceServer, frames: Frames, accept: AcceptFrame, chat: ChatRequest,
+                 request: RequestFrame) -> None:
         self.server = server
+        self.request = request
+        self.output: list[str] = []  # the deltas' texts, as streamed (the receipt's output digest)
+        self.receipt_asked: ReceiptRequestFrame | None = None
+        self.wake = trio.Event()  # the listener saw the hang-up, the next request or a receipt request
         self.meter = server.meter
         self.frames = frames
         self.accept = accept
@@ -278,9 +291,25 @@ class _Generation:
             # first); otherwise it only waits for the tail voucher and the hang-up. Bounded either way.
             idle = _IDLE_STREAM_TIMEOUT if self.final_sent and self.finish_reason != "cancelled" else 5.0
             with trio.move_on_after(idle if self.meter is not None or self.final_sent else 1.0):
-                await self.peer_done.wait()
+                await self.wait_peer(receipt_due=error is None and self.final_sent
+                                     and self.finish_reason != "cancelled")
             nursery.cancel_scope.cancel()
         return self.next_request if error is None else None
+
+    async def wait_peer(self, *, receipt_due: bool) -> None:
+        """Wait for the hang-up or the next request, answering receipt requests (written after ``final``)."""
+        while not self.peer_done.is_set():
+            await self.wake.wait()
+            self.wake = trio.Event()  # before looking at the state: a change after this wakes us again
+            asked, self.receipt_asked = self.receipt_asked, None
+            if asked is None:
+                continue
+            receipt = await sign_served(self.server.receipts, self.meter, self.request, self.accept,
+                                        self.completion_tokens, self.output, asked) if receipt_due else None
+            if receipt is None:
+                self.peer_done.set()  # nothing to sign: hang up, as code without receipts would
+                return
+            await send_quietly(self.frames, ReceiptFrame(id=self.request_id, receipt=receipt))
 
     def _final(self, ended: float) -> FinalFrame:
         first = self.first_token_at
@@ -309,8 +338,15 @@ class _Generation:
             match frame:
                 case None:
                     self.peer_done.set()
+                    self.wake.set()
                     self.generation.cancel()
                     return
+                case ReceiptRequestFrame():
+                    if not self.final_sent:  # a receipt is for a finished request
+                        self.protocol_error = "a receipt request arrived before this request finished"
+                        self.generation.cancel()
+                    self.receipt_asked = frame
+                    self.wake.set()
                 case CancelFrame():
                     self.generation.cancel()
                 case VoucherFrame(voucher=voucher) if self.meter is not None:
@@ -326,6 +362,7 @@ class _Generation:
                     else:
                         self.next_request = frame
                     self.peer_done.set()
+                    self.wake.set()
                     return
 
     async def run_backend(self) -> None:
@@ -348,6 +385,7 @@ class _Generation:
                                     self._payment_failed(str(exc))
                                     break
                             self.completion_tokens += delta.token_count
+                            self.output.append(delta.text)
                             if self.first_token_at is None and delta.token_count:
                                 self.first_token_at = time.monotonic()
                             last = delta.finish_reason is not None
@@ -417,11 +455,3 @@ class _Generation:
                     return
                 last_sent = trio.current_time()
 
-
-def _remote_key(stream: Any) -> bytes | None:
-    """The raw public key of the peer at the other end of a libp2p stream (authenticated by Noise/TLS)."""
-    try:
-        key = stream.muxed_conn.peer_id.extract_public_key()
-    except AttributeError:
-        return None  # not a libp2p stream (tests with in-memory streams)
-    return key.to_bytes() if key is not None else None

@@ -7,29 +7,36 @@
 The frames are typed in :mod:`cocoon_node.wire.messages.inference`. Payments imports :mod:`.port` only.
 """
 
-from cocoon_node.inference.client import Delta, Final, InferenceCall, WorkerFailure, call_worker
+from cocoon_node.inference.client import CheckedReceipt, Delta, Final, InferenceCall, WorkerFailure, call_worker
 from cocoon_node.inference.port import (
     MAX_FRAME,
     PROTOCOL_ID,
     MeterError,
     PaymentRequired,
+    ReceiptSigner,
     RequesterMeter,
+    ServedRequest,
     WorkerMeter,
     open_frames,
     sole_exception,
 )
+from cocoon_node.inference.receipting import ReportLookup
 from cocoon_node.inference.server import InferenceServer, WorkerStats, WorkerTerms
 
 __all__ = [
     "MAX_FRAME",
     "PROTOCOL_ID",
+    "CheckedReceipt",
     "Delta",
     "Final",
     "InferenceCall",
     "InferenceServer",
     "MeterError",
     "PaymentRequired",
+    "ReceiptSigner",
+    "ReportLookup",
     "RequesterMeter",
+    "ServedRequest",
     "WorkerFailure",
     "WorkerMeter",
     "WorkerStats",

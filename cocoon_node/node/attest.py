@@ -11,6 +11,7 @@ backend its announcement offers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -186,6 +187,7 @@ class ReportPublisher:
 class CachedVerdict:
     verdict: Verdict
     checked_at: float
+    report: bytes = b""  # the report envelope the verdict is about (receipts name it by hash)
 
 
 class AttestationGate:
@@ -335,8 +337,18 @@ class AttestationGate:
         if not verdict.ok:
             self.rejections += 1
             log.warning("worker %s failed attestation: %s", ID(peer_id), "; ".join(verdict.reasons))
-        self._cache[peer_id] = CachedVerdict(verdict, now)
+        self._cache[peer_id] = CachedVerdict(verdict, now, record or b"")
         return verdict
+
+    async def attested_report(self, peer_id: bytes, report_hash: bytes) -> bytes | None:
+        """The worker's verified report envelope if its hash is ``report_hash`` (a receipt's): the cached one,
+        else the newest in the DHT (the worker may have re-published since we checked it); None otherwise."""
+        for newest in (False, True):
+            verdict = await self.check(peer_id, newest=newest)
+            cached = self._cache.get(peer_id)
+            if verdict.ok and cached is not None and hashlib.sha256(cached.report).digest() == report_hash:
+                return cached.report
+        return None
 
     def summary(self) -> dict[str, Any]:
         return {ID(pid).to_base58(): asdict(c.verdict) for pid, c in self._cache.items()}

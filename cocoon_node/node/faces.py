@@ -25,9 +25,10 @@ class HttpSurfaces(Protocol):
 
     def requester_app(self, requester: Requester, *, api_key: str, models: Callable[[], list[dict[str, Any]]],
                       channels: Callable[[], Awaitable[dict[str, Any]]],
-                      attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None) -> Any:
+                      attestation: Callable[[str, bytes], Awaitable[dict[str, Any]]] | None = None,
+                      receipts: Any = None) -> Any:
         """The OpenAI-compatible ASGI app over ``requester`` (``attestation``: a worker's fresh, nonce-bound
-        attestation for ``GET /v1/cocoon/attestation/{worker}``)."""
+        attestation for ``GET /v1/cocoon/attestation/{worker}``; ``receipts``: the receipt store)."""
         ...
 
     def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Any:

@@ -55,6 +55,7 @@ from cocoon_node.node.payments import CHANNEL_PROTOCOL_ID, PaymentsRole
 from cocoon_node.node.worker import WorkerRole, build_backend
 from cocoon_node.observe import DashboardAccess, NodeMetrics, ObservedRequester, observed_surface
 from cocoon_node.observe.startup import StartupFailure, chain_unreachable, is_port_in_use, port_in_use
+from cocoon_node.payments.receipt_store import ReceiptStore
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Node:
         self.worker: WorkerRole | None = None
         self.requester: Requester | None = None
         self.gate: AttestationGate | None = None
+        self.receipts: ReceiptStore | None = None  # the requester's checked receipts (issue 16)
         self.payments: PaymentsRole | None = None
         self.liveness: WorkerLiveness | None = None
         self.info: NodeInfo | None = None
@@ -243,11 +245,14 @@ class Node:
                 meter_factory=pay.meter_for if pay else None,
                 admission=AdmissionQueue(max_queue=cfg.requester.queue_length, max_wait=cfg.requester.queue_wait),
                 token_counter=pay.tokenizers.counter if pay else None,
+                reports=self.gate.attested_report if self.gate is not None else None,  # receipts (issue 16)
             )
+            self.receipts = ReceiptStore(cfg.data_dir / "receipts.db")
             # The API sees the requester through a wrapper that times its events (cocoon_node/observe).
             app = self._http.requester_app(cast(Requester, ObservedRequester(self.requester, self.metrics)),
                                            api_key=cfg.requester.api_key, models=self.models,
-                                           channels=self.payments_status, attestation=self.fresh_attestation)
+                                           channels=self.payments_status, attestation=self.fresh_attestation,
+                                           receipts=self.receipts)
             api_access = DashboardAccess(cfg.requester.api_key)
             surface = observed_surface(app, metrics=self.metrics, status=self.status, access=api_access,
                                        models=self.models, listener="requester API")

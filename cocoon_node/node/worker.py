@@ -27,6 +27,7 @@ from cocoon_node.node.collateral import collateral_source
 from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_PROTOCOL_ID
 from cocoon_node.node.fresh_attest import FreshAttestServer
 from cocoon_node.node.hardware import describe_hardware
+from cocoon_node.node.receipt_signer import WorkerReceipts
 from cocoon_node.observe.progress import LoadProgress
 from cocoon_node.wire.messages.announce import BackendKind, Capability, TeeKind
 
@@ -140,6 +141,9 @@ class WorkerRole:
                                          backend=self.backend.kind, upstream=upstream,
                                          snp_vcek_file=w.snp_vcek_file or None,
                                          collateral=collateral_source(tee_kind, w, self.config.data_dir))
+        publisher = self.publisher
+        self.server.receipts = WorkerReceipts(self.key_pair, self.mesh.peer_id.to_bytes(), model_name=w.model,
+                                              model_hash=weights, report=lambda: publisher.current)
         self.mesh.set_stream_handler(PROTOCOL_ID, self.server.handle)
         self.hardware = await describe_hardware(self.backend, w)
         log.info("serving on %s", self.hardware)

@@ -20,7 +20,7 @@ from functools import partial
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cocoon_node.inference.port import MeterError, PaymentRef, TokenCounter
+from cocoon_node.inference.port import MeterError, PaidBy, PaymentRef, TokenCounter
 from cocoon_node.payments.store import PaymentStore, StoreError
 from cocoon_node.payments.voucher import ChannelParams, SignedVoucher, sign_voucher
 
@@ -186,3 +186,9 @@ class RequesterPaymentMeter:
         self.charge_prompt()
         self._charge_completion(completion_tokens)
         return await self._voucher() if self.channel.unpaid > 0 else None
+
+    def paid_by(self) -> PaidBy | None:
+        """The channel's newest voucher: after :meth:`on_final` it covers every token of this request (vouchers
+        are cumulative), whichever stream carried it. The receipt names it."""
+        v = self.channel.newest
+        return PaidBy(v.to_boc(), self.channel.address, v.seqno, v.cumulative) if v is not None else None

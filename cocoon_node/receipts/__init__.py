@@ -7,11 +7,13 @@ from .receipt import (
     RECEIPT_DOMAIN,
     ReceiptCheck,
     ReceiptError,
+    check_receipt_signature,
+    decode_receipt,
     output_digest,
     request_digest,
     sign_receipt,
     verify_receipt,
 )
 
-__all__ = ["RECEIPT_DOMAIN", "ReceiptCheck", "ReceiptError", "output_digest", "request_digest", "sign_receipt",
-           "verify_receipt"]
+__all__ = ["RECEIPT_DOMAIN", "ReceiptCheck", "ReceiptError", "check_receipt_signature", "decode_receipt",
+           "output_digest", "request_digest", "sign_receipt", "verify_receipt"]

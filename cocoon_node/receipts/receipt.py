@@ -30,8 +30,8 @@ from cocoon_node.wire import (
 )
 from cocoon_node.wire.messages.receipt import Receipt
 
-__all__ = ["RECEIPT_DOMAIN", "ReceiptCheck", "ReceiptError", "output_digest", "request_digest", "sign_receipt",
-           "verify_receipt"]
+__all__ = ["RECEIPT_DOMAIN", "ReceiptCheck", "ReceiptError", "check_receipt_signature", "decode_receipt",
+           "output_digest", "request_digest", "sign_receipt", "verify_receipt"]
 
 RECEIPT_DOMAIN: Final = b"cocoon/receipt/v1"
 
@@ -67,11 +67,18 @@ class ReceiptCheck:
     report: Verdict
 
 
-def verify_receipt(envelope: bytes, report: bytes, policy: Policy) -> ReceiptCheck:
-    """Verify a receipt against the worker's attestation report envelope; raise :class:`ReceiptError`.
+def decode_receipt(envelope: bytes) -> Receipt:
+    """The receipt inside a signed envelope, signature NOT checked (to find the report it names)."""
+    try:
+        return decode_cbor(decode_prefixed(bytes(envelope)).payload, Receipt)
+    except (CborError, SchemaError) as exc:
+        raise ReceiptError("format", f"receipt: {exc}") from exc
 
-    The report is verified as of the receipt's ``issued_at`` (it must have been valid then), under ``policy``.
-    """
+
+def check_receipt_signature(envelope: bytes, report: bytes) -> Receipt:
+    """The receipt, checked against the report envelope it names: signed by the key the report binds, for
+    the report's worker, model and weights. The report's evidence is not checked here (see
+    :func:`verify_receipt`; a requester's gate has verified it already)."""
     try:
         env = decode_prefixed(bytes(envelope))
         receipt = decode_cbor(env.payload, Receipt)
@@ -92,8 +99,17 @@ def verify_receipt(envelope: bytes, report: bytes, policy: Policy) -> ReceiptChe
     if (receipt.model_name, receipt.model_hash) != (c.model_name, c.model_hash):
         raise ReceiptError("model", f"receipt's model {receipt.model_name!r} / {receipt.model_hash.hex()} is not "
                                     f"the report's {c.model_name!r} / {c.model_hash.hex()}")
+    return receipt
+
+
+def verify_receipt(envelope: bytes, report: bytes, policy: Policy) -> ReceiptCheck:
+    """Verify a receipt against the worker's attestation report envelope; raise :class:`ReceiptError`.
+
+    The report is verified as of the receipt's ``issued_at`` (it must have been valid then), under ``policy``.
+    """
+    receipt = check_receipt_signature(envelope, report)
     try:
-        verdict = verify_report(report, c.peer_id, policy, receipt.issued_at)
+        verdict = verify_report(report, receipt.worker, policy, receipt.issued_at)
     except AttestationError as exc:
         raise ReceiptError("report", f"attestation report at the receipt's time: {exc}") from exc
     return ReceiptCheck(receipt, verdict)

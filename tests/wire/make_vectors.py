@@ -82,6 +82,9 @@ def frames() -> list[dict[str, Any]]:
         {"t": "error", "id": "r1", "code": "backend", "message": "model crashed"},
         {"t": "cancel", "id": "r1"},
         {"t": "voucher", "id": "r1", "voucher": b"\x01\x02\x03"},
+        # issue 16: a receipt asked for after `final`, with the voucher that paid it, and the signed answer
+        {"t": "receipt_request", "id": "r1", "voucher": b"\x01\x02\x03"},
+        {"t": "receipt", "id": "r1", "receipt": b"\xa2" + bytes(8)},
     ]
 
 

@@ -157,8 +157,26 @@ class VoucherFrame(_Frame, frozen=True, tag="voucher"):
     voucher: Annotated[bytes, Meta(max_length=2048)]
 
 
+class ReceiptRequestFrame(_Frame, frozen=True, tag="receipt_request"):
+    """After ``final``: "sign me a receipt", with the voucher that paid the request (empty: unpaid)."""
+
+    MAX_BYTES: ClassVar[int] = 4096
+
+    id: RequestId
+    voucher: Annotated[bytes, Meta(max_length=2048)] = b""
+
+
+class ReceiptFrame(_Frame, frozen=True, tag="receipt"):
+    """The worker's signed receipt envelope (``protocols/receipt.toml``)."""
+
+    MAX_BYTES: ClassVar[int] = 4096
+
+    id: RequestId
+    receipt: Annotated[bytes, Meta(max_length=3072)]
+
+
 InferenceFrame = (RequestFrame | AcceptFrame | RejectFrame | DeltaFrame | UsageFrame | FinalFrame | ErrorFrame
-                  | CancelFrame | VoucherFrame)
+                  | CancelFrame | VoucherFrame | ReceiptRequestFrame | ReceiptFrame)
 
 #: Encodes and decodes (validating) every frame of the protocol.
 CODEC: FrameCodec[InferenceFrame] = FrameCodec(InferenceFrame, max_frame=MAX_FRAME_BYTES)
@@ -178,4 +196,6 @@ MESSAGES: dict[str, type[Message]] = {
     "error": ErrorFrame,
     "cancel": CancelFrame,
     "voucher": VoucherFrame,
+    "receipt_request": ReceiptRequestFrame,
+    "receipt": ReceiptFrame,
 }
