@@ -279,3 +279,32 @@ async def test_bad_receipt_requests_get_no_receipt_and_cost_nothing(tmp_path: Pa
                 await frames.send(ReceiptRequestFrame(id="r1", voucher=b"not a voucher"))
                 assert await frames.receive() is None  # no receipt: the worker hung up
         assert signer.signed == 0
+
+
+async def test_text_completions_carry_each_prompts_receipt_under_its_chat_completion_id(tmp_path: Path) -> None:
+    """/v1/completions answers in its own id; each prompt's receipt names the chat completion it is stored under."""
+    async with harness(tmp_path) as h, h.http() as http:
+        with trio.fail_after(60):
+            body = {"model": MODEL, "prompt": ["one two three", "four five"], "max_tokens": 8}
+            r = await http.post("/v1/completions", json=body, headers=AUTH)
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            per_prompt = answer["cocoon"]["choices"]
+            assert len(per_prompt) == 2
+            for choice, got in zip(answer["choices"], per_prompt, strict=True):
+                fields = got["receipt"]["fields"]
+                assert fields["output_digest"] == hashlib.sha256(choice["text"].encode()).hexdigest()
+                again = await http.get(f"/v1/cocoon/receipts/{got['completion_id']}", headers=AUTH)
+                assert again.status_code == 200 and again.json()["receipt"] == got["receipt"]["receipt"]
+            streamed: list[dict[str, Any]] = []
+            async with http.stream("POST", "/v1/completions", json={**body, "prompt": "six seven", "stream": True},
+                                   headers=AUTH) as s:
+                async for line in s.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        streamed.append(json.loads(line[6:]))
+            last = next(c for c in streamed if "cocoon" in c)
+            text = "".join(c["choices"][0]["text"] for c in streamed if c.get("choices"))
+            assert last["cocoon"]["receipt"]["fields"]["output_digest"] == hashlib.sha256(text.encode()).hexdigest()
+            assert (await http.get(f"/v1/cocoon/receipts/{last['cocoon']['completion_id']}",
+                                   headers=AUTH)).status_code == 200
+            assert h.store.count() == 3
