@@ -55,7 +55,7 @@ async def test_a_prompt_beyond_the_announced_context_is_a_400_before_any_worker_
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "context_length_exceeded" and body["param"] == "messages"
     assert "prompt is 8 tokens" in body["message"] and "maximum context length is 8 tokens" in body["message"]
-    assert api.server.request_log == [] and api.failure_rate() == 0.0
+    assert len(api.server.request_log) == 0 and api.failure_rate() == 0.0
     assert api.requester.selector.reputation(api.worker.peer_id).samples == 0
 
 
@@ -92,7 +92,7 @@ async def test_a_503_only_when_workers_exist_but_none_is_usable_and_it_says_why(
     body = info.value.body
     assert isinstance(body, dict) and body["type"] == "service_unavailable" and body["code"] == "no_worker"
     assert why in body["message"] and "1 offer it" in body["message"]
-    assert api.server.request_log == [] and len(api.requester.admission) == 0  # refused, never queued
+    assert len(api.server.request_log) == 0 and len(api.requester.admission) == 0  # refused, never queued
 
 
 class Silent(SyntheticBackend):

@@ -213,7 +213,7 @@ async def test_a_capability_the_operator_did_not_declare_is_refused(server: Llam
                 response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}))
     await backend.aclose()
     assert info.value.body["param"] == "response_format"  # type: ignore[index]
-    assert api.failure_rate() == 0.0 and api.server.request_log == []
+    assert api.failure_rate() == 0.0 and len(api.server.request_log) == 0
 
 
 async def test_a_prompt_beyond_the_context_is_a_context_length_error(server: LlamaServer) -> None:

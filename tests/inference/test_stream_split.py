@@ -109,3 +109,18 @@ async def test_a_reject_naming_a_long_multibyte_field_still_arrives() -> None:
     reject = seen[0]
     assert isinstance(reject, RejectFrame) and reject.code == "invalid_request"
     assert reject.field == "é" * 64 and len(reject.field.encode()) == 128
+
+
+def test_the_worker_keeps_only_its_last_requests() -> None:
+    """The request log holds prompts: bounded, so a long-running worker neither grows nor keeps them all."""
+    from cocoon_node.inference import SyntheticBackend
+    from cocoon_node.inference.chat import parse_chat_request
+    from cocoon_node.inference.server import REQUEST_LOG_LENGTH
+
+    server = InferenceServer(SyntheticBackend(), WorkerTerms("m", price_prompt=1, price_completion=1,
+                                                             max_concurrent=1, max_tokens_cap=8))
+    for i in range(REQUEST_LOG_LENGTH + 10):
+        server.request_log.append(parse_chat_request({"model": "m", "messages": [{"role": "user",
+                                                                                  "content": f"p{i}"}]}))
+    assert len(server.request_log) == REQUEST_LOG_LENGTH
+    assert server.request_log[0].messages[0].content == "p10"
