@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from netsim.channel_life import invariants as channel_life_invariants
 from netsim.coverage import invariant as coverage_invariant
 from netsim.misnamed import invariant as misnamed_invariant
 from netsim.rogue_report import rogue_invariants
@@ -120,6 +121,7 @@ def invariants(data: SimData) -> list[dict[str, str]]:
         add("junk_gossip_rejected", verdict, f"flooder sent {sent}; requesters rejected {dict(rejected)}")
 
     _payment_invariants(data, ok, add)
+    channel_life_invariants(data, add)
     rogue_invariants(data, add)
     misnamed_invariant(data, add)
     if data.errors:
