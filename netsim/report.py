@@ -279,6 +279,8 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "lowball_settlements": data.lowball_settlements,
         "fake_upstream_prompts": data.fake_upstream_requests,
         "harness_errors": data.errors,
+        # issue 16: requesters killed mid-stream, the closing `channels close`, on-chain ops per channel
+        "channels": {k: v for k, v in data.channel_life.items() if k != "books"},
         "invariants": (invs := invariants(data)),
         "plots": str(png) if png else None,
     }
