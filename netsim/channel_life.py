@@ -75,14 +75,20 @@ async def admin_close(cluster: Any, name: str, peer: str | None = None) -> list[
     return [{**c, "requester": name} for c in resp.json().get("closed") or []]
 
 
+async def close_on_command(ctx: SimContext, name: str) -> list[dict[str, Any]]:
+    """:func:`admin_close` of every channel of ``name``; a failure is a harness error (and closes nothing)."""
+    try:
+        return await admin_close(ctx.cluster, name)
+    except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
+        ctx.data.errors.append(f"closing {name}'s channels failed: {exc!r}")
+        return []
+
+
 async def close_at_end(ctx: SimContext) -> None:
     """Every live requester closes its channels on command, while every worker is still up."""
     closes: list[dict[str, Any]] = []
     for name in ctx.live_requesters():
-        try:
-            closes += await admin_close(ctx.cluster, name)
-        except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
-            ctx.data.errors.append(f"closing {name}'s channels failed: {exc!r}")
+        closes += await close_on_command(ctx, name)
     _life(ctx)["end_closes"] = closes
     ctx.event("channels_closed", "-", closed=len(closes), cooperative=sum(1 for c in closes if c.get("cooperative")))
 

@@ -325,13 +325,9 @@ async def _closer_life(sim: Simulation) -> None:
     node = sim.data.nodes[CLOSER]
     port = int(str(node.api_url).rsplit(":", 1)[1])
     node.state = "dead"
-    from netsim.channel_life import admin_close
+    from netsim.channel_life import close_on_command
 
-    try:
-        closed = await admin_close(sim.cluster, CLOSER)
-    except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
-        closed = []
-        sim.data.errors.append(f"{CLOSER}: channels close failed: {exc!r}")
+    closed = await close_on_command(sim.ctx, CLOSER)
     sim.event("channels_close", CLOSER, note="on command (POST /channels/close)", closed=len(closed))
     sim.event("term", CLOSER, signal="SIGTERM", note="graceful; channels stay open across restarts (issue 16)")
     await sim.cluster.kill(CLOSER, signal.SIGTERM)
@@ -345,6 +341,8 @@ async def _closer_life(sim: Simulation) -> None:
                     await trio.sleep(0.5)  # the closer (old run or restarted watcher) has not closed it yet
                 book["channels"][address].update(initiator=state.close_initiator, committed=state.committed)
                 if state.status is ChannelStatus.CLOSING:
+                    if sim.ctx.lowball is not None:  # as every netsim jump: never past an unanswered lowball close
+                        await sim.ctx.lowball.hold_clock()
                     now = await chain.now()
                     if now <= state.close_deadline:
                         await chain.advance_time(state.close_deadline - now + 1)
