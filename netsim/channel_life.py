@@ -192,7 +192,10 @@ def invariants(data: Any, add: Any) -> None:
         totals: Counter[str] = Counter()
         for o in ops.values():
             totals.update({k: v for k, v in o.items() if k not in ("requester", "peer")})
-        add("channel_ops", "FAIL" if extra or reopened else "PASS",
+        # Judged only where the run's closes are its own (`close_channels_at_end`): elsewhere adversaries close
+        # channels on purpose (a stale-closing worker makes its payers open another), so the figures are info.
+        judged = data.scenario.invariants.close_channels_at_end
+        add("channel_ops", ("FAIL" if extra or reopened else "PASS") if judged else "SKIP",
             f"{len(ops)} payer channel(s), on-chain ops in all {dict(totals)} (goal per channel: one open, at most "
             f"one close, plus top-ups and the worker's claims)" + (f"; beyond it: {extra[:5]}" if extra else "")
             + (f"; reopened: {reopened[:5]}" if reopened else ""))

@@ -15,7 +15,8 @@ from tests.payments.conftest import party_key
 
 def verdicts(life: dict[str, Any]) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
-    invariants(SimpleNamespace(channel_life=life, final_status={}),
+    judged = SimpleNamespace(invariants=SimpleNamespace(close_channels_at_end=True))
+    invariants(SimpleNamespace(channel_life=life, final_status={}, scenario=judged),
                lambda name, verdict, detail: out.__setitem__(name, (verdict, detail)))
     return out
 
