@@ -44,7 +44,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "allowed_model": ("policy", "allowed_models"),
         "chain_url": ("payments", "chain_url"), "payments": ("payments", "enabled"),
         "credit_window": ("payments", "credit_window"),
-        "payment_timeout": ("payments", "payment_timeout"),
+        "payment_timeout": ("payments", "payment_timeout"), "payer_idle_close": ("payments", "payer_idle_close"),
         "registry_address": ("policy", "registry_address"),
         "target_peers": ("node", "target_peers"), "max_connections": ("node", "max_connections"),
         "gossip_heartbeat": ("node", "gossip_heartbeat"), "gossip_degree": ("node", "gossip_degree"),
@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--credit-window", dest="credit_window", type=int, help="nanotons served ahead of payment")
     run.add_argument("--payment-timeout", dest="payment_timeout", type=float,
                      help="seconds a worker waits for a voucher before stopping a stream")
+    run.add_argument("--channel-idle-close", dest="payer_idle_close", type=float, metavar="SECONDS",
+                     help="requester: close a channel no request used for SECONDS (default 43200; 0: never)")
 
     ident = sub.add_parser("id", help="print the peer id (and addresses of the running node)")
     _add_common(ident)
@@ -164,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--api-key", dest="api_key", default=os.environ.get("COCOON_REQUESTER_API_KEY", ""))
     chat.add_argument("--no-stream", dest="stream", action="store_false")
 
+    channels = sub.add_parser("channels", help="a requester's payment channels: list them, close on command")
+    channels_sub = channels.add_subparsers(dest="channels_command", required=True)
+    for name, what in (("list", "list the channels (the running node's, else as stored in the data dir)"),
+                       ("close", "close the channel to PEER (every open channel without PEER), cooperatively")):
+        cmd = channels_sub.add_parser(name, help=what)
+        _add_common(cmd)
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        if name == "close":
+            cmd.add_argument("peer", nargs="?", help="the worker's peer id (default: all)")
     verify = sub.add_parser("verify-receipt", help="check a saved receipt offline (no node needed)")
     verify.add_argument("file", type=Path, help='JSON {"receipt": HEX, "attestation_report": HEX}')
     verify.add_argument("--allow-dev-tee", dest="allow_dev_tee", action="store_true",
@@ -200,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(run_main_job(args))
     config = _load(args)
     setup_logging(config)
-    handler = {"run": cmd_run, "id": cmd_id, "keygen": cmd_keygen, "status": cmd_status, "chat": cmd_chat}[args.command]
+    from cocoon_node.channels_cli import cmd_channels
+
+    handler = {"run": cmd_run, "id": cmd_id, "keygen": cmd_keygen, "status": cmd_status, "chat": cmd_chat,
+               "channels": cmd_channels}[args.command]
     raise SystemExit(handler(config, args))
 
 

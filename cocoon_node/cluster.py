@@ -123,19 +123,12 @@ class Cluster:
                 await node.process.wait()
 
     async def stop_all(self) -> None:
-        for node in self.nodes.values():
-            p = node.process
-            if p is not None and p.returncode is None:
-                p.send_signal(signal.SIGTERM)
-        for node in self.nodes.values():
-            p = node.process
-            if p is None:
-                continue
-            with trio.move_on_after(15):
-                await p.wait()
-            if p.returncode is None:
-                p.kill()
-                await p.wait()
+        """SIGTERM every node and reap it: requesters first, the rest once they are gone, so whatever a
+        requester does on its way out (finishing requests, a close with ``payments.close_on_shutdown``) still
+        finds its workers up and the closes are cooperative."""
+        first = [n for n in self.nodes.values() if is_requester_only(n.args)]
+        await _stop(first)
+        await _stop([n for n in self.nodes.values() if n not in first])
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Cluster]:
@@ -163,6 +156,28 @@ class Cluster:
                                     headers={"authorization": f"Bearer {info['admin_token']}"})
         data: dict[str, Any] = resp.json()
         return data
+
+
+def is_requester_only(args: Sequence[str]) -> bool:
+    """A node started with ``--requester`` and not ``--worker``: it buys from the others."""
+    return "--requester" in args and "--worker" not in args
+
+
+async def _stop(nodes: Sequence[NodeProcess]) -> None:
+    """SIGTERM ``nodes`` at once, then wait for each (15 s, then SIGKILL)."""
+    for node in nodes:
+        p = node.process
+        if p is not None and p.returncode is None:
+            p.send_signal(signal.SIGTERM)
+    for node in nodes:
+        p = node.process
+        if p is None:
+            continue
+        with trio.move_on_after(15):
+            await p.wait()
+        if p.returncode is None:
+            p.kill()
+            await p.wait()
 
 
 async def drain_output(stream: Any) -> None:

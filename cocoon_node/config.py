@@ -182,6 +182,11 @@ class PaymentsSection:
     payment_timeout: float = 30.0     # how long a worker waits for a voucher before stopping a stream
     watch_interval: float = 5.0       # seconds between a requester's checks for closes of its channels
     idle_close_after: float = 86_400.0  # a worker closes a channel with no activity for this long
+    # A requester keeps its channels open across restarts and closes one (cooperatively) only on
+    # `cocoon-node channels close` or when no request drew on it for this long (0: never); shorter than a
+    # worker's idle_close_after, so the requester's cooperative close comes before the worker's unilateral one.
+    payer_idle_close: float = 43_200.0
+    close_on_shutdown: bool = False   # requester: close every channel at shutdown too (a node not coming back)
     dev_wallet_balance: int = 100_000_000_000  # local chain only: airdrop for this node's dev wallet
 
 
@@ -330,6 +335,8 @@ def validate_config(config: Config) -> list[str]:
         out.append("payments.*: credit_window must be >= 0, channel_deposit and claim_threshold positive")
     if pay.voucher_every < 1 or pay.payment_timeout <= 0 or pay.challenge_period < 1 or pay.watch_interval <= 0:
         out.append("payments.*: voucher_every, payment_timeout, challenge_period and watch_interval must be positive")
+    if pay.payer_idle_close < 0:
+        out.append("payments.payer_idle_close: must be >= 0 (0: never close an idle channel)")
     from cocoon_node.payments import MAX_CHALLENGE_PERIOD
 
     if pay.challenge_period > MAX_CHALLENGE_PERIOD:

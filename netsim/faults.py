@@ -16,6 +16,7 @@ import trio
 
 from cocoon_node.config import WorkerSection
 from cocoon_node.mesh.announce import MAX_CLOCK_SKEW as ANNOUNCE_CLOCK_SKEW
+from netsim import channel_life
 from netsim.adversary import JunkFlooder
 from netsim.context import SimContext
 from netsim.lifecycle import Lifecycle, without_flags
@@ -51,6 +52,8 @@ class Faults:
             await self.partition(f)
         elif f.action == "skew":
             await self.skew(f)
+        elif f.action == "kill_mid_stream":  # a requester, while it streams (netsim/channel_life.py)
+            await channel_life.kill_mid_stream(ctx, self.lifecycle, f)
         else:
             for name in f.targets:
                 if ctx.cluster.signal(name, signal.SIGSTOP):

@@ -14,7 +14,7 @@ and the EMULATED chain; the kinds are registered there):
 
 Runner side: :func:`setup` starts the voucherless requesters and a ``closer1`` requester that can only afford
 the bad-signature worker; :func:`timeline` plays the voucherless requests and the closer's life (a few
-requests, SIGTERM, so it closes its channels on shutdown, restart, then netsim moves the EMULATED chain clock
+requests, `channels close` on command, SIGTERM, restart, then netsim moves the EMULATED chain clock
 past the challenge period); :func:`invariants` judges all three.
 """
 
@@ -304,8 +304,9 @@ async def _voucherless_requests(sim: Simulation) -> None:
 
 
 async def _closer_life(sim: Simulation) -> None:
-    """A few paid requests, a graceful shutdown (it closes its channels: the bad signature must not lock the
-    deposit), a restart, then the challenge period passes on the EMULATED chain and its watcher finishes."""
+    """A few paid requests, its channels closed on command (the bad signature must not lock the deposit), a
+    graceful shutdown and a restart, then the challenge period passes on the EMULATED chain and its watcher
+    finishes."""
     from cocoon_node.payments.chain.base import ChannelStatus
     from cocoon_node.payments.chain.local import LocalChain
     from netsim.settlement import channel_settlement
@@ -324,7 +325,11 @@ async def _closer_life(sim: Simulation) -> None:
     node = sim.data.nodes[CLOSER]
     port = int(str(node.api_url).rsplit(":", 1)[1])
     node.state = "dead"
-    sim.event("term", CLOSER, signal="SIGTERM", note="graceful: it closes its channels on the way out")
+    from netsim.channel_life import close_on_command
+
+    closed = await close_on_command(sim.ctx, CLOSER)
+    sim.event("channels_close", CLOSER, note="on command (POST /channels/close)", closed=len(closed))
+    sim.event("term", CLOSER, signal="SIGTERM", note="graceful; channels stay open across restarts (issue 16)")
     await sim.cluster.kill(CLOSER, signal.SIGTERM)
     await sim.start_requester(CLOSER, port, extra_args=_closer_args(sim))
     sim.event("restart", CLOSER)
@@ -336,6 +341,8 @@ async def _closer_life(sim: Simulation) -> None:
                     await trio.sleep(0.5)  # the closer (old run or restarted watcher) has not closed it yet
                 book["channels"][address].update(initiator=state.close_initiator, committed=state.committed)
                 if state.status is ChannelStatus.CLOSING:
+                    if sim.ctx.lowball is not None:  # as every netsim jump: never past an unanswered lowball close
+                        await sim.ctx.lowball.hold_clock()
                     now = await chain.now()
                     if now <= state.close_deadline:
                         await chain.advance_time(state.close_deadline - now + 1)

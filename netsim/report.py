@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from netsim.channel_life import invariants as channel_life_invariants
 from netsim.coverage import invariant as coverage_invariant
 from netsim.misnamed import invariant as misnamed_invariant
 from netsim.receipts import invariant as receipts_invariant
@@ -122,6 +123,7 @@ def invariants(data: SimData) -> list[dict[str, str]]:
 
     _payment_invariants(data, ok, add)
     receipts_invariant(data.results, add, faults=bool(s.faults))
+    channel_life_invariants(data, add)
     rogue_invariants(data, add)
     misnamed_invariant(data, add)
     if data.errors:
@@ -279,6 +281,8 @@ def build_report(data: SimData, *, png: Path | None) -> dict[str, Any]:
         "lowball_settlements": data.lowball_settlements,
         "fake_upstream_prompts": data.fake_upstream_requests,
         "harness_errors": data.errors,
+        # issue 16: requesters killed mid-stream, the closing `channels close`, on-chain ops per channel
+        "channels": {k: v for k, v in data.channel_life.items() if k != "books"},
         "invariants": (invs := invariants(data)),
         "plots": str(png) if png else None,
     }

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from netsim import paycheats
+from netsim import channel_life, paycheats
 from netsim.context import SimContext
 from netsim.faults import Faults
 from netsim.lifecycle import Lifecycle
@@ -74,6 +74,7 @@ class Simulation:
                 await self.wind_down()
                 await self.observer.collect_final()
                 await record_chain_totals(ctx)
+                await channel_life.record_books(ctx)
             finally:
                 with trio.CancelScope(shield=True):
                     await ctx.cluster.thaw_all()
@@ -140,3 +141,5 @@ class Simulation:
             await ctx.lowball.wait_settled()
         ctx.data.final_convergence_s = await self.observer.wait_converged(self.s.invariants.convergence_bound)
         ctx.event("final_check", "-", converged_after_s=ctx.data.final_convergence_s)
+        if self.s.invariants.close_channels_at_end and ctx.cluster.chain_url:
+            await channel_life.close_at_end(ctx)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-FAULT_ACTIONS = ("kill", "term", "stop", "partition", "skew")
+FAULT_ACTIONS = ("kill", "term", "stop", "partition", "skew", "kill_mid_stream")
 ARRIVALS = ("poisson", "bursts")
 # "auto": shape links (netsim picks the layer: today always the transport layer, see netsim/links.py).
 SHAPING = ("none", "auto")
@@ -194,6 +194,8 @@ class Invariants:
     min_answered_fraction: float = 0.0   # issue 15: of all requests sent, at least this share answered
     all_workers_verified: bool = False   # issue 15: every requester verified every good worker's attestation
     relay_recovery_bound: float = 30.0   # [topology]: seconds after a relay dies until its workers are reachable
+    # issue 16: end with `channels close` on every requester, then count on-chain ops per channel lifetime
+    close_channels_at_end: bool = False
 
 
 @dataclass(frozen=True)

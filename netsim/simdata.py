@@ -85,5 +85,7 @@ class SimData:
     # Lowball payers (netsim/lowball.py): their own requests, and per attacked channel what the chain paid.
     lowball_results: list[RequestResult] = field(default_factory=list)
     lowball_settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Channels over restarts (netsim/channel_life.py): requester kills, end-of-run closes, voucher books, chain ops.
+    channel_life: dict[str, Any] = field(default_factory=dict)
     # [topology] runs: the namespace side (netsim/natsim.py), reported in the report's "nat" section.
     nat: NatPlan | None = None

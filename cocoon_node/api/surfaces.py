@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from cocoon_node.api.admin import admin_app
+from cocoon_node.api.admin import ChannelCloser, admin_app
 from cocoon_node.api.http import serve_http
 from cocoon_node.api.openai_api import openai_app
 from cocoon_node.inference import Requester
@@ -27,8 +27,9 @@ class NodeHttp:
         return openai_app(requester, api_key=api_key, models=models, channels=channels, attestation=attestation,
                           receipts=receipts)
 
-    def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Any:
-        return admin_app(status, token)
+    def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str, *,
+                  close_channels: ChannelCloser | None = None) -> Any:
+        return admin_app(status, token, close_channels=close_channels)
 
     async def serve(self, app: Any, host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         await serve_http(app, host, port, task_status=task_status)

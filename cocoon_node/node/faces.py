@@ -31,8 +31,9 @@ class HttpSurfaces(Protocol):
         attestation for ``GET /v1/cocoon/attestation/{worker}``; ``receipts``: the receipt store)."""
         ...
 
-    def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str) -> Any:
-        """The local admin ASGI app (``GET /status`` behind ``token``)."""
+    def admin_app(self, status: Callable[[], Awaitable[dict[str, Any]]], token: str, *,
+                  close_channels: Callable[[str | None], Awaitable[dict[str, Any]]] | None = None) -> Any:
+        """The local admin ASGI app (``GET /status`` and ``POST /channels/close`` behind ``token``)."""
         ...
 
     async def serve(self, app: Any, host: str, port: int, *, task_status: TaskStatus = trio.TASK_STATUS_IGNORED

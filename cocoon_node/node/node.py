@@ -230,6 +230,9 @@ class Node:
                 nursery.start_soon(refresher.run)
             if pay is not None and pay.channels is not None:
                 nursery.start_soon(partial(pay.channels.watch, poll_interval=cfg.payments.watch_interval))
+                if cfg.payments.payer_idle_close > 0:
+                    nursery.start_soon(partial(pay.close_idle, self._open_peer_stream, cfg.payments.payer_idle_close,
+                                               poll=cfg.payments.watch_interval))
             warm = None
             if cfg.requester.warm_streams > 0:
                 warm = WarmStreams(self._open_attested_stream, max_spares=cfg.requester.warm_streams)
@@ -266,8 +269,9 @@ class Node:
         nursery.start_soon(self.liveness.run)
         token = secrets.token_hex(16)
         admin_access = DashboardAccess(token)
-        admin = observed_surface(self._http.admin_app(self.status, token), metrics=self.metrics,
-                                 status=self.status, access=admin_access, models=self.models, listener="admin")
+        admin = observed_surface(self._http.admin_app(self.status, token, close_channels=self.close_channels),
+                                 metrics=self.metrics, status=self.status, access=admin_access, models=self.models,
+                                 listener="admin")
         admin_url = await self._listen(nursery, admin, cfg.node.admin_host, cfg.node.admin_port, "--admin-port")
         # The dashboard lives on the API port of a requester, on the admin listener otherwise.
         if api_url is not None:
@@ -305,11 +309,23 @@ class Node:
         return [a for a in self.table.live() if a.addrs or a.peer in connected]
 
     async def shutdown_gracefully(self) -> None:
-        """Before cancelling everything: close our payment channels while the mesh is still up, so workers
-        can co-sign cooperative closes (bounded; whatever is left is closed unilaterally afterwards)."""
-        if self.payments is not None:
+        """Before cancelling everything. Payment channels stay open (the next start resumes them) unless
+        ``payments.close_on_shutdown``: then they are closed while the mesh is still up, so workers can co-sign
+        cooperative closes (bounded; whatever is left is closed unilaterally afterwards)."""
+        if self.payments is not None and self.config.payments.close_on_shutdown:
             with trio.move_on_after(30):
                 await self.payments.close_channels(self._open_peer_stream)
+
+    async def close_channels(self, peer: str | None = None) -> dict[str, Any]:
+        """``POST /channels/close`` on the admin listener: close our channels to ``peer`` (None: all) now."""
+        if self.payments is None or self.payments.channels is None:
+            return {"closed": [], "error": "this node is not a paying requester"}
+        if peer is not None and peer not in self.payments.channels.channels:
+            return {"closed": [], "error": f"no open channel to {peer}"}
+        with trio.move_on_after(120):
+            return {"closed": await self.payments.close_peers(self._open_peer_stream,
+                                                              None if peer is None else [peer])}
+        return {"closed": [], "error": "closing took longer than 120 s; the watcher finishes what was begun"}
 
     async def _open_peer_stream(self, peer: str, protocol: str) -> Any:
         worker = next((a for a in self.table.live() if a.peer.to_base58() == peer), None)

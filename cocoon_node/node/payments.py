@@ -4,6 +4,12 @@ Workers meter every stream through :class:`WorkerPaymentMeter` and claim / chall
 :class:`Settlement`; requesters open a channel per worker on first use (:class:`ChannelManager`) and sign
 cumulative vouchers as tokens arrive. On a ``local`` network the chain is the EMULATED sidecar, shared by
 a cluster through ``payments.chain_url``; ``ton`` uses pytoniq against a real network.
+
+A requester's channels outlive the process: it resumes them at start and closes one, cooperatively over
+``/cocoon/channel/1.0.0`` while the worker answers, only on command (:meth:`PaymentsRole.close_peers`, behind
+the admin API's ``POST /channels/close`` and ``cocoon-node channels close``) or when it has been idle for
+``payments.payer_idle_close`` (:meth:`PaymentsRole.close_idle`); at shutdown only with
+``payments.close_on_shutdown``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from cocoon_node.payments import (
     VoucherError,
     WorkerPaymentMeter,
 )
+from cocoon_node.payments.meter import PaymentStoreFailed
+from cocoon_node.payments.store import StoreError
 from cocoon_node.wire import FrameError, FrameStream, frame_tag, utf8_clip
 from cocoon_node.wire.messages import channel as channel_frames
 from cocoon_node.wire.messages.channel import CloseRefused, CloseReply, CloseRequest
@@ -96,15 +104,17 @@ class PaymentsRole:
                     TonChain.connect(key_pair.private_key.to_bytes(), network=p.ton_network))  # type: ignore[arg-type]
             role = cls(config, key_pair, chain, store)
             if role.channels is not None:
+                with trio.move_on_after(60):  # what is not checked now is checked on first use
+                    await role.channels.resume()
                 nursery = await stack.enter_async_context(trio.open_nursery())
                 nursery.start_soon(role.tokenizers.run)
                 stack.callback(nursery.cancel_scope.cancel)
             try:
                 yield role
             finally:
-                if role.channels is not None and role.channels.channels:  # not closed through the mesh
+                if p.close_on_shutdown and role.channels is not None and role.channels.channels:
                     with trio.CancelScope(shield=True), trio.move_on_after(20):
-                        await role.channels.close_all()
+                        await role.channels.close_all()  # not closed through the mesh: alone
 
     @property
     def payout_address(self) -> str:
@@ -149,41 +159,72 @@ class PaymentsRole:
                     pass
 
     async def close_channels(self, open_stream: Any) -> None:
-        """Requester shutdown: close every channel cooperatively when the worker answers, else alone.
+        """Requester: close every channel cooperatively when the worker answers, else alone.
 
         ``open_stream(peer_id_base58, protocol)`` opens a stream to the worker through the mesh.
         """
         if self.channels is None or not self.channels.channels:
             return
-
-        def cosigner_for(peer: str) -> Any:
-            async def cosign(address: str, cumulative: int, payer_sig: bytes) -> bytes:
-                ch = self.channels.channels.get(peer) if self.channels else None
-                stream = await open_stream(peer, CHANNEL_PROTOCOL_ID)
-                frames = FrameStream(stream, channel_frames.CODEC)
-                try:
-                    with trio.fail_after(15):
-                        channel_id = await self._channel_id(address) if ch is None else ch.params.channel_id
-                        await frames.send(CloseRequest(channel=address, channel_id=channel_id.to_bytes(32, "big"),
-                                                       cumulative=cumulative, payer_sig=payer_sig))
-                        reply = await frames.receive()
-                finally:
-                    with trio.move_on_after(2):
-                        await stream.close()
-                match reply:
-                    case CloseReply(payee_sig=payee_sig):
-                        return payee_sig
-                    case CloseRefused(reason=reason):
-                        raise ChainError(f"worker refused to co-sign: {reason}")
-                    case None:
-                        raise ChainError("worker refused to co-sign: no answer")
-                    case _:
-                        raise ChainError(f"worker refused to co-sign: answered {frame_tag(reply)!r}")
-
-            return cosign
-
-        cosigners = {peer: cosigner_for(peer) for peer in self.channels.channels}
+        cosigners = {peer: self._cosigner(open_stream, peer) for peer in self.channels.channels}
         await self.channels.close_all(cosigners)
+
+    async def close_peers(self, open_stream: Any, peers: list[str] | None = None) -> list[dict[str, Any]]:
+        """Close our channels to ``peers`` (None: all), cooperatively while the worker answers, else alone;
+        one entry per channel: its address, ``cooperative`` (closed now) or not (closing: the refund comes
+        after the challenge period), or the error."""
+        if self.channels is None:
+            return []
+        out: list[dict[str, Any]] = []
+        for peer in [p for p in self.channels.channels if peers is None or p in peers]:
+            ch = self.channels.channels[peer]
+            entry: dict[str, Any] = {"peer": peer, "address": ch.address, "voucher_seqno": ch.newest.seqno
+                                     if ch.newest else 0, "paid": ch.paid}
+            try:
+                result = await self.channels.close(peer, self._cosigner(open_stream, peer))
+                rec = await self.store.run(partial(self.store.channel, ch.address))
+                entry.update(success=result.success, cooperative=rec is not None and rec.status == "closed",
+                             paid=ch.paid, voucher_seqno=ch.newest.seqno if ch.newest else 0)
+            except (ChainError, trio.TooSlowError, VoucherError, StoreError, PaymentStoreFailed) as e:
+                entry.update(success=False, cooperative=False, error=repr(e))
+                log.warning("closing channel to %s failed: %r", peer, e)
+            out.append(entry)
+        return out
+
+    async def close_idle(self, open_stream: Any, idle_after: float, *, poll: float = 5.0) -> None:
+        """Requester: forever, close (cooperatively) every channel no request drew on for ``idle_after`` s."""
+        assert self.channels is not None
+        while True:
+            await trio.sleep(poll)
+            idle = self.channels.idle_peers(idle_after)
+            if idle:
+                log.info("closing %d channel(s) idle for %.0f s", len(idle), idle_after)
+                await self.close_peers(open_stream, idle)
+
+    def _cosigner(self, open_stream: Any, peer: str) -> Any:
+        """The worker's co-signature on close terms, asked over ``/cocoon/channel/1.0.0``."""
+        async def cosign(address: str, cumulative: int, payer_sig: bytes) -> bytes:
+            stream = await open_stream(peer, CHANNEL_PROTOCOL_ID)
+            frames = FrameStream(stream, channel_frames.CODEC)
+            try:
+                with trio.fail_after(15):
+                    channel_id = await self._channel_id(address)
+                    await frames.send(CloseRequest(channel=address, channel_id=channel_id.to_bytes(32, "big"),
+                                                   cumulative=cumulative, payer_sig=payer_sig))
+                    reply = await frames.receive()
+            finally:
+                with trio.move_on_after(2):
+                    await stream.close()
+            match reply:
+                case CloseReply(payee_sig=payee_sig):
+                    return payee_sig
+                case CloseRefused(reason=reason):
+                    raise ChainError(f"worker refused to co-sign: {reason}")
+                case None:
+                    raise ChainError("worker refused to co-sign: no answer")
+                case _:
+                    raise ChainError(f"worker refused to co-sign: answered {frame_tag(reply)!r}")
+
+        return cosign
 
     async def _channel_id(self, address: str) -> int:
         rec = await self.store.run(partial(self.store.channel, address))
@@ -219,6 +260,7 @@ class PaymentsRole:
             out["settlement"] = dict(vars(self.settlement.stats))
         if self.channels is not None:
             out["onchain_ops"] = dict(self.channels.onchain_ops)
+            out["resume"] = dict(self.channels.resume_stats)
             out["tokenizers"] = {"known": self.tokenizers.known(), "errors": self.tokenizers.errors}
             closes = [{**asdict(c), "stale": c.stale} for c in self.channels.closes_seen.values()]
             out["payer_watch"] = {**self.channels.watch_stats, "closes": closes}

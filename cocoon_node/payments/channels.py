@@ -1,9 +1,10 @@
-"""Channel lifecycle: the requester's :class:`ChannelManager` (open on first use, top up, close, watch closes)
-and the worker's :class:`Settlement` (claim past a threshold, challenge stale closes, finish, co-sign closes;
-in ``payments.settlement``, re-exported here).
+"""Channel lifecycle: the requester's :class:`ChannelManager` (open on first use, resume after a restart, top up,
+close on command or when idle, watch closes) and the worker's :class:`Settlement` (claim past a threshold,
+challenge stale closes, finish, co-sign closes; in ``payments.settlement``, re-exported here).
 
 Both persist before acting: a channel row is written (status ``opening``) before the deploy is sent, so
-a crash between the two leaves a record to reconcile rather than an orphaned deposit.
+a crash between the two leaves a record to reconcile rather than an orphaned deposit. Channels outlive the
+process: a restarted requester resumes what the chain and its vouchers agree on (``payments.resume``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cocoon_node.inference.port import TokenCounter
 from cocoon_node.payments.chain.base import Chain, ChainError, ChannelStatus, TxResult
 from cocoon_node.payments.meter import PayerChannel, PaymentStoreFailed, RequesterPaymentMeter, norm_address
+from cocoon_node.payments.resume import check_stored_channel
 from cocoon_node.payments.rules import ChannelRulesError, RulesSource
 from cocoon_node.payments.settlement import CHAIN_OP_TIMEOUT, Settlement, SettlementStats
-from cocoon_node.payments.store import PaymentStore, StoreError
+from cocoon_node.payments.store import ChannelRecord, PaymentStore, StoreError
 from cocoon_node.payments.voucher import (
     ChannelParams,
     SignedClose,
@@ -44,7 +46,8 @@ CoSigner = Callable[[str, int, bytes], Awaitable[bytes]]
 
 
 class ChannelManager:
-    """Requester side: one open channel per worker peer, opened lazily, topped up, closed on shutdown."""
+    """Requester side: one open channel per worker peer, opened lazily (or resumed from the store), topped up,
+    closed only on command or after ``idle_close_after`` seconds unused."""
 
     def __init__(
         self,
@@ -76,12 +79,18 @@ class ChannelManager:
         self.watch_stats = {"closes_seen": 0, "stale_closes": 0, "finishes": 0, "bad_close_signatures": 0,
                             "unfinished_closed": 0, "failed_rounds": 0}
         self._in_flight: set[str] = set()  # deploys and closes in flight (the watcher leaves their rows alone)
+        self.resume_stats = {"resumed": 0, "ended_on_chain": 0, "refused": 0, "duplicates": 0}
 
     async def channel_for(self, peer: str, payee_wallet: str, payee_key: bytes) -> PayerChannel:
         """The open channel to ``peer`` (from memory, the store after a restart, or a fresh deploy)."""
         lock = self._locks.setdefault(peer, trio.Lock())
         async with lock:
             ch = self.channels.get(peer)
+            if ch is not None and not _pays(ch.params.payee, ch.params.payee_key, payee_wallet, payee_key):
+                # the worker announces another payout now: the old channel pays a wallet it no longer names
+                del self.channels[peer]
+                await self._retire(ch.address, "the worker's payout wallet changed")
+                ch = None
             if ch is None:
                 ch = await self._restore(peer, payee_wallet, payee_key) or await self._open(
                     peer, payee_wallet, payee_key
@@ -89,17 +98,57 @@ class ChannelManager:
                 self.channels[peer] = ch
             return ch
 
+    async def resume(self) -> list[str]:
+        """At start: take up every stored open channel the chain and our vouchers agree on (the newest per
+        worker), so a restart costs no close and no reopen. Returns the resumed addresses. A channel the chain
+        has closed is recorded as such; one that fails a check is retired (``closing``: the watcher closes it
+        alone); a chain that cannot be read leaves the rest to the first request's :meth:`channel_for`."""
+        resumed: list[str] = []
+        for rec in reversed(await self.store.run(partial(self.store.channels, "payer", status="open"))):
+            if rec.peer in self.channels:
+                self.resume_stats["duplicates"] += 1
+                await self._retire(rec.address, f"an older open channel to {rec.peer} than the one resumed")
+                continue
+            try:
+                ch = await self._check(rec)
+            except (ChainError, trio.TooSlowError) as e:
+                log.warning("cannot check stored channel %s on chain now (%r): resumed on first use", rec.address, e)
+                continue
+            if ch is not None:
+                self.channels[rec.peer] = ch
+                self.resume_stats["resumed"] += 1
+                resumed.append(rec.address)
+                log.info("resumed channel %s to %s (voucher #%d, %d nanotons of a %d deposit)", rec.address,
+                         rec.peer, ch.newest.seqno if ch.newest else 0, ch.paid, ch.deposit)
+        return resumed
+
+    async def _check(self, rec: ChannelRecord) -> PayerChannel | None:
+        verdict = await check_stored_channel(self.chain, self.store, self.payer_key, rec)
+        if verdict.channel is not None:
+            return verdict.channel
+        if verdict.ended_on_chain:
+            assert verdict.chain_status is not None
+            self.resume_stats["ended_on_chain"] += 1
+            log.info("stored channel %s is not resumed: %s", rec.address, verdict.reason)
+            await self.store.run(partial(self.store.set_channel, rec.address, status=verdict.chain_status.value))
+        else:
+            self.resume_stats["refused"] += 1
+            await self._retire(rec.address, verdict.reason)
+        return None
+
+    async def _retire(self, address: str, why: str) -> None:
+        """Draw on the channel no more: mark it ``closing``, so the watcher closes it alone (refund after the
+        challenge period)."""
+        log.warning("channel %s is not used again (%s): the watcher closes it", address, why)
+        await self.store.run(partial(self.store.set_channel, address, status="closing"))
+
     async def _restore(self, peer: str, payee_wallet: str, payee_key: bytes) -> PayerChannel | None:
         for rec in reversed(await self.store.run(partial(self.store.channels, "payer", peer=peer, status="open"))):
-            if rec.params.payee_key != payee_key or norm_address(rec.params.payee) != norm_address(payee_wallet):
+            if not _pays(rec.params.payee, rec.params.payee_key, payee_wallet, payee_key):
                 continue
-            with trio.fail_after(CHAIN_OP_TIMEOUT):
-                st = await self.chain.get_channel_state(rec.address)
-            if st.status is not ChannelStatus.OPEN:
-                await self.store.run(partial(self.store.set_channel, rec.address, status=st.status.value))
-                continue
-            newest = await self.store.run(self.store.newest_voucher, rec.address)
-            return PayerChannel(self.store, self.payer_key, rec.address, rec.params, st.deposit, newest)
+            ch = await self._check(rec)
+            if ch is not None:
+                return ch
         return None
 
     async def _open(self, peer: str, payee_wallet: str, payee_key: bytes) -> PayerChannel:
@@ -150,6 +199,7 @@ class ChannelManager:
         """A fresh meter for one request to ``peer`` at the announced prices (``token_counter``: the worker's
         tokenizer, when we hold it)."""
         ch = await self.channel_for(peer, payee_wallet, payee_key)
+        ch.last_used = trio.current_time()
         await self.ensure_funds(ch, need)
         return RequesterPaymentMeter(
             ch,
@@ -312,6 +362,13 @@ class ChannelManager:
                 log.warning("payer close watch round failed: %r", e, exc_info=not isinstance(e, ChainError))
             await trio.sleep(poll_interval)
 
+    def idle_peers(self, idle_after: float) -> list[str]:
+        """Workers whose channel no request drew on for ``idle_after`` seconds (trio clock) and that no voucher
+        is being signed on right now: what an idle close may take."""
+        now = trio.current_time()
+        return [peer for peer, ch in self.channels.items()
+                if now - ch.last_used >= idle_after and not ch.lock.locked() and ch.address not in self._in_flight]
+
     async def close_all(self, cosigners: dict[str, CoSigner] | None = None) -> None:
         """Close every open channel (shutdown); errors are logged, not raised (each row stays ``closing``, so
         the watcher of the next run closes it)."""
@@ -320,6 +377,11 @@ class ChannelManager:
                 await self.close(peer, (cosigners or {}).get(peer))
             except (ChainError, trio.TooSlowError, VoucherError, StoreError, PaymentStoreFailed) as e:
                 log.warning("closing channel to %s failed: %r", peer, e)
+
+
+def _pays(payee: str, payee_key: bytes, wallet: str, key: bytes) -> bool:
+    """A channel to ``payee``/``payee_key`` pays the worker that announces ``wallet``/``key``."""
+    return payee_key == key and norm_address(payee) == norm_address(wallet)
 
 
 @dataclass

@@ -185,8 +185,8 @@ class WorkerPaymentMeter:
                     await self.store.run(partial(self.store.set_channel, address, deposit=st.deposit))
                 newest = await self.store.run(self.store.newest_voucher, address)
                 book = self._payers.setdefault(st.payer_key, _PayerBook(st.payer_key))
-                acct = _PayeeAccount(address, params, st.deposit, newest, rec.served if rec else 0, book,
-                                     checked_at=trio.current_time())
+                served = max(rec.served if rec else 0, newest.cumulative if newest else 0)  # paid = served (crash)
+                acct = _PayeeAccount(address, params, st.deposit, newest, served, book, checked_at=trio.current_time())
                 book.accounts[address] = acct
                 self._accounts[address] = acct
         if acct.params.channel_id != channel_id:

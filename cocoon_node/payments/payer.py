@@ -56,6 +56,7 @@ class PayerChannel:
         self.lock = trio.Lock()
         self.vouchers_signed = 0
         self.last_signed_at = -math.inf  # trio clock
+        self.last_used = trio.current_time()  # a request drew on it (trio clock): the requester's idle close
 
     @property
     def paid(self) -> int:
@@ -79,7 +80,7 @@ class PayerChannel:
                 raise PaymentStoreFailed(f"voucher #{seqno} not sent: {e}") from e
             self.newest = v
             self.vouchers_signed += 1
-            self.last_signed_at = trio.current_time()
+            self.last_signed_at = self.last_used = trio.current_time()
             return v
 
     def signed_within(self, seconds: float) -> bool:

@@ -476,6 +476,8 @@ if (listenArg) {
       queue = queue.then(() => handle(line, send)); // one global queue: requests from all clients serialize
     });
     sock.on('error', () => sock.destroy());
+    // readline re-emits its input's errors (a client that reset its connection): never let one end the chain
+    lines.on('error', () => sock.destroy());
   });
   await new Promise((resolve) => server.listen(port, host, resolve));
   const a = server.address();

@@ -1,5 +1,6 @@
 """Issue 7 over real processes sharing one EMULATED chain: vouchers track usage to the nanoton, a worker
-or requester SIGKILLed mid-stream restarts from its store and settlement stays exact on chain."""
+or requester SIGKILLed mid-stream restarts from its store and settlement stays exact on chain. Issue 16: the
+channel outlives a graceful restart of the requester too, and closes on command."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
-from cocoon_node.cluster import Cluster, worker_args
+from cocoon_node.cluster import Cluster, node_command, worker_args
+from cocoon_node.payments.chain.base import ChannelStatus
 from cocoon_node.payments.chain.local import LocalChain
+from cocoon_node.payments.voucher import OP_CLAIM_PAYOUT, OP_CLOSE_PAYOUT
 
 from .conftest import FAST, api_url, post_chat, wait_until, worker_ids
 
@@ -107,17 +111,36 @@ async def test_settlement_exact_across_kills(tmp_path: Path) -> None:
             state = await observer.get_channel_state(w_ch["address"])
             assert state.deposit == r_ch["deposit"]
 
-            # One more paid request, then the requester shuts down (SIGTERM): it closes cooperatively, the
-            # worker co-signs, and the close pays the worker exactly what was vouchered beyond the claim.
+            # One more paid request, then the requester shuts down (SIGTERM): the channel stays open (issue 16),
+            # and the requester restarted on the same data dir resumes it at start: no close, no second open.
             resp = await post_chat(url, {"model": "synthetic-echo", "messages": [{"role": "user", "content": "g h"}]})
             assert resp.status_code == 200, resp.text
             final = await wait_until(converged, timeout=30)
-            owed = final[0]["voucher_cumulative"] - state.claimed
-            worker_wallet = (await cluster.status("w"))["payments"]["wallet"]
             await cluster.kill("requester", signal.SIGTERM)
             assert cluster.nodes["requester"].process.returncode == 0  # clean shutdown
-            txs = await observer.transactions(w_ch["address"])
-            payouts = [int(m["value"]) for t in txs for m in t["outMessages"] if m["to"] == worker_wallet]
-            assert owed in payouts, (owed, payouts)
+            assert (await observer.get_channel_state(w_ch["address"])).status is ChannelStatus.OPEN
+            req = await cluster.start_node("requester", [*req_args, "--bootstrap", cluster.nodes["w"].addr])
+            url = api_url(cluster)
+            st = await cluster.status("requester")
+            assert st["payments"]["resume"]["resumed"] == 1 and channel(st, "payer")["address"] == w_ch["address"]
+            await wait_until(seen, timeout=30)
+            resp = await post_chat(url, {"model": "synthetic-echo", "messages": [{"role": "user", "content": "i"}]})
+            assert resp.status_code == 200, resp.text
+            before_seqno = final[0]["voucher_seqno"]
+            final = await wait_until(converged, timeout=30)
+            assert final[0]["voucher_seqno"] == final[1]["voucher_seqno"] > before_seqno  # the sequence goes on
+            assert (await cluster.status("requester"))["payments"]["onchain_ops"]["open"] == 0
+            assert (await cluster.status("w"))["payments"]["worker_meter"]["rejected_vouchers"] == 0
+
+            # Closed on command (`cocoon-node channels close PEER`, through the running node's admin endpoint):
+            # the worker co-signs, and claims plus the close pay it exactly what was vouchered, to the nanoton.
+            worker_wallet = (await cluster.status("w"))["payments"]["wallet"]
+            done = await trio.run_process(node_command(["channels", "close", worker.peer_id, "--data-dir",
+                                                        str(req.data_dir)]), capture_stdout=True, check=False)
+            assert done.returncode == 0 and b"closed cooperatively" in done.stdout, done.stdout
+            txs = await observer.transactions(w_ch["address"], limit=2000)
+            paid = [int(m["amount"]) for t in txs for m in t["outMessages"]
+                    if m["to"] == worker_wallet and m["op"] in (OP_CLAIM_PAYOUT, OP_CLOSE_PAYOUT)]
+            assert sum(paid) == final[0]["voucher_cumulative"] and len(paid) >= 2, paid
             closed = await observer.get_channel_state(w_ch["address"])
             assert closed.status.name == "CLOSED"
