@@ -14,6 +14,8 @@ from typing import Any
 
 from multiaddr import Multiaddr
 
+from cocoon_node.config_values import INVALID, coerce_setting
+
 NETWORKS = ("local", "testnet", "mainnet")
 BACKENDS = ("torch", "exllamav2", "openai-upstream", "synthetic")
 TEE_KINDS = ("dev", "tdx", "snp")
@@ -242,8 +244,8 @@ def load_config(
                 if key not in known:
                     problems.append(f"{source}: unknown setting {section_name}.{key}")
                     continue
-                coerced = _coerce(value, getattr(section, key), f"{section_name}.{key}", source, problems)
-                if coerced is not _INVALID:
+                coerced = coerce_setting(value, getattr(section, key), f"{section_name}.{key}", source, problems)
+                if coerced is not INVALID:
                     updates[key] = coerced
             config = replace(config, **{section_name: replace(section, **updates)})
     problems.extend(validate_config(config))
@@ -407,42 +409,6 @@ def _upstream(config: Config) -> list[str]:
                 "testnet/mainnet use an upstream on loopback inside the TD (or set "
                 "worker.allow_upstream_outside_td, which requesters refuse by default)"]
     return []
-
-
-_INVALID = object()
-
-
-def _coerce(value: Any, default: Any, name: str, source: str, problems: list[str]) -> Any:
-    """Coerce ``value`` to the type of ``default`` (env values arrive as strings)."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                return value.lower() in ("1", "true", "yes", "on")
-            raise ValueError("expected true or false")
-        if isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, (int, str)):
-                raise ValueError("expected an integer")
-            return int(value)
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise ValueError("expected a number")
-            return float(value)
-        if isinstance(default, tuple):
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-                return tuple(value)
-            raise ValueError("expected a list of strings")
-        if isinstance(default, str):
-            if not isinstance(value, str):
-                raise ValueError("expected a string")
-            return value
-    except ValueError as exc:
-        problems.append(f"{source}: {name}: {exc} (got {value!r})")
-        return _INVALID
-    return value
 
 
 def _from_env(env: dict[str, str] | os._Environ[str], problems: list[str]) -> dict[str, dict[str, Any]]:
