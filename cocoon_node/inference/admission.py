@@ -8,7 +8,9 @@ wait longer than ``max_wait`` is :class:`QueueRejected` (429 with ``Retry-After`
 while queued (its task cancelled) leaves the queue at once.
 
 Slots are counted from the requester's own in-flight counts (exact), not from announced load (a heartbeat
-behind): a worker kept full by another requester answers "overloaded" and the request tries the next one.
+behind): a worker kept full by another requester answers "overloaded" and the request tries the next one;
+when every one it tried was full, it comes back here (the requester counts no free slot on those workers
+until they announce again) for what is left of its longest wait.
 A request granted a slot holds a reservation until its first attempt is in flight, so two waiters are never
 woken for the same slot.
 """
@@ -100,8 +102,11 @@ class AdmissionQueue:
         return sum(len(q) for q in self._queues.values())
 
     @asynccontextmanager
-    async def admit(self, client: str, model: str, free: Callable[[], int]) -> AsyncIterator[Ticket]:
-        """Wait for a slot (or none, when one is free and nobody waits ahead); raises :class:`QueueRejected`."""
+    async def admit(self, client: str, model: str, free: Callable[[], int],
+                    max_wait: float | None = None) -> AsyncIterator[Ticket]:
+        """Wait for a slot (or none, when one is free and nobody waits ahead); raises :class:`QueueRejected`.
+        ``max_wait``: what is left of a request's longest wait when it comes back to the queue."""
+        wait = self.max_wait if max_wait is None else max(0.0, min(self.max_wait, max_wait))
         now = trio.current_time()
         waiter = _Waiter(client, model, free, now)
         self._enqueue(waiter)
@@ -114,7 +119,7 @@ class AdmissionQueue:
                 raise QueueRejected(f"the requester's queue is full ({self.max_queue} waiting); retry later",
                                     code="queue_full", retry_after=self.retry_after())
             try:
-                with trio.move_on_after(self.max_wait):
+                with trio.move_on_after(wait):
                     await waiter.granted.wait()
             except BaseException:
                 if waiter.granted.is_set():  # granted as the cancel came: hand the slot on

@@ -211,6 +211,9 @@ class Requester:
         self.admission = admission if admission is not None else AdmissionQueue()
         # Tokenizer hash -> our exact counter, to refuse a prompt beyond a worker's announced context here.
         self._token_counter = token_counter
+        # Workers that answered "overloaded" (full of other requesters' requests), by the announcement's seqno
+        # then: no slot counts as free on them until they announce again (their load changed).
+        self._full: dict[bytes, int] = {}
         self.completed = 0
         self.failed = 0
 
@@ -255,7 +258,8 @@ class Requester:
     def free_slots(self, model: str, needs: Mapping[str, str] | None = None) -> int:
         """Slots our own requests leave free on the workers a request may use (attestation not refused)."""
         return sum(max(0, w.max_concurrent - self.selector.in_flight.get(w.peer_id, 0))
-                   for w in self._usable(model, needs) if not self._refused(w))
+                   for w in self._usable(model, needs)
+                   if not self._refused(w) and self._full.get(w.peer_id) != w.seqno)
 
     def _usable(self, model: str, needs: Mapping[str, str] | None) -> list[Announcement]:
         return self.selector.eligible(self._workers(), model, self.max_price_prompt, self.max_price_completion,
@@ -310,8 +314,20 @@ class Requester:
             if (refusal := context_refusal(offered, chat, self._token_counter, counts)) is not None:
                 raise ContextTooLong(refusal)
             raise NoWorkerAvailable(self._why_unusable(chat.model))
-        async with self.admission.admit(client, chat.model, partial(self.free_slots, chat.model, needs)) as ticket:
-            await self._dispatch(chat, send, needs, ticket, fits)
+        deadline = trio.current_time() + self.admission.max_wait
+        while True:
+            try:
+                async with self.admission.admit(client, chat.model, partial(self.free_slots, chat.model, needs),
+                                                max_wait=deadline - trio.current_time()) as ticket:
+                    await self._dispatch(chat, send, needs, ticket, fits)
+                return
+            except WorkerFailure as exc:
+                # Every worker we tried was full of other requesters' requests (our counts said a slot was
+                # free): back to the queue until one announces a change, within the same longest wait.
+                if exc.code != "overloaded" or not exc.before_first_token or trio.current_time() >= deadline:
+                    self.failed += 1
+                    raise
+                log.info("every worker for %s is full of other requests; waiting in the queue again", chat.model)
 
     def _refused(self, w: Announcement) -> bool:
         known = getattr(self._attestor, "known", None)
@@ -343,6 +359,8 @@ class Requester:
                 if self._warm is not None and exc.code in ("timeout", "unreachable", "worker_gone", "attestation",
                                                            "overcount"):
                     self._warm.forget(worker.peer_id)
+                if exc.code == "overloaded":
+                    self._full[worker.peer_id] = worker.seqno
                 if exc.code == "overcount":
                     log.warning("dropping worker %s: %s", worker.peer, exc)
                     self.selector.dropped[worker.peer_id] = str(exc)
@@ -351,12 +369,11 @@ class Requester:
                     self.selector.reputation(worker.peer_id).record_failure(timeout=timeout)
                 last_error = exc
                 if not exc.before_first_token or exc.code in (*CLIENT_FAULTS, "local_payment"):
-                    self.failed += 1
-                    raise
+                    raise  # counted as failed by _run
                 log.info("worker %s failed before the first token (%s); trying another", worker.peer, exc)
-        self.failed += 1
         if last_error is not None:
             raise last_error
+        self.failed += 1
         raise NoWorkerAvailable(self._why_unusable(chat.model))
 
     async def _attempt(

@@ -72,6 +72,15 @@ class Harness:
     server: InferenceServer
     requester: Requester
     worker: Announcement
+    open_stream: Any = None  # a new stream to the worker, as the requester opens them
+    announced: list[Announcement] | None = None  # what the requester sees announced
+
+    def announce(self, a: Announcement) -> None:
+        """The worker announces again (a load change): the requester sees ``a`` and is told."""
+        assert self.announced is not None
+        self.announced[:] = [a]
+        self.worker = a
+        self.requester.workers_changed()
 
     def failure_rate(self) -> float:
         return self.requester.selector.reputation(self.worker.peer_id).failure_rate
@@ -95,7 +104,8 @@ async def api_over(backend: Backend, model: str, *, max_concurrent: int = 2,
             return Pipe(ours)
 
         kw: dict[str, Any] = {"max_price_prompt": 10, "max_price_completion": 10, **requester_kw}
-        requester = Requester(lambda: [worker], open_stream, kw.pop("attestor", Trusting()), **kw)
+        announced = [worker]
+        requester = Requester(lambda: list(announced), open_stream, kw.pop("attestor", Trusting()), **kw)
         base = await nursery.start(serve_http, openai_app(requester, models=models), "127.0.0.1", 0)
-        yield Harness(base + "/v1", server, requester, worker)
+        yield Harness(base + "/v1", server, requester, worker, open_stream, announced)
         nursery.cancel_scope.cancel()

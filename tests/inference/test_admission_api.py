@@ -10,14 +10,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import msgspec
 import openai
 import pytest
 import trio
 
-from cocoon_node.inference import AdmissionQueue, ChatRequest, SyntheticBackend, TokenDelta
+from cocoon_node.inference import AdmissionQueue, ChatRequest, Delta, Requester, SyntheticBackend, TokenDelta
+from tests.conftest import chat_request
 from tests.waiting import wait_until
 
-from .api_harness import Harness, api_over
+from .api_harness import Harness, Trusting, api_over
 
 
 class Gated(SyntheticBackend):
@@ -118,3 +120,38 @@ async def test_a_client_that_disconnects_while_queued_leaves_the_queue_at_once(s
     assert after.choices[0].message.content == "comes later"
     assert [r for r in api.server.request_log if "leaves early" in str(r)] == []
     assert len(api.server.request_log) == 2
+
+
+async def test_a_worker_full_of_another_requesters_work_sends_the_request_back_to_the_queue() -> None:
+    """Our counts say the worker has a free slot, but another requester fills it: the worker's "overloaded"
+    sends our request back to the queue (not a 502, not a mark against the worker) until the worker announces
+    its load changed; then it is served."""
+    backend = Gated()
+    async with api_over(backend, backend.model_name, max_concurrent=1,
+                        admission=AdmissionQueue(max_queue=4, max_wait=600)) as api:
+        other = Requester(lambda: [api.worker], api.open_stream, Trusting(), max_price_prompt=10,
+                          max_price_completion=10)
+        answers: dict[str, Any] = {}
+
+        async def theirs() -> None:
+            async with other.stream(chat_request("theirs first")) as events:
+                answers["theirs"] = "".join([e.text async for e in events if isinstance(e, Delta)])
+
+        async def ours() -> None:
+            answers["ours"] = await chat(api, "ours waits")
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(theirs)
+                await wait_until(lambda: api.server.stats.in_flight == 1, timeout=30)
+                nursery.start_soon(ours)
+                # refused as overloaded, and queued again: no slot counts as free until the worker announces
+                await wait_until(lambda: api.server.stats.rejected == 1 and len(api.requester.admission) == 1,
+                                 timeout=30)
+                backend.gate.set()
+                await wait_until(lambda: "theirs" in answers, timeout=30)
+                assert len(api.requester.admission) == 1  # the slot freed, but nobody said so yet
+                api.announce(msgspec.structs.replace(api.worker, seqno=api.worker.seqno + 1, load=0))
+    assert answers["ours"].choices[0].message.content == "ours waits"
+    assert api.failure_rate() == 0.0 and api.requester.failed == 0
+    assert api.requester.admission.stats()["admitted_after_wait"] == 1
