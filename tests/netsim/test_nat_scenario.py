@@ -29,6 +29,8 @@ PATHS = {"direct", "hole-punched", "relayed"}
 def test_nat_scenario_passes_every_invariant(tmp_path: Path) -> None:
     report = run_scenario(SCENARIO, out=tmp_path / "out", base_dir=tmp_path, plots=False)
     verdicts = {inv["name"]: inv["verdict"] for inv in report["invariants"]}
+    # channel_ops is judged only where a scenario closes its channels at the end (nat.toml does not)
+    assert verdicts.pop("channel_ops") in ("PASS", "SKIP")
     assert all(v == "PASS" for v in verdicts.values()), json.dumps(report["invariants"], indent=1)
     for required in ("nat_every_request_served", "nat_no_private_address_announced",
                      "nat_workers_attested_over_their_paths", "nat_reachable_after_relay_kill",
