@@ -138,3 +138,26 @@ async def test_why_not_py_libp2p_autonat_it_vouches_for_an_address_nobody_listen
         assert status == 0 and reached == nobody.to_bytes()  # "OK", without any dial
         # Ours dials for real: the same address is a dial error.
         assert (await DialBackServer(server.host)._dial_back(client.peer_id, str(nobody), b"n" * 16))[0] == "dial_error"
+
+
+async def test_a_busy_server_leaves_the_client_unknown_and_it_asks_again() -> None:
+    """Issue 15, netsim scale: 97 pooled workers asked the one seed at once; it dials back 4 at a time and
+    answered the rest "busy", and a busy answer counted as "answered, nothing reached": each such node turned
+    private, advertised no address for 5 minutes (nobody could dial it; the network became a star around the
+    seed). A whole-request refusal is no answer: the client stays unknown, asks again soon, and turns public
+    once the server has room."""
+    async with node() as (a, ca):
+        assert a.host is not None and ca.server is not None
+        busy = DialBackServer(a.host, max_concurrent=0)  # every request: "busy"
+        a.host.set_stream_handler(TProtocol(PROTOCOL_ID), busy.handle)
+        async with node(bootstrap=(a.listen_addrs()[0],)) as (b, cb):
+            assert cb.prober is not None
+            cb.prober.unknown_retry = (0.2, 0.5)
+            await wait_until(lambda: busy.refused.get("busy", 0) >= 2, timeout=20)
+            assert cb.prober.status == UNKNOWN, cb.prober.summary()
+            assert b.advertised_addrs() == []
+            assert cb.prober.rounds[-1].refused >= 1 and cb.prober.rounds[-1].answered == 0
+            a.host.set_stream_handler(TProtocol(PROTOCOL_ID), ca.server.handle)  # room again
+            await wait_until(lambda: cb.prober.status != UNKNOWN, timeout=20)
+            assert cb.prober.status == PUBLIC, cb.prober.summary()
+            assert b.advertised_addrs() == b.listen_addrs()
