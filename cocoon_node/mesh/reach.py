@@ -7,7 +7,9 @@ addresses that a dial-back actually reached (:meth:`ReachabilityProber.advertise
 factory). Why our own protocol and not py-libp2p's AutoNAT: see the header of protocols/dialback.toml.
 
 The verdict: ``public`` once at least one address was reached from ``needed`` distinct servers (two when
-two or more answer), ``private`` when servers answered and none reached us, ``unknown`` before any did. It
+two or more answer), ``private`` when servers answered and none reached us in ``PRIVATE_AFTER`` checks in a
+row (one failed round is weak evidence: a busy server, or a busy us, as when 97 nodes start against one seed;
+AutoNAT asks for the same kind of confidence), ``unknown`` before that. It
 is re-checked when the candidate addresses change, while unknown whenever new peers connect, and every
 ``recheck_interval`` seconds otherwise.
 """
@@ -63,6 +65,7 @@ MAX_ADDR_BYTES = 256
 UNKNOWN, PUBLIC, PRIVATE = "unknown", "public", "private"
 # Refusals of a whole request that say nothing about our addresses (the server's own state, or how we reached
 # it): a server answering only these did not answer the question, and its answer must not make us private.
+PRIVATE_AFTER = 2  # checks in a row that reached none of our addresses before we call ourselves private
 SERVER_REFUSALS = frozenset({"busy", "rate limited", "request over a relayed connection", "no observed address"})
 _MAX_REASON_BYTES = 128  # DialResult.reason's bound, in UTF-8 bytes
 
@@ -238,6 +241,7 @@ class ReachabilityProber:
         self.observed_ips: set[str] = set()
         self.rounds: deque[Round] = deque(maxlen=8)
         self.first_verdict_at: float | None = None
+        self.unreached = 0  # answered checks in a row that reached none of our addresses
         self.started_at = time.monotonic()
         self._pending: dict[bytes, set[str]] = {}
         self._listeners: list[Callable[[], None]] = []
@@ -369,6 +373,9 @@ class ReachabilityProber:
     def _apply(self, rnd: Round) -> None:
         needed = min(2, rnd.answered)
         confirmed = {a for a, n in rnd.reached.items() if n >= needed}
+        self.unreached = 0 if confirmed else self.unreached + 1
+        if not confirmed and self.unreached < PRIVATE_AFTER and self.status != PRIVATE:
+            return  # not yet: keep what we had (unknown, or the addresses confirmed before) and ask again soon
         status = PUBLIC if confirmed else PRIVATE
         if self.first_verdict_at is None:
             self.first_verdict_at = time.monotonic()
@@ -391,8 +398,9 @@ class ReachabilityProber:
             since = time.monotonic() - last_round
             # Still unknown with the same peers (every server busy, or none answered in time): ask again after
             # a growing pause, not only after recheck_interval; a node advertises nothing while unknown.
+            doubt = self.status == UNKNOWN or 0 < self.unreached < PRIVATE_AFTER
             due = (candidates != last_candidates
-                   or (self.status == UNKNOWN and peers and (peers != last_peers or since >= retry))
+                   or (doubt and peers and (peers != last_peers or since >= retry))
                    or since >= self.recheck_interval
                    or self._kick.is_set())
             if due and peers and since >= self.min_gap:
@@ -401,7 +409,8 @@ class ReachabilityProber:
                 last_peers, last_candidates = peers, candidates
                 await self.check()
                 last_candidates = self.candidates()
-                unknown_rounds = min(unknown_rounds + 1, 16) if self.status == UNKNOWN else 0
+                doubt = self.status == UNKNOWN or 0 < self.unreached < PRIVATE_AFTER
+                unknown_rounds = min(unknown_rounds + 1, 16) if doubt else 0
             with trio.move_on_after(1.0):
                 await self._kick.wait()
 

@@ -161,3 +161,33 @@ async def test_a_busy_server_leaves_the_client_unknown_and_it_asks_again() -> No
             await wait_until(lambda: cb.prober.status != UNKNOWN, timeout=20)
             assert cb.prober.status == PUBLIC, cb.prober.summary()
             assert b.advertised_addrs() == b.listen_addrs()
+
+
+async def test_one_failed_dial_back_is_not_enough_to_turn_private() -> None:
+    """Issue 15, netsim scale: a dial-back that timed out once (a busy server dialling into a busy pool
+    process at start) made a public node private for 5 minutes. Private now takes PRIVATE_AFTER checks in a
+    row that reach nothing; in between the node stays unknown and asks again soon."""
+    from cocoon_node.mesh.reach import PRIVATE_AFTER
+
+    class FailsOnce(DialBackServer):
+        failed = 0
+
+        async def _dial_back(self, peer, addr, nonce):  # type: ignore[no-untyped-def]
+            if not self.failed:
+                self.failed += 1
+                return "dial_error", "timed out"
+            return await super()._dial_back(peer, addr, nonce)
+
+    assert PRIVATE_AFTER >= 2
+    async with node() as (a, _):
+        assert a.host is not None
+        flaky = FailsOnce(a.host)
+        a.host.set_stream_handler(TProtocol(PROTOCOL_ID), flaky.handle)
+        async with node(bootstrap=(a.listen_addrs()[0],)) as (b, cb):
+            assert cb.prober is not None
+            cb.prober.unknown_retry = (0.2, 0.5)
+            await wait_until(lambda: cb.prober.rounds and cb.prober.rounds[0].answered, timeout=20)
+            assert flaky.failed == 1 and cb.prober.status != PRIVATE, cb.prober.summary()
+            await wait_until(lambda: cb.prober.status != UNKNOWN, timeout=20)
+            assert cb.prober.status == PUBLIC, cb.prober.summary()
+            assert b.advertised_addrs() == b.listen_addrs()
