@@ -2,7 +2,10 @@
 
 A pool process that stalls while idle (streams not answered, low CPU) is waiting on something; py-spy sees
 only the thread, not the suspended tasks. ``kill -USR1 <pool pid>`` writes one summary to stderr: each
-distinct await stack (innermost frame last) with the number of tasks parked on it, most common first.
+distinct await stack (innermost frame last) with the number of tasks parked on it, most common first, and
+how long the longest of them has shown that same stack at every dump since (a task that loops back to the
+same line between dumps looks parked too; and a task at ``trio/_sync.py``'s ``cancel_shielded_checkpoint``
+after an uncontended ``acquire`` is runnable, waiting for its turn, not for the lock: ``_lot.park`` is the wait).
 """
 
 from __future__ import annotations

@@ -4,11 +4,10 @@
 its read loop). The swarm's ``add_conn`` can run twice for one muxed connection (py-libp2p's own comment
 there: "the race where two concurrent add_conn calls for the same IMuxedConn both passed the early check")
 and each call starts the muxer; both calls pass the guard, and the connection gets **two** read loops
-competing for the socket's read lock, each taking alternate Noise messages. Seen in netsim's 100-node scale
-run (``kill -USR1`` task dumps of a pool process, ``netsim/taskdump.py``): yamux read loops parked on the
-raw connection's read lock for up to 164 s, about as many as held it, 260 muxers running for ~190
-connections, and new streams on "established" connections never answered ("response timed out after 10s"
-for identify, gossip, DHT and dial-back). :func:`install` claims the start synchronously, before any await,
+competing for the socket's read lock, each taking alternate Noise messages (frames split between them, new
+streams unanswered). Found while looking for the stalled streams of netsim's 100-node scale run; that run
+does not show that the swarm hits this race there (bench/RESULTS.md), ``tests/mesh/test_yamux_start.py``
+shows the two loops. :func:`install` claims the start synchronously, before any await,
 so a second call returns as an already-started muxer's does; everything else is py-libp2p's code.
 """
 
