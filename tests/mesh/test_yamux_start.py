@@ -1,6 +1,7 @@
 """py-libp2p 0.8.1's swarm can start one muxed connection twice (two concurrent ``add_conn`` for one muxer);
-its ``Yamux.start`` then ran two read loops on one socket, which take alternate Noise messages. With ``cocoon_node.mesh.yamux_start`` installed (the mesh
-does it on import) a connection has one read loop however often it is started, and still answers a stream."""
+its ``Yamux.start`` then ran two read loops on one socket, which take alternate Noise messages. With
+``cocoon_node.mesh.yamux_start`` installed (the mesh does it on import) a connection has one read loop however
+often it is started, and still answers a stream."""
 
 from __future__ import annotations
 
