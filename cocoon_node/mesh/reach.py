@@ -7,7 +7,9 @@ addresses that a dial-back actually reached (:meth:`ReachabilityProber.advertise
 factory). Why our own protocol and not py-libp2p's AutoNAT: see the header of protocols/dialback.toml.
 
 The verdict: ``public`` once at least one address was reached from ``needed`` distinct servers (two when
-two or more answer), ``private`` when servers answered and none reached us, ``unknown`` before any did. It
+two or more answer), ``private`` when servers answered and none reached us in ``PRIVATE_AFTER`` checks in a
+row (one failed round is weak evidence: a busy server, or a busy us, as when 97 nodes start against one seed;
+AutoNAT asks for the same kind of confidence), ``unknown`` before that. It
 is re-checked when the candidate addresses change, while unknown whenever new peers connect, and every
 ``recheck_interval`` seconds otherwise.
 """
@@ -61,6 +63,10 @@ MAX_CONCURRENT = int(_PROTO.meta["max_concurrent"])
 MAX_ADDR_BYTES = 256
 
 UNKNOWN, PUBLIC, PRIVATE = "unknown", "public", "private"
+# Refusals of a whole request that say nothing about our addresses (the server's own state, or how we reached
+# it): a server answering only these did not answer the question, and its answer must not make us private.
+PRIVATE_AFTER = 2  # checks in a row that reached none of our addresses before we call ourselves private
+SERVER_REFUSALS = frozenset({"busy", "rate limited", "request over a relayed connection", "no observed address"})
 _MAX_REASON_BYTES = 128  # DialResult.reason's bound, in UTF-8 bytes
 
 
@@ -211,6 +217,7 @@ class Round:
     servers: int
     answered: int
     reached: dict[str, int] = field(default_factory=dict)
+    refused: int = 0  # servers that refused the whole request (SERVER_REFUSALS): they did not answer
     observed: list[str] = field(default_factory=list)
 
 
@@ -218,7 +225,8 @@ class ReachabilityProber:
     """Learns which candidate addresses are dialable; the host advertises only those (mode ``auto``)."""
 
     def __init__(self, host: IHost, *, mode: str = "auto", servers_per_round: int = 3,
-                 recheck_interval: float = 300.0, min_gap: float = 5.0, request_timeout: float = 15.0) -> None:
+                 recheck_interval: float = 300.0, min_gap: float = 5.0, request_timeout: float = 15.0,
+                 unknown_retry: tuple[float, float] = (5.0, 60.0)) -> None:
         if mode not in MODES:
             raise ValueError(f"reachability mode must be one of {MODES}")
         self.host = host
@@ -227,11 +235,13 @@ class ReachabilityProber:
         self.recheck_interval = recheck_interval
         self.min_gap = min_gap
         self.request_timeout = request_timeout
+        self.unknown_retry = unknown_retry  # while unknown: pause before asking again, doubling up to its max
         self.status = PUBLIC if mode == "public" else PRIVATE if mode == "private" else UNKNOWN
         self.confirmed: set[str] = set()
         self.observed_ips: set[str] = set()
         self.rounds: deque[Round] = deque(maxlen=8)
         self.first_verdict_at: float | None = None
+        self.unreached = 0  # answered checks in a row that reached none of our addresses
         self.started_at = time.monotonic()
         self._pending: dict[bytes, set[str]] = {}
         self._listeners: list[Callable[[], None]] = []
@@ -321,6 +331,11 @@ class ReachabilityProber:
                     await stream.close()
             if not isinstance(response, DialResponse):
                 return
+            if not any(r.status != "refused" or r.reason not in SERVER_REFUSALS for r in response.results):
+                # Busy (4 dial-backs at a time: 97 nodes started against one seed), rate limited, ...: no
+                # answer about us. Counted as one, it made such a node "private" and advertise nothing.
+                rnd.refused += 1
+                return
             rnd.answered += 1
             if response.observed:
                 rnd.observed.append(response.observed)
@@ -358,6 +373,9 @@ class ReachabilityProber:
     def _apply(self, rnd: Round) -> None:
         needed = min(2, rnd.answered)
         confirmed = {a for a, n in rnd.reached.items() if n >= needed}
+        self.unreached = 0 if confirmed else self.unreached + 1
+        if not confirmed and self.unreached < PRIVATE_AFTER and self.status != PRIVATE:
+            return  # not yet: keep what we had (unknown, or the addresses confirmed before) and ask again soon
         status = PUBLIC if confirmed else PRIVATE
         if self.first_verdict_at is None:
             self.first_verdict_at = time.monotonic()
@@ -372,19 +390,27 @@ class ReachabilityProber:
         last_round = -1e9
         last_candidates: list[str] = []
         last_peers: set[ID] = set()
+        unknown_rounds = 0  # checks in a row that ended unknown
         while True:
+            retry = min(self.unknown_retry[0] * 2 ** unknown_rounds, self.unknown_retry[1])
             peers = set(self.host.get_connected_peers())
             candidates = self.candidates()
+            since = time.monotonic() - last_round
+            # Still unknown with the same peers (every server busy, or none answered in time): ask again after
+            # a growing pause, not only after recheck_interval; a node advertises nothing while unknown.
+            doubt = self.status == UNKNOWN or 0 < self.unreached < PRIVATE_AFTER
             due = (candidates != last_candidates
-                   or (self.status == UNKNOWN and peers and peers != last_peers)
-                   or time.monotonic() - last_round >= self.recheck_interval
+                   or (doubt and peers and (peers != last_peers or since >= retry))
+                   or since >= self.recheck_interval
                    or self._kick.is_set())
-            if due and peers and time.monotonic() - last_round >= self.min_gap:
+            if due and peers and since >= self.min_gap:
                 self._kick = trio.Event()
                 last_round = time.monotonic()
                 last_peers, last_candidates = peers, candidates
                 await self.check()
                 last_candidates = self.candidates()
+                doubt = self.status == UNKNOWN or 0 < self.unreached < PRIVATE_AFTER
+                unknown_rounds = min(unknown_rounds + 1, 16) if doubt else 0
             with trio.move_on_after(1.0):
                 await self._kick.wait()
 
@@ -396,5 +422,5 @@ class ReachabilityProber:
             "first_verdict_s": round(self.first_verdict_at - self.started_at, 2) if self.first_verdict_at else None,
             "last_round": None if last is None else {
                 "at": round(last.at, 1), "asked": last.candidates, "servers": last.servers,
-                "answered": last.answered, "reached": last.reached},
+                "answered": last.answered, "refused": last.refused, "reached": last.reached},
         }

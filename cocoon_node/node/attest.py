@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import random
 import time
 from collections import Counter as CounterOf
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,10 @@ from cocoon_node.node.gate_view import binding_problems, describe_verdict
 log = logging.getLogger(__name__)
 
 NAMESPACE = "cocoon-att"
+# Asks a worker itself for its report (peer id -> report bytes, or None; see node/fresh_attest.py).
+DirectFetch = Callable[[bytes], Awaitable[bytes | None]]
+# Verdicts that mean "not found yet" rather than "refused": the prefetcher tries these again, with backoff.
+RETRIED_CHECKS = frozenset({"missing", "expired"})
 
 
 def report_key(peer_id: ID) -> str:
@@ -200,10 +205,18 @@ class AttestationGate:
     checked at every use. When a fresh verdict does not bind the announcement (the worker changed its model,
     or some node served an older report), the newest report is fetched at once, at most every
     ``retry_mismatch`` seconds per worker.
+
+    At scale the DHT can be slow where it matters most: at start, while puts from busy nodes are still under
+    way. So a report not found is looked for again in the background, with backoff, while the worker's
+    announcement lives (not only at its next liveness beat, which may be minutes away), and with ``direct``
+    a lookup that has not answered within ``direct_after`` seconds also asks the worker itself for its report
+    (over ``/cocoon/attest/1.0.0``); whichever answers first is verified like any other report.
     """
 
     def __init__(self, mesh: Mesh, policy: Policy, *, clock: Callable[[], float] = time.time,
-                 retry_missing: float = 2.0, retry_rejected: float = 60.0, retry_mismatch: float = 10.0) -> None:
+                 retry_missing: float = 2.0, retry_rejected: float = 60.0, retry_mismatch: float = 10.0,
+                 direct: DirectFetch | None = None, direct_after: float = 2.0, lookup_timeout: float = 10.0,
+                 retry_backoff: tuple[float, float] = (3.0, 30.0)) -> None:
         self._mesh = mesh
         self.policy = policy
         self._clock = clock
@@ -214,7 +227,15 @@ class AttestationGate:
         self._inflight: dict[bytes, trio.Event] = {}
         self._rechecked: dict[bytes, float] = {}  # peer -> when a binding mismatch last forced a newest lookup
         self._prefetch_send, self._prefetch_recv = trio.open_memory_channel[Announcement](256)
+        self._direct = direct
+        self.direct_after = direct_after
+        self.lookup_timeout = lookup_timeout
+        self.retry_backoff = retry_backoff
+        self._retrying: dict[bytes, Announcement] = {}  # workers the prefetcher will check again (newest offer)
         self.fetches = 0
+        self.direct_fetches = 0  # reports asked of the worker itself
+        self.direct_found = 0
+        self.retries = 0  # background re-checks of reports not found
         self.rejections = 0
         self.verdicts: CounterOf[str] = CounterOf()  # checked reports by failed check ("ok": verified)
 
@@ -234,17 +255,41 @@ class AttestationGate:
             except trio.WouldBlock:
                 pass
 
-    async def run_prefetcher(self, concurrency: int = 4) -> None:
+    async def run_prefetcher(self, concurrency: int = 16) -> None:
+        """Check queued workers, ``concurrency`` at a time (a slow lookup holds its slot up to
+        ``lookup_timeout``: with 4 slots, 98 workers whose lookups all timed out took 4 minutes to try once).
+        A report not found is checked again later (:meth:`_check_until_found`)."""
         limiter = trio.CapacityLimiter(concurrency)
-
-        async def one(announcement: Announcement) -> None:
-            async with limiter:
-                await self.is_attested(announcement)
-
         async with trio.open_nursery() as nursery:
             async for announcement in self._prefetch_recv:
-                if self.known(announcement) is None and announcement.peer_id not in self._inflight:
-                    nursery.start_soon(one, announcement)
+                pid = announcement.peer_id
+                if pid in self._retrying:
+                    self._retrying[pid] = announcement  # its retry uses the newest offer
+                elif self.known(announcement) is None and pid not in self._inflight:
+                    self._retrying[pid] = announcement
+                    nursery.start_soon(self._check_until_found, pid, limiter)
+
+    async def _check_until_found(self, peer_id: bytes, limiter: trio.CapacityLimiter) -> None:
+        """Check a worker; while its report is only not found yet, again after a growing pause, as long as
+        its announcement lives (a verdict reached meanwhile, e.g. by a request's own check, ends it)."""
+        delay = self.retry_backoff[0]
+        try:
+            while True:
+                announcement = self._retrying[peer_id]
+                async with limiter:
+                    if await self.is_attested(announcement):
+                        return
+                verdict = self.verdict(peer_id)
+                if verdict is None or verdict.check not in RETRIED_CHECKS:
+                    return  # refused on its merits: kept for retry_rejected, re-checked at a later announcement
+                await trio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(2 * delay, self.retry_backoff[1])
+                announcement = self._retrying[peer_id]
+                if announcement.expires_at <= self._clock() or self.known(announcement) is not None:
+                    return
+                self.retries += 1
+        finally:
+            del self._retrying[peer_id]
 
     def known(self, announcement: Announcement) -> bool | None:
         """The gate's answer for this worker if it has one now (never waits): None means "check it first"."""
@@ -319,16 +364,11 @@ class AttestationGate:
 
     async def _fetch_and_verify(self, peer_id: bytes, *, newest: bool = False) -> Verdict:
         self.fetches += 1
-        key = report_key(ID(peer_id))
-        try:
-            with trio.fail_after(10):
-                record = await (self._mesh.get_record(key, newest=True) if newest else self._mesh.get_record(key))
-        except Exception as exc:
-            record = None
-            log.info("fetching attestation of %s failed: %s", ID(peer_id), exc)
+        record = await self._find_report(peer_id, newest=newest)
         now = self._clock()
         if record is None:
-            verdict = Verdict.failed("missing", "no attestation report found in the DHT")
+            where = "in the DHT" + (" or from the worker" if self._direct is not None else "")
+            verdict = Verdict.failed("missing", f"no attestation report found {where}")
         else:
             verdict = check_report(record, peer_id, self.policy, int(now))
             if verdict.ok and not self._usable(verdict, now):
@@ -349,10 +389,55 @@ class AttestationGate:
             if verdict.ok and cached is not None and hashlib.sha256(cached.report).digest() == report_hash:
                 return cached.report
         return None
+    async def _find_report(self, peer_id: bytes, *, newest: bool) -> bytes | None:
+        """The worker's report from the DHT; once the lookup has taken ``direct_after`` seconds (or missed),
+        also from the worker itself. The first report found wins; the caller verifies it either way."""
+        key, found = report_key(ID(peer_id)), []
+        dht_done = trio.Event()
+
+        async def from_dht(done: trio.CancelScope) -> None:
+            try:
+                with trio.fail_after(self.lookup_timeout):
+                    record = await (self._mesh.get_record(key, newest=True) if newest else self._mesh.get_record(key))
+            except Exception as exc:
+                record = None
+                log.info("fetching attestation of %s from the DHT failed: %r", ID(peer_id), exc)
+            dht_done.set()
+            if record is not None:
+                found.append(record)
+                done.cancel()
+
+        async def from_worker(direct: DirectFetch, done: trio.CancelScope) -> None:
+            with trio.move_on_after(self.direct_after):
+                await dht_done.wait()
+            if found:
+                return
+            self.direct_fetches += 1
+            try:
+                with trio.fail_after(self.lookup_timeout):
+                    record = await direct(peer_id)
+            except Exception as exc:
+                record = None
+                log.info("fetching attestation of %s from the worker failed: %r", ID(peer_id), exc)
+            if record is not None:
+                self.direct_found += 1
+                found.append(record)
+                done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(from_dht, nursery.cancel_scope)
+            if self._direct is not None:
+                nursery.start_soon(from_worker, self._direct, nursery.cancel_scope)
+        return found[0] if found else None
+
+    def counters(self) -> dict[str, int]:
+        """Where reports came from, for status: lookups, asks of the worker itself, background re-checks."""
+        return {"fetches": self.fetches, "direct_fetches": self.direct_fetches, "direct_found": self.direct_found,
+                "retries": self.retries, "retrying": len(self._retrying)}
 
     def summary(self) -> dict[str, Any]:
         return {ID(pid).to_base58(): asdict(c.verdict) for pid, c in self._cache.items()}
 
 
-__all__ = ["NAMESPACE", "AttestationGate", "AttestationNamespace", "CachedVerdict", "ReportPublisher",
+__all__ = ["NAMESPACE", "AttestationGate", "AttestationNamespace", "CachedVerdict", "DirectFetch", "ReportPublisher",
            "policy_from_config", "report_key"]

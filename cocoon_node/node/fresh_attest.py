@@ -10,6 +10,7 @@ nothing. Evidence is slow and the TEE is shared, so a worker answers few at a ti
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any, Protocol
 
 import trio
@@ -25,7 +26,8 @@ _META = load_protocol("attest").meta
 MAX_CONCURRENT: int = int(_META["max_concurrent"])
 RATE_PER_MINUTE: int = int(_META["rate_per_minute"])
 
-__all__ = ["PROTOCOL_ID", "EvidenceSource", "FreshAttestError", "FreshAttestServer", "fetch_fresh_attestation"]
+__all__ = ["PROTOCOL_ID", "EvidenceSource", "FreshAttestError", "FreshAttestServer", "fetch_fresh_attestation",
+           "report_from_worker"]
 
 
 class EvidenceSource(Protocol):
@@ -133,6 +135,21 @@ async def fetch_fresh_attestation(open_stream: Any, nonce: bytes, *, timeout: fl
             raise FreshAttestError("protocol", "worker closed the stream without an answer")
         case _:
             raise FreshAttestError("protocol", "unexpected frame")
+
+
+async def report_from_worker(open_stream: Any, peer_id: bytes, policy: Any, *, timeout: float = 10.0) -> bytes:
+    """A worker's report straight from the worker, for when the DHT is slow (the gate's ``direct`` fetch).
+
+    Asked over ``/cocoon/attest/1.0.0`` with a nonce of our own, so the answer also carries fresh evidence: it
+    is accepted only when that evidence verifies over the report and our nonce (the worker holds the TEE the
+    report names now, not merely a copy of an old report). The caller verifies the report itself as it would
+    a DHT record. Raises :class:`FreshAttestError` or :class:`~cocoon_node.attestation.AttestationError`."""
+    from cocoon_node.attestation.fresh import verify_fresh_evidence
+
+    nonce = secrets.token_bytes(32)
+    answer = await fetch_fresh_attestation(open_stream, nonce, timeout=timeout)
+    verify_fresh_evidence(answer.report, answer.evidence, nonce, peer_id, policy)
+    return answer.report
 
 
 def describe_fresh(worker: str, nonce: bytes, answer: AttestResponse, policy: Any, now: int | None = None

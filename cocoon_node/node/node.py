@@ -218,7 +218,7 @@ class Node:
                     send.send_nowait(model_topic(seen))
         if cfg.requester.enabled:
             roles.append("requester")
-            self.gate = AttestationGate(self.mesh, policy_from_config(cfg))
+            self.gate = AttestationGate(self.mesh, policy_from_config(cfg), direct=self._report_from_worker)
             nursery.start_soon(self.gate.run_prefetcher)
             for announcement in self.table.live():
                 self.gate.prefetch(announcement)
@@ -346,6 +346,17 @@ class Node:
             lambda: self.mesh.new_stream(announcement.peer, ATTEST_ID, announcement.addrs), nonce)
         return describe_fresh(worker, nonce, answer, self.gate.policy)
 
+    async def _report_from_worker(self, peer_id: bytes) -> bytes | None:
+        """A listed worker's report asked of the worker itself, fresh evidence checked (the gate's fallback)."""
+        from cocoon_node.node.fresh_attest import PROTOCOL_ID as ATTEST_ID
+        from cocoon_node.node.fresh_attest import report_from_worker
+
+        a = self.table.get(peer_id)
+        if a is None or self.gate is None:
+            return None
+        return await report_from_worker(lambda: self.mesh.new_stream(a.peer, ATTEST_ID, a.addrs), peer_id,
+                                        self.gate.policy)
+
     async def _open_attested_stream(self, worker: Announcement) -> Any:
         """Open the inference stream to exactly the peer whose key the attestation report binds."""
         try:
@@ -399,6 +410,7 @@ class Node:
             "gossip": self.mesh.gossip_stats() if self.mesh.gossipsub else {},
             "announcements": self.validator.stats(),
             "attestation_verdicts": dict(self.gate.verdicts) if self.gate else {},
+            "attestation_fetches": self.gate.counters() if self.gate else {},
             "dht": dict(vars(self.mesh.lookup.stats)) if self.mesh.lookup is not None else {},
             "liveness": ({"probes": self.liveness.probes, "delisted": self.liveness.delisted}
                          if self.liveness else {}),

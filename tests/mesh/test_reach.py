@@ -133,3 +133,56 @@ async def test_why_not_py_libp2p_autonat_it_vouches_for_an_address_nobody_listen
         assert status == 0 and reached == nobody.to_bytes()  # "OK", without any dial
         # Ours dials for real: the same address is a dial error.
         assert (await DialBackServer(server.host)._dial_back(client.peer_id, str(nobody), b"n" * 16))[0] == "dial_error"
+
+
+async def test_a_busy_server_leaves_the_client_unknown_and_it_asks_again() -> None:
+    """Issue 15, netsim scale: 97 pooled workers asked the one seed at once; it dials back 4 at a time and
+    answered the rest "busy", and a busy answer counted as "answered, nothing reached": each such node turned
+    private, advertised no address for 5 minutes (nobody could dial it; the network became a star around the
+    seed). A whole-request refusal is no answer: the client stays unknown, asks again soon, and turns public
+    once the server has room."""
+    async with node() as (a, ca):
+        assert a.host is not None and ca.server is not None
+        busy = DialBackServer(a.host, max_concurrent=0)  # every request: "busy"
+        a.host.set_stream_handler(TProtocol(PROTOCOL_ID), busy.handle)
+        async with node(bootstrap=(a.listen_addrs()[0],)) as (b, cb):
+            assert cb.prober is not None
+            cb.prober.unknown_retry = (0.2, 0.5)
+            await wait_until(lambda: busy.refused.get("busy", 0) >= 2, timeout=20)
+            assert cb.prober.status == UNKNOWN, cb.prober.summary()
+            assert b.advertised_addrs() == []
+            assert cb.prober.rounds[-1].refused >= 1 and cb.prober.rounds[-1].answered == 0
+            a.host.set_stream_handler(TProtocol(PROTOCOL_ID), ca.server.handle)  # room again
+            await wait_until(lambda: cb.prober.status != UNKNOWN, timeout=20)
+            assert cb.prober.status == PUBLIC, cb.prober.summary()
+            assert b.advertised_addrs() == b.listen_addrs()
+
+
+async def test_one_failed_dial_back_is_not_enough_to_turn_private() -> None:
+    """Issue 15, netsim scale: a dial-back that timed out once (a busy server dialling into a busy pool
+    process at start) made a public node private for 5 minutes. Private now takes PRIVATE_AFTER checks in a
+    row that reach nothing; in between the node stays unknown and asks again soon."""
+    from cocoon_node.mesh.reach import PRIVATE_AFTER
+
+    class FailsOnce(DialBackServer):
+        failed = 0
+
+        async def _dial_back(self, peer, addr, nonce):  # type: ignore[no-untyped-def]
+            if not self.failed:
+                self.failed += 1
+                return "dial_error", "timed out"
+            return await super()._dial_back(peer, addr, nonce)
+
+    assert PRIVATE_AFTER >= 2
+    async with node() as (a, _):
+        assert a.host is not None
+        flaky = FailsOnce(a.host)
+        a.host.set_stream_handler(TProtocol(PROTOCOL_ID), flaky.handle)
+        async with node(bootstrap=(a.listen_addrs()[0],)) as (b, cb):
+            assert cb.prober is not None
+            cb.prober.unknown_retry = (0.2, 0.5)
+            await wait_until(lambda: cb.prober.rounds and cb.prober.rounds[0].answered, timeout=20)
+            assert flaky.failed == 1 and cb.prober.status != PRIVATE, cb.prober.summary()
+            await wait_until(lambda: cb.prober.status != UNKNOWN, timeout=20)
+            assert cb.prober.status == PUBLIC, cb.prober.summary()
+            assert b.advertised_addrs() == b.listen_addrs()
