@@ -59,7 +59,6 @@ from cocoon_node.mesh.scoring import (
 )
 from cocoon_node.mesh.tcp_addrs import install as install_tcp_addrs_fix
 from cocoon_node.mesh.yamux_patch import install as install_yamux_patch
-from cocoon_node.mesh.yamux_start import install as install_yamux_start_fix
 
 # Before any KadDHT exists: py-libp2p would otherwise serve and dial IPFS's /ipfs/kad/1.0.0 (kad_protocol.py).
 kad_protocol.install()
@@ -71,7 +70,6 @@ install_yamux_patch()
 
 log = logging.getLogger(__name__)
 install_tcp_addrs_fix()  # py-libp2p 0.8.1 lists closed listener sockets (tcp_addrs.py)
-install_yamux_start_fix()  # py-libp2p 0.8.1 can run two read loops on one connection (yamux_start.py)
 
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 DHT_PROTOCOL_PREFIX = TProtocol("/cocoon")
