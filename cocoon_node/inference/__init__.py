@@ -6,9 +6,10 @@
 - :mod:`.stream`, the stream ``/cocoon/inference/1.0.0`` as one import: :mod:`.port` (protocol id, limits,
   the meter protocols and errors both ends and payments share; payments imports this module only),
   :mod:`.server` (the worker's end), :mod:`.client` (the requester's end);
-- :mod:`.requester` (choose a worker, retry before the first token), :mod:`.admission` (the bounded, fair
-  queue a request waits in for a free slot), :mod:`.warm` (idle negotiated streams),
-  :mod:`.audit` (the requester's own token count), :mod:`.tokencount` (tokenizers named by hash).
+- :mod:`.requester` (choose a worker, retry before the first token; ranked by :mod:`.selection`),
+  :mod:`.admission` (the bounded, fair queue a request waits in for a free slot),
+  :mod:`.warm` (idle negotiated streams), :mod:`.audit` (the requester's own token count),
+  :mod:`.tokencount` (tokenizers named by hash).
 
 Backend modules with heavy dependencies (torch, transformers, exllamav2) import them only when a model is
 loaded, so importing this package is cheap.
