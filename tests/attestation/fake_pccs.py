@@ -13,6 +13,7 @@ from urllib.parse import quote as urlquote
 import trio
 
 from cocoon_node.attestation.collateral import TdxCollateralRecord
+from tests.http_fakes import read_request_head
 
 
 @dataclass
@@ -42,12 +43,9 @@ class FakePccs:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = await read_request_head(stream)
+            if data is None:
+                return
             path = data.split(b"\r\n", 1)[0].decode().split(" ")[1]
             self.paths.append(path)
             try:

@@ -31,6 +31,7 @@ from cocoon_node.attestation._snp_certtable import SnpCertTable
 from cocoon_node.attestation.collateral import decode_snp_collateral, encode_snp_collateral
 from cocoon_node.attestation.kds import SnpCrlCache
 from cocoon_node.attestation.snp_evidence import collect_snp_evidence, decode_snp_evidence
+from tests.http_fakes import read_request_head
 
 from .snp_helpers import TestAmdPki, _ca, _rsa, amd_name, fixed_p384, make_crl, make_pki, make_vcek, patch
 from .snp_helpers import sign_report as resign
@@ -177,12 +178,9 @@ def test_worker_collects_vlek_and_asvk_from_the_host_table(tmp_path: Path) -> No
 
 async def _kds(crl: bytes, paths: list[str], stream: trio.SocketStream) -> None:
     async with stream:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = await read_request_head(stream)
+        if data is None:
+            return
         paths.append(data.split(b" ")[1].decode())
         status = "200 OK" if crl else "503 Unavailable"
         await stream.send_all(f"HTTP/1.1 {status}\r\nContent-Length: {len(crl)}\r\nConnection: close\r\n\r\n".encode()

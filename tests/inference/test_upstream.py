@@ -19,6 +19,7 @@ from cocoon_node.inference import (
     TokenDelta,
 )
 from tests.conftest import chat_request
+from tests.http_fakes import read_request_head
 
 MODEL = "fake-model"
 REPLY = ["Hello", ",", " world", " — ", "ünïcode", "!"]
@@ -42,12 +43,9 @@ class FakeUpstream:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = await read_request_head(stream)
+            if data is None:
+                return
             head, _, body = data.partition(b"\r\n\r\n")
             lines = head.decode().split("\r\n")
             method, path, _ = lines[0].split(" ")
