@@ -126,7 +126,7 @@ async def mesh_round(client: SSEClient, model: str, tokens: int, conc: int) -> l
 
 
 async def run_case(kind: str, rate: float, concurrencies: list[int], rounds: int, tokens: int,
-                   base: Path) -> list[dict[str, Any]]:
+                   base: Path, node_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     max_c = max(concurrencies)
     if kind == "synthetic":
         model = "synthetic-echo"
@@ -147,9 +147,9 @@ async def run_case(kind: str, rate: float, concurrencies: list[int], rounds: int
     cluster = Cluster(base / f"{kind}-{rate}")
     async with cluster.running():
         worker = await cluster.start_node("worker", ["--worker", "--local-cluster", "--backend", kind, "--tee", "dev",
-                                                     "--max-concurrent", str(max_c), *worker_extra])
+                                                     "--max-concurrent", str(max_c), *worker_extra, *node_args])
         req = await cluster.start_node("requester", ["--requester", "--local-cluster", "--allow-dev-tee",
-                                                     "--api-port", "0", "--bootstrap", worker.addr])
+                                                     "--api-port", "0", "--bootstrap", worker.addr, *node_args])
         await wait_for_workers(cluster, "requester", 1, timeout=60, model=model)
         api = req.ready["api_url"]
         client = SSEClient(api)
@@ -181,7 +181,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         for rate in args.rates:
-            results += await run_case("synthetic", rate, args.concurrency, args.rounds, args.tokens, Path(tmp))
+            results += await run_case("synthetic", rate, args.concurrency, args.rounds, args.tokens, Path(tmp),
+                                      tuple(args.node_args.split()))
         if args.torch:
             results += await run_case("torch", 0.0, [1, 4], max(2, args.rounds), 32, Path(tmp))
     return results
@@ -195,6 +196,8 @@ def main() -> None:
                    help="synthetic backend rates in tok/s per stream, 0 = as fast as possible (default 200,0)")
     p.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8, 32],
                    help="concurrent streams per case (default 1,8,32)")
+    p.add_argument("--node-args", default="", help="extra flags for both nodes, e.g. '--no-payments' to see "
+                   "what payments cost")
     p.add_argument("--torch", action="store_true", help="also the SmolLM2 CPU model at 1 and 4 streams (slow)")
     args = p.parse_args()
     # The API port is chosen by the OS (0) so parallel runs do not collide.

@@ -24,6 +24,7 @@ from cocoon_node.api import NodeHttp
 from cocoon_node.cli import build_parser, overrides_from_args
 from cocoon_node.config import load_config
 from cocoon_node.node import Node
+from netsim.lateness import log_scheduler_lateness
 from netsim.node import add_link_table_option, link_shaping
 from netsim.taskdump import dump_on_sigusr1
 
@@ -52,6 +53,7 @@ async def _run_pool(base_dir: Path, prefix: str, count: int, start_index: int, r
         nursery.start_soon(stop_on_signal)
         # kill -USR1 <pid>: where every task waits, and connections whose other end is gone (stalls)
         nursery.start_soon(dump_on_sigusr1, lambda: [n.mesh.host for n in nodes])
+        nursery.start_soon(log_scheduler_lateness)  # is the shared loop starved? one log line per 10 s
         infos: list[dict[str, Any]] = [{} for _ in nodes]
 
         async def start_one(i: int) -> None:

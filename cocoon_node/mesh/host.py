@@ -57,6 +57,7 @@ from cocoon_node.mesh.scoring import (
     as_pubsub_validator,
     score_params,
 )
+from cocoon_node.mesh.task_index import install as install_task_index
 from cocoon_node.mesh.tcp_addrs import install as install_tcp_addrs_fix
 from cocoon_node.mesh.yamux_patch import install as install_yamux_patch
 
@@ -67,6 +68,8 @@ kad_protocol.install()
 # own setting wins). yamux_patch.py credits like go-yamux and coalesces frame writes (pinned to py-libp2p 0.8.1).
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 install_yamux_patch()
+# py-libp2p's service manager walks every task to find a new task's parent (task_index.py, pinned to 0.8.1).
+install_task_index()
 
 log = logging.getLogger(__name__)
 install_tcp_addrs_fix()  # py-libp2p 0.8.1 lists closed listener sockets (tcp_addrs.py)
