@@ -23,6 +23,9 @@ class MeshSettings:
     bootstrap: Sequence[str] = ()
     max_connections: int = 200
     target_peers: int = 6
+    # Connections to idle peers beyond this many are closed (mesh/trimmer.py: py-libp2p never closes a
+    # connection that carries a stream, and every pubsub peer's does). None: twice target_peers; 0: never.
+    trim_above: int | None = None
     heartbeat_interval: float = 1.0
     gossip_degree: int = 6
     gossip_degree_low: int = 4

@@ -101,10 +101,12 @@ class Connectivity:
         host.set_stream_handler(BACK_PROTOCOL_ID, self.prober.handle_back)
         if s.relay:
             self.hop = HopServer(host, s.relay_limits)
+            self.mesh.protect(lambda: list(self.hop.reservations) if self.hop is not None else [])
             host.set_stream_handler(HOP_PROTOCOL, self.hop.handle)
         if s.relay_reservations > 0:
             self.relays = RelayClient(host, wanted=self.relay_wanted, slots=s.relay_reservations,
                                       ping_interval=s.relay_ping_interval)
+            self.mesh.protect(lambda: list(self.relays.held) if self.relays is not None else [])
             self.relays.on_change(self._changed)
             host.set_stream_handler(STOP_PROTOCOL, self.relays.handle_stop)
         async with AsyncExitStack() as stack:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 
 import multiaddr
@@ -59,6 +59,7 @@ from cocoon_node.mesh.scoring import (
 )
 from cocoon_node.mesh.task_index import install as install_task_index
 from cocoon_node.mesh.tcp_addrs import install as install_tcp_addrs_fix
+from cocoon_node.mesh.trimmer import ConnectionTrimmer
 from cocoon_node.mesh.yamux_patch import install as install_yamux_patch
 
 # Before any KadDHT exists: py-libp2p would otherwise serve and dial IPFS's /ipfs/kad/1.0.0 (kad_protocol.py).
@@ -102,6 +103,8 @@ class Mesh:
         self.dht: KadDHT | None = None
         self.lookup: RecordLookup | None = None
         self.keeper: RecordKeeper | None = None
+        self.trimmer: ConnectionTrimmer | None = None
+        self._protectors: list[Callable[[], Iterable[ID]]] = []  # peers the trimmer never disconnects
         self._peer_cache: PeerCache | None = None
         self._nursery: trio.Nursery | None = None
         self.subscribed: set[str] = set()
@@ -174,6 +177,8 @@ class Mesh:
         putter = RecordPutter(host, dht, validator, self.lookup, rpc_timeout=settings.dht_rpc_timeout)
         self.keeper = RecordKeeper(putter, check_interval=settings.dht_check_interval,
                                    republish_interval=settings.dht_republish_interval)
+        high = 2 * settings.target_peers if settings.trim_above is None else settings.trim_above
+        self.trimmer = ConnectionTrimmer(host, gossipsub, pubsub, high=high, protectors=self._protectors)
         listen = [multiaddr.Multiaddr(a) for a in settings.listen_addrs]
         try:
             async with transport_running, self._run_services(host, pubsub, gossipsub, dht, listen):
@@ -220,6 +225,8 @@ class Mesh:
             nursery.start_soon(self._dial_cached_peers)
             nursery.start_soon(self._keep_connected)
             nursery.start_soon(self._stay_joined)
+            if self.trimmer is not None and self.trimmer.high > 0:
+                nursery.start_soon(self.trimmer.run)
             assert self.keeper is not None
             nursery.start_soon(self.keeper.run)
             try:
@@ -294,6 +301,11 @@ class Mesh:
     def topic_peers(self, topic: str) -> int:
         assert self.pubsub is not None
         return len(self.pubsub.peer_topics.get(topic, ()))
+
+    def protect(self, source: Callable[[], Iterable[ID]]) -> None:
+        """Never close the connections of the peers ``source()`` names to trim the peer count (asked at each
+        trim round): relays we hold a reservation on, peers reserved on us."""
+        self._protectors.append(source)
 
     def topic_peer_ids(self, topic: str) -> set[ID]:
         """Connected peers subscribed to ``topic``."""
