@@ -187,8 +187,7 @@ class Node:
             roles.append("worker")
             self.worker = WorkerRole(cfg, self.mesh, self.key_pair, build_backend(cfg),
                                      meter=pay.worker_meter if pay else None,
-                                     payout=pay.payout_address if pay else "",
-                                     is_worker=lambda peer: self.table.get(peer.to_bytes()) is not None)
+                                     payout=pay.payout_address if pay else "")
             self.connectivity.on_change(self.worker.addresses_changed)
             if cfg.policy.registry_address and pay is not None and pay.worker_meter is not None:
                 # The registry's channel rules: a worker serves no channel breaking them.

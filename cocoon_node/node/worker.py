@@ -7,7 +7,6 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -102,12 +101,8 @@ class WorkerRole:
     """Everything a serving node does beyond the mesh itself."""
 
     def __init__(self, config: Config, mesh: Mesh, key_pair: KeyPair, backend: Backend,
-                 meter: WorkerMeter | None = None, payout: str = "",
-                 is_worker: Callable[[ID], bool] = lambda peer: False) -> None:
+                 meter: WorkerMeter | None = None, payout: str = "") -> None:
         self.payout = payout
-        # A worker already heard of (its own announcement is in our table) needs no greeting when it
-        # connects: only requesters and relays do (see _new_peers).
-        self._is_worker = is_worker
         self.config = config
         self.mesh = mesh
         self.key_pair = key_pair
@@ -235,13 +230,10 @@ class WorkerRole:
         """Whether a peer joined ``topic`` among our connections since we last announced there (a requester
         that just started must not wait a whole beat to hear of us; at start, our first announcement may have
         gone out before the topic's mesh formed). ``told`` forgets peers that left, so one that restarts
-        with the same identity hears from us again. Workers we know of do not count: an announcement goes to
-        the whole topic, and in a large network connections to other workers come and go all the time (DHT
-        walks, trims), which made every worker announce every ``announce_min_interval`` instead of once a beat
-        (netsim scale: 11 announcements per node per second at 50 nodes against ~1 by the beat)."""
+        with the same identity hears from us again."""
         now = self.mesh.topic_peer_ids(topic)
         told &= now
-        return any(not self._is_worker(peer) for peer in now - told)
+        return bool(now - told)
 
     def addresses_changed(self) -> None:
         """Our advertised addresses changed (reachability, relays): announce again now (rate-limited)."""
