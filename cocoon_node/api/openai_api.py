@@ -166,6 +166,7 @@ class ChatStreamResponse(Response):
         chat = self._chat
         cid, created = _completion_id(), int(time.time())
         started = finished = False
+        role = b""  # the role chunk, until the first body write carries it
         worker = ""
         attempts = 0
         prompt_tokens = 0
@@ -181,7 +182,7 @@ class ChatStreamResponse(Response):
                     "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
         async def start() -> None:
-            nonlocal started
+            nonlocal started, role
             started = True
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream"),
@@ -189,13 +190,19 @@ class ChatStreamResponse(Response):
                                     (b"x-cocoon-worker", worker.encode()),
                                     (b"x-cocoon-attempts", str(attempts).encode()),
                                     (b"x-cocoon-path", path.encode())]})
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": sse(chunk({"role": "assistant", "content": ""}, None))})
+            # The role chunk rides on the first body write (one socket send fewer per response; issue 18).
+            role = sse(chunk({"role": "assistant", "content": ""}, None))
 
-        async def write(body: bytes) -> None:
+        async def write(body: bytes, *, last: bool = False) -> None:
+            nonlocal role
             if not started:
                 await start()
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            body, role = role + body, b""
+            if not last:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                return
+            with _last_message():  # the tail, [DONE] and the end of the body: one message
+                await send({"type": "http.response.body", "body": body, "more_body": False})
 
         try:
             async with self._requester.stream(chat, client=self._client) as events:
@@ -226,20 +233,19 @@ class ChatStreamResponse(Response):
                             tail += sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                                          "model": chat.model, "choices": [],
                                          "usage": _usage(prompt_tokens, ev.completion_tokens, prices)})
-                        await write(tail + sse(b"[DONE]"))
+                        await write(tail + sse(b"[DONE]"), last=True)
                         finished = True
                 if not finished:
-                    await write(sse(b"[DONE]"))
+                    await write(sse(b"[DONE]"), last=True)
         except (NoWorkerAvailable, WorkerFailure) as exc:
             if not started:
                 with _last_message():
                     await failure_response(exc)(scope, receive, send)
                 return
-            await write(sse(_stream_error(exc)))
+            if not finished:  # (after the last message, nothing more can be written)
+                await write(sse(_stream_error(exc)), last=True)
         except OSError:
             return  # client went away; leaving the block cancelled the request on the worker
-        with _last_message():
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _stream_error(exc: Exception) -> dict[str, Any]:
