@@ -193,16 +193,12 @@ class ChatStreamResponse(Response):
             # The role chunk rides on the first body write (one socket send fewer per response; issue 18).
             role = sse(chunk({"role": "assistant", "content": ""}, None))
 
-        async def write(body: bytes, *, last: bool = False) -> None:
+        async def write(body: bytes) -> None:
             nonlocal role
             if not started:
                 await start()
             body, role = role + body, b""
-            if not last:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                return
-            with _last_message():  # the tail, [DONE] and the end of the body: one message
-                await send({"type": "http.response.body", "body": body, "more_body": False})
+            await send({"type": "http.response.body", "body": body, "more_body": True})
 
         try:
             async with self._requester.stream(chat, client=self._client) as events:
@@ -233,19 +229,20 @@ class ChatStreamResponse(Response):
                             tail += sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                                          "model": chat.model, "choices": [],
                                          "usage": _usage(prompt_tokens, ev.completion_tokens, prices)})
-                        await write(tail + sse(b"[DONE]"), last=True)
+                        await write(tail + sse(b"[DONE]"))
                         finished = True
                 if not finished:
-                    await write(sse(b"[DONE]"), last=True)
+                    await write(sse(b"[DONE]"))
         except (NoWorkerAvailable, WorkerFailure) as exc:
             if not started:
                 with _last_message():
                     await failure_response(exc)(scope, receive, send)
                 return
-            if not finished:  # (after the last message, nothing more can be written)
-                await write(sse(_stream_error(exc)), last=True)
+            await write(sse(_stream_error(exc)))
         except OSError:
             return  # client went away; leaving the block cancelled the request on the worker
+        with _last_message():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _stream_error(exc: Exception) -> dict[str, Any]:
