@@ -166,6 +166,7 @@ class ChatStreamResponse(Response):
         chat = self._chat
         cid, created = _completion_id(), int(time.time())
         started = finished = False
+        role = b""  # the role chunk, until the first body write carries it
         worker = ""
         attempts = 0
         prompt_tokens = 0
@@ -181,7 +182,7 @@ class ChatStreamResponse(Response):
                     "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
         async def start() -> None:
-            nonlocal started
+            nonlocal started, role
             started = True
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream"),
@@ -189,12 +190,14 @@ class ChatStreamResponse(Response):
                                     (b"x-cocoon-worker", worker.encode()),
                                     (b"x-cocoon-attempts", str(attempts).encode()),
                                     (b"x-cocoon-path", path.encode())]})
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": sse(chunk({"role": "assistant", "content": ""}, None))})
+            # The role chunk rides on the first body write (one socket send fewer per response; issue 18).
+            role = sse(chunk({"role": "assistant", "content": ""}, None))
 
         async def write(body: bytes) -> None:
+            nonlocal role
             if not started:
                 await start()
+            body, role = role + body, b""
             await send({"type": "http.response.body", "body": body, "more_body": True})
 
         try:

@@ -4,7 +4,8 @@ One row per completion the API answered with a checked receipt: the signed envel
 report it names, so ``GET /v1/cocoon/receipts/{completion id}`` (and ``cocoon-node verify-receipt``, offline)
 can show it later. Separate from ``payments.db``: a requester without payments keeps receipts too, and the
 receipt rows never share a transaction with vouchers. Written with ``synchronous=FULL`` before the answer
-that carries the receipt is sent; calls run in a worker thread, one at a time (as :mod:`.store`).
+that carries the receipt is sent; calls run in a worker thread, and the saves queued while one commit runs
+share the next transaction (group commit, :mod:`.group_commit`; each returns once its own row is committed).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
+
+from cocoon_node.payments.group_commit import GroupCommit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -51,8 +55,8 @@ class ReceiptStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-        self._limiter = trio.CapacityLimiter(1)
+        self._lock = threading.RLock()
+        self._group = GroupCommit(self._db, self._lock)
 
     def add(self, r: StoredReceipt) -> None:
         with self._lock:
@@ -70,10 +74,11 @@ class ReceiptStore:
             return int(self._db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
 
     async def save(self, r: StoredReceipt) -> None:
-        await trio.to_thread.run_sync(self.add, r, limiter=self._limiter)
+        """Store ``r`` durably (returns once the transaction holding it has committed)."""
+        await self._group.run(partial(self.add, r))
 
     async def load(self, completion_id: str) -> StoredReceipt | None:
-        return await trio.to_thread.run_sync(self.get, completion_id, limiter=self._limiter)
+        return await trio.to_thread.run_sync(self.get, completion_id)
 
     def close(self) -> None:
         with self._lock:

@@ -6,7 +6,8 @@ stores each voucher before serving the tokens it covers. Voucher history is kept
 one with the highest seqno.
 
 Methods are synchronous (one connection, one writer); async callers use :meth:`PaymentStore.run`,
-which runs them in a worker thread, one at a time, so fsyncs never block the trio loop. A database that
+which runs them in a worker thread, so fsyncs never block the trio loop, and commits the calls queued meanwhile
+together (one fsync for a burst; each caller still returns only once its own writes are committed). A database that
 cannot be written (disk full, locked, corrupt) raises :class:`StoreUnavailable` from :meth:`PaymentStore.run`,
 so callers handle it like any other refusal to persist: nothing that needed the write is sent or served.
 
@@ -23,11 +24,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
+from cocoon_node.payments.group_commit import GroupCommit
 from cocoon_node.payments.voucher import ChannelParams, SignedVoucher
 
 T = TypeVar("T")
@@ -106,8 +109,8 @@ class PaymentStore:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        self._thread_lock = threading.Lock()
-        self._limiter = trio.CapacityLimiter(1)
+        self._thread_lock = threading.RLock()  # re-entrant: a group commit's batch holds it around each call
+        self._group = GroupCommit(conn, self._thread_lock)
         rows = conn.execute("SELECT address FROM channels WHERE status IN ('closing', 'closed')").fetchall()
         self._ended: set[str] = {str(r[0]) for r in rows}
 
@@ -132,11 +135,12 @@ class PaymentStore:
             self._conn.close()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store method in a thread, one at a time, bounded by :data:`STORE_TIMEOUT`; a database error
-        is raised as :class:`StoreUnavailable`."""
+        """Run a store method in a thread, bounded by :data:`STORE_TIMEOUT`; a database error is raised as
+        :class:`StoreUnavailable`. Calls queued while a commit is in flight share the next transaction (group
+        commit, :mod:`.group_commit`): each returns once the transaction holding its writes has committed."""
         with trio.fail_after(STORE_TIMEOUT):
             try:
-                return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+                return await self._group.run(partial(fn, *args))
             except sqlite3.Error as e:
                 raise StoreUnavailable(f"payment store unavailable: {type(e).__name__}: {e}") from e
 
@@ -145,13 +149,26 @@ class PaymentStore:
         return address in self._ended
 
     def _note_status(self, address: str, status: str) -> None:
-        if status in ENDED_STATUSES:
-            self._ended.add(address)
-        else:
-            self._ended.discard(address)
+        def note() -> None:
+            if status in ENDED_STATUSES:
+                self._ended.add(address)
+            else:
+                self._ended.discard(address)
+
+        self._group.after_commit(note)  # once the status is durable
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._thread_lock:
+            if self._conn.in_transaction:  # inside a group commit's batch: one savepoint of its transaction
+                self._conn.execute("SAVEPOINT tx")
+                try:
+                    out = fn(self._conn)
+                except BaseException:
+                    self._conn.execute("ROLLBACK TO tx")
+                    self._conn.execute("RELEASE tx")
+                    raise
+                self._conn.execute("RELEASE tx")
+                return out
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(self._conn)
