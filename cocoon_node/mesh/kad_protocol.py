@@ -18,13 +18,14 @@ nodes in one process; none of them is an IPFS node).
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import version
 
 from libp2p.custom_types import TProtocol
 
+from cocoon_node.mesh._pinned import PINNED_LIBP2P, require_pinned_libp2p
+
 COCOON_KAD_PROTOCOL = TProtocol("/cocoon/kad/1.0.0")
 IPFS_KAD_PROTOCOL = TProtocol("/ipfs/kad/1.0.0")
-PINNED_VERSION = "0.8.1"
+PINNED_VERSION = PINNED_LIBP2P
 # Every py-libp2p 0.8.1 module that binds PROTOCOL_ID at import (routing_table imports it from common lazily).
 PATCHED_MODULES = (
     "libp2p.kad_dht.common",
@@ -41,10 +42,8 @@ class KadPatchError(RuntimeError):
 
 def install() -> None:
     """Make py-libp2p's KadDHT serve and dial ``/cocoon/kad/1.0.0`` only. Idempotent."""
-    found = version("libp2p")
-    if found != PINNED_VERSION:
-        raise KadPatchError(f"cocoon's DHT protocol patch is pinned to libp2p {PINNED_VERSION}, found {found}: "
-                            "check where that version reads the Kademlia protocol id, then update kad_protocol.py")
+    require_pinned_libp2p("cocoon's DHT protocol patch", "check where that version reads the Kademlia protocol "
+                          "id, then update kad_protocol.py", KadPatchError)
     modules = [importlib.import_module(name) for name in PATCHED_MODULES]
     for module in modules:
         current = getattr(module, "PROTOCOL_ID", None)

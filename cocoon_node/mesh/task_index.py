@@ -17,13 +17,12 @@ not this manager's parent), else ``None`` (a new root task). Nothing else change
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from typing import Any
 
 import trio
 from libp2p.tools.anyio_service import trio_manager, trio_tasks
 
-PINNED_VERSION = "0.8.1"
+from cocoon_node.mesh._pinned import require_pinned_libp2p
 
 _original_run = trio_tasks.FunctionTask.run
 _original_find_parent = trio_manager.TrioManager._find_parent_task
@@ -57,11 +56,9 @@ def _find_parent_indexed(self: Any, trio_task: trio.lowlevel.Task) -> Any:
 
 def install() -> None:
     """Rebind the two methods (idempotent); refuse another py-libp2p, whose manager may differ."""
-    found = version("libp2p")
-    if found != PINNED_VERSION:
-        raise RuntimeError(f"the task index patch is pinned to libp2p {PINNED_VERSION}, found {found}: check "
-                           "libp2p/tools/anyio_service/trio_manager.py _find_parent_task and trio_tasks.py "
-                           "FunctionTask.run and update cocoon_node/mesh/task_index.py")
+    require_pinned_libp2p("the task index patch", "check libp2p/tools/anyio_service/trio_manager.py "
+                          "_find_parent_task and trio_tasks.py FunctionTask.run and update "
+                          "cocoon_node/mesh/task_index.py")
     task_cls: Any = trio_tasks.FunctionTask
     manager_cls: Any = trio_manager.TrioManager
     task_cls.run = _run_indexed

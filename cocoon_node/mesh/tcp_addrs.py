@@ -9,13 +9,11 @@ machine). :func:`install` makes ``get_addrs`` skip closed sockets; everything el
 
 from __future__ import annotations
 
-from importlib.metadata import version
-
 from libp2p.transport.tcp import tcp
 from libp2p.utils.multiaddr_utils import multiaddr_from_socket
 from multiaddr import Multiaddr
 
-PINNED_VERSION = "0.8.1"
+from cocoon_node.mesh._pinned import require_pinned_libp2p
 
 
 def _open_listener_addrs(self: tcp.TCPListener) -> tuple[Multiaddr, ...]:
@@ -25,8 +23,6 @@ def _open_listener_addrs(self: tcp.TCPListener) -> tuple[Multiaddr, ...]:
 
 def install() -> None:
     """Rebind ``TCPListener.get_addrs`` (idempotent); refuse another py-libp2p, whose code may differ."""
-    found = version("libp2p")
-    if found != PINNED_VERSION:
-        raise RuntimeError(f"the TCP listener fix is pinned to libp2p {PINNED_VERSION}, found {found}: "
-                           "check libp2p/transport/tcp/tcp.py get_addrs and update cocoon_node/mesh/tcp_addrs.py")
+    require_pinned_libp2p("the TCP listener fix", "check libp2p/transport/tcp/tcp.py get_addrs and update "
+                          "cocoon_node/mesh/tcp_addrs.py")
     tcp.TCPListener.get_addrs = _open_listener_addrs  # type: ignore[method-assign]

@@ -26,7 +26,6 @@ The yamux frames are py-libp2p's, byte for byte, less the WINDOW_UPDATEs go-yamu
 from __future__ import annotations
 
 import logging
-from importlib.metadata import version
 from typing import Any
 
 import trio
@@ -35,7 +34,7 @@ from libp2p.network.connection.exceptions import RawConnError
 from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux
 
-PINNED_VERSION = "0.8.1"
+from cocoon_node.mesh._pinned import require_pinned_libp2p
 
 _original_write_frame = yamux.Yamux._write_frame
 _original_read_data_body = yamux.Yamux._read_data_body
@@ -137,11 +136,9 @@ async def _read_data_body_buffered(self: Any, length: int) -> bytes:
 
 def install() -> None:
     """Rebind the three methods (idempotent); refuse another py-libp2p, whose yamux may differ."""
-    found = version("libp2p")
-    if found != PINNED_VERSION:
-        raise RuntimeError(f"the yamux patch is pinned to libp2p {PINNED_VERSION}, found {found}: check "
-                           "libp2p/stream_muxer/yamux/yamux.py _auto_tune_and_send_window_update, _write_frame and "
-                           "_read_data_body and update cocoon_node/mesh/yamux_patch.py")
+    require_pinned_libp2p("the yamux patch", "check libp2p/stream_muxer/yamux/yamux.py "
+                          "_auto_tune_and_send_window_update, _write_frame and _read_data_body and update "
+                          "cocoon_node/mesh/yamux_patch.py")
     stream_cls: Any = yamux.YamuxStream
     conn_cls: Any = yamux.Yamux
     stream_cls._auto_tune_and_send_window_update = _credit_like_go_yamux

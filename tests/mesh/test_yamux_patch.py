@@ -3,6 +3,7 @@ buffered frame bodies read without a timer."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from contextlib import AsyncExitStack
 from typing import Any
@@ -260,7 +261,7 @@ async def test_a_body_already_buffered_is_read_without_a_timer(monkeypatch: Any)
 
 
 def test_install_refuses_another_libp2p_version(monkeypatch: Any) -> None:
-    monkeypatch.setattr(yamux_patch, "version", lambda _name: "0.9.0")
+    monkeypatch.setattr(importlib.import_module("cocoon_node.mesh._pinned"), "version", lambda _name: "0.9.0")
     with pytest.raises(RuntimeError, match=r"pinned to libp2p 0\.8\.1"):
         yamux_patch.install()
 
