@@ -42,6 +42,8 @@ from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable
 
 import trio
+from google.protobuf.message import DecodeError
+from libp2p.abc import INetStream
 from libp2p.exceptions import ValidationError
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
@@ -224,8 +226,30 @@ class ScoredGossipSub(GossipSub):
 
 
 class ScoredPubsub(Pubsub):
-    """Pubsub that ignores messages forwarded by graylisted peers before any other work on them, and does not
-    count a message its validator IGNOREd against the forwarder (once per topic, as py-libp2p counts it)."""
+    """Pubsub that ignores messages forwarded by graylisted peers before any other work on them, does not
+    count a message its validator IGNOREd against the forwarder (once per topic, as py-libp2p counts it), and
+    survives an RPC that is not protobuf."""
+
+    malformed_rpcs = 0
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """py-libp2p's handler, except that bytes that do not parse as an RPC end that peer's stream instead of
+        the node: py-libp2p 0.8.1 catches only stream errors there, so the ``DecodeError`` escaped through the
+        connection's nursery and cancelled the whole host (any peer could stop a node with one bad frame; a
+        netsim pool of 25 nodes died of it). The stream is reset and the peer dropped from pubsub, as py-libp2p
+        does after a failed read; it may open a new stream."""
+        try:
+            await super().stream_handler(stream)
+        except DecodeError as exc:
+            peer = stream.muxed_conn.peer_id
+            self.malformed_rpcs += 1
+            log.info("malformed pubsub RPC from %s (%s): stream reset", peer, exc)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await stream.reset()
+                except Exception as reset_exc:  # already gone
+                    log.debug("resetting a pubsub stream: %r", reset_exc)
+            self._handle_dead_peer(peer)
 
     async def validate_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         try:
