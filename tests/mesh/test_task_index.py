@@ -113,8 +113,13 @@ async def test_parent_lookup_does_not_walk_the_task_tree(monkeypatch: Any) -> No
 async def test_a_finished_task_leaves_the_index() -> None:
     class Once(Service):
         async def run(self) -> None:
-            self.manager.run_task(trio.sleep, 0)
-            await trio.sleep(0.01)
+            child_ran = trio.Event()
+
+            async def child() -> None:
+                child_ran.set()
+
+            self.manager.run_task(child)
+            await child_ran.wait()
 
     before = len(task_index._running)
     with trio.fail_after(10):

@@ -11,6 +11,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from cocoon_node.mesh import Mesh, MeshSettings
+from tests.waiting import wait_until
 
 BUSY = "/cocoon-test/busy/1.0.0"
 
@@ -25,9 +26,7 @@ async def _hub_and_leaves(stack: AsyncExitStack, leaves: int, trim_above: int) -
         await stack.enter_async_context(leaf.start())
         await leaf.connect(hub.listen_addrs()[0])
         others.append(leaf)
-    with trio.fail_after(10):
-        while len(_peers(hub)) < leaves:
-            await trio.sleep(0.05)
+    await wait_until(lambda: len(_peers(hub)) >= leaves, timeout=10)
     return hub, others
 
 
@@ -48,9 +47,7 @@ async def test_idle_surplus_is_closed_down_to_the_mark() -> None:
         assert await hub.trimmer.trim_once() == 0
         # the closed leaves see the hub go: their side of the connection closed too
         gone = [leaf for leaf in leaves if leaf.peer_id not in _peers(hub)]
-        with trio.fail_after(10):
-            while any(hub.peer_id in _peers(leaf) for leaf in gone):
-                await trio.sleep(0.05)
+        await wait_until(lambda: not any(hub.peer_id in _peers(leaf) for leaf in gone), timeout=10)
 
 
 async def test_busy_protected_and_young_peers_are_kept() -> None:
@@ -82,9 +79,7 @@ async def test_busy_protected_and_young_peers_are_kept() -> None:
 
         release.set()  # the stream ends: leaf 0 is idle now and goes in the next round
         await busy_stream.close()
-        with trio.fail_after(10):
-            while hub.trimmer.surplus() != [leaves[0].peer_id]:
-                await trio.sleep(0.05)
+        await wait_until(lambda: hub.trimmer.surplus() == [leaves[0].peer_id], timeout=10)  # type: ignore[union-attr]
         assert await hub.trimmer.trim_once() == 1
         assert _peers(hub) == {leaves[1].peer_id}
 

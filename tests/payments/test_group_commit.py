@@ -13,6 +13,7 @@ import trio
 from cocoon_node.payments.group_commit import GroupCommit
 from cocoon_node.payments.receipt_store import ReceiptStore, StoredReceipt
 from cocoon_node.payments.store import PaymentStore, StoreError, StoreUnavailable
+from tests.waiting import wait_until
 
 
 def _receipt(i: int) -> StoredReceipt:
@@ -48,6 +49,7 @@ async def test_failing_commit_fails_every_waiter_of_its_batch() -> None:
     conn.execute("CREATE TABLE t (v INTEGER)")
     group = GroupCommit(conn, threading.RLock())
     release = threading.Event()
+    entered = threading.Event()  # the first batch is running in its thread
     commits = 0
     real_execute = conn.execute
 
@@ -69,6 +71,7 @@ async def test_failing_commit_fails_every_waiter_of_its_batch() -> None:
     async def one(i: int, block: bool = False) -> None:
         def write() -> int:
             if block:
+                entered.set()
                 release.wait(5)
             real_execute("INSERT INTO t VALUES (?)", (i,))
             return i
@@ -80,10 +83,10 @@ async def test_failing_commit_fails_every_waiter_of_its_batch() -> None:
 
     async with trio.open_nursery() as n:
         n.start_soon(one, 0, True)  # the first batch, held in its thread while the next one queues
-        await trio.sleep(0.05)
+        await wait_until(entered.is_set, timeout=10)
         for i in range(1, 5):
             n.start_soon(one, i)
-        await trio.sleep(0.05)
+        await wait_until(lambda: len(group._queue) == 4, timeout=10)
         release.set()
     assert results[0] == 0
     assert all(results[i] == "disk I/O error" for i in range(1, 5)), results
