@@ -13,7 +13,8 @@
   :mod:`.paths` (which path a stream took), :mod:`.conns` (small connection helpers);
 - :mod:`.trimmer`: closes idle connections over twice ``target_peers`` (py-libp2p's pruner never does);
 - pinned py-libp2p 0.8.1 patches: :mod:`.kad_protocol`, :mod:`.tcp_addrs`, :mod:`.yamux_patch` (go-yamux's
-  window credit, coalesced frame writes), :mod:`.task_index` (O(1) parent lookup in its service manager);
+  window credit, coalesced frame writes), :mod:`.task_index` (O(1) parent lookup in its service manager),
+  :mod:`.prompt_locks` (per-frame locks that do not yield when free);
 - :mod:`.ratelimit`: the per-peer rate limit of the protocols a node serves to anyone.
 """
 

@@ -1,6 +1,7 @@
 """The py-libp2p release the mesh's pinned patches were written against, and the check each makes first.
 
-Each patch (:mod:`.kad_protocol`, :mod:`.tcp_addrs`, :mod:`.yamux_patch`, :mod:`.task_index`) rebinds
+Each patch (:mod:`.kad_protocol`, :mod:`.tcp_addrs`, :mod:`.yamux_patch`, :mod:`.task_index`,
+:mod:`.prompt_locks`) rebinds
 py-libp2p internals that another release may have changed; it refuses to install on any other version,
 saying what to re-read.
 """

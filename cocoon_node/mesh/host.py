@@ -49,6 +49,7 @@ from cocoon_node.mesh.dht_lookup import RecordLookup
 from cocoon_node.mesh.dht_put import PutResult, RecordKeeper, RecordPutter
 from cocoon_node.mesh.joining import dial_bootstrap, refresh_while_sparse, stay_joined
 from cocoon_node.mesh.peer_cache import PeerCache
+from cocoon_node.mesh.prompt_locks import install as install_prompt_locks
 from cocoon_node.mesh.records import RecordNamespace, as_libp2p_validator
 from cocoon_node.mesh.scoring import (
     ScoredGossipSub,
@@ -71,6 +72,9 @@ os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 install_yamux_patch()
 # py-libp2p's service manager walks every task to find a new task's parent (task_index.py, pinned to 0.8.1).
 install_task_index()
+# trio.Lock yields even when free; on a loaded loop each of py-libp2p's per-frame locks then waits a whole run-queue
+# pass with the lock held (prompt_locks.py, pinned to 0.8.1).
+install_prompt_locks()
 
 log = logging.getLogger(__name__)
 install_tcp_addrs_fix()  # py-libp2p 0.8.1 lists closed listener sockets (tcp_addrs.py)

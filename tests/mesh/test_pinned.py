@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from cocoon_node.mesh import kad_protocol, task_index, tcp_addrs, yamux_patch
+from cocoon_node.mesh import kad_protocol, prompt_locks, task_index, tcp_addrs, yamux_patch
 
 PATCHES = [(kad_protocol, "DHT protocol", "Kademlia protocol id"), (tcp_addrs, "TCP listener", "get_addrs"),
-           (yamux_patch, "yamux", "_write_frame"), (task_index, "task index", "_find_parent_task")]
+           (yamux_patch, "yamux", "_write_frame"), (task_index, "task index", "_find_parent_task"),
+           (prompt_locks, "prompt-lock", "trio.Locks")]
 
 
 @pytest.mark.parametrize(("module", "named", "says"), PATCHES, ids=lambda p: getattr(p, "__name__", p))
